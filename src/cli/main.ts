@@ -1,0 +1,35 @@
+/** The `yun` command: dispatches to subcommands. */
+import { runCommand } from "./run.js";
+import { imageCommand } from "./image.js";
+
+const HELP = `Usage: yun <command> [options]
+
+Commands:
+  run        boot a virtual machine with its console on this terminal
+  image      pull and list boot images (yun image pull debian)
+  help       show this help
+
+Run "yun <command> --help" for a command's options.
+`;
+
+export async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  switch (command) {
+    case "run":
+      return runCommand(rest);
+    case "image":
+      return imageCommand(rest);
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(HELP);
+      return command === undefined ? 2 : 0;
+    case "--version":
+      process.stdout.write("yun 0.1.0\n");
+      return 0;
+    default:
+      process.stderr.write(`yun: unknown command "${command}" (see yun help)\n`);
+      return 2;
+  }
+}
