@@ -467,18 +467,38 @@ export class Hart {
   // ---------------------------------------------------------------- M extension
 
   private mulDiv(f3: number, alo: number, ahi: number, blo: number, bhi: number): number {
-    if (f3 === 0) {
-      this.hi = (mulhu32(alo, blo) + Math.imul(ahi, blo) + Math.imul(alo, bhi)) | 0;
-      return Math.imul(alo, blo);
+    switch (f3) {
+      case 0:
+        this.hi = (mulhu32(alo, blo) + Math.imul(ahi, blo) + Math.imul(alo, bhi)) | 0;
+        return Math.imul(alo, blo);
+      case 1: case 2: case 3: {
+        // High 64 bits of the 128-bit product: unsigned, then corrected for signed operands.
+        let lo = mulhu64(alo, ahi, blo, bhi);
+        let hi = mulhu64Hi;
+        if (f3 !== 3 && ahi < 0) { const l = (lo - blo) | 0; hi = (hi - bhi - ((lo >>> 0) < (blo >>> 0) ? 1 : 0)) | 0; lo = l; }
+        if (f3 === 1 && bhi < 0) { const l = (lo - alo) | 0; hi = (hi - ahi - ((lo >>> 0) < (alo >>> 0) ? 1 : 0)) | 0; lo = l; }
+        this.hi = hi;
+        return lo;
+      }
+    }
+    // Division: doubles are exact while both operands are below 2^52; BigInt otherwise.
+    if (f3 === 5 || f3 === 7) {
+      if (ahi >>> 20 === 0 && bhi >>> 20 === 0 && (bhi | blo) !== 0) {
+        const a = ahi * TWO32 + (alo >>> 0), b = bhi * TWO32 + (blo >>> 0);
+        const q = Math.floor(a / b);
+        let r = a - q * b;
+        let qq = q;
+        if (r < 0) { qq--; r += b; } else if (r >= b) { qq++; r -= b; }
+        const v = f3 === 5 ? qq : r;
+        this.hi = Math.floor(v / TWO32) | 0;
+        return v | 0;
+      }
     }
     const a = (BigInt(ahi) << 32n) | BigInt(alo >>> 0);
     const b = (BigInt(bhi) << 32n) | BigInt(blo >>> 0);
     const au = BigInt.asUintN(64, a), bu = BigInt.asUintN(64, b);
     let r: bigint;
     switch (f3) {
-      case 1: r = (a * b) >> 64n; break;
-      case 2: r = (a * bu) >> 64n; break;
-      case 3: r = (au * bu) >> 64n; break;
       case 4: r = b === 0n ? -1n : a === -(1n << 63n) && b === -1n ? a : a / b; break;
       case 5: r = bu === 0n ? -1n : au / bu; break;
       case 6: r = b === 0n ? a : a === -(1n << 63n) && b === -1n ? 0n : a % b; break;
@@ -1212,4 +1232,19 @@ function mulhu32(a: number, b: number): number {
   const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
   const mid = (p00 >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
   return (p11 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16)) | 0;
+}
+
+/** High word of the last mulhu64 result (module scratch: the hot path allocates nothing). */
+let mulhu64Hi = 0;
+
+/** Bits 64..127 of the unsigned product of two 64-bit values; returns bits 64..95, sets mulhu64Hi. */
+function mulhu64(alo: number, ahi: number, blo: number, bhi: number): number {
+  const p0hi = mulhu32(alo, blo) >>> 0;
+  const p1lo = Math.imul(alo, bhi) >>> 0, p1hi = mulhu32(alo, bhi) >>> 0;
+  const p2lo = Math.imul(ahi, blo) >>> 0, p2hi = mulhu32(ahi, blo) >>> 0;
+  const p3lo = Math.imul(ahi, bhi) >>> 0, p3hi = mulhu32(ahi, bhi) >>> 0;
+  const mid = p0hi + p1lo + p2lo; // < 3 * 2^32: exact
+  const low = p3lo + p1hi + p2hi + Math.floor(mid / TWO32);
+  mulhu64Hi = (p3hi + Math.floor(low / TWO32)) | 0;
+  return low | 0;
 }

@@ -1,0 +1,161 @@
+/**
+ * The local image store: `$YUN_HOME/images/<name>/` with a manifest.json describing the files.
+ */
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { imageDir, imagesRoot } from "./paths.js";
+import { sha256File } from "./util.js";
+
+/** Images `yun image pull` knows how to build. */
+export const AVAILABLE_IMAGES: readonly string[] = ["debian"];
+
+export interface ImageInfo {
+  name: string;
+  /** The image directory. */
+  dir: string;
+  /** Absolute path of the kernel (a flat RISC-V Image, EFI-stub header, not ELF). */
+  kernel: string;
+  /** Absolute path of the initramfs (uncompressed newc cpio). */
+  initrd: string;
+  /** Absolute paths of the OpenSBI firmware builds. */
+  firmware: { jump: string; dynamic: string };
+  kernelVersion: string;
+  packages: { name: string; version: string }[];
+  /** ISO 8601 time the image was built. */
+  created: string;
+  /** Total size of the image's files. */
+  sizeBytes: number;
+}
+
+export const MANIFEST_FILE = "manifest.json";
+
+/** manifest.json as written by the image builder. */
+export interface ImageManifest {
+  format: 1;
+  name: string;
+  created: string;
+  suite: string;
+  architecture: string;
+  kernelVersion: string;
+  packages: { name: string; version: string }[];
+  kernel: string;
+  initrd: string;
+  firmware: { jump: string; dynamic: string };
+  /** Kernel modules in the initramfs, in load order. */
+  modules: string[];
+  /** Every produced file (relative to the image directory) with its SHA-256 and size. */
+  files: Record<string, { sha256: string; size: number }>;
+}
+
+function isManifest(x: unknown): x is ImageManifest {
+  if (typeof x !== "object" || x === null) return false;
+  const m = x as Record<string, unknown>;
+  const fw = m.firmware as Record<string, unknown> | undefined;
+  return (
+    m.format === 1 &&
+    typeof m.name === "string" &&
+    typeof m.created === "string" &&
+    typeof m.kernelVersion === "string" &&
+    typeof m.kernel === "string" &&
+    typeof m.initrd === "string" &&
+    typeof fw === "object" &&
+    fw !== null &&
+    typeof fw.jump === "string" &&
+    typeof fw.dynamic === "string" &&
+    Array.isArray(m.packages) &&
+    typeof m.files === "object" &&
+    m.files !== null
+  );
+}
+
+function validName(name: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name);
+}
+
+/** Reads an image directory's manifest; undefined if absent or malformed. */
+export function readManifest(dir: string): ImageManifest | undefined {
+  try {
+    const parsed: unknown = JSON.parse(readFileSync(join(dir, MANIFEST_FILE), "utf8"));
+    return isManifest(parsed) ? parsed : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** ImageInfo for a manifest in `dir`. */
+export function imageInfo(dir: string, m: ImageManifest): ImageInfo {
+  let size = 0;
+  for (const [file, meta] of Object.entries(m.files)) {
+    try {
+      size += statSync(join(dir, file)).size;
+    } catch {
+      size += meta.size;
+    }
+  }
+  return {
+    name: m.name,
+    dir,
+    kernel: join(dir, m.kernel),
+    initrd: join(dir, m.initrd),
+    firmware: { jump: join(dir, m.firmware.jump), dynamic: join(dir, m.firmware.dynamic) },
+    kernelVersion: m.kernelVersion,
+    packages: m.packages.map((p) => ({ name: p.name, version: p.version })),
+    created: m.created,
+    sizeBytes: size,
+  };
+}
+
+/** The installed image called `name`, or undefined if it is not there (or incomplete). */
+export function findImage(name: string): ImageInfo | undefined {
+  if (!validName(name)) return undefined;
+  const dir = imageDir(name);
+  const m = readManifest(dir);
+  if (m === undefined || m.name !== name) return undefined;
+  const info = imageInfo(dir, m);
+  for (const p of [info.kernel, info.initrd, info.firmware.jump, info.firmware.dynamic]) {
+    if (!existsSync(p)) return undefined;
+  }
+  return info;
+}
+
+/** Every installed image, sorted by name. */
+export function listImages(): ImageInfo[] {
+  let names: string[];
+  try {
+    names = readdirSync(imagesRoot(), { withFileTypes: true })
+      .filter((e) => e.isDirectory() && !e.name.startsWith("."))
+      .map((e) => e.name)
+      .sort();
+  } catch {
+    return [];
+  }
+  const out: ImageInfo[] = [];
+  for (const n of names) {
+    const info = findImage(n);
+    if (info !== undefined) out.push(info);
+  }
+  return out;
+}
+
+/**
+ * Checks every file listed in the manifest against its recorded SHA-256.
+ * Returns the list of problems (empty if the image is intact).
+ */
+export async function verifyImage(dir: string, manifest: ImageManifest): Promise<string[]> {
+  const problems: string[] = [];
+  const required = [manifest.kernel, manifest.initrd, manifest.firmware.jump, manifest.firmware.dynamic];
+  for (const r of required) if (manifest.files[r] === undefined) problems.push(`${r} is not in the manifest`);
+  for (const [file, meta] of Object.entries(manifest.files)) {
+    const path = join(dir, file);
+    try {
+      if (statSync(path).size !== meta.size) {
+        problems.push(`${file} has the wrong size`);
+        continue;
+      }
+      if ((await sha256File(path)) !== meta.sha256) problems.push(`${file} does not match its checksum`);
+    } catch {
+      problems.push(`${file} is missing`);
+    }
+  }
+  return problems;
+}
