@@ -1,6 +1,6 @@
 /**
- * Directed FP programs: every operation over a grid of edge-case operands and every static rounding
- * mode. Each result and the fflags it raised are stored to SCRATCH, so the whole grid is compared,
+ * Directed programs: every FP operation over a grid of edge-case operands and every static rounding
+ * mode, and every integer R-type operation over edge-case integers. Each result and the fflags it raised are stored to SCRATCH, so the whole grid is compared,
  * not just the final registers. Bodies are plain instruction lists for `generate(..., { body })`.
  */
 import * as A from "../support/rv-asm.js";
@@ -31,14 +31,18 @@ const EDGE_INT: bigint[] = [
 
 type Fmt = "s" | "d";
 const RMS = [0, 1, 2, 3, 4];
-const PER_PROGRAM = SCRATCH_LEN / 16; // one 8-byte result + one 8-byte fflags per slot
 
-/** Emits `op` then stores its result (FP or integer) and the fflags it raised into the next slot. */
+/** Emits `op` then stores its result (FP or integer), and optionally the fflags it raised, into the next slot. */
 class Builder {
   bodies: number[][] = [];
   private cur: number[] = [];
   private slot = 0;
-  constructor(private readonly loads: number[]) {
+  private readonly slotSize: number;
+  constructor(
+    private readonly loads: number[],
+    private readonly withFlags = true,
+  ) {
+    this.slotSize = withFlags ? 16 : 8;
     this.reset();
   }
   private reset() {
@@ -46,16 +50,26 @@ class Builder {
     this.slot = 0;
   }
   emit(op: number, resultIsInt: boolean) {
-    const off = this.slot * 16 - 1024;
+    const off = this.slot * this.slotSize - 1024;
     this.cur.push(op);
     this.cur.push(resultIsInt ? A.sd(31, off, SP) : A.fsd(31, off, SP));
-    this.cur.push(A.csrrw(30, A.CSR.fflags, 0), A.sd(30, off + 8, SP));
-    if (++this.slot === PER_PROGRAM) this.flush();
+    if (this.withFlags) this.cur.push(A.csrrw(30, A.CSR.fflags, 0), A.sd(30, off + 8, SP));
+    if (++this.slot === SCRATCH_LEN / this.slotSize) this.flush();
   }
   flush() {
     if (this.slot > 0) this.bodies.push(this.cur);
     this.reset();
   }
+}
+
+/** Every integer R-type op (RV64I + M) over all pairs of edge-case integers x5..x22. */
+export function intMatrixBodies(): number[][] {
+  const b = new Builder(EDGE_INT.flatMap((v, i) => A.li(5 + i, v)), false);
+  const ops = [A.add, A.sub, A.sll, A.slt, A.sltu, A.xor, A.srl, A.sra, A.or, A.and, A.addw, A.subw, A.sllw, A.srlw,
+    A.sraw, A.mul, A.mulh, A.mulhsu, A.mulhu, A.div, A.divu, A.rem, A.remu, A.mulw, A.divw, A.divuw, A.remw, A.remuw];
+  for (const op of ops) for (let i = 0; i < EDGE_INT.length; i++) for (let j = 0; j < EDGE_INT.length; j++) b.emit(op(31, 5 + i, 5 + j), true);
+  b.flush();
+  return b.bodies;
 }
 
 /** f0..f25 = the edge values (via li + fmv), x5..x22 = the edge integers. */

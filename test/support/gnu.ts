@@ -34,8 +34,22 @@ export function assemble(source: string): Uint8Array {
   });
 }
 
+/** Hex halfwords, for when objdump is unavailable. */
+function hexDump(bytes: Uint8Array, vma: number): string {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < bytes.length; ) {
+    const lo = bytes[i] | (bytes[i + 1] << 8);
+    const len = (lo & 3) === 3 && i + 3 < bytes.length ? 4 : 2;
+    const enc = len === 4 ? (lo | (bytes[i + 2] << 16) | (bytes[i + 3] << 24)) >>> 0 : lo;
+    out.push(`  ${(vma + i).toString(16)}:\t${enc.toString(16).padStart(len * 2, "0")}`);
+    i += len;
+  }
+  return out.join("\n");
+}
+
 /** Disassembles raw bytes as rv64gc code placed at `vma`; returns objdump's instruction lines. */
 export function disassemble(bytes: Uint8Array, vma = 0): string {
+  if (!haveTool(PREFIX + "objdump")) return hexDump(bytes, vma);
   return withTmp((dir) => {
     const bin = join(dir, "body.bin");
     writeFileSync(bin, bytes);
