@@ -181,50 +181,38 @@ export class Hart {
 
   /** Executes up to `budget` instructions; returns how many retired. Stops early on WFI or stop(). */
   run(budget: number): number {
-    let i = 0;
+    const start = this.instret;
+    const end = start + budget;
     this.stopRequested = false;
     for (;;) {
       try {
-        while (i < budget) {
-          if (this.attention) {
-            this.attention = false;
-            if (this.stopRequested || this.waiting) break;
-            const cause = this.pendingInterrupt();
-            if (cause >= 0) this.takeTrap(cause, 0, true);
-          }
-          this.step1();
-          i++;
-        }
+        this.execute(end);
         break;
       } catch (e) {
         if (e !== TRAP) throw e;
       }
     }
-    this.instret += i;
-    return i;
+    return this.instret - start;
   }
 
-  /** Executes exactly one instruction (or takes one pending interrupt / trap). For tests and tools. */
+  /** Executes exactly one instruction (after taking a pending interrupt, if any). For tests and tools. */
   step(): void {
-    try {
-      if (this.attention) {
-        this.attention = false;
-        const cause = this.pendingInterrupt();
-        if (cause >= 0) {
-          this.takeTrap(cause, 0, true);
-          return;
-        }
-      }
-      this.step1();
-      this.instret++;
-    } catch (e) {
-      if (e !== TRAP) throw e;
-    }
+    this.run(1);
   }
 
-  /** Fetches, decodes and executes one instruction. */
-  private step1(): void {
+  /**
+   * The interpreter loop: fetch, decode and execute until instret reaches `end`. One function so
+   * that V8 keeps the loop, the fetch fast path and the common instructions in one optimized body.
+   */
+  private execute(end: number): void {
     const x = this.x;
+    while (this.instret < end) {
+    if (this.attention) {
+      this.attention = false;
+      if (this.stopRequested || this.waiting) return;
+      const cause = this.pendingInterrupt();
+      if (cause >= 0) this.takeTrap(cause, 0, true);
+    }
     const pc = this.pc;
     let d = pc - this.fetchPageVa;
     if (!(d >= 0 && d < 4096)) {
@@ -462,6 +450,8 @@ export class Hart {
     }
     x[0] = 0; x[1] = 0;
     this.pc = next;
+    this.instret++;
+    }
   }
 
   // ---------------------------------------------------------------- M extension
