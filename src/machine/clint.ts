@@ -1,4 +1,5 @@
-import type { MmioDevice, Persistent } from "../devices/device.js";
+import type { MmioDevice } from "../cpu/bus.js";
+import type { Persistent } from "./persist.js";
 import { type Clock, type InterruptTarget, MIP_MSIP, MIP_MTIP } from "./interrupts.js";
 
 export const CLINT_BASE = 0x0200_0000;

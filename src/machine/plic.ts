@@ -1,4 +1,5 @@
-import type { MmioDevice, Persistent } from "../devices/device.js";
+import type { MmioDevice } from "../cpu/bus.js";
+import type { Persistent } from "./persist.js";
 import { type InterruptTarget, MIP_MEIP, MIP_SEIP } from "./interrupts.js";
 
 export const PLIC_BASE = 0x0c00_0000;

@@ -9,7 +9,7 @@ import { Hart, type HartClock } from "../cpu/hart.js";
 import { MIP_MTIP } from "../cpu/csr.js";
 import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
 import { Plic, PLIC_BASE, PLIC_SIZE } from "../machine/plic.js";
-import { buildVirtDeviceTree } from "../machine/devicetree.js";
+import { buildVirtDeviceTree } from "./devicetree.js";
 import { parseLinuxImage, planBoot, fwDynamicInfo, type BootLayout } from "../machine/loader.js";
 import { HypervisorSbi } from "../machine/sbi.js";
 import { TIMEBASE_HZ } from "../machine/interrupts.js";

@@ -1,7 +1,7 @@
-import { FdtWriter } from "./fdt.js";
-import { CLINT_BASE, CLINT_SIZE } from "./clint.js";
-import { PLIC_BASE, PLIC_SIZE, PLIC_SOURCES } from "./plic.js";
-import { MIP_MEIP, MIP_MSIP, MIP_MTIP, MIP_SEIP } from "./interrupts.js";
+import { FdtWriter } from "../machine/fdt.js";
+import { CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
+import { PLIC_BASE, PLIC_SIZE, PLIC_SOURCES } from "../machine/plic.js";
+import { MIP_MEIP, MIP_MSIP, MIP_MTIP, MIP_SEIP } from "../machine/interrupts.js";
 import { UART_BASE, UART_CLOCK_HZ, UART_IRQ, UART_SIZE } from "../devices/uart.js";
 import { SYSCON_BASE, SYSCON_PASS, SYSCON_RESET, SYSCON_SIZE } from "../devices/syscon.js";
 import { RTC_BASE, RTC_IRQ, RTC_SIZE } from "../devices/rtc.js";

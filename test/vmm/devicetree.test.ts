@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { buildVirtDeviceTree, isaExtensions, type VirtDtConfig } from "../../src/machine/devicetree.js";
+import { buildVirtDeviceTree, isaExtensions, type VirtDtConfig } from "../../src/vmm/devicetree.js";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
