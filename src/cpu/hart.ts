@@ -93,8 +93,10 @@ export class Hart {
   mcauseInterrupt = false;
   scauseLo = 0;
   scauseInterrupt = false;
-  mtval = 0;
-  stval = 0;
+  mtvalLo = 0;
+  mtvalHi = 0;
+  stvalLo = 0;
+  stvalHi = 0;
   readonly mscratch = new Int32Array(2);
   readonly sscratch = new Int32Array(2);
   satpLo = 0;
@@ -211,7 +213,7 @@ export class Hart {
       this.attention = false;
       if (this.stopRequested || this.waiting) return;
       const cause = this.pendingInterrupt();
-      if (cause >= 0) this.takeTrap(cause, 0, true);
+      if (cause >= 0) this.takeTrap(cause, 0, 0, true);
     }
     const pc = this.pc;
     let d = pc - this.fetchPageVa;
@@ -596,15 +598,14 @@ export class Hart {
   private refillFetch(pc: number): void {
     const lo = pc | 0;
     const hi = Math.floor(pc / TWO32) | 0;
-    const pageLo = lo & ~0xfff;
     const set = this.fetchSet;
     const idx = (lo >>> 12) & TLB_MASK;
     let off: number;
     if (set.fetchTag[idx] === hi * 1048576 + (lo >>> 12)) {
       off = set.fetchOff[idx];
     } else {
-      const pa = this.translate(pageLo, hi, ACCESS_FETCH);
-      off = pa - this.ramBase;
+      const pa = this.translate(lo, hi, ACCESS_FETCH);
+      off = pa - (lo & 0xfff) - this.ramBase;
       if (!(off >= 0 && off < this.ramSize)) this.raise(CAUSE_FETCH_ACCESS, lo, hi);
     }
     this.fetchPageVa = pc - (lo & 0xfff);
@@ -745,12 +746,18 @@ export class Hart {
   // ---------------------------------------------------------------- traps and interrupts
 
   private illegal(insn: number): never {
+    // A compressed instruction reports its own 16 bits, not its expansion.
+    const d = this.pc - this.fetchPageVa;
+    if (d >= 0 && d < 4096) {
+      const parcel = this.ram16[(this.fetchPageOff + d) >>> 1];
+      if ((parcel & 3) !== 3) this.raise(CAUSE_ILLEGAL_INSTRUCTION, parcel, 0);
+    }
     this.raise(CAUSE_ILLEGAL_INSTRUCTION, insn, 0);
   }
 
   /** Takes a synchronous exception at the current pc and unwinds the instruction. */
   raise(cause: number, tvalLo: number, tvalHi: number): never {
-    this.takeTrap(cause, tvalHi * TWO32 + (tvalLo >>> 0), false);
+    this.takeTrap(cause, tvalLo, tvalHi, false);
     throw TRAP;
   }
 
@@ -767,7 +774,7 @@ export class Hart {
     return -1;
   }
 
-  takeTrap(cause: number, tval: number, interrupt: boolean): void {
+  takeTrap(cause: number, tvalLo: number, tvalHi: number, interrupt: boolean): void {
     this.reservationValid = false;
     this.waiting = false;
     const deleg = interrupt ? this.mideleg : this.medeleg;
@@ -775,7 +782,8 @@ export class Hart {
       this.sepc = this.pc;
       this.scauseLo = cause;
       this.scauseInterrupt = interrupt;
-      this.stval = tval;
+      this.stvalLo = tvalLo;
+      this.stvalHi = tvalHi;
       let s = this.mstatus;
       s = (s & MSTATUS_SIE) !== 0 ? s | MSTATUS_SPIE : s & ~MSTATUS_SPIE;
       s = this.priv === PRIV_S ? s | MSTATUS_SPP : s & ~MSTATUS_SPP;
@@ -787,7 +795,8 @@ export class Hart {
       this.mepc = this.pc;
       this.mcauseLo = cause;
       this.mcauseInterrupt = interrupt;
-      this.mtval = tval;
+      this.mtvalLo = tvalLo;
+      this.mtvalHi = tvalHi;
       let s = this.mstatus;
       s = (s & MSTATUS_MIE) !== 0 ? s | MSTATUS_MPIE : s & ~MSTATUS_MPIE;
       s = (s & ~MSTATUS_MPP) | (this.priv << MSTATUS_MPP_SHIFT);
@@ -814,11 +823,11 @@ export class Hart {
       // ECALL
       const cause = CAUSE_ECALL_U + this.priv;
       if (cause === CAUSE_ECALL_S && this.ecallHandler !== null && this.ecallHandler(this)) return next;
-      this.takeTrap(cause, 0, false);
+      this.takeTrap(cause, 0, 0, false);
       throw TRAP;
     }
     if (insn === 0x00100073) {
-      this.takeTrap(CAUSE_BREAKPOINT, pc, false);
+      this.takeTrap(CAUSE_BREAKPOINT, pc | 0, Math.floor(pc / TWO32) | 0, false);
       throw TRAP;
     }
     if (insn === 0x30200073) {
@@ -936,7 +945,7 @@ export class Hart {
       case CSR.sscratch: this.hi = this.sscratch[1]; return this.sscratch[0];
       case CSR.sepc: return this.numberResult(this.sepc);
       case CSR.scause: this.hi = this.scauseInterrupt ? 0x80000000 | 0 : 0; return this.scauseLo;
-      case CSR.stval: return this.numberResult(this.stval);
+      case CSR.stval: this.hi = this.stvalHi; return this.stvalLo;
       case CSR.satp:
         if (this.priv === PRIV_S && (this.mstatus & MSTATUS_TVM) !== 0) this.illegal(insn);
         this.hi = this.satpHi; return this.satpLo;
@@ -957,7 +966,7 @@ export class Hart {
       case CSR.mscratch: this.hi = this.mscratch[1]; return this.mscratch[0];
       case CSR.mepc: return this.numberResult(this.mepc);
       case CSR.mcause: this.hi = this.mcauseInterrupt ? 0x80000000 | 0 : 0; return this.mcauseLo;
-      case CSR.mtval: return this.numberResult(this.mtval);
+      case CSR.mtval: this.hi = this.mtvalHi; return this.mtvalLo;
       case CSR.mtinst: case CSR.mtval2: return 0;
     }
     if (csr >= 0x3a0 && csr <= 0x3af) {
@@ -996,7 +1005,7 @@ export class Hart {
       case CSR.sscratch: this.sscratch[0] = lo; this.sscratch[1] = hi; return;
       case CSR.sepc: this.sepc = num - (num % 2 === 0 ? 0 : 1); return;
       case CSR.scause: this.scauseLo = lo & 0x3f; this.scauseInterrupt = hi < 0; return;
-      case CSR.stval: this.stval = num; return;
+      case CSR.stval: this.stvalLo = lo; this.stvalHi = hi; return;
       case CSR.satp: {
         if (this.priv === PRIV_S && (this.mstatus & MSTATUS_TVM) !== 0) this.illegal(insn);
         const mode = hi >>> 28;
@@ -1025,7 +1034,7 @@ export class Hart {
       case CSR.mscratch: this.mscratch[0] = lo; this.mscratch[1] = hi; return;
       case CSR.mepc: this.mepc = num - (num % 2 === 0 ? 0 : 1); return;
       case CSR.mcause: this.mcauseLo = lo & 0x3f; this.mcauseInterrupt = hi < 0; return;
-      case CSR.mtval: this.mtval = num; return;
+      case CSR.mtval: this.mtvalLo = lo; this.mtvalHi = hi; return;
       case CSR.mtinst: case CSR.mtval2: return;
       case CSR.mcycle: case CSR.minstret: this.instret = num; return;
       case CSR.mvendorid: case CSR.marchid: case CSR.mimpid: case CSR.mhartid: case CSR.mconfigptr:

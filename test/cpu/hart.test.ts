@@ -9,8 +9,18 @@ import assert from "node:assert/strict";
 import { Bus } from "../../src/cpu/bus.js";
 import { Hart, PRIV_M, PRIV_S, PRIV_U } from "../../src/cpu/hart.js";
 import {
-  CSR, MSTATUS_SIE, MSTATUS_MIE, MSTATUS_SPIE, MSTATUS_MPIE, MSTATUS_SPP, MSTATUS_MPP, MSTATUS_MPP_SHIFT,
-  MSTATUS_MPRV, MSTATUS_TSR, MSTATUS_TW, MSTATUS_FS,
+  CSR,
+  MSTATUS_SIE,
+  MSTATUS_MIE,
+  MSTATUS_SPIE,
+  MSTATUS_MPIE,
+  MSTATUS_SPP,
+  MSTATUS_MPP,
+  MSTATUS_MPP_SHIFT,
+  MSTATUS_MPRV,
+  MSTATUS_TSR,
+  MSTATUS_TW,
+  MSTATUS_FS,
 } from "../../src/cpu/csr.js";
 import * as A from "../support/rv-asm.js";
 
@@ -24,7 +34,12 @@ const STRAP = RAM_BASE + 0x200; // S-mode trap handler: a self-loop
 const CODE = RAM_BASE + 0x1000;
 const DATA = RAM_BASE + 0x8000;
 
-const T0 = 5, T1 = 6, T2 = 7, A0 = 10, A1 = 11, A2 = 12;
+const T0 = 5,
+  T1 = 6,
+  T2 = 7,
+  A0 = 10,
+  A1 = 11,
+  A2 = 12;
 const INTERRUPT = 1n << 63n;
 
 interface Machine {
@@ -36,7 +51,12 @@ interface Machine {
 
 function machine(): Machine {
   const bus = new Bus(RAM_BASE, RAM_SIZE);
-  const clock = { t: 0, now(): number { return this.t; } };
+  const clock = {
+    t: 0,
+    now(): number {
+      return this.t;
+    },
+  };
   const hart = new Hart(bus, 0, clock);
   const m = { bus, hart, clock, dv: new DataView(bus.ramBuffer) };
   code(m, MTRAP, [A.jal(0, 0)]);
@@ -63,7 +83,6 @@ function code(m: Machine, addr: number, insns: number[]): number {
 }
 const w64 = (m: Machine, addr: number, v: bigint) => m.dv.setBigUint64(addr - RAM_BASE, BigInt.asUintN(64, v), true);
 const r64 = (m: Machine, addr: number) => m.dv.getBigUint64(addr - RAM_BASE, true);
-const r32 = (m: Machine, addr: number) => m.dv.getUint32(addr - RAM_BASE, true);
 const u64 = (v: bigint) => BigInt.asUintN(64, v);
 const csr = (m: Machine, n: number) => u64(m.hart.getCsr(n));
 const x = (m: Machine, r: number) => u64(m.hart.getX(r));
@@ -149,7 +168,11 @@ describe("synchronous traps", () => {
   });
 
   test("ecall from U, S and M gives causes 8, 9 and 11 with mepc = pc and mtval = 0", () => {
-    for (const [priv, cause] of [[PRIV_U, 8n], [PRIV_S, 9n], [PRIV_M, 11n]] as const) {
+    for (const [priv, cause] of [
+      [PRIV_U, 8n],
+      [PRIV_S, 9n],
+      [PRIV_M, 11n],
+    ] as const) {
       const m = machine();
       m.hart.setCsr(CSR.mtval, 0x1234n);
       code(m, CODE, [A.addi(0, 0, 0), A.ecall()]);
@@ -308,6 +331,32 @@ describe("synchronous traps", () => {
     }
   });
 
+  test("accesses to unmapped physical addresses give access faults 1, 5, 7 with tval = the address", () => {
+    const hole = 0x1000_0040;
+    for (const [insn, cause] of [
+      [A.ld(T0, 0, A0), 5n],
+      [A.sw(T0, 0, A0), 7n],
+      [A.jalr(0, 0, A0), 1n],
+    ] as const) {
+      const m = machine();
+      m.hart.setX(A0, BigInt(hole));
+      code(m, CODE, [insn]);
+      m.hart.step();
+      if (cause === 1n) m.hart.step();
+      expectMTrap(m, cause, cause === 1n ? hole : CODE, BigInt(hole));
+    }
+  });
+
+  test("mstatus.SD summarises FS = Dirty", () => {
+    const m = machine();
+    setMstatusBits(m, MSTATUS_FS);
+    assert.equal(csr(m, CSR.mstatus) >> 63n, 1n);
+    assert.equal(csr(m, CSR.sstatus) >> 63n, 1n);
+    assert.equal((csr(m, CSR.sstatus) >> 32n) & 3n, 2n, "UXL = 64");
+    setMstatusBits(m, 0, MSTATUS_FS);
+    assert.equal(csr(m, CSR.mstatus) >> 63n, 0n);
+  });
+
   test("mepc drops bit 0 on write", () => {
     const m = machine();
     m.hart.setCsr(CSR.mepc, BigInt(CODE + 3));
@@ -378,7 +427,10 @@ describe("interrupts", () => {
   });
 
   test("MTIP is not taken in M without MIE or without MTIE", () => {
-    for (const [status, mie] of [[0, 1n << 7n], [MSTATUS_MIE, 0n]] as const) {
+    for (const [status, mie] of [
+      [0, 1n << 7n],
+      [MSTATUS_MIE, 0n],
+    ] as const) {
       const m = machine();
       setMstatusBits(m, status);
       m.hart.setCsr(CSR.mie, mie);
@@ -563,7 +615,10 @@ describe("interrupts", () => {
   });
 
   test("WFI is illegal in U, and in S when TW is set", () => {
-    for (const [priv, status] of [[PRIV_U, 0], [PRIV_S, MSTATUS_TW]] as const) {
+    for (const [priv, status] of [
+      [PRIV_U, 0],
+      [PRIV_S, MSTATUS_TW],
+    ] as const) {
       const m = machine();
       setMstatusBits(m, status);
       code(m, CODE, [WFI]);
@@ -585,9 +640,12 @@ describe("misaligned accesses", () => {
     m.hart.setX(A0, BigInt(DATA));
     code(m, CODE, [
       A.ld(T2, 0, A0), // aligned first: the page is now in the TLB
-      A.lh(T0, 1, A0), A.lhu(T1, 3, A0),
-      A.lw(12, 5, A0), A.lwu(13, 6, A0),
-      A.ld(14, 9, A0), A.ld(15, 15, A0),
+      A.lh(T0, 1, A0),
+      A.lhu(T1, 3, A0),
+      A.lw(12, 5, A0),
+      A.lwu(13, 6, A0),
+      A.ld(14, 9, A0),
+      A.ld(15, 15, A0),
     ]);
     m.hart.run(7);
     assert.equal(m.hart.priv, PRIV_M);
@@ -767,7 +825,10 @@ describe("counter access", () => {
   });
 
   test("in S only mcounteren matters", () => {
-    for (const [mce, ok] of [[0, false], [2, true]] as const) {
+    for (const [mce, ok] of [
+      [0, false],
+      [2, true],
+    ] as const) {
       const m = machine();
       m.clock.t = 42;
       m.hart.setCsr(CSR.mcounteren, BigInt(mce));

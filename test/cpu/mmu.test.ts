@@ -8,7 +8,15 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Bus } from "../../src/cpu/bus.js";
 import { Hart, PRIV_M, PRIV_S, PRIV_U } from "../../src/cpu/hart.js";
-import { CSR, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_MXR, MSTATUS_SUM, MSTATUS_TVM } from "../../src/cpu/csr.js";
+import {
+  CSR,
+  MSTATUS_MPP,
+  MSTATUS_MPP_SHIFT,
+  MSTATUS_MPRV,
+  MSTATUS_MXR,
+  MSTATUS_SUM,
+  MSTATUS_TVM,
+} from "../../src/cpu/csr.js";
 import * as A from "../support/rv-asm.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -25,10 +33,19 @@ const MEGA_PA = RAM_BASE + 0x20_0000; // 2 MiB aligned
 const DPAGE = RAM_BASE + 0x40_0000; // data pages
 const DPAGE2 = RAM_BASE + 0x40_5000;
 
-const T0 = 5, T1 = 6, A0 = 10, A1 = 11;
+const T0 = 5,
+  T1 = 6,
+  A0 = 10,
+  A1 = 11;
 
 // PTE bits
-const V = 1, R = 2, W = 4, X = 8, U = 16, AC = 64, DI = 128;
+const V = 1,
+  R = 2,
+  W = 4,
+  X = 8,
+  U = 16,
+  AC = 64,
+  DI = 128;
 const RWX = R | W | X | AC | DI | V;
 const RW = R | W | AC | DI | V;
 
@@ -43,7 +60,11 @@ const u64 = (v: bigint) => BigInt.asUintN(64, v);
 class PageTables {
   readonly root: number;
   private next: number;
-  constructor(private readonly dv: DataView, readonly levels: number, base = TABLES) {
+  constructor(
+    private readonly dv: DataView,
+    readonly levels: number,
+    base = TABLES,
+  ) {
     this.next = base;
     this.root = this.alloc();
   }
@@ -139,7 +160,9 @@ function expectNoTrap(m: Machine, priv = PRIV_S): void {
   assert.equal(m.hart.priv, priv, `no trap (mcause ${csr(m, CSR.mcause)}, mtval 0x${csr(m, CSR.mtval).toString(16)})`);
 }
 
-const LOAD_PF = 13n, STORE_PF = 15n, FETCH_PF = 12n;
+const LOAD_PF = 13n,
+  STORE_PF = 15n,
+  FETCH_PF = 12n;
 const SFENCE = 0x12000073; // sfence.vma x0, x0
 
 // ---------------------------------------------------------------------------------------------
@@ -453,9 +476,10 @@ for (const levels of [3, 4] as const) {
     });
 
     test("non-canonical addresses fault", () => {
-      const bad = levels === 3
-        ? [0x0000_0040_0000_0000n, 0xffff_ffbf_ffff_f000n, 0x0010_0000_8000_0000n]
-        : [0x0000_8000_0000_0000n, 0xffff_7fff_ffff_f000n, 0x0001_0000_8000_0000n];
+      const bad =
+        levels === 3
+          ? [0x0000_0040_0000_0000n, 0xffff_ffbf_ffff_f000n, 0x0010_0000_8000_0000n]
+          : [0x0000_8000_0000_0000n, 0xffff_7fff_ffff_f000n, 0x0001_0000_8000_0000n];
       for (const va of bad) {
         const m = machine(levels);
         // map the address the truncated VPN would select, so only the canonical check can fault
