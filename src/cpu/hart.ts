@@ -818,7 +818,6 @@ export class Hart {
       return next;
     }
     const rd = (insn >> 7) & 31;
-    const rs1 = (insn >> 15) & 31;
     if (insn === 0x00000073) {
       // ECALL
       const cause = CAUSE_ECALL_U + this.priv;
@@ -874,7 +873,6 @@ export class Hart {
     if ((insn >>> 25) === 0x09 && rd === 0) {
       // SFENCE.VMA
       if (this.priv === PRIV_U || (this.priv === PRIV_S && (this.mstatus & MSTATUS_TVM) !== 0)) this.illegal(insn);
-      void rs1;
       this.flushTlb();
       return next;
     }

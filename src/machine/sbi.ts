@@ -17,7 +17,6 @@ const EXT_SRST = 0x53525354;
 const EXT_DBCN = 0x4442434e;
 
 const SBI_SUCCESS = 0;
-const SBI_ERR_FAILED = -1;
 const SBI_ERR_NOT_SUPPORTED = -2;
 const SBI_ERR_INVALID_PARAM = -3;
 const SBI_ERR_ALREADY_AVAILABLE = -6;
@@ -180,4 +179,3 @@ export class HypervisorSbi {
     state.timerDeadline.forEach((d, i) => (this.timerDeadline[i] = d < 0 ? Infinity : d));
   }
 }
-void SBI_ERR_FAILED;
