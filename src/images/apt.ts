@@ -403,6 +403,19 @@ export class PrivateApt {
     };
   }
 
+  /**
+   * Every package of the archive as one Packages-style text (`apt-cache dumpavail`: apt's candidate
+   * version of each package), for working out dependency closures without asking apt per package.
+   */
+  async dumpAvailable(): Promise<string> {
+    const r = await this.apt("apt-cache", ["dumpavail"]);
+    if (r.code !== 0 || !r.stdout.includes("Package:")) {
+      const why = aptErrorLine(`${r.stdout}\n${r.stderr}`) ?? `apt-cache exited with status ${r.code}`;
+      throw new ImageError(`reading the package index of ${this.mirror} ${this.suite} failed: ${why}`);
+    }
+    return r.stdout;
+  }
+
   /** `apt-get download` into `dir`; throws an ImageError with apt's explanation on failure. */
   async download(names: string[], dir: string, onLine?: (line: string) => void): Promise<void> {
     if (names.length === 0) return;

@@ -2,25 +2,49 @@
  * `yun image pull debian`: builds a bootable Debian trixie riscv64 image from stock Debian packages.
  *
  *   update     private `apt-get update` for trixie/riscv64 (archive URI from the host's sources or YUN_APT_MIRROR)
- *   download   linux-image-riscv64 (+ the versioned linux-image-* it depends on), opensbi, busybox-static,
- *              cached as .deb files in $YUN_HOME/cache/debs and checked against the archive's SHA-256
+ *              and the Depends closure of the root disk's packages (ROOTFS_PACKAGES) from the package index
+ *   download   linux-image-riscv64 (+ the versioned linux-image-* it depends on), opensbi, busybox-static
+ *              and the root disk's packages, cached as .deb files in $YUN_HOME/cache/debs and checked
+ *              against the archive's SHA-256
  *   unpack     dpkg-deb -x into a scratch directory
  *   modules    virtio_mmio, virtio_blk, virtio_net, virtio-rng, ext4 and their dependencies from .modinfo
  *   initramfs  busybox + applet links + modules + /init, as a newc cpio archive
+ *   rootfs     the packages merged into one tree (merged /usr, busybox applets, /etc, busybox init),
+ *              made into the ext4 image root.ext4 with mke2fs -d, owned by root, checked by e2fsck
  *
- * The result, in $YUN_HOME/images/debian/, is vmlinux, fw_jump.bin, fw_dynamic.bin, initrd.cpio and
- * manifest.json (with the SHA-256 of every file). The directory is replaced atomically, so an
- * interrupted pull never leaves a half-built image behind.
+ * The result, in $YUN_HOME/images/debian/, is vmlinux, fw_jump.bin, fw_dynamic.bin, initrd.cpio,
+ * root.ext4 and manifest.json (with the SHA-256 of every file). The directory is replaced atomically,
+ * so an interrupted pull never leaves a half-built image behind.
  */
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { discoverDebianMirror, PrivateApt, requireHostTools, type AptPackage } from "./apt.js";
+import { debFileName, discoverDebianMirror, PrivateApt, requireHostTools, type AptPackage } from "./apt.js";
 import { debFields, extractDeb } from "./deb.js";
+import { dependencyClosure, PackageIndex, type IndexedPackage } from "./depends.js";
+import { buildExt4, requireE2fsTools } from "./ext4.js";
 import { buildInitramfs } from "./initramfs.js";
 import { resolveModules } from "./modules.js";
 import { aptStateDir, cacheDir, debCacheDir, imageDir, imagesRoot } from "./paths.js";
 import { PhaseProgress } from "./progress.js";
-import { imageInfo, MANIFEST_FILE, readManifest, verifyImage, type ImageInfo, type ImageManifest } from "./store.js";
+import {
+  assembleRootfs,
+  ROOT_DEVICE,
+  ROOT_DISK_BYTES,
+  ROOT_DISK_FILE,
+  ROOT_DISK_LABEL,
+  ROOTFS_EXCLUDE,
+  ROOTFS_PACKAGES,
+  ROOTFS_SATISFIED,
+} from "./rootfs.js";
+import {
+  imageInfo,
+  MANIFEST_FILE,
+  MANIFEST_FORMAT,
+  readManifest,
+  verifyImage,
+  type ImageInfo,
+  type ImageManifest,
+} from "./store.js";
 import { formatDuration, formatSize, ImageError, sha256, sha256File } from "./util.js";
 
 export const DEBIAN_IMAGE = "debian";
@@ -55,6 +79,19 @@ function firstExisting(paths: string[], what: string): string {
   const p = paths.find((x) => existsSync(x));
   if (p === undefined) throw new ImageError(`the Debian packages do not contain ${what}`);
   return p;
+}
+
+/** The download description of a package of the index. */
+function aptPackage(p: IndexedPackage): AptPackage {
+  return {
+    name: p.name,
+    version: p.version,
+    architecture: p.architecture,
+    size: p.size,
+    sha256: p.sha256,
+    depends: p.depends,
+    debName: debFileName(p.name, p.version, p.architecture),
+  };
 }
 
 /** Removes scratch directories left behind by pulls that were killed. */
@@ -106,6 +143,7 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
   }
 
   requireHostTools();
+  requireE2fsTools();
   const mirror = discoverDebianMirror();
   if (mirror === undefined) {
     throw new ImageError(
@@ -130,9 +168,19 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     if (versionedName === undefined) {
       throw new ImageError(`${DEBIAN_KERNEL_PACKAGE} ${meta.version} does not depend on a versioned linux-image package`);
     }
-    const pkgs: AptPackage[] = [meta, await apt.show(versionedName)];
-    for (const n of DEBIAN_PACKAGES) if (n !== DEBIAN_KERNEL_PACKAGE) pkgs.push(await apt.show(n));
-    progress.end(`${DEBIAN_SUITE}/${DEBIAN_ARCH} from ${mirror.uri}${apt.signed ? "" : " (no keyring: trusted=yes)"}`);
+    // The boot packages (unpacked together for the kernel, firmware and the initramfs's busybox).
+    const boot: AptPackage[] = [meta, await apt.show(versionedName)];
+    for (const n of DEBIAN_PACKAGES) if (n !== DEBIAN_KERNEL_PACKAGE) boot.push(await apt.show(n));
+    const pkgs = [...boot];
+    const index = new PackageIndex(await apt.dumpAvailable());
+    const closure = dependencyClosure(index, ROOTFS_PACKAGES, {
+      exclude: ROOTFS_EXCLUDE,
+      satisfied: ROOTFS_SATISFIED,
+      archive: `Debian ${DEBIAN_SUITE} for ${DEBIAN_ARCH}`,
+    });
+    for (const p of closure.packages) if (!pkgs.some((q) => q.name === p.name)) pkgs.push(aptPackage(p));
+    const trust = apt.signed ? "" : " (no keyring: trusted=yes)";
+    progress.end(`${DEBIAN_SUITE}/${DEBIAN_ARCH} from ${mirror.uri}${trust}; root disk: ${closure.packages.length} packages`);
 
     // ---- download
     const debDir = debCacheDir();
@@ -194,7 +242,15 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
       const fields = await debFields(join(debDir, p.debName));
       packages.push({ name: fields.get("Package") ?? p.name, version: fields.get("Version") ?? p.version });
     }
-    await Promise.all(pkgs.filter((p) => p !== meta).map((p) => extractDeb(join(debDir, p.debName), root)));
+    await Promise.all(boot.filter((p) => p !== meta).map((p) => extractDeb(join(debDir, p.debName), root)));
+    // Root disk packages each into their own directory; assembleRootfs merges them with merged /usr.
+    const unpacked = closure.packages.map((p) => ({ name: p.name, dir: join(work as string, "pkgs", p.name) }));
+    for (const u of unpacked) mkdirSync(u.dir, { recursive: true });
+    await Promise.all(
+      closure.packages.map((p, i) =>
+        extractDeb(join(debDir, debFileName(p.name, p.version, p.architecture)), unpacked[i]!.dir),
+      ),
+    );
     const bootFiles = existsSync(join(root, "boot")) ? readdirSync(join(root, "boot")) : [];
     const vmlinuxName = bootFiles.find((n) => /^vmlinu[xz]-/.test(n));
     if (vmlinuxName === undefined) throw new ImageError(`${versionedName} contains no /boot/vmlinux-* kernel`);
@@ -206,7 +262,7 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     const busyboxPath = firstExisting([join(root, "usr/bin/busybox"), join(root, "bin/busybox")], "a busybox binary");
     const fwJump = firstExisting([join(root, OPENSBI_DIR, "fw_jump.bin")], "OpenSBI fw_jump.bin");
     const fwDynamic = firstExisting([join(root, OPENSBI_DIR, "fw_dynamic.bin")], "OpenSBI fw_dynamic.bin");
-    progress.end(`kernel ${kernelVersion}, ${packages.length} packages`);
+    progress.end(`kernel ${kernelVersion}, ${packages.length} packages (${closure.packages.length} for the root disk)`);
 
     // ---- modules
     progress.begin("modules", DEBIAN_MODULES.join(", "));
@@ -227,9 +283,12 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     staging = mkdtempSync(join(imagesRoot(), `.${DEBIAN_IMAGE}.`));
     chmodSync(staging, 0o755);
     const files: ImageManifest["files"] = {};
-    const put = async (name: string, from: string | Buffer): Promise<void> => {
+    /** Records a file of the image (copied from `from`, written from a buffer, or already in place). */
+    const put = async (name: string, from?: string | Buffer): Promise<void> => {
       const dest = join(staging as string, name);
-      if (typeof from === "string") {
+      if (from === undefined) {
+        files[name] = { sha256: await sha256File(dest), size: statSync(dest).size };
+      } else if (typeof from === "string") {
         copyFileSync(from, dest);
         files[name] = { sha256: await sha256File(dest), size: statSync(dest).size };
       } else {
@@ -241,8 +300,26 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     await put("fw_jump.bin", fwJump);
     await put("fw_dynamic.bin", fwDynamic);
     await put("initrd.cpio", initramfs.archive);
+    progress.end(
+      `initrd.cpio ${formatSize(initramfs.archive.length)}, ${initramfs.entries} entries, ${initramfs.applets.length} busybox applets${initramfs.appletsFromBinary ? "" : " (fallback list)"}`,
+    );
+
+    // ---- rootfs
+    progress.begin("rootfs", `${closure.packages.length} packages into ${ROOT_DISK_FILE}`);
+    const rootfsDir = join(work, "rootfs");
+    mkdirSync(rootfsDir);
+    chmodSync(rootfsDir, 0o755);
+    const rootfs = assembleRootfs(rootfsDir, unpacked);
+    const ext4 = await buildExt4({
+      source: rootfsDir,
+      dest: join(staging, ROOT_DISK_FILE),
+      sizeBytes: ROOT_DISK_BYTES,
+      label: ROOT_DISK_LABEL,
+    });
+    await put(ROOT_DISK_FILE);
+    const diskUse = statSync(join(staging, ROOT_DISK_FILE)).blocks * 512;
     const manifest: ImageManifest = {
-      format: 1,
+      format: MANIFEST_FORMAT,
       name: DEBIAN_IMAGE,
       created: new Date().toISOString(),
       suite: DEBIAN_SUITE,
@@ -252,6 +329,18 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
       kernel: "vmlinux",
       initrd: "initrd.cpio",
       firmware: { jump: "fw_jump.bin", dynamic: "fw_dynamic.bin" },
+      rootDisk: ROOT_DISK_FILE,
+      rootfs: {
+        device: ROOT_DEVICE,
+        label: ROOT_DISK_LABEL,
+        fsType: "ext4",
+        sizeBytes: ROOT_DISK_BYTES,
+        packages: closure.packages.map((p) => p.name),
+        omitted: closure.omitted,
+        busyboxApplets: rootfs.applets.length,
+        files: rootfs.files,
+        fileBytes: rootfs.fileBytes,
+      },
       modules: resolution.order.map((m) => m.name),
       files,
     };
@@ -259,8 +348,11 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     rmSync(dir, { recursive: true, force: true });
     renameSync(staging, dir);
     staging = undefined;
+    const appletNote = rootfs.appletsFromBinary ? "" : " (fallback list)";
+    const ownerNote = ext4.ownersFixed > 0 ? `, ${ext4.ownersFixed} owners set to root` : "";
     progress.end(
-      `initrd.cpio ${formatSize(initramfs.archive.length)}, ${initramfs.entries} entries, ${initramfs.applets.length} busybox applets${initramfs.appletsFromBinary ? "" : " (fallback list)"}`,
+      `${ROOT_DISK_FILE} ${ROOT_DISK_BYTES / 2 ** 30} GiB ext4 (${formatSize(diskUse)} used on the host): ` +
+        `${rootfs.files} files, ${formatSize(rootfs.fileBytes)}, ${rootfs.applets.length} busybox applets${appletNote}${ownerNote}`,
     );
 
     const info = imageInfo(dir, manifest);

@@ -1,7 +1,9 @@
 /**
  * The Debian image's initramfs: a static busybox with its applet links, the kernel modules the
  * virtual machine needs (loaded in dependency order by /init), and an /init that mounts the pseudo
- * file systems, prints "yun: init ready" and runs an interactive shell on the console.
+ * file systems and then either switches to the root disk named by root= on the kernel command line
+ * (whose init prints the marker), or prints "yun: init ready" and runs an interactive shell on the
+ * console.
  */
 import { CpioWriter } from "./cpio.js";
 import { modulesAlias, modulesDep, type ResolvedModule } from "./modules.js";
@@ -65,6 +67,83 @@ export function busyboxApplets(binary: Uint8Array): string[] | undefined {
   return undefined;
 }
 
+/**
+ * The part of /init that, with root= on the kernel command line (root=/dev/vda, LABEL=..., UUID=...;
+ * also rootfstype=, rootflags=, ro/rw, rootdelay=, init=), waits for the block device, mounts it at
+ * /newroot, moves /proc, /sys and /dev there and switches root to its init. If that fails it says why
+ * and /init carries on with the initramfs shell; without root= it does nothing.
+ */
+const ROOT_SWITCH = `# Root file system: with root= on the kernel command line, mount it and switch to it.
+root=
+rootfstype=ext4
+rootflags=
+rootmode=rw
+rootdelay=5
+rootinit=/sbin/init
+set -f
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    root=*) root="\${arg#root=}" ;;
+    rootfstype=*) rootfstype="\${arg#rootfstype=}" ;;
+    rootflags=*) rootflags="\${arg#rootflags=}" ;;
+    rootdelay=*) rootdelay="\${arg#rootdelay=}" ;;
+    init=*) rootinit="\${arg#init=}" ;;
+    ro) rootmode=ro ;;
+    rw) rootmode=rw ;;
+  esac
+done
+set +f
+case "$rootdelay" in ''|*[!0-9]*) rootdelay=5 ;; esac
+
+# Sets $rootdev and returns 0 once the block device for $root exists (virtio_blk probes asynchronously).
+wait_root() {
+  tries=$((rootdelay * 10))
+  while :; do
+    case "$root" in
+      LABEL=*|UUID=*|PARTUUID=*) rootdev=$(findfs "$root" 2>/dev/null) || rootdev= ;;
+      *) rootdev="$root" ;;
+    esac
+    [ -n "$rootdev" ] && [ -b "$rootdev" ] && return 0
+    [ "$tries" -gt 0 ] || return 1
+    [ "$tries" -ne $((rootdelay * 10)) ] || echo "yun: waiting up to \${rootdelay} s for $root"
+    tries=$((tries - 1))
+    usleep 100000
+  done
+}
+
+# Mounts $root at /newroot; on failure sets $why and returns 1.
+mount_root() {
+  if ! wait_root; then
+    why="no such block device (waited \${rootdelay} s)"
+    return 1
+  fi
+  mkdir -p /newroot
+  if ! why=$(mount -t "$rootfstype" -o "$rootmode\${rootflags:+,$rootflags}" "$rootdev" /newroot 2>&1); then
+    why="\${why#mount: }"
+    [ -n "$why" ] || why="mount failed"
+    return 1
+  fi
+  if [ ! -e "/newroot$rootinit" ] && [ ! -L "/newroot$rootinit" ]; then
+    why="it has no $rootinit"
+    umount /newroot
+    return 1
+  fi
+  return 0
+}
+
+if [ -n "$root" ]; then
+  if mount_root; then
+    echo "yun: mounted root $root ($rootdev, $rootfstype, $rootmode); switching to $rootinit"
+    for d in proc sys dev; do
+      [ -d "/newroot/$d" ] && mount --move "/$d" "/newroot/$d"
+    done
+    exec switch_root /newroot "$rootinit"
+  fi
+  echo "yun: cannot mount root $root: $why"
+  echo "yun: staying in the initramfs"
+fi
+`;
+
 /** The /init script. Modules are listed, one absolute path per line, in {@link MODULE_ORDER_FILE}. */
 export function initScript(): string {
   return `#!/bin/sh
@@ -101,6 +180,8 @@ if [ -r ${MODULE_ORDER_FILE} ]; then
   done < ${MODULE_ORDER_FILE}
 fi
 [ -z "$failed" ] || echo "yun: failed to load modules:$failed"
+
+${ROOT_SWITCH}
 ip link set lo up 2>/dev/null
 
 echo "${INIT_READY_MARKER}"
@@ -168,7 +249,7 @@ export interface InitramfsResult {
 export function buildInitramfs(input: InitramfsInput): InitramfsResult {
   const w = new CpioWriter({ mtime: input.mtime ?? 0 });
   w.dir("/");
-  for (const d of ["bin", "dev", "etc", "lib", "mnt", "proc", "run", "sys", "usr", "var"]) w.dir(d);
+  for (const d of ["bin", "dev", "etc", "lib", "mnt", "newroot", "proc", "run", "sys", "usr", "var"]) w.dir(d);
   w.dir("root", { mode: 0o700 });
   w.dir("tmp", { mode: 0o1777 });
   w.symlink("sbin", "bin");

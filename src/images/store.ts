@@ -1,5 +1,7 @@
 /**
  * The local image store: `$YUN_HOME/images/<name>/` with a manifest.json describing the files.
+ * Manifests of another format than MANIFEST_FORMAT (older images, e.g. without a root disk) read as
+ * absent, so the image is rebuilt by the next pull.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -19,19 +21,47 @@ export interface ImageInfo {
   initrd: string;
   /** Absolute paths of the OpenSBI firmware builds. */
   firmware: { jump: string; dynamic: string };
+  /**
+   * Absolute path of the root disk: a raw ext4 image (sparse) for the first virtio-blk device, booted
+   * with "root=/dev/vda" on the kernel command line. It is the image's pristine copy: a VM should run
+   * on its own copy (see copySparseFile), since writing to it makes `yun image pull` rebuild it.
+   */
+  rootDisk: string;
   kernelVersion: string;
   packages: { name: string; version: string }[];
   /** ISO 8601 time the image was built. */
   created: string;
-  /** Total size of the image's files. */
+  /** Disk space the image's files take (for the sparse root disk, what is allocated). */
   sizeBytes: number;
 }
 
 export const MANIFEST_FILE = "manifest.json";
 
+/** The manifest format written now; images with another format are rebuilt by `yun image pull`. */
+export const MANIFEST_FORMAT = 2;
+
+/** What the root disk holds. */
+export interface RootfsManifest {
+  /** Guest device, label and file system type. */
+  device: string;
+  label: string;
+  fsType: "ext4";
+  /** File system size in bytes. */
+  sizeBytes: number;
+  /** Packages installed on it (a subset of the image's packages), sorted. */
+  packages: string[];
+  /** Dependencies deliberately not installed, and why. */
+  omitted: { name: string; neededBy: string; reason: string }[];
+  /** Busybox applets linked into /usr/bin and /usr/sbin. */
+  busyboxApplets: number;
+  /** Regular files and their total size. */
+  files: number;
+  fileBytes: number;
+}
+
 /** manifest.json as written by the image builder. */
 export interface ImageManifest {
-  format: 1;
+  format: typeof MANIFEST_FORMAT;
   name: string;
   created: string;
   suite: string;
@@ -41,6 +71,9 @@ export interface ImageManifest {
   kernel: string;
   initrd: string;
   firmware: { jump: string; dynamic: string };
+  /** The root disk's file name. */
+  rootDisk: string;
+  rootfs: RootfsManifest;
   /** Kernel modules in the initramfs, in load order. */
   modules: string[];
   /** Every produced file (relative to the image directory) with its SHA-256 and size. */
@@ -52,12 +85,15 @@ function isManifest(x: unknown): x is ImageManifest {
   const m = x as Record<string, unknown>;
   const fw = m.firmware as Record<string, unknown> | undefined;
   return (
-    m.format === 1 &&
+    m.format === MANIFEST_FORMAT &&
     typeof m.name === "string" &&
     typeof m.created === "string" &&
     typeof m.kernelVersion === "string" &&
     typeof m.kernel === "string" &&
     typeof m.initrd === "string" &&
+    typeof m.rootDisk === "string" &&
+    typeof m.rootfs === "object" &&
+    m.rootfs !== null &&
     typeof fw === "object" &&
     fw !== null &&
     typeof fw.jump === "string" &&
@@ -87,7 +123,8 @@ export function imageInfo(dir: string, m: ImageManifest): ImageInfo {
   let size = 0;
   for (const [file, meta] of Object.entries(m.files)) {
     try {
-      size += statSync(join(dir, file)).size;
+      const st = statSync(join(dir, file));
+      size += Math.min(st.size, st.blocks * 512);
     } catch {
       size += meta.size;
     }
@@ -98,6 +135,7 @@ export function imageInfo(dir: string, m: ImageManifest): ImageInfo {
     kernel: join(dir, m.kernel),
     initrd: join(dir, m.initrd),
     firmware: { jump: join(dir, m.firmware.jump), dynamic: join(dir, m.firmware.dynamic) },
+    rootDisk: join(dir, m.rootDisk),
     kernelVersion: m.kernelVersion,
     packages: m.packages.map((p) => ({ name: p.name, version: p.version })),
     created: m.created,
@@ -112,7 +150,7 @@ export function findImage(name: string): ImageInfo | undefined {
   const m = readManifest(dir);
   if (m === undefined || m.name !== name) return undefined;
   const info = imageInfo(dir, m);
-  for (const p of [info.kernel, info.initrd, info.firmware.jump, info.firmware.dynamic]) {
+  for (const p of [info.kernel, info.initrd, info.firmware.jump, info.firmware.dynamic, info.rootDisk]) {
     if (!existsSync(p)) return undefined;
   }
   return info;
@@ -143,7 +181,13 @@ export function listImages(): ImageInfo[] {
  */
 export async function verifyImage(dir: string, manifest: ImageManifest): Promise<string[]> {
   const problems: string[] = [];
-  const required = [manifest.kernel, manifest.initrd, manifest.firmware.jump, manifest.firmware.dynamic];
+  const required = [
+    manifest.kernel,
+    manifest.initrd,
+    manifest.firmware.jump,
+    manifest.firmware.dynamic,
+    manifest.rootDisk,
+  ];
   for (const r of required) if (manifest.files[r] === undefined) problems.push(`${r} is not in the manifest`);
   for (const [file, meta] of Object.entries(manifest.files)) {
     const path = join(dir, file);

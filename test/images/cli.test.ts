@@ -87,6 +87,7 @@ test("image table", () => {
       kernel: "/x/vmlinux",
       initrd: "/x/initrd.cpio",
       firmware: { jump: "/x/fw_jump.bin", dynamic: "/x/fw_dynamic.bin" },
+      rootDisk: "/x/root.ext4",
       kernelVersion: "6.12.117+deb13-riscv64",
       packages: [],
       created: "2025-01-02T03:04:05.000Z",

@@ -109,3 +109,27 @@ test("/init and the udhcpc script are valid shell", { skip: spawnSync("sh", ["-c
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("/init switches to the root disk named by root=, and says why when it cannot", () => {
+  const s = initScript();
+  const marker = s.indexOf(`echo "${INIT_READY_MARKER}"`);
+  const sw = s.indexOf('exec switch_root /newroot "$rootinit"');
+  assert.ok(sw > s.indexOf("insmod"), "modules are loaded before the root disk is mounted");
+  assert.ok(sw > 0 && sw < marker, "switch_root comes before the initramfs's own marker");
+  assert.match(s, /root=\*\) root="\$\{arg#root=\}" ;;/);
+  assert.match(s, /rootfstype=ext4\n/);
+  assert.match(s, /rootmode=rw\n/);
+  assert.match(s, /\n {4}ro\) rootmode=ro ;;\n {4}rw\) rootmode=rw ;;/);
+  assert.match(s, /rootinit=\/sbin\/init\n/);
+  assert.match(s, /LABEL=\*\|UUID=\*\|PARTUUID=\*\) rootdev=\$\(findfs "\$root"/);
+  assert.match(s, /\[ -b "\$rootdev" \] && return 0/);
+  assert.match(s, /mount -t "\$rootfstype" -o "\$rootmode\$\{rootflags:\+,\$rootflags\}" "\$rootdev" \/newroot/);
+  assert.match(s, /for d in proc sys dev; do\n\s+\[ -d "\/newroot\/\$d" \] && mount --move "\/\$d" "\/newroot\/\$d"/);
+  assert.match(s, /echo "yun: cannot mount root \$root: \$why"/);
+  // Without root= the block is skipped and /init carries on exactly as before.
+  assert.match(s, /if \[ -n "\$root" \]; then/);
+  const r = buildInitramfs({ busybox: fakeBusybox(), kernelVersion: "v", modules: [] });
+  const names = readCpio(r.archive).map((e) => e.name);
+  assert.ok(names.includes("newroot"));
+  assert.ok(r.applets.includes("switch_root"));
+});
