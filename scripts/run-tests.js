@@ -15,5 +15,14 @@ function find(dir, out) {
 }
 const filter = process.argv.slice(2);
 const files = find("dist/test", []).filter((f) => filter.length === 0 || filter.some((s) => f.includes(s))).sort();
-const result = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...files], { stdio: "inherit" });
-process.exit(result.status ?? 1);
+const run = (list, env) =>
+  spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...list], { stdio: "inherit", env: { ...process.env, ...env } })
+    .status ?? 1;
+let status = run(files, {});
+// The CPU-level tests run a second time on the translator (see test/support/engine.ts).
+const cpuFiles = files.filter((f) => /[/\\](cpu|diff)[/\\]|sbi\.test/.test(f) && !f.includes("fpu"));
+if (cpuFiles.length > 0) {
+  console.log(`\n# again on the translator: ${cpuFiles.length} files`);
+  status = run(cpuFiles, { YUN_TEST_ENGINE: "jit" }) || status;
+}
+process.exit(status);

@@ -27,6 +27,7 @@ export class Bus {
   readonly ram16: Uint16Array;
   readonly ram32: Int32Array;
   private readonly windows: Window[] = [];
+  private readonly writeListeners: ((offset: number, length: number) => void)[] = [];
 
   constructor(ramBase: number, ramSize: number, shared = false) {
     if (ramSize % 4096 !== 0) throw new Error("RAM size must be a multiple of 4 KiB");
@@ -71,6 +72,19 @@ export class Bus {
     return true;
   }
 
+  /** Registers a listener for RAM writes that do not come from a hart's stores (translators). */
+  onExternalWrite(listener: (offset: number, length: number) => void): void {
+    this.writeListeners.push(listener);
+  }
+
+  /**
+   * Announces that RAM bytes [offset, offset + length) were written other than by a hart's stores:
+   * device DMA, loaders, tools. Whoever caches what RAM holds (translated code) drops it.
+   */
+  externalWrite(offset: number, length: number): void {
+    for (const l of this.writeListeners) l(offset, length);
+  }
+
   /** Copies bytes into RAM at a physical address (loaders). */
   load(pa: number, bytes: Uint8Array): void {
     const off = this.ramOffset(pa);
@@ -78,5 +92,6 @@ export class Bus {
       throw new Error(`cannot load ${bytes.length} bytes at 0x${pa.toString(16)}: outside RAM`);
     }
     this.ram.set(bytes, off);
+    this.externalWrite(off, bytes.length);
   }
 }

@@ -68,6 +68,15 @@ class TlbSet {
 /** Handler for environment calls the hypervisor answers itself (SBI without firmware). */
 export type EcallHandler = (hart: Hart) => boolean;
 
+/** What the hart needs of a translator: run guest code until instret reaches `end`. */
+export interface Translator {
+  execute(end: number): void;
+}
+
+/** Size of the translator's hotness table (entries). */
+export const HOT_BITS = 16;
+export const HOT_MASK = (1 << HOT_BITS) - 1;
+
 export class Hart {
   readonly bus: Bus;
   readonly hartId: number;
@@ -120,19 +129,43 @@ export class Hart {
   attention = true;
   ecallHandler: EcallHandler | null = null;
 
-  // MMU: one TLB set per effective privilege (M/bare, S, U)
+  // MMU: one TLB set per effective privilege (M/bare, S, U). The members below without `private`
+  // are read by the translator (jit.ts), which inlines the TLB fast paths into generated code.
   private readonly tlbSets = [new TlbSet(), new TlbSet(), new TlbSet()];
-  private dataSet: TlbSet;
-  private fetchSet: TlbSet;
+  dataSet: TlbSet;
+  fetchSet: TlbSet;
   private fetchPageVa = NaN;
   private fetchPageOff = 0;
-  private readonly ram8: Uint8Array;
-  private readonly ram16: Uint16Array;
-  private readonly ram32: Int32Array;
-  private readonly ramBase: number;
-  private readonly ramSize: number;
+  readonly ram8: Uint8Array;
+  readonly ram16: Uint16Array;
+  readonly ram32: Int32Array;
+  readonly ramBase: number;
+  readonly ramSize: number;
   /** High word of the last 64-bit value produced by a helper that returns the low word. */
-  private hi = 0;
+  hi = 0;
+  /**
+   * Changes whenever the virtual-to-physical mapping of instruction fetches may have changed
+   * (TLB flush, privilege change): translated code links between blocks are valid only within one key.
+   */
+  fetchKey = 0;
+  private tlbEpoch = 0;
+
+  /** The translator, when one runs this hart (`--engine jit`); null runs the interpreter. */
+  translator: Translator | null = null;
+  /**
+   * Physical RAM pages (index = RAM offset >> 12) holding translated code. Writes to them never hit
+   * the write TLB, so the first store to such a page reaches `codeWritten` before it lands.
+   */
+  codePages: Uint8Array | null = null;
+  codeWritten: ((page: number) => void) | null = null;
+  /**
+   * The translator's profile: execution counts of block leaders (the instruction after a control
+   * transfer), indexed by RAM halfword offset & HOT_MASK; -1 marks translated code, -2 code that
+   * cannot be translated. The interpreter counts, and returns to the translator when it reaches a
+   * translated or newly hot leader.
+   */
+  hotCounts: Int32Array | null = null;
+  hotThreshold = 0;
 
   constructor(bus: Bus, hartId = 0, clock: HartClock = defaultClock) {
     this.bus = bus;
@@ -186,12 +219,18 @@ export class Hart {
     const start = this.instret;
     const end = start + budget;
     this.stopRequested = false;
+    if (this.waiting) return 0; // in WFI: only an interrupt (setPending) or the machine wakes it
+    // Traps retire nothing, so they are counted against the budget too: a guest caught in a trap
+    // loop (say, a fault at its own trap vector) still hands control back to the machine.
+    let traps = 0;
     for (;;) {
       try {
-        this.execute(end);
+        if (this.translator !== null) this.translator.execute(end);
+        else this.interpret(end);
         break;
       } catch (e) {
         if (e !== TRAP) throw e;
+        if (++traps > budget) break;
       }
     }
     return this.instret - start;
@@ -206,14 +245,20 @@ export class Hart {
    * The interpreter loop: fetch, decode and execute until instret reaches `end`. One function so
    * that V8 keeps the loop, the fetch fast path and the common instructions in one optimized body.
    */
-  private execute(end: number): void {
+  interpret(end: number): void {
     const x = this.x;
+    const hot = this.hotCounts;
+    // The first instruction is the caller's business; later block leaders are profiled.
+    let leader = false;
     while (this.instret < end) {
     if (this.attention) {
       this.attention = false;
       if (this.stopRequested || this.waiting) return;
       const cause = this.pendingInterrupt();
-      if (cause >= 0) this.takeTrap(cause, 0, 0, true);
+      if (cause >= 0) {
+        this.takeTrap(cause, 0, 0, true);
+        leader = true;
+      }
     }
     const pc = this.pc;
     let d = pc - this.fetchPageVa;
@@ -231,6 +276,16 @@ export class Hart {
       insn |= this.ram16[h + 1] << 16;
     } else {
       insn = this.fetchCrossPage(pc, insn);
+    }
+    if (leader) {
+      leader = false;
+      if (hot !== null) {
+        const count = hot[h & HOT_MASK];
+        if (count >= 0) {
+          if (count >= this.hotThreshold) return;
+          hot[h & HOT_MASK] = count + 1;
+        } else if (count === -1) return;
+      }
     }
     const rd = (insn >> 6) & 0x3e; // 2*rd
     const rs1 = (insn >> 14) & 0x3e;
@@ -352,6 +407,7 @@ export class Hart {
         break;
       }
       case 0x6f: {
+        leader = true;
         // JAL
         const imm = ((insn >> 31) << 20) | (((insn >> 12) & 0xff) << 12) | (((insn >> 20) & 1) << 11) | (((insn >> 21) & 0x3ff) << 1);
         x[rd] = next | 0; x[rd + 1] = Math.floor(next / TWO32) | 0;
@@ -359,6 +415,7 @@ export class Hart {
         break;
       }
       case 0x67: {
+        leader = true;
         // JALR
         const imm = insn >> 20;
         const lo = (x[rs1] + imm) | 0;
@@ -368,6 +425,7 @@ export class Hart {
         break;
       }
       case 0x63: {
+        leader = true;
         // BRANCH
         const alo = x[rs1], ahi = x[rs1 + 1], blo = x[rs2], bhi = x[rs2 + 1];
         let taken: boolean;
@@ -433,6 +491,7 @@ export class Hart {
         break;
       case 0x73:
         next = this.system(insn, pc, next);
+        leader = true;
         break;
       case 0x2f:
         this.atomic(insn);
@@ -458,7 +517,7 @@ export class Hart {
 
   // ---------------------------------------------------------------- M extension
 
-  private mulDiv(f3: number, alo: number, ahi: number, blo: number, bhi: number): number {
+  mulDiv(f3: number, alo: number, ahi: number, blo: number, bhi: number): number {
     switch (f3) {
       case 0:
         this.hi = (mulhu32(alo, blo) + Math.imul(ahi, blo) + Math.imul(alo, bhi)) | 0;
@@ -500,7 +559,7 @@ export class Hart {
     return Number(BigInt.asIntN(32, r));
   }
 
-  private mulDivW(f3: number, a: number, b: number, insn: number): number {
+  mulDivW(f3: number, a: number, b: number, insn: number): number {
     switch (f3) {
       case 0: return Math.imul(a, b);
       case 4: return b === 0 ? -1 : a === -2147483648 && b === -1 ? a : (a / b) | 0;
@@ -632,7 +691,9 @@ export class Hart {
 
   /** Points the active TLB sets at the current privilege; call after priv or MPRV/MPP change. */
   private updateMode(): void {
-    this.fetchSet = this.tlbSets[this.priv === PRIV_M ? 0 : this.priv === PRIV_S ? 1 : 2];
+    const fetchIndex = this.priv === PRIV_M ? 0 : this.priv === PRIV_S ? 1 : 2;
+    this.fetchSet = this.tlbSets[fetchIndex];
+    this.fetchKey = this.tlbEpoch * 4 + fetchIndex;
     const dp = this.dataPriv();
     this.dataSet = this.tlbSets[dp === PRIV_M ? 0 : dp === PRIV_S ? 1 : 2];
     this.fetchPageVa = NaN;
@@ -643,6 +704,46 @@ export class Hart {
     this.tlbSets[1].flush();
     this.tlbSets[2].flush();
     this.fetchPageVa = NaN;
+    this.tlbEpoch++;
+    this.updateMode();
+  }
+
+  /** Drops write translations that point at a physical RAM page (it now holds translated code). */
+  purgeWriteTlb(page: number): void {
+    const pageOff = page * 4096;
+    for (const set of this.tlbSets) {
+      for (let i = 0; i < TLB_SIZE; i++) if (set.writeOff[i] === pageOff) set.writeTag[i] = NaN;
+    }
+  }
+
+  /** RAM offset of the instruction at virtual address `pc`, raising the fetch fault if there is none. */
+  fetchOffset(pc: number): number {
+    const lo = pc | 0;
+    const hi = Math.floor(pc / TWO32) | 0;
+    const set = this.fetchSet;
+    const idx = (lo >>> 12) & TLB_MASK;
+    if (set.fetchTag[idx] === hi * 1048576 + (lo >>> 12)) return set.fetchOff[idx] + (lo & 0xfff);
+    const pa = this.translate(lo, hi, ACCESS_FETCH);
+    const off = pa - this.ramBase;
+    if (!(off >= 0 && off < this.ramSize)) this.raise(CAUSE_FETCH_ACCESS, lo, hi);
+    return off;
+  }
+
+  /**
+   * Executes one instruction that neither transfers control nor depends on the pc (AMO, FP) for
+   * translated code; `this.pc` must point at it so that a trap reports the right address.
+   */
+  executeHelper(insn: number): void {
+    switch (insn & 0x7f) {
+      case 0x2f: this.atomic(insn); break;
+      case 0x07: this.fpLoad(insn); break;
+      case 0x27: this.fpStore(insn); break;
+      default:
+        if ((this.mstatus & MSTATUS_FS) === 0 || !executeFp(this, insn)) this.illegal(insn);
+        this.mstatus |= MSTATUS_FS;
+    }
+    this.x[0] = 0;
+    this.x[1] = 0;
   }
 
   /**
@@ -675,7 +776,12 @@ export class Hart {
       const tag = hi * 1048576 + (lo >>> 12);
       const pageOff = off - (off & 0xfff);
       if (access === ACCESS_READ) { set.readTag[idx] = tag; set.readOff[idx] = pageOff; }
-      else if (access === ACCESS_WRITE) { set.writeTag[idx] = tag; set.writeOff[idx] = pageOff; }
+      else if (access === ACCESS_WRITE) {
+        const codePages = this.codePages;
+        if (codePages !== null && codePages[pageOff >>> 12] !== 0) this.codeWritten!(pageOff >>> 12);
+        set.writeTag[idx] = tag;
+        set.writeOff[idx] = pageOff;
+      }
       else { set.fetchTag[idx] = tag; set.fetchOff[idx] = pageOff; }
     }
     return pa;
@@ -747,11 +853,9 @@ export class Hart {
 
   private illegal(insn: number): never {
     // A compressed instruction reports its own 16 bits, not its expansion.
-    const d = this.pc - this.fetchPageVa;
-    if (d >= 0 && d < 4096) {
-      const parcel = this.ram16[(this.fetchPageOff + d) >>> 1];
-      if ((parcel & 3) !== 3) this.raise(CAUSE_ILLEGAL_INSTRUCTION, parcel, 0);
-    }
+    // (The translator runs helpers without the interpreter's fetch page, so look the pc up again.)
+    const parcel = this.ram16[this.fetchOffset(this.pc) >>> 1];
+    if ((parcel & 3) !== 3) this.raise(CAUSE_ILLEGAL_INSTRUCTION, parcel, 0);
     this.raise(CAUSE_ILLEGAL_INSTRUCTION, insn, 0);
   }
 

@@ -23,6 +23,7 @@ import {
   MSTATUS_FS,
 } from "../../src/cpu/csr.js";
 import * as A from "../support/rv-asm.js";
+import { withTestEngine } from "../support/engine.js";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -57,7 +58,7 @@ function machine(): Machine {
       return this.t;
     },
   };
-  const hart = new Hart(bus, 0, clock);
+  const hart = withTestEngine(new Hart(bus, 0, clock));
   const m = { bus, hart, clock, dv: new DataView(bus.ramBuffer) };
   code(m, MTRAP, [A.jal(0, 0)]);
   code(m, STRAP, [A.jal(0, 0)]);
@@ -79,6 +80,7 @@ function code(m: Machine, addr: number, insns: number[]): number {
       a += 4;
     }
   }
+  m.hart.bus.externalWrite(addr - RAM_BASE, a - addr);
   return a;
 }
 const w64 = (m: Machine, addr: number, v: bigint) => m.dv.setBigUint64(addr - RAM_BASE, BigInt.asUintN(64, v), true);

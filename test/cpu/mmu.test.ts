@@ -18,6 +18,7 @@ import {
   MSTATUS_TVM,
 } from "../../src/cpu/csr.js";
 import * as A from "../support/rv-asm.js";
+import { withTestEngine } from "../support/engine.js";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -109,7 +110,7 @@ class PageTables {
 /** A hart with `levels`-level paging on, RAM identity-mapped (supervisor RWX) by a gigapage. */
 function machine(levels: 3 | 4 = 3): Machine {
   const bus = new Bus(RAM_BASE, RAM_SIZE);
-  const hart = new Hart(bus, 0, { now: () => 0 });
+  const hart = withTestEngine(new Hart(bus, 0, { now: () => 0 }));
   const dv = new DataView(bus.ramBuffer);
   const pt = new PageTables(dv, levels);
   pt.map(BigInt(RAM_BASE), RAM_BASE, RWX, 2);
@@ -124,12 +125,13 @@ function machine(levels: 3 | 4 = 3): Machine {
   return m;
 }
 
-function code(m: { dv: DataView }, addr: number, insns: number[]): void {
+function code(m: { dv: DataView; hart: Hart }, addr: number, insns: number[]): void {
   let a = addr;
   for (const w of insns) {
     m.dv.setUint32(a - RAM_BASE, w >>> 0, true);
     a += 4;
   }
+  m.hart.bus.externalWrite(addr - RAM_BASE, a - addr);
 }
 const w64 = (m: Machine, pa: number, v: bigint) => m.dv.setBigUint64(pa - RAM_BASE, u64(v), true);
 const r64 = (m: Machine, pa: number) => m.dv.getBigUint64(pa - RAM_BASE, true);

@@ -10,6 +10,7 @@ import { Hart, PRIV_S, PRIV_U } from "../../src/cpu/hart.js";
 import { CSR, MSTATUS_SIE } from "../../src/cpu/csr.js";
 import { HypervisorSbi, type SbiHost } from "../../src/machine/sbi.js";
 import * as A from "../support/rv-asm.js";
+import { withTestEngine } from "../support/engine.js";
 
 const RAM_BASE = 0x8000_0000;
 const RAM_SIZE = 1 << 20;
@@ -78,7 +79,7 @@ function guest(nharts = 1): Guest {
       return this.t;
     },
   };
-  const harts = Array.from({ length: nharts }, (_, i) => new Hart(bus, i, clock));
+  const harts = Array.from({ length: nharts }, (_, i) => withTestEngine(new Hart(bus, i, clock)));
   const host = new Host(bus);
   const sbi = new HypervisorSbi(harts, host);
   const dv = new DataView(bus.ramBuffer);

@@ -1,0 +1,645 @@
+/**
+ * The translator: hot guest code becomes JavaScript that V8 compiles to machine code.
+ *
+ * Unit of translation is a block: straight-line guest instructions within one 4 KiB page, ending
+ * at a branch or jump, at an instruction the block cannot express (SYSTEM: CSRs, ecall, mret, wfi,
+ * sfence.vma; fence.i; reserved encodings), at the page end, or after MAX_BLOCK instructions.
+ * Blocks are found by the RAM offset of their first instruction (physical address) and the virtual
+ * pc they were translated at (the code embeds pc-relative constants); nothing else about the CPU
+ * state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
+ *
+ * Tiers: a new block is interpreted (the interpreter is the reference) until it has run
+ * COMPILE_THRESHOLD times; then it is translated. Cold code never pays for compilation.
+ *
+ * Inside a translated block, guest registers live in JS locals (int32 lo/hi pairs), loaded at
+ * entry and written back at every exit. Loads and stores test the hart's TLB inline and leave
+ * through one slow-path call on a miss; before that call the block writes back the registers it
+ * changed, sets pc and instret to the faulting instruction's, so a trap is precise: same pc, same
+ * registers, same instret as the interpreter. A slow access that raised `attention` (an MMIO write
+ * that made an interrupt pending) ends the block right after that instruction, as the interpreter
+ * would take the interrupt there.
+ *
+ * Chaining: each block remembers the block it went to through each exit (fall-through, taken,
+ * indirect) together with the target pc and the hart's fetchKey; the dispatcher follows a link
+ * without any lookup while both still match.
+ *
+ * Self-modifying code: a page with translated code is marked in `hart.codePages` and dropped from
+ * the write TLB, so the first store to it (from any privilege or through any alias) reaches
+ * `invalidatePage` before it lands. DMA writes call `invalidateRange`. fence.i ends a block, so
+ * code after it is fetched afresh.
+ *
+ * The cache is bounded: past MAX_BLOCKS translated blocks or MAX_SOURCE_BYTES of generated source,
+ * everything is dropped (as QEMU's tb_flush) and hot code is translated again.
+ */
+import { COMPRESSED_TABLE } from "./compressed.js";
+import { HOT_BITS, HOT_MASK, type Hart, type Translator } from "./hart.js";
+
+const MAX_BLOCK = 64;
+export const COMPILE_THRESHOLD = 20_000;
+const MAX_BLOCKS = 40_000;
+const MAX_SOURCE_BYTES = 96 * 1024 * 1024;
+
+/** Exit codes of a translated block. */
+const EXIT_FALL = 0;
+const EXIT_TAKEN = 1;
+const EXIT_INDIRECT = 2;
+/** Leave, then interpret the instruction at pc (one the block could not express). */
+const EXIT_INTERP = 3;
+/** Leave without linking (after an MMIO access raised attention, or after fence.i). */
+const EXIT_NOLINK = 4;
+
+type BlockFn = () => number;
+
+class Block {
+  valid = true;
+  /** Another block at the same physical address, translated for another virtual pc. */
+  alias: Block | null = null;
+  links: (Block | null)[] = [null, null, null];
+  linkPcs = [0, 0, 0];
+  linkKey = -1;
+  sourceBytes = 0;
+  constructor(
+    readonly vpc: number,
+    readonly off: number,
+    /** Guest instructions in the block, not counting an interpreted tail. */
+    readonly length: number,
+    readonly fn: BlockFn,
+  ) {}
+}
+
+export interface TranslatorStats {
+  /** Blocks seen (interpreted or translated) and translated. */
+  blocks: number;
+  translated: number;
+  /** Bytes of generated JavaScript source currently cached. */
+  sourceBytes: number;
+  /** Estimated memory held by the cache (source, V8 code and metadata). */
+  estimatedBytes: number;
+  flushes: number;
+  invalidations: number;
+  /** Guest instructions executed inside translated code (the rest were interpreted). */
+  translatedInstructions: number;
+}
+
+/** Decoded facts about one instruction of a block. */
+interface Insn {
+  pc: number;
+  insn: number;
+  len: number;
+}
+
+export class Jit implements Translator {
+  private readonly hart: Hart;
+  private readonly blocks = new Map<number, Block>();
+  /** Blocks per physical page, for invalidation. */
+  private readonly pageBlocks = new Map<number, Block[]>();
+  private readonly codePages: Uint8Array;
+  private readonly hot = new Int32Array(1 << HOT_BITS);
+  /**
+   * Return after each translated block or interpreted stretch (up to the next block leader):
+   * lockstep testing compares the architectural state at these points.
+   */
+  singleStep = false;
+  /** Host time spent translating (ms). */
+  translateMs = 0;
+  private translatedCount = 0;
+  private sourceBytes = 0;
+  private flushes = 0;
+  private invalidations = 0;
+  /** Instructions retired in translated blocks (exact at block exits). */
+  private jitInstret = 0;
+  readonly threshold: number;
+
+  private readonly maxBlocks: number;
+
+  constructor(hart: Hart, options: { threshold?: number; maxBlocks?: number } = {}) {
+    this.hart = hart;
+    this.threshold = options.threshold ?? COMPILE_THRESHOLD;
+    this.maxBlocks = options.maxBlocks ?? MAX_BLOCKS;
+    this.codePages = new Uint8Array(Math.ceil(hart.ramSize / 4096));
+    hart.codePages = this.codePages;
+    hart.codeWritten = (page) => this.invalidatePage(page);
+    hart.bus.onExternalWrite((off, length) => {
+      if (this.hart.translator === this) this.invalidateRange(off, length);
+    });
+    hart.hotCounts = this.hot;
+    hart.hotThreshold = this.threshold;
+    hart.translator = this;
+  }
+
+  /** Detaches from the hart (it goes back to the interpreter). */
+  detach(): void {
+    this.flush();
+    this.hart.codePages = null;
+    this.hart.codeWritten = null;
+    this.hart.translator = null;
+    this.hart.hotCounts = null;
+  }
+
+  stats(): TranslatorStats {
+    return {
+      blocks: this.translatedCount,
+      translated: this.translatedCount,
+      sourceBytes: this.sourceBytes,
+      // V8 keeps the source string, bytecode and (for hot blocks) machine code: about 4x the source.
+      estimatedBytes: this.sourceBytes * 4 + this.blocks.size * 160,
+      flushes: this.flushes,
+      invalidations: this.invalidations,
+      translatedInstructions: this.jitInstret,
+    };
+  }
+
+  /** Runs guest code until instret reaches `end` (or the hart stops, waits, or traps out). */
+  execute(end: number): void {
+    const h = this.hart;
+    const hot = this.hot;
+    let blk: Block | null = null;
+    while (h.instret < end) {
+      if (h.attention) {
+        h.attention = false;
+        if (h.stopRequested || h.waiting) return;
+        const cause = h.pendingInterrupt();
+        if (cause >= 0) h.takeTrap(cause, 0, 0, true);
+        blk = null;
+      }
+      if (blk === null || !blk.valid) {
+        const pc = h.pc;
+        const off = h.fetchOffset(pc);
+        blk = this.find(pc, off);
+        if (blk === null) {
+          const slot = (off >>> 1) & HOT_MASK;
+          const count = hot[slot];
+          // Hot by count, or translated at another virtual address (a shared library in another
+          // process): translate for this one. Otherwise the interpreter runs (and profiles) it.
+          if (count >= this.threshold || count === -1) blk = this.translate(pc, off);
+          if (blk === null) {
+            if (count >= 0 && count < this.threshold) hot[slot] = count + 1;
+            h.interpret(end);
+            if (this.singleStep || h.waiting || h.stopRequested) return;
+            continue;
+          }
+        }
+      }
+      if (blk.length > end - h.instret) {
+        // The budget is exact, as the interpreter's: the tail of a slice is interpreted.
+        h.interpret(end);
+        blk = null;
+        if (this.singleStep || h.waiting || h.stopRequested) return;
+        continue;
+      }
+      const before = h.instret;
+      const exit: number = blk.fn();
+      this.jitInstret += h.instret - before;
+      if (this.singleStep) return;
+      // No lookup past the budget or before a pending interrupt: the next fetch may fault.
+      if (exit >= EXIT_INTERP || h.instret >= end || h.attention) {
+        blk = null;
+        continue;
+      }
+      const key = h.fetchKey;
+      if (blk.linkKey === key) {
+        const linked: Block | null = blk.links[exit];
+        if (linked !== null && blk.linkPcs[exit] === h.pc && linked.valid) {
+          blk = linked;
+          continue;
+        }
+      } else {
+        blk.links[0] = blk.links[1] = blk.links[2] = null;
+        blk.linkKey = key;
+      }
+      const pc = h.pc;
+      const next = this.find(pc, h.fetchOffset(pc));
+      if (next !== null) {
+        blk.links[exit] = next;
+        blk.linkPcs[exit] = pc;
+      }
+      blk = next;
+    }
+  }
+
+  /** The translated block for virtual pc at RAM offset off, if there is one. */
+  private find(pc: number, off: number): Block | null {
+    let b: Block | null = this.blocks.get(off) ?? null;
+    while (b !== null) {
+      if (b.vpc === pc) return b;
+      b = b.alias;
+    }
+    return null;
+  }
+
+  /** Translates the block at pc; null (and the leader marked untranslatable) when it has no instructions. */
+  private translate(pc: number, off: number): Block | null {
+    if (this.translatedCount >= this.maxBlocks || this.sourceBytes >= MAX_SOURCE_BYTES) this.flush();
+    const t0 = performance.now();
+    const insns = this.decode(pc, off);
+    const slot = (off >>> 1) & HOT_MASK;
+    if (insns.length === 0) {
+      this.hot[slot] = -2;
+      return null;
+    }
+    const source = generate(insns);
+    const factory = new Function("h", "x", "ram8", "ram16", "ram32", "mulhu32", source) as (
+      h: Hart, x: Int32Array, ram8: Uint8Array, ram16: Uint16Array, ram32: Int32Array, m: typeof mulhu32,
+    ) => BlockFn;
+    const h = this.hart;
+    const blk = new Block(pc, off, insns.length, factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32));
+    blk.sourceBytes = source.length;
+    this.sourceBytes += source.length;
+    this.translatedCount++;
+    blk.alias = this.blocks.get(off) ?? null;
+    this.blocks.set(off, blk);
+    this.hot[slot] = -1;
+    const page = off >>> 12;
+    let list = this.pageBlocks.get(page);
+    if (list === undefined) this.pageBlocks.set(page, (list = []));
+    list.push(blk);
+    if (this.codePages[page] === 0) {
+      this.codePages[page] = 1;
+      h.purgeWriteTlb(page);
+    }
+    this.translateMs += performance.now() - t0;
+    return blk;
+  }
+
+  /** Reads the block's instructions (stopping where translation must stop). */
+  private decode(pc: number, off: number): Insn[] {
+    const ram16 = this.hart.ram16;
+    const out: Insn[] = [];
+    let pos = 0;
+    const pageLeft = 4096 - (off & 0xfff);
+    while (out.length < MAX_BLOCK && pos < pageLeft) {
+      const p = ram16[(off + pos) >>> 1];
+      let insn: number;
+      let len: number;
+      if ((p & 3) !== 3) {
+        insn = COMPRESSED_TABLE[p];
+        len = 2;
+      } else {
+        if (pos + 4 > pageLeft) break; // crosses the page: the interpreter takes it
+        insn = p | (ram16[(off + pos + 2) >>> 1] << 16);
+        len = 4;
+      }
+      const kind = classify(insn);
+      if (kind === KIND_STOP) break;
+      out.push({ pc: pc + pos, insn, len });
+      pos += len;
+      if (kind === KIND_END) break;
+    }
+    return out;
+  }
+
+  /** A store is about to change a page that holds translated code: drop its blocks. */
+  invalidatePage(page: number): void {
+    this.codePages[page] = 0;
+    const list = this.pageBlocks.get(page);
+    if (list === undefined) return;
+    this.pageBlocks.delete(page);
+    this.invalidations++;
+    for (const b of list) {
+      b.valid = false;
+      this.sourceBytes -= b.sourceBytes;
+      this.translatedCount--;
+      this.blocks.delete(b.off);
+      this.hot[(b.off >>> 1) & HOT_MASK] = 0;
+    }
+  }
+
+  /** Bytes in RAM were written other than by this hart's stores (device DMA, loaders, other harts). */
+  invalidateRange(off: number, length: number): void {
+    if (length <= 0) return;
+    const last = (off + length - 1) >>> 12;
+    for (let page = off >>> 12; page <= last; page++) if (this.codePages[page] !== 0) this.invalidatePage(page);
+  }
+
+  /** Drops every block (the cache is full, or a caller wants a clean slate). */
+  flush(): void {
+    for (const list of this.pageBlocks.values()) for (const b of list) b.valid = false;
+    this.blocks.clear();
+    this.pageBlocks.clear();
+    this.codePages.fill(0);
+    this.hot.fill(0);
+    this.sourceBytes = 0;
+    this.translatedCount = 0;
+    this.flushes++;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Classification
+
+const KIND_NEXT = 0; // translated, the block goes on
+const KIND_END = 1; // translated, the block ends after it
+const KIND_STOP = 2; // not translated: the block ends before it (the interpreter runs it)
+
+function classify(insn: number): number {
+  const f3 = (insn >> 12) & 7;
+  const f7 = insn >>> 25;
+  switch (insn & 0x7f) {
+    case 0x13:
+      if (f3 === 1) return insn >>> 26 === 0 ? KIND_NEXT : KIND_STOP;
+      if (f3 === 5) return insn >>> 26 === 0 || insn >>> 26 === 0x10 ? KIND_NEXT : KIND_STOP;
+      return KIND_NEXT;
+    case 0x33:
+      if (f7 === 0 || f7 === 1) return KIND_NEXT;
+      if (f7 === 0x20) return f3 === 0 || f3 === 5 ? KIND_NEXT : KIND_STOP;
+      return KIND_STOP;
+    case 0x1b:
+      if (f3 === 0) return KIND_NEXT;
+      if (f3 === 1) return f7 === 0 ? KIND_NEXT : KIND_STOP;
+      if (f3 === 5) return f7 === 0 || f7 === 0x20 ? KIND_NEXT : KIND_STOP;
+      return KIND_STOP;
+    case 0x3b:
+      if (f7 === 0) return f3 === 0 || f3 === 1 || f3 === 5 ? KIND_NEXT : KIND_STOP;
+      if (f7 === 0x20) return f3 === 0 || f3 === 5 ? KIND_NEXT : KIND_STOP;
+      if (f7 === 1) return f3 === 0 || f3 >= 4 ? KIND_NEXT : KIND_STOP;
+      return KIND_STOP;
+    case 0x37: case 0x17:
+      return KIND_NEXT;
+    case 0x6f:
+      return KIND_END;
+    case 0x67:
+      return f3 === 0 ? KIND_END : KIND_STOP;
+    case 0x63:
+      return f3 === 2 || f3 === 3 ? KIND_STOP : KIND_END;
+    case 0x03:
+      return f3 === 7 ? KIND_STOP : KIND_NEXT;
+    case 0x23:
+      return f3 <= 3 ? KIND_NEXT : KIND_STOP;
+    case 0x0f:
+      return f3 === 0 ? KIND_NEXT : f3 === 1 ? KIND_END : KIND_STOP;
+    case 0x2f: case 0x07: case 0x27: case 0x53: case 0x43: case 0x47: case 0x4b: case 0x4f:
+      return KIND_NEXT; // through Hart.executeHelper, which checks the encoding
+    default:
+      return KIND_STOP;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Code generation
+
+const TWO32 = 4294967296;
+const hiOf = (v: number): number => Math.floor(v / TWO32) | 0;
+
+/** JS source of a register's low / high word inside a block. */
+const L = (r: number): string => (r === 0 ? "0" : `r${r}l`);
+const H = (r: number): string => (r === 0 ? "0" : `r${r}h`);
+
+function iImm(insn: number): number {
+  return insn >> 20;
+}
+function sImm(insn: number): number {
+  return ((insn >> 25) << 5) | ((insn >> 7) & 0x1f);
+}
+function bImm(insn: number): number {
+  return ((insn >> 31) << 12) | (((insn >> 7) & 1) << 11) | (((insn >> 25) & 0x3f) << 5) | (((insn >> 8) & 0xf) << 1);
+}
+function jImm(insn: number): number {
+  return ((insn >> 31) << 20) | (((insn >> 12) & 0xff) << 12) | (((insn >> 20) & 1) << 11) | (((insn >> 21) & 0x3ff) << 1);
+}
+
+/** Registers an instruction reads and writes (integer file), for loads at entry and write-backs. */
+function registersOf(insn: number): { reads: number[]; writes: number[] } {
+  const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31;
+  switch (insn & 0x7f) {
+    case 0x13: case 0x1b: case 0x03: case 0x67: return { reads: [rs1], writes: [rd] };
+    case 0x33: case 0x3b: return { reads: [rs1, rs2], writes: [rd] };
+    case 0x37: case 0x17: case 0x6f: return { reads: [], writes: [rd] };
+    case 0x63: case 0x23: return { reads: [rs1, rs2], writes: [] };
+    case 0x07: return { reads: [rs1], writes: [] };
+    case 0x27: return { reads: [rs1], writes: [] };
+    case 0x2f: return { reads: [rs1, rs2], writes: [rd] };
+    case 0x53: return { reads: [rs1], writes: [rd] }; // fmv.x, fcvt.x, fclass, compares write rd
+    default: return { reads: [], writes: [] };
+  }
+}
+
+/**
+ * Generates the source of a block factory: `return function block() {...}` closing over the
+ * hart, its register file and RAM views.
+ */
+export function generate(insns: Insn[]): string {
+  const used = new Set<number>();
+  for (const i of insns) {
+    const { reads, writes } = registersOf(i.insn);
+    for (const r of reads) if (r !== 0) used.add(r);
+    for (const r of writes) if (r !== 0) used.add(r);
+  }
+  const written = new Set<number>();
+  const body: string[] = [];
+  const hasMemory = insns.some((i) => { const o = i.insn & 0x7f; return o === 0x03 || o === 0x23; });
+
+  const writeback = (): string => [...written].map((r) => `x[${2 * r}] = r${r}l; x[${2 * r + 1}] = r${r}h;`).join(" ");
+  const exit = (pc: number | string, count: number, code: number): string =>
+    `${writeback()} h.pc = ${pc}; h.instret += ${count}; return ${code};`;
+
+  for (let k = 0; k < insns.length; k++) {
+    const { pc, insn, len } = insns[k];
+    const next = pc + len;
+    const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31;
+    const f3 = (insn >> 12) & 7;
+    const a = L(rs1), ah = H(rs1), b = L(rs2), bh = H(rs2);
+    const dl = L(rd), dh = H(rd);
+    const emit = (s: string): void => { body.push(s); };
+    const set64 = (lo: string, hi: string): void => {
+      if (rd === 0) return;
+      emit(`t = ${lo}; u = ${hi}; ${dl} = t; ${dh} = u;`);
+      written.add(rd);
+    };
+    const set32 = (v: string): void => {
+      if (rd === 0) return;
+      emit(`${dl} = ${v}; ${dh} = ${dl} >> 31;`);
+      written.add(rd);
+    };
+    const setConst = (v: number): void => {
+      if (rd === 0) return;
+      emit(`${dl} = ${v | 0}; ${dh} = ${hiOf(v)};`);
+      written.add(rd);
+    };
+    /** Before a call that may trap or read state: registers, pc and instret as at this instruction. */
+    const sync = `${writeback()} h.pc = ${pc}; h.instret += ${k};`;
+    const unsync = `h.instret -= ${k};`;
+    /** After a slow access: if it raised attention, end the block after this instruction. */
+    const afterSlow = (): string => `if (h.attention) { h.instret -= ${k}; ${exit(next, k + 1, EXIT_NOLINK)} }`;
+
+    switch (insn & 0x7f) {
+      case 0x13: {
+        const imm = iImm(insn);
+        const ih = imm >> 31;
+        switch (f3) {
+          case 0:
+            if (rs1 === 0) setConst(imm);
+            else if (imm === 0) set64(a, ah);
+            else set64(`(${a} + ${imm}) | 0`, `(${ah} + ${ih} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0`);
+            break;
+          case 1: {
+            const s = imm & 63;
+            if (s === 0) set64(a, ah);
+            else if (s >= 32) set64("0", `${a} << ${s - 32}`);
+            else set64(`${a} << ${s}`, `(${ah} << ${s}) | (${a} >>> ${32 - s})`);
+            break;
+          }
+          case 2: set64(`${ah} < ${ih} || (${ah} === ${ih} && (${a} >>> 0) < ${imm >>> 0}) ? 1 : 0`, "0"); break;
+          case 3: set64(`(${ah} >>> 0) < ${ih >>> 0} || (${ah} === ${ih} && (${a} >>> 0) < ${imm >>> 0}) ? 1 : 0`, "0"); break;
+          case 4: set64(`${a} ^ ${imm}`, `${ah} ^ ${ih}`); break;
+          case 5: {
+            const s = imm & 63;
+            const arith = insn >>> 26 === 0x10;
+            if (s === 0) set64(a, ah);
+            else if (s >= 32) set64(arith ? `${ah} >> ${s - 32}` : `${ah} >>> ${s - 32}`, arith ? `${ah} >> 31` : "0");
+            else set64(`(${a} >>> ${s}) | (${ah} << ${32 - s})`, arith ? `${ah} >> ${s}` : `${ah} >>> ${s}`);
+            break;
+          }
+          case 6: set64(`${a} | ${imm}`, `${ah} | ${ih}`); break;
+          default: set64(`${a} & ${imm}`, `${ah} & ${ih}`); break;
+        }
+        break;
+      }
+      case 0x33: {
+        const f7 = insn >>> 25;
+        if (f7 === 0) {
+          switch (f3) {
+            case 0: set64(`(${a} + ${b}) | 0`, `(${ah} + ${bh} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0`); break;
+            case 1: if (rd !== 0) { emit(`s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { u = ${a} << (s - 32); t = 0; } else { u = (${ah} << s) | (${a} >>> (32 - s)); t = ${a} << s; } ${dl} = t; ${dh} = u;`); written.add(rd); } break;
+            case 2: set64(`${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)) ? 1 : 0`, "0"); break;
+            case 3: set64(`(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)) ? 1 : 0`, "0"); break;
+            case 4: set64(`${a} ^ ${b}`, `${ah} ^ ${bh}`); break;
+            case 5: if (rd !== 0) { emit(`s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { t = ${ah} >>> (s - 32); u = 0; } else { t = (${a} >>> s) | (${ah} << (32 - s)); u = ${ah} >>> s; } ${dl} = t; ${dh} = u;`); written.add(rd); } break;
+            case 6: set64(`${a} | ${b}`, `${ah} | ${bh}`); break;
+            default: set64(`${a} & ${b}`, `${ah} & ${bh}`); break;
+          }
+        } else if (f7 === 0x20) {
+          if (f3 === 0) set64(`(${a} - ${b}) | 0`, `(${ah} - ${bh} - ((${a} >>> 0) < (${b} >>> 0) ? 1 : 0)) | 0`);
+          else if (rd !== 0) { emit(`s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { t = ${ah} >> (s - 32); u = ${ah} >> 31; } else { t = (${a} >>> s) | (${ah} << (32 - s)); u = ${ah} >> s; } ${dl} = t; ${dh} = u;`); written.add(rd); }
+        } else {
+          // M extension
+          if (f3 === 0) set64(`Math.imul(${a}, ${b})`, `(mulhu32(${a}, ${b}) + Math.imul(${ah}, ${b}) + Math.imul(${a}, ${bh})) | 0`);
+          else set64(`h.mulDiv(${f3}, ${a}, ${ah}, ${b}, ${bh})`, "h.hi");
+        }
+        break;
+      }
+      case 0x1b: {
+        const imm = iImm(insn);
+        if (f3 === 0) set32(`(${a} + ${imm}) | 0`);
+        else if (f3 === 1) set32(`${a} << ${imm & 31}`);
+        else set32(insn >>> 25 === 0 ? `(${a} >>> ${imm & 31}) | 0` : `${a} >> ${imm & 31}`);
+        break;
+      }
+      case 0x3b: {
+        const f7 = insn >>> 25;
+        if (f7 === 0) {
+          if (f3 === 0) set32(`(${a} + ${b}) | 0`);
+          else if (f3 === 1) set32(`${a} << (${b} & 31)`);
+          else set32(`(${a} >>> (${b} & 31)) | 0`);
+        } else if (f7 === 0x20) {
+          set32(f3 === 0 ? `(${a} - ${b}) | 0` : `${a} >> (${b} & 31)`);
+        } else if (f3 === 0) set32(`Math.imul(${a}, ${b})`);
+        else set32(`h.mulDivW(${f3}, ${a}, ${b}, 0)`);
+        break;
+      }
+      case 0x37:
+        setConst((insn & 0xfffff000) | 0);
+        break;
+      case 0x17:
+        setConst(pc + ((insn & 0xfffff000) | 0));
+        break;
+      case 0x6f:
+        setConst(next);
+        emit(exit(pc + jImm(insn), k + 1, EXIT_TAKEN));
+        break;
+      case 0x67: {
+        const imm = iImm(insn);
+        emit(`t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0;`);
+        emit(`n = u * ${TWO32} + ((t & -2) >>> 0);`);
+        setConst(next);
+        emit(exit("n", k + 1, EXIT_INDIRECT));
+        break;
+      }
+      case 0x63: {
+        let cond: string;
+        switch (f3) {
+          case 0: cond = `${a} === ${b} && ${ah} === ${bh}`; break;
+          case 1: cond = `${a} !== ${b} || ${ah} !== ${bh}`; break;
+          case 4: cond = `${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`; break;
+          case 5: cond = `!(${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`; break;
+          case 6: cond = `(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`; break;
+          default: cond = `!((${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`; break;
+        }
+        emit(`if (${cond}) { ${exit(pc + bImm(insn), k + 1, EXIT_TAKEN)} }`);
+        emit(exit(next, k + 1, EXIT_FALL));
+        break;
+      }
+      case 0x03: {
+        const imm = iImm(insn);
+        const size = 1 << (f3 & 3);
+        emit(`t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0; i = (t >>> 12) & 255;`);
+        const hit = `rT[i] === u * 1048576 + (t >>> 12)${size > 1 ? ` && (t & ${size - 1}) === 0` : ""}`;
+        const o = "o = rO[i] + (t & 4095);";
+        let fast: string, slowLo: string, slowHi: string;
+        switch (f3) {
+          case 0: fast = `${o} v = (ram8[o] << 24) >> 24; w = v >> 31;`; slowLo = "(h.loadSlow(t, u, 1) << 24) >> 24"; slowHi = "v >> 31"; break;
+          case 1: fast = `${o} v = (ram16[o >> 1] << 16) >> 16; w = v >> 31;`; slowLo = "(h.loadSlow(t, u, 2) << 16) >> 16"; slowHi = "v >> 31"; break;
+          case 2: fast = `${o} v = ram32[o >> 2]; w = v >> 31;`; slowLo = "h.loadSlow(t, u, 4)"; slowHi = "v >> 31"; break;
+          case 3: fast = `${o} v = ram32[o >> 2]; w = ram32[(o >> 2) + 1];`; slowLo = "h.loadSlow(t, u, 8)"; slowHi = "h.hi"; break;
+          case 4: fast = `${o} v = ram8[o]; w = 0;`; slowLo = "h.loadSlow(t, u, 1) & 255"; slowHi = "0"; break;
+          case 5: fast = `${o} v = ram16[o >> 1]; w = 0;`; slowLo = "h.loadSlow(t, u, 2) & 65535"; slowHi = "0"; break;
+          default: fast = `${o} v = ram32[o >> 2]; w = 0;`; slowLo = "h.loadSlow(t, u, 4)"; slowHi = "0"; break;
+        }
+        const assign = rd !== 0 ? `${dl} = v; ${dh} = w;` : "";
+        if (rd !== 0) written.add(rd);
+        emit(`if (${hit}) { ${fast} } else { ${sync} v = ${slowLo}; w = ${slowHi}; ${assign} ${afterSlow()} ${unsync} }`);
+        emit(assign);
+        break;
+      }
+      case 0x23: {
+        const imm = sImm(insn);
+        const size = 1 << f3;
+        emit(`t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0; i = (t >>> 12) & 255;`);
+        const hit = `wT[i] === u * 1048576 + (t >>> 12)${size > 1 ? ` && (t & ${size - 1}) === 0` : ""}`;
+        const o = "o = wO[i] + (t & 4095);";
+        let fast: string;
+        switch (f3) {
+          case 0: fast = `${o} ram8[o] = ${b};`; break;
+          case 1: fast = `${o} ram16[o >> 1] = ${b};`; break;
+          case 2: fast = `${o} ram32[o >> 2] = ${b};`; break;
+          default: fast = `${o} ram32[o >> 2] = ${b}; ram32[(o >> 2) + 1] = ${bh};`; break;
+        }
+        emit(`if (${hit}) { ${fast} } else { ${sync} h.storeSlow(t, u, ${size}, ${b}, ${f3 === 3 ? bh : "0"}); ${afterSlow()} ${unsync} }`);
+        break;
+      }
+      case 0x0f:
+        if (f3 === 1) emit(exit(next, k + 1, EXIT_NOLINK)); // fence.i: code after it is fetched afresh
+        break;
+      default: {
+        // AMO and F/D: the hart's own code, with state made precise first; rd may change.
+        emit(`${sync} h.executeHelper(${insn}); ${unsync}`);
+        const { writes } = registersOf(insn);
+        for (const r of writes) if (r !== 0) emit(`r${r}l = x[${2 * r}]; r${r}h = x[${2 * r + 1}];`);
+        break;
+      }
+    }
+  }
+  const last = insns[insns.length - 1];
+  const lastKind = classify(last.insn);
+  if (lastKind !== KIND_END) {
+    // The block stopped at a page end, its length limit, or before an instruction it cannot express.
+    const next = last.pc + last.len;
+    const decodedEnd = insns.length < MAX_BLOCK && ((next & 0xfff) !== 0);
+    body.push(exit(next, insns.length, decodedEnd ? EXIT_INTERP : EXIT_FALL));
+  }
+  const regs = [...used].sort((p, q) => p - q);
+  const decl = regs.map((r) => `r${r}l = x[${2 * r}], r${r}h = x[${2 * r + 1}]`);
+  const head = [
+    "let t = 0, u = 0, v = 0, w = 0, s = 0, i = 0, o = 0, n = 0;",
+    decl.length ? `let ${decl.join(", ")};` : "",
+    hasMemory ? "const D = h.dataSet, rT = D.readTag, rO = D.readOff, wT = D.writeTag, wO = D.writeOff;" : "",
+  ];
+  return `"use strict";\nreturn function block() {\n${head.filter((l) => l).join("\n")}\n${body.join("\n")}\n};`;
+}
+
+/** High 32 bits of the unsigned 64-bit product of two 32-bit words (exact in doubles). */
+function mulhu32(a: number, b: number): number {
+  const a0 = a & 0xffff, a1 = a >>> 16, b0 = b & 0xffff, b1 = b >>> 16;
+  const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+  const mid = (p00 >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
+  return (p11 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16)) | 0;
+}
