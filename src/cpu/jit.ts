@@ -39,14 +39,16 @@ export const COMPILE_THRESHOLD = 20_000;
 const MAX_BLOCKS = 40_000;
 const MAX_SOURCE_BYTES = 96 * 1024 * 1024;
 
-/** Exit codes of a translated block. */
-const EXIT_FALL = 0;
-const EXIT_TAKEN = 1;
-const EXIT_INDIRECT = 2;
+/**
+ * Exit codes of a translated block: 0..exits-1 name its linkable exits (each direct branch target,
+ * the fall-through, an indirect jump); the negative ones are not linked.
+ */
 /** Leave, then interpret the instruction at pc (one the block could not express). */
-const EXIT_INTERP = 3;
+const EXIT_INTERP = -1;
 /** Leave without linking (after an MMIO access raised attention, or after fence.i). */
-const EXIT_NOLINK = 4;
+const EXIT_NOLINK = -2;
+/** Conditional branches a block may pass through (not taken) before the one that ends it. */
+const MAX_SIDE_EXITS = 3;
 
 type BlockFn = () => number;
 
@@ -54,8 +56,8 @@ class Block {
   valid = true;
   /** Another block at the same physical address, translated for another virtual pc. */
   alias: Block | null = null;
-  links: (Block | null)[] = [null, null, null];
-  linkPcs = [0, 0, 0];
+  readonly links: (Block | null)[];
+  readonly linkPcs: number[];
   linkKey = -1;
   sourceBytes = 0;
   constructor(
@@ -64,7 +66,11 @@ class Block {
     /** Guest instructions in the block, not counting an interpreted tail. */
     readonly length: number,
     readonly fn: BlockFn,
-  ) {}
+    exits: number,
+  ) {
+    this.links = new Array<Block | null>(exits).fill(null);
+    this.linkPcs = new Array<number>(exits).fill(0);
+  }
 }
 
 export interface TranslatorStats {
@@ -192,7 +198,7 @@ export class Jit implements Translator {
       this.jitInstret += h.instret - before;
       if (this.singleStep) return;
       // No lookup past the budget or before a pending interrupt: the next fetch may fault.
-      if (exit >= EXIT_INTERP || h.instret >= end || h.attention) {
+      if (exit < 0 || h.instret >= end || h.attention) {
         blk = null;
         continue;
       }
@@ -204,7 +210,7 @@ export class Jit implements Translator {
           continue;
         }
       } else {
-        blk.links[0] = blk.links[1] = blk.links[2] = null;
+        blk.links.fill(null);
         blk.linkKey = key;
       }
       const pc = h.pc;
@@ -237,12 +243,12 @@ export class Jit implements Translator {
       this.hot[slot] = -2;
       return null;
     }
-    const source = generate(insns);
+    const { source, exits } = generate(insns);
     const factory = new Function("h", "x", "ram8", "ram16", "ram32", "mulhu32", source) as (
       h: Hart, x: Int32Array, ram8: Uint8Array, ram16: Uint16Array, ram32: Int32Array, m: typeof mulhu32,
     ) => BlockFn;
     const h = this.hart;
-    const blk = new Block(pc, off, insns.length, factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32));
+    const blk = new Block(pc, off, insns.length, factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32), exits);
     blk.sourceBytes = source.length;
     this.sourceBytes += source.length;
     this.translatedCount++;
@@ -266,6 +272,7 @@ export class Jit implements Translator {
     const ram16 = this.hart.ram16;
     const out: Insn[] = [];
     let pos = 0;
+    let branches = 0;
     const pageLeft = 4096 - (off & 0xfff);
     while (out.length < MAX_BLOCK && pos < pageLeft) {
       const p = ram16[(off + pos) >>> 1];
@@ -284,6 +291,7 @@ export class Jit implements Translator {
       out.push({ pc: pc + pos, insn, len });
       pos += len;
       if (kind === KIND_END) break;
+      if (kind === KIND_BRANCH && ++branches > MAX_SIDE_EXITS) break;
     }
     return out;
   }
@@ -330,6 +338,7 @@ export class Jit implements Translator {
 const KIND_NEXT = 0; // translated, the block goes on
 const KIND_END = 1; // translated, the block ends after it
 const KIND_STOP = 2; // not translated: the block ends before it (the interpreter runs it)
+const KIND_BRANCH = 3; // a conditional branch: a side exit when taken, the block may go on
 
 function classify(insn: number): number {
   const f3 = (insn >> 12) & 7;
@@ -360,7 +369,7 @@ function classify(insn: number): number {
     case 0x67:
       return f3 === 0 ? KIND_END : KIND_STOP;
     case 0x63:
-      return f3 === 2 || f3 === 3 ? KIND_STOP : KIND_END;
+      return f3 === 2 || f3 === 3 ? KIND_STOP : KIND_BRANCH;
     case 0x03:
       return f3 === 7 ? KIND_STOP : KIND_NEXT;
     case 0x23:
@@ -417,7 +426,8 @@ function registersOf(insn: number): { reads: number[]; writes: number[] } {
  * Generates the source of a block factory: `return function block() {...}` closing over the
  * hart, its register file and RAM views.
  */
-export function generate(insns: Insn[]): string {
+export function generate(insns: Insn[]): { source: string; exits: number } {
+  let exits = 0;
   const used = new Set<number>();
   for (const i of insns) {
     const { reads, writes } = registersOf(i.insn);
@@ -544,14 +554,14 @@ export function generate(insns: Insn[]): string {
         break;
       case 0x6f:
         setConst(next);
-        emit(exit(pc + jImm(insn), k + 1, EXIT_TAKEN));
+        emit(exit(pc + jImm(insn), k + 1, exits++));
         break;
       case 0x67: {
         const imm = iImm(insn);
         emit(`t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0;`);
         emit(`n = u * ${TWO32} + ((t & -2) >>> 0);`);
         setConst(next);
-        emit(exit("n", k + 1, EXIT_INDIRECT));
+        emit(exit("n", k + 1, exits++));
         break;
       }
       case 0x63: {
@@ -564,8 +574,8 @@ export function generate(insns: Insn[]): string {
           case 6: cond = `(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`; break;
           default: cond = `!((${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`; break;
         }
-        emit(`if (${cond}) { ${exit(pc + bImm(insn), k + 1, EXIT_TAKEN)} }`);
-        emit(exit(next, k + 1, EXIT_FALL));
+        emit(`if (${cond}) { ${exit(pc + bImm(insn), k + 1, exits++)} }`);
+        if (k === insns.length - 1) emit(exit(next, k + 1, exits++));
         break;
       }
       case 0x03: {
@@ -620,11 +630,11 @@ export function generate(insns: Insn[]): string {
   }
   const last = insns[insns.length - 1];
   const lastKind = classify(last.insn);
-  if (lastKind !== KIND_END) {
+  if (lastKind !== KIND_END && lastKind !== KIND_BRANCH) {
     // The block stopped at a page end, its length limit, or before an instruction it cannot express.
     const next = last.pc + last.len;
     const decodedEnd = insns.length < MAX_BLOCK && ((next & 0xfff) !== 0);
-    body.push(exit(next, insns.length, decodedEnd ? EXIT_INTERP : EXIT_FALL));
+    body.push(exit(next, insns.length, decodedEnd ? EXIT_INTERP : exits++));
   }
   const regs = [...used].sort((p, q) => p - q);
   const decl = regs.map((r) => `r${r}l = x[${2 * r}], r${r}h = x[${2 * r + 1}]`);
@@ -633,7 +643,8 @@ export function generate(insns: Insn[]): string {
     decl.length ? `let ${decl.join(", ")};` : "",
     hasMemory ? "const D = h.dataSet, rT = D.readTag, rO = D.readOff, wT = D.writeTag, wO = D.writeOff;" : "",
   ];
-  return `"use strict";\nreturn function block() {\n${head.filter((l) => l).join("\n")}\n${body.join("\n")}\n};`;
+  const source = `"use strict";\nreturn function block() {\n${head.filter((l) => l).join("\n")}\n${body.join("\n")}\n};`;
+  return { source, exits };
 }
 
 /** High 32 bits of the unsigned 64-bit product of two 32-bit words (exact in doubles). */
