@@ -1,7 +1,10 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu] [--firmware dynamic|none|both] [--runs N] [--json] [--verbose]
+ *   npm run bench -- [--only yun|qemu|boot|cpu] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *                    [--runs N] [--json] [--verbose]
+ *
+ * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code).
  *
  * Every run boots the Debian image (`yun image pull debian`, under $YUN_HOME) to its shell prompt
  * and powers it off with `poweroff -f`. For each run it measures the wall time to the
@@ -30,7 +33,8 @@ import { findImage, type ImageInfo } from "../src/images/store.js";
 import { INIT_READY_MARKER } from "../src/images/initramfs.js";
 import { yunHome } from "../src/images/paths.js";
 import { DEFAULT_APPEND } from "../src/cli/run.js";
-import { VirtMachine } from "../src/vmm/virt.js";
+import { VirtMachine, type Engine } from "../src/vmm/virt.js";
+import { formatCpuTable, runCpuBench, type CpuRow } from "./cpu.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -44,6 +48,8 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
+  --only boot|cpu          run only the boot or only the CPU workloads (default: both)
+  --engine interp|jit|both Yun's CPU engine for the boots (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
                            or both (default)
@@ -174,6 +180,7 @@ interface YunJob {
   initrd: string;
   firmware: string | null;
   append: string;
+  engine: Engine;
 }
 
 type YunEvent =
@@ -215,6 +222,7 @@ async function yunWorker(job: YunJob): Promise<void> {
       firmwareKind: firmware === null ? "none" : "dynamic",
       append: job.append,
       memoryMiB: MEMORY_MIB,
+      engine: job.engine,
       output: (bytes) => {
         const text = Buffer.from(bytes).toString("latin1");
         post({ type: "output", text });
@@ -478,6 +486,7 @@ async function main(argv: string[]): Promise<number> {
       strict: true,
       options: {
         only: { type: "string" },
+        engine: { type: "string", default: "both" },
         firmware: { type: "string", default: "both" },
         runs: { type: "string", default: "1" },
         timeout: { type: "string", default: String(DEFAULT_TIMEOUT_S) },
@@ -495,10 +504,16 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && only !== "yun" && only !== "qemu") {
-    process.stderr.write(`bench: --only takes yun or qemu, got "${only}"\n`);
+  if (only !== undefined && only !== "yun" && only !== "qemu" && only !== "cpu" && only !== "boot") {
+    process.stderr.write(`bench: --only takes yun, qemu, boot or cpu, got "${only}"\n`);
     return 2;
   }
+  const engineArg = values.engine!;
+  if (engineArg !== "interp" && engineArg !== "jit" && engineArg !== "both") {
+    process.stderr.write(`bench: --engine takes interp, jit or both, got "${engineArg}"\n`);
+    return 2;
+  }
+  const engines: Engine[] = engineArg === "both" ? ["jit", "interp"] : [engineArg];
   const fwArg = values.firmware!;
   if (fwArg !== "dynamic" && fwArg !== "none" && fwArg !== "both") {
     process.stderr.write(`bench: --firmware takes dynamic, none or both, got "${fwArg}"\n`);
@@ -569,21 +584,26 @@ async function main(argv: string[]): Promise<number> {
     return s;
   };
 
-  if (only !== "qemu") {
+  const boots = only !== "cpu";
+  if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
-      const job: YunJob = {
-        kernel: image.kernel,
-        initrd: image.initrd,
-        firmware: fw === "dynamic" ? image.firmware.dynamic : null,
-        append,
-      };
-      const engine = fw === "dynamic" ? "yun (OpenSBI fw_dynamic)" : "yun (no firmware, Yun SBI)";
-      await runMany(`yun-${fw}`, engine, () => runYun(job, opts));
+      // The no-firmware path is measured on the first engine only.
+      for (const eng of fw === "none" && fws.length > 1 ? engines.slice(0, 1) : engines) {
+        const job: YunJob = {
+          kernel: image.kernel,
+          initrd: image.initrd,
+          firmware: fw === "dynamic" ? image.firmware.dynamic : null,
+          append,
+          engine: eng,
+        };
+        const engine = fw === "dynamic" ? `yun ${eng} (OpenSBI fw_dynamic)` : `yun ${eng} (no firmware, Yun SBI)`;
+        await runMany(`yun-${eng}-${fw}`, engine, () => runYun(job, opts));
+      }
     }
   }
   let qemuPlain: Summary | undefined;
-  if (qemu !== undefined) {
+  if (qemu !== undefined && boots) {
     qemuPlain = await runMany("qemu", `qemu ${qemuVer} TCG`, () => runQemu(qemu, image, append, false, opts));
     const icount = await runMany("qemu-icount", `qemu ${qemuVer} TCG -icount shift=0`, () =>
       runQemu(qemu, image, append, true, opts),
@@ -598,12 +618,13 @@ async function main(argv: string[]): Promise<number> {
   }
 
   rows.push(...skippedRows);
-  process.stdout.write(
-    `\nBoot benchmark: Linux ${image.kernelVersion}, "${append}", ${MEMORY_MIB} MiB, 1 hart` +
-      ` (median of ${runs} run${runs === 1 ? "" : "s"})\n` +
-      `Host: ${cpu}, ${cpus().length} CPUs, Node ${process.version}\n\n`,
-  );
-  printTable(rows, qemuPlain?.median.shellS);
+  if (boots)
+    process.stdout.write(
+      `\nBoot benchmark: Linux ${image.kernelVersion}, "${append}", ${MEMORY_MIB} MiB, 1 hart` +
+        ` (median of ${runs} run${runs === 1 ? "" : "s"})\n` +
+        `Host: ${cpu}, ${cpus().length} CPUs, Node ${process.version}\n\n`,
+    );
+  if (boots) printTable(rows, qemuPlain?.median.shellS);
   const footnotes = [
     'Times are wall seconds from machine construction (Yun) or process spawn (QEMU) to the "yun: init ready" line, the shell prompt, and power-off.',
     "Yun: instructions are the hart's instret at the prompt; MIPS = instret / (wall time - host sleep while the guest waited in WFI).",
@@ -616,7 +637,16 @@ async function main(argv: string[]): Promise<number> {
   }
   process.stdout.write("\n" + [...footnotes, ...notes].map((n) => `  ${n}`).join("\n") + "\n");
 
-  const failed = rows.reduce((n, r) => n + r.failed, 0);
+  let cpuRows: CpuRow[] = [];
+  if (only === undefined || only === "cpu") {
+    log("bench: CPU workloads (interp, jit, QEMU) ...");
+    cpuRows = await runCpuBench(image, qemu !== undefined, log);
+    process.stdout.write(
+      `\nCPU benchmark: guest code on the interpreter, the translator and QEMU TCG\n\n${formatCpuTable(cpuRows)}\n`,
+    );
+  }
+
+  const failed = rows.reduce((n, r) => n + r.failed, 0) + cpuRows.filter((r) => r.error !== undefined).length;
   if (values.json) {
     const json = {
       date: new Date().toISOString(),
@@ -641,6 +671,7 @@ async function main(argv: string[]): Promise<number> {
         runs: r.runs,
       })),
       notes,
+      cpu: cpuRows,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
   }
