@@ -1,10 +1,12 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|io] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
- * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code).
+ * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
+ * then the I/O benchmark of bench/io.ts (virtio-blk and VM-to-VM TCP from inside the guest, Yun
+ * beside QEMU).
  *
  * Every run boots the Debian image (`yun image pull debian`, under $YUN_HOME) to its shell prompt
  * and powers it off with `poweroff -f`. For each run it measures the wall time to the
@@ -21,7 +23,8 @@
  *          and the idle time from /proc/uptime): N - idle ns is the number of instructions the guest
  *          retired, which gives QEMU's instruction count and MIPS.
  *
- * Nothing is written to disk; --json prints the results as JSON after the table.
+ * Nothing is written to disk but the I/O benchmark's scratch disks (in the temporary directory,
+ * removed afterwards); --json prints the results as JSON after the tables.
  */
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -35,6 +38,7 @@ import { yunHome } from "../src/images/paths.js";
 import { DEFAULT_APPEND } from "../src/cli/run.js";
 import { VirtMachine, type Engine } from "../src/vmm/virt.js";
 import { formatCpuTable, runCpuBench, type CpuRow } from "./cpu.js";
+import { formatIoTable, killIoGuests, runIoBench, type IoResult } from "./io.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -48,7 +52,7 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu          run only the boot or only the CPU workloads (default: both)
+  --only boot|cpu|io       run only the boots, the CPU workloads or the I/O benchmark (default: all)
   --engine interp|jit|both Yun's CPU engine for the boots (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
@@ -504,8 +508,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && only !== "yun" && only !== "qemu" && only !== "cpu" && only !== "boot") {
-    process.stderr.write(`bench: --only takes yun, qemu, boot or cpu, got "${only}"\n`);
+  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io"].includes(only)) {
+    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu or io, got "${only}"\n`);
     return 2;
   }
   const engineArg = values.engine!;
@@ -584,7 +588,7 @@ async function main(argv: string[]): Promise<number> {
     return s;
   };
 
-  const boots = only !== "cpu";
+  const boots = only !== "cpu" && only !== "io";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -646,7 +650,20 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
-  const failed = rows.reduce((n, r) => n + r.failed, 0) + cpuRows.filter((r) => r.error !== undefined).length;
+  let ioRows: IoResult[] = [];
+  if (only === undefined || only === "io") {
+    log("bench: I/O (virtio-blk, VM-to-VM TCP; Yun and QEMU) ...");
+    ioRows = await runIoBench({ image, qemu, engines: ["yun", "qemu"], timeoutS, verbose: opts.verbose, log });
+    process.stdout.write(
+      `\nI/O benchmark: from inside the guest; disks: 64 MiB sequential, dd bs=1M direct I/O; network: 16 MiB ` +
+        `through busybox nc between two VMs (Yun: yun run --net, QEMU: -netdev socket)\n\n${formatIoTable(ioRows)}\n`,
+    );
+  }
+
+  const failed =
+    rows.reduce((n, r) => n + r.failed, 0) +
+    cpuRows.filter((r) => r.error !== undefined).length +
+    ioRows.filter((r) => r.error !== undefined).length;
   if (values.json) {
     const json = {
       date: new Date().toISOString(),
@@ -672,6 +689,7 @@ async function main(argv: string[]): Promise<number> {
       })),
       notes,
       cpu: cpuRows,
+      io: ioRows,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
   }
@@ -691,6 +709,7 @@ function killAll(): void {
   liveChildren.clear();
   for (const w of liveWorkers) void w.terminate();
   liveWorkers.clear();
+  killIoGuests();
 }
 
 const job = (workerData as { yunBenchJob?: YunJob } | null)?.yunBenchJob;

@@ -1,12 +1,14 @@
 /** The `yun` command: dispatches to subcommands. */
 import { runCommand } from "./run.js";
 import { imageCommand } from "./image.js";
+import { diskCommand } from "./disk.js";
 
 const HELP = `Usage: yun <command> [options]
 
 Commands:
   run        boot a virtual machine with its console on this terminal
   image      pull and list boot images (yun image pull debian)
+  disk       create, inspect, convert and grow disk images (raw, qcow2)
   help       show this help
 
 Run "yun <command> --help" for a command's options.
@@ -19,6 +21,8 @@ export async function main(args: string[]): Promise<number> {
       return runCommand(rest);
     case "image":
       return imageCommand(rest);
+    case "disk":
+      return diskCommand(rest);
     case undefined:
     case "help":
     case "--help":

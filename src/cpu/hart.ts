@@ -236,6 +236,21 @@ export class Hart {
     return this.instret - start;
   }
 
+  /**
+   * Takes a pending, enabled interrupt now, as the next instruction boundary would. For lockstep
+   * checking, which compares two harts at the same boundary whichever of them noticed it first.
+   */
+  serviceInterrupts(): void {
+    if (!this.attention) return;
+    this.attention = false;
+    if (this.stopRequested || this.waiting) {
+      this.attention = true;
+      return;
+    }
+    const cause = this.pendingInterrupt();
+    if (cause >= 0) this.takeTrap(cause, 0, 0, true);
+  }
+
   /** Executes exactly one instruction (after taking a pending interrupt, if any). For tests and tools. */
   step(): void {
     this.run(1);

@@ -78,6 +78,9 @@ export class Lockstep {
       const stepPc = t.pc;
       const n = t.run(end - t.instret);
       r.run(n);
+      // One engine may have taken an interrupt at this boundary already: bring the other there too.
+      t.serviceInterrupts();
+      r.serviceInterrupts();
       this.steps++;
       const d = compareHarts(t, r);
       if (d !== null) return { instret: t.instret, stepPc, ...d };

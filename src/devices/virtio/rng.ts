@@ -13,11 +13,15 @@ export const RNG_MAX_BYTES_PER_REQUEST = 64 * 1024;
 
 export type VirtioRngState = Record<string, never>;
 
+/** Fills `length` bytes of `buf` at `offset` with entropy (default: the host's CSPRNG). */
+export type EntropySource = (buf: Uint8Array, offset: number, length: number) => void;
+
 export class VirtioRng extends VirtioMmioDevice<VirtioRngState> {
   private readonly chain: DescriptorChain;
   private bytesServed = 0;
+  private readonly fill: EntropySource;
 
-  constructor(mem: GuestRam, irq: IrqLine, options: VirtioOptions = {}) {
+  constructor(mem: GuestRam, irq: IrqLine, options: VirtioOptions & { entropy?: EntropySource } = {}) {
     super(
       mem,
       irq,
@@ -31,6 +35,7 @@ export class VirtioRng extends VirtioMmioDevice<VirtioRngState> {
       options,
     );
     this.chain = this.newChain();
+    this.fill = options.entropy ?? ((buf, offset, length) => void randomFillSync(buf, offset, length));
   }
 
   /** Random bytes handed to the guest so far. */
@@ -47,7 +52,7 @@ export class VirtioRng extends VirtioMmioDevice<VirtioRngState> {
       let written = 0;
       for (let i = c.readCount; i < c.count && left > 0; i++) {
         const n = Math.min(c.lengths[i], left);
-        randomFillSync(ram, c.offsets[i], n);
+        this.fill(ram, c.offsets[i], n);
         written += n;
         left -= n;
       }

@@ -1,0 +1,170 @@
+// Shared by the end-to-end tests: drive the real `yun` CLI as a child process and watch its console.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+
+/** Repository root (this file runs from dist/test/e2e/). */
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+export const YUN = join(ROOT, "bin", "yun.js");
+
+export const TEST_TIMEOUT = 240_000;
+/** A boot is killed this long after it started, a little before the test's own timeout, so the
+ *  failure shows the console rather than a bare "test timed out". */
+export const BOOT_DEADLINE = 225_000;
+export const PROMPT = "~ # ";
+
+/** The last 2 KB of a console transcript, for failure messages. */
+export function tail(text: string, bytes = 2048): string {
+  const t = text.length > bytes ? text.slice(-bytes) : text;
+  return `\n----- last ${t.length} chars of console -----\n${t}\n----- end of console -----`;
+}
+
+/** A running `yun` child with its console (stdout + stderr, in arrival order) collected. */
+export class Yun {
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly started = Date.now();
+  console = "";
+  stderr = "";
+  private waiters: (() => void)[] = [];
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; seconds: number }>;
+  private killTimer: NodeJS.Timeout;
+  timedOut = false;
+  private commands = 0;
+
+  constructor(args: string[], deadline = BOOT_DEADLINE, env: NodeJS.ProcessEnv = process.env) {
+    this.child = spawn(process.execPath, [YUN, ...args], { cwd: ROOT, env, stdio: ["pipe", "pipe", "pipe"] });
+    const collect = (chunk: Buffer, isErr: boolean): void => {
+      const s = chunk.toString("utf8");
+      this.console += s;
+      if (isErr) this.stderr += s;
+      const w = this.waiters;
+      this.waiters = [];
+      for (const f of w) f();
+    };
+    this.child.stdout.on("data", (c: Buffer) => collect(c, false));
+    this.child.stderr.on("data", (c: Buffer) => collect(c, true));
+    this.child.stdin.on("error", () => {}); // EPIPE if the child exits before reading everything
+    this.killTimer = setTimeout(() => {
+      this.timedOut = true;
+      this.child.kill("SIGKILL");
+    }, deadline);
+    this.exited = new Promise((resolve) => {
+      this.child.on("close", (code, signal) => {
+        clearTimeout(this.killTimer);
+        const w = this.waiters;
+        this.waiters = [];
+        for (const f of w) f();
+        resolve({ code, signal, seconds: (Date.now() - this.started) / 1000 });
+      });
+    });
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Resolves once `pred(console)` holds; rejects (with the console tail) if the child exits first
+   *  or the wait exceeds timeoutMs. */
+  waitFor(what: string, pred: (console: string) => boolean, timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${tail(this.console)}`));
+      }, timeoutMs);
+      const check = (): void => {
+        if (pred(this.console)) {
+          clearTimeout(timer);
+          resolve();
+        } else if (!this.running) {
+          clearTimeout(timer);
+          reject(
+            new Error(
+              `yun exited (${this.child.exitCode ?? this.child.signalCode}) while waiting for ${what}${tail(this.console)}`,
+            ),
+          );
+        } else {
+          this.waiters.push(check);
+        }
+      };
+      check();
+    });
+  }
+
+  /** Waits for the shell prompt after boot; returns the seconds since spawn. */
+  async prompt(timeoutMs = BOOT_DEADLINE - 30_000): Promise<number> {
+    await this.waitFor(`the prompt "${PROMPT}"`, (c) => c.includes(PROMPT), timeoutMs);
+    return (Date.now() - this.started) / 1000;
+  }
+
+  /**
+   * Types `command` at the guest's shell and resolves with what it printed, once it finished. The
+   * output is fenced by two marker lines the shell computes (`<<N` and `>>N`), so neither the echo
+   * of the typed line nor the line editor's redrawing can be mistaken for output; kernel log lines
+   * that land on the console meanwhile are left out. A command ending in "&" works too.
+   */
+  async sh(command: string, timeoutMs = 60_000): Promise<string> {
+    const n = ++this.commands;
+    const from = this.console.length;
+    const sep = /&\s*$/.test(command) ? " " : "; "; // "cmd &" takes no ";"
+    this.child.stdin.write(`echo "<<$((${n}))"; ${command}${sep}echo ">>$((${n}))"\n`);
+    let start = -1;
+    let end = -1;
+    await this.waitFor(
+      `the output of: ${command}`,
+      (c) => {
+        start = lineEnd(c, `<<${n}`, from);
+        if (start < 0) return false;
+        end = c.slice(start).search(new RegExp(`^>>${n}\\r?$`, "m"));
+        return end >= 0;
+      },
+      timeoutMs,
+    );
+    return this.console
+      .slice(start, start + end)
+      .replace(/\r\n/g, "\n")
+      .replace(/^\n/, "")
+      .replace(/^\[ *\d+\.\d+\] .*\n/gm, ""); // kernel messages on the console
+  }
+
+  /** Ends the child if it is still running (it is ours: killed by its own pid). */
+  kill(): void {
+    clearTimeout(this.killTimer);
+    if (this.running) this.child.kill("SIGKILL");
+  }
+}
+
+/** Runs `yun ARGS` with `input` piped to stdin (then closed) and waits for it to exit. */
+export async function runYun(args: string[], input: string, deadline = BOOT_DEADLINE) {
+  const yun = new Yun(args, deadline);
+  yun.child.stdin.end(input);
+  const r = await yun.exited;
+  return { ...r, console: yun.console, stderr: yun.stderr, timedOut: yun.timedOut };
+}
+
+/** Fails with the console tail unless the boot exited 0 in time. */
+export function assertCleanExit(r: {
+  code: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  console: string;
+}): void {
+  if (r.timedOut) assert.fail(`yun did not exit within ${BOOT_DEADLINE / 1000} s and was killed${tail(r.console)}`);
+  assert.equal(r.code, 0, `yun exited with ${r.code ?? r.signal}, expected 0${tail(r.console)}`);
+}
+
+/** The text after the first occurrence of `needle` (the tty's echo of a command line). */
+export function after(text: string, needle: string, ctx: string): string {
+  const i = text.indexOf(needle);
+  if (i < 0) assert.fail(`the console never echoed "${needle}"${tail(ctx)}`);
+  return text.slice(i + needle.length);
+}
+
+/** Index just past the line that is exactly `line` (CR LF or LF), or -1. */
+export function lineEnd(text: string, line: string, from = 0): number {
+  const re = new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\r?$`, "gm");
+  re.lastIndex = from;
+  const m = re.exec(text);
+  return m ? m.index + m[0].length : -1;
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
