@@ -1343,7 +1343,7 @@ function highestInterrupt(bits: number): number {
 }
 
 /** High 32 bits of the unsigned 64-bit product of two 32-bit words, exactly, in doubles. */
-function mulhu32(a: number, b: number): number {
+export function mulhu32(a: number, b: number): number {
   const a0 = a & 0xffff, a1 = a >>> 16, b0 = b & 0xffff, b1 = b >>> 16;
   const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
   const mid = (p00 >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);

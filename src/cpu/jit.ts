@@ -32,7 +32,7 @@
  * everything is dropped (as QEMU's tb_flush) and hot code is translated again.
  */
 import { COMPRESSED_TABLE } from "./compressed.js";
-import { HOT_BITS, HOT_MASK, type Hart, type Translator } from "./hart.js";
+import { HOT_BITS, HOT_MASK, mulhu32, type Hart, type Translator } from "./hart.js";
 
 const MAX_BLOCK = 64;
 export const COMPILE_THRESHOLD = 20_000;
@@ -245,7 +245,12 @@ export class Jit implements Translator {
     }
     const { source, exits } = generate(insns);
     const factory = new Function("h", "x", "ram8", "ram16", "ram32", "mulhu32", source) as (
-      h: Hart, x: Int32Array, ram8: Uint8Array, ram16: Uint16Array, ram32: Int32Array, m: typeof mulhu32,
+      h: Hart,
+      x: Int32Array,
+      ram8: Uint8Array,
+      ram16: Uint16Array,
+      ram32: Int32Array,
+      m: typeof mulhu32,
     ) => BlockFn;
     const h = this.hart;
     const blk = new Block(pc, off, insns.length, factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32), exits);
@@ -362,7 +367,8 @@ function classify(insn: number): number {
       if (f7 === 0x20) return f3 === 0 || f3 === 5 ? KIND_NEXT : KIND_STOP;
       if (f7 === 1) return f3 === 0 || f3 >= 4 ? KIND_NEXT : KIND_STOP;
       return KIND_STOP;
-    case 0x37: case 0x17:
+    case 0x37:
+    case 0x17:
       return KIND_NEXT;
     case 0x6f:
       return KIND_END;
@@ -376,7 +382,14 @@ function classify(insn: number): number {
       return f3 <= 3 ? KIND_NEXT : KIND_STOP;
     case 0x0f:
       return f3 === 0 ? KIND_NEXT : f3 === 1 ? KIND_END : KIND_STOP;
-    case 0x2f: case 0x07: case 0x27: case 0x53: case 0x43: case 0x47: case 0x4b: case 0x4f:
+    case 0x2f:
+    case 0x07:
+    case 0x27:
+    case 0x53:
+    case 0x43:
+    case 0x47:
+    case 0x4b:
+    case 0x4f:
       return KIND_NEXT; // through Hart.executeHelper, which checks the encoding
     default:
       return KIND_STOP;
@@ -403,22 +416,42 @@ function bImm(insn: number): number {
   return ((insn >> 31) << 12) | (((insn >> 7) & 1) << 11) | (((insn >> 25) & 0x3f) << 5) | (((insn >> 8) & 0xf) << 1);
 }
 function jImm(insn: number): number {
-  return ((insn >> 31) << 20) | (((insn >> 12) & 0xff) << 12) | (((insn >> 20) & 1) << 11) | (((insn >> 21) & 0x3ff) << 1);
+  return (
+    ((insn >> 31) << 20) | (((insn >> 12) & 0xff) << 12) | (((insn >> 20) & 1) << 11) | (((insn >> 21) & 0x3ff) << 1)
+  );
 }
 
 /** Registers an instruction reads and writes (integer file), for loads at entry and write-backs. */
 function registersOf(insn: number): { reads: number[]; writes: number[] } {
-  const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31;
+  const rd = (insn >> 7) & 31,
+    rs1 = (insn >> 15) & 31,
+    rs2 = (insn >> 20) & 31;
   switch (insn & 0x7f) {
-    case 0x13: case 0x1b: case 0x03: case 0x67: return { reads: [rs1], writes: [rd] };
-    case 0x33: case 0x3b: return { reads: [rs1, rs2], writes: [rd] };
-    case 0x37: case 0x17: case 0x6f: return { reads: [], writes: [rd] };
-    case 0x63: case 0x23: return { reads: [rs1, rs2], writes: [] };
-    case 0x07: return { reads: [rs1], writes: [] };
-    case 0x27: return { reads: [rs1], writes: [] };
-    case 0x2f: return { reads: [rs1, rs2], writes: [rd] };
-    case 0x53: return { reads: [rs1], writes: [rd] }; // fmv.x, fcvt.x, fclass, compares write rd
-    default: return { reads: [], writes: [] };
+    case 0x13:
+    case 0x1b:
+    case 0x03:
+    case 0x67:
+      return { reads: [rs1], writes: [rd] };
+    case 0x33:
+    case 0x3b:
+      return { reads: [rs1, rs2], writes: [rd] };
+    case 0x37:
+    case 0x17:
+    case 0x6f:
+      return { reads: [], writes: [rd] };
+    case 0x63:
+    case 0x23:
+      return { reads: [rs1, rs2], writes: [] };
+    case 0x07:
+      return { reads: [rs1], writes: [] };
+    case 0x27:
+      return { reads: [rs1], writes: [] };
+    case 0x2f:
+      return { reads: [rs1, rs2], writes: [rd] };
+    case 0x53:
+      return { reads: [rs1], writes: [rd] }; // fmv.x, fcvt.x, fclass, compares write rd
+    default:
+      return { reads: [], writes: [] };
   }
 }
 
@@ -436,7 +469,10 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
   }
   const written = new Set<number>();
   const body: string[] = [];
-  const hasMemory = insns.some((i) => { const o = i.insn & 0x7f; return o === 0x03 || o === 0x23; });
+  const hasMemory = insns.some((i) => {
+    const o = i.insn & 0x7f;
+    return o === 0x03 || o === 0x23;
+  });
 
   const writeback = (): string => [...written].map((r) => `x[${2 * r}] = r${r}l; x[${2 * r + 1}] = r${r}h;`).join(" ");
   const exit = (pc: number | string, count: number, code: number): string =>
@@ -445,11 +481,19 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
   for (let k = 0; k < insns.length; k++) {
     const { pc, insn, len } = insns[k];
     const next = pc + len;
-    const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31;
+    const rd = (insn >> 7) & 31,
+      rs1 = (insn >> 15) & 31,
+      rs2 = (insn >> 20) & 31;
     const f3 = (insn >> 12) & 7;
-    const a = L(rs1), ah = H(rs1), b = L(rs2), bh = H(rs2);
-    const dl = L(rd), dh = H(rd);
-    const emit = (s: string): void => { body.push(s); };
+    const a = L(rs1),
+      ah = H(rs1),
+      b = L(rs2),
+      bh = H(rs2);
+    const dl = L(rd),
+      dh = H(rd);
+    const emit = (s: string): void => {
+      body.push(s);
+    };
     const set64 = (lo: string, hi: string): void => {
       if (rd === 0) return;
       emit(`t = ${lo}; u = ${hi}; ${dl} = t; ${dh} = u;`);
@@ -488,9 +532,15 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
             else set64(`${a} << ${s}`, `(${ah} << ${s}) | (${a} >>> ${32 - s})`);
             break;
           }
-          case 2: set64(`${ah} < ${ih} || (${ah} === ${ih} && (${a} >>> 0) < ${imm >>> 0}) ? 1 : 0`, "0"); break;
-          case 3: set64(`(${ah} >>> 0) < ${ih >>> 0} || (${ah} === ${ih} && (${a} >>> 0) < ${imm >>> 0}) ? 1 : 0`, "0"); break;
-          case 4: set64(`${a} ^ ${imm}`, `${ah} ^ ${ih}`); break;
+          case 2:
+            set64(`${ah} < ${ih} || (${ah} === ${ih} && (${a} >>> 0) < ${imm >>> 0}) ? 1 : 0`, "0");
+            break;
+          case 3:
+            set64(`(${ah} >>> 0) < ${ih >>> 0} || (${ah} === ${ih} && (${a} >>> 0) < ${imm >>> 0}) ? 1 : 0`, "0");
+            break;
+          case 4:
+            set64(`${a} ^ ${imm}`, `${ah} ^ ${ih}`);
+            break;
           case 5: {
             const s = imm & 63;
             const arith = insn >>> 26 === 0x10;
@@ -499,8 +549,12 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
             else set64(`(${a} >>> ${s}) | (${ah} << ${32 - s})`, arith ? `${ah} >> ${s}` : `${ah} >>> ${s}`);
             break;
           }
-          case 6: set64(`${a} | ${imm}`, `${ah} | ${ih}`); break;
-          default: set64(`${a} & ${imm}`, `${ah} & ${ih}`); break;
+          case 6:
+            set64(`${a} | ${imm}`, `${ah} | ${ih}`);
+            break;
+          default:
+            set64(`${a} & ${imm}`, `${ah} & ${ih}`);
+            break;
         }
         break;
       }
@@ -508,21 +562,56 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
         const f7 = insn >>> 25;
         if (f7 === 0) {
           switch (f3) {
-            case 0: set64(`(${a} + ${b}) | 0`, `(${ah} + ${bh} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0`); break;
-            case 1: if (rd !== 0) { emit(`s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { u = ${a} << (s - 32); t = 0; } else { u = (${ah} << s) | (${a} >>> (32 - s)); t = ${a} << s; } ${dl} = t; ${dh} = u;`); written.add(rd); } break;
-            case 2: set64(`${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)) ? 1 : 0`, "0"); break;
-            case 3: set64(`(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)) ? 1 : 0`, "0"); break;
-            case 4: set64(`${a} ^ ${b}`, `${ah} ^ ${bh}`); break;
-            case 5: if (rd !== 0) { emit(`s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { t = ${ah} >>> (s - 32); u = 0; } else { t = (${a} >>> s) | (${ah} << (32 - s)); u = ${ah} >>> s; } ${dl} = t; ${dh} = u;`); written.add(rd); } break;
-            case 6: set64(`${a} | ${b}`, `${ah} | ${bh}`); break;
-            default: set64(`${a} & ${b}`, `${ah} & ${bh}`); break;
+            case 0:
+              set64(`(${a} + ${b}) | 0`, `(${ah} + ${bh} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0`);
+              break;
+            case 1:
+              if (rd !== 0) {
+                emit(
+                  `s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { u = ${a} << (s - 32); t = 0; } else { u = (${ah} << s) | (${a} >>> (32 - s)); t = ${a} << s; } ${dl} = t; ${dh} = u;`,
+                );
+                written.add(rd);
+              }
+              break;
+            case 2:
+              set64(`${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)) ? 1 : 0`, "0");
+              break;
+            case 3:
+              set64(`(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)) ? 1 : 0`, "0");
+              break;
+            case 4:
+              set64(`${a} ^ ${b}`, `${ah} ^ ${bh}`);
+              break;
+            case 5:
+              if (rd !== 0) {
+                emit(
+                  `s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { t = ${ah} >>> (s - 32); u = 0; } else { t = (${a} >>> s) | (${ah} << (32 - s)); u = ${ah} >>> s; } ${dl} = t; ${dh} = u;`,
+                );
+                written.add(rd);
+              }
+              break;
+            case 6:
+              set64(`${a} | ${b}`, `${ah} | ${bh}`);
+              break;
+            default:
+              set64(`${a} & ${b}`, `${ah} & ${bh}`);
+              break;
           }
         } else if (f7 === 0x20) {
           if (f3 === 0) set64(`(${a} - ${b}) | 0`, `(${ah} - ${bh} - ((${a} >>> 0) < (${b} >>> 0) ? 1 : 0)) | 0`);
-          else if (rd !== 0) { emit(`s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { t = ${ah} >> (s - 32); u = ${ah} >> 31; } else { t = (${a} >>> s) | (${ah} << (32 - s)); u = ${ah} >> s; } ${dl} = t; ${dh} = u;`); written.add(rd); }
+          else if (rd !== 0) {
+            emit(
+              `s = ${b} & 63; if (s === 0) { t = ${a}; u = ${ah}; } else if (s >= 32) { t = ${ah} >> (s - 32); u = ${ah} >> 31; } else { t = (${a} >>> s) | (${ah} << (32 - s)); u = ${ah} >> s; } ${dl} = t; ${dh} = u;`,
+            );
+            written.add(rd);
+          }
         } else {
           // M extension
-          if (f3 === 0) set64(`Math.imul(${a}, ${b})`, `(mulhu32(${a}, ${b}) + Math.imul(${ah}, ${b}) + Math.imul(${a}, ${bh})) | 0`);
+          if (f3 === 0)
+            set64(
+              `Math.imul(${a}, ${b})`,
+              `(mulhu32(${a}, ${b}) + Math.imul(${ah}, ${b}) + Math.imul(${a}, ${bh})) | 0`,
+            );
           else set64(`h.mulDiv(${f3}, ${a}, ${ah}, ${b}, ${bh})`, "h.hi");
         }
         break;
@@ -567,12 +656,24 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
       case 0x63: {
         let cond: string;
         switch (f3) {
-          case 0: cond = `${a} === ${b} && ${ah} === ${bh}`; break;
-          case 1: cond = `${a} !== ${b} || ${ah} !== ${bh}`; break;
-          case 4: cond = `${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`; break;
-          case 5: cond = `!(${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`; break;
-          case 6: cond = `(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`; break;
-          default: cond = `!((${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`; break;
+          case 0:
+            cond = `${a} === ${b} && ${ah} === ${bh}`;
+            break;
+          case 1:
+            cond = `${a} !== ${b} || ${ah} !== ${bh}`;
+            break;
+          case 4:
+            cond = `${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`;
+            break;
+          case 5:
+            cond = `!(${ah} < ${bh} || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`;
+            break;
+          case 6:
+            cond = `(${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0))`;
+            break;
+          default:
+            cond = `!((${ah} >>> 0) < (${bh} >>> 0) || (${ah} === ${bh} && (${a} >>> 0) < (${b} >>> 0)))`;
+            break;
         }
         emit(`if (${cond}) { ${exit(pc + bImm(insn), k + 1, exits++)} }`);
         if (k === insns.length - 1) emit(exit(next, k + 1, exits++));
@@ -581,39 +682,83 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
       case 0x03: {
         const imm = iImm(insn);
         const size = 1 << (f3 & 3);
-        emit(`t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0; i = (t >>> 12) & 255;`);
+        emit(
+          `t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0; i = (t >>> 12) & 255;`,
+        );
         const hit = `rT[i] === u * 1048576 + (t >>> 12)${size > 1 ? ` && (t & ${size - 1}) === 0` : ""}`;
         const o = "o = rO[i] + (t & 4095);";
         let fast: string, slowLo: string, slowHi: string;
         switch (f3) {
-          case 0: fast = `${o} v = (ram8[o] << 24) >> 24; w = v >> 31;`; slowLo = "(h.loadSlow(t, u, 1) << 24) >> 24"; slowHi = "v >> 31"; break;
-          case 1: fast = `${o} v = (ram16[o >> 1] << 16) >> 16; w = v >> 31;`; slowLo = "(h.loadSlow(t, u, 2) << 16) >> 16"; slowHi = "v >> 31"; break;
-          case 2: fast = `${o} v = ram32[o >> 2]; w = v >> 31;`; slowLo = "h.loadSlow(t, u, 4)"; slowHi = "v >> 31"; break;
-          case 3: fast = `${o} v = ram32[o >> 2]; w = ram32[(o >> 2) + 1];`; slowLo = "h.loadSlow(t, u, 8)"; slowHi = "h.hi"; break;
-          case 4: fast = `${o} v = ram8[o]; w = 0;`; slowLo = "h.loadSlow(t, u, 1) & 255"; slowHi = "0"; break;
-          case 5: fast = `${o} v = ram16[o >> 1]; w = 0;`; slowLo = "h.loadSlow(t, u, 2) & 65535"; slowHi = "0"; break;
-          default: fast = `${o} v = ram32[o >> 2]; w = 0;`; slowLo = "h.loadSlow(t, u, 4)"; slowHi = "0"; break;
+          case 0:
+            fast = `${o} v = (ram8[o] << 24) >> 24; w = v >> 31;`;
+            slowLo = "(h.loadSlow(t, u, 1) << 24) >> 24";
+            slowHi = "v >> 31";
+            break;
+          case 1:
+            fast = `${o} v = (ram16[o >> 1] << 16) >> 16; w = v >> 31;`;
+            slowLo = "(h.loadSlow(t, u, 2) << 16) >> 16";
+            slowHi = "v >> 31";
+            break;
+          case 2:
+            fast = `${o} v = ram32[o >> 2]; w = v >> 31;`;
+            slowLo = "h.loadSlow(t, u, 4)";
+            slowHi = "v >> 31";
+            break;
+          case 3:
+            fast = `${o} v = ram32[o >> 2]; w = ram32[(o >> 2) + 1];`;
+            slowLo = "h.loadSlow(t, u, 8)";
+            slowHi = "h.hi";
+            break;
+          case 4:
+            fast = `${o} v = ram8[o]; w = 0;`;
+            slowLo = "h.loadSlow(t, u, 1) & 255";
+            slowHi = "0";
+            break;
+          case 5:
+            fast = `${o} v = ram16[o >> 1]; w = 0;`;
+            slowLo = "h.loadSlow(t, u, 2) & 65535";
+            slowHi = "0";
+            break;
+          default:
+            fast = `${o} v = ram32[o >> 2]; w = 0;`;
+            slowLo = "h.loadSlow(t, u, 4)";
+            slowHi = "0";
+            break;
         }
         const assign = rd !== 0 ? `${dl} = v; ${dh} = w;` : "";
         if (rd !== 0) written.add(rd);
-        emit(`if (${hit}) { ${fast} } else { ${sync} v = ${slowLo}; w = ${slowHi}; ${assign} ${afterSlow()} ${unsync} }`);
+        emit(
+          `if (${hit}) { ${fast} } else { ${sync} v = ${slowLo}; w = ${slowHi}; ${assign} ${afterSlow()} ${unsync} }`,
+        );
         emit(assign);
         break;
       }
       case 0x23: {
         const imm = sImm(insn);
         const size = 1 << f3;
-        emit(`t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0; i = (t >>> 12) & 255;`);
+        emit(
+          `t = (${a} + ${imm}) | 0; u = (${ah} + ${imm >> 31} + ((t >>> 0) < (${a} >>> 0) ? 1 : 0)) | 0; i = (t >>> 12) & 255;`,
+        );
         const hit = `wT[i] === u * 1048576 + (t >>> 12)${size > 1 ? ` && (t & ${size - 1}) === 0` : ""}`;
         const o = "o = wO[i] + (t & 4095);";
         let fast: string;
         switch (f3) {
-          case 0: fast = `${o} ram8[o] = ${b};`; break;
-          case 1: fast = `${o} ram16[o >> 1] = ${b};`; break;
-          case 2: fast = `${o} ram32[o >> 2] = ${b};`; break;
-          default: fast = `${o} ram32[o >> 2] = ${b}; ram32[(o >> 2) + 1] = ${bh};`; break;
+          case 0:
+            fast = `${o} ram8[o] = ${b};`;
+            break;
+          case 1:
+            fast = `${o} ram16[o >> 1] = ${b};`;
+            break;
+          case 2:
+            fast = `${o} ram32[o >> 2] = ${b};`;
+            break;
+          default:
+            fast = `${o} ram32[o >> 2] = ${b}; ram32[(o >> 2) + 1] = ${bh};`;
+            break;
         }
-        emit(`if (${hit}) { ${fast} } else { ${sync} h.storeSlow(t, u, ${size}, ${b}, ${f3 === 3 ? bh : "0"}); ${afterSlow()} ${unsync} }`);
+        emit(
+          `if (${hit}) { ${fast} } else { ${sync} h.storeSlow(t, u, ${size}, ${b}, ${f3 === 3 ? bh : "0"}); ${afterSlow()} ${unsync} }`,
+        );
         break;
       }
       case 0x0f:
@@ -633,7 +778,7 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
   if (lastKind !== KIND_END && lastKind !== KIND_BRANCH) {
     // The block stopped at a page end, its length limit, or before an instruction it cannot express.
     const next = last.pc + last.len;
-    const decodedEnd = insns.length < MAX_BLOCK && ((next & 0xfff) !== 0);
+    const decodedEnd = insns.length < MAX_BLOCK && (next & 0xfff) !== 0;
     body.push(exit(next, insns.length, decodedEnd ? EXIT_INTERP : exits++));
   }
   const regs = [...used].sort((p, q) => p - q);
@@ -645,12 +790,4 @@ export function generate(insns: Insn[]): { source: string; exits: number } {
   ];
   const source = `"use strict";\nreturn function block() {\n${head.filter((l) => l).join("\n")}\n${body.join("\n")}\n};`;
   return { source, exits };
-}
-
-/** High 32 bits of the unsigned 64-bit product of two 32-bit words (exact in doubles). */
-function mulhu32(a: number, b: number): number {
-  const a0 = a & 0xffff, a1 = a >>> 16, b0 = b & 0xffff, b1 = b >>> 16;
-  const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
-  const mid = (p00 >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
-  return (p11 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16)) | 0;
 }
