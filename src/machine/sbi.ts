@@ -56,6 +56,8 @@ export class HypervisorSbi {
     hart.setCsr(0x302, 0xb1ffn); // medeleg: everything except ecall from S (ours)
     hart.setCsr(0x303, BigInt(0x222)); // mideleg: SSI, STI, SEI
     hart.setCsr(0x306, 7n); // mcounteren: cycle, time, instret readable in S
+    // scounteren as OpenSBI leaves it: U may read them too (the vDSO's clock_gettime reads time).
+    hart.setCsr(0x106, 7n);
     hart.setCsr(0x300, 0n);
     hart.setPrivilege(PRIV_S);
     hart.ecallHandler = (h) => this.handle(h);
