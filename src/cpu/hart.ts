@@ -670,20 +670,9 @@ export class Hart {
   // ---------------------------------------------------------------- MMU
 
   private refillFetch(pc: number): void {
-    const lo = pc | 0;
-    const hi = Math.floor(pc / TWO32) | 0;
-    const set = this.fetchSet;
-    const idx = (lo >>> 12) & TLB_MASK;
-    let off: number;
-    if (set.fetchTag[idx] === hi * 1048576 + (lo >>> 12)) {
-      off = set.fetchOff[idx];
-    } else {
-      const pa = this.translate(lo, hi, ACCESS_FETCH);
-      off = pa - (lo & 0xfff) - this.ramBase;
-      if (!(off >= 0 && off < this.ramSize)) this.raise(CAUSE_FETCH_ACCESS, lo, hi);
-    }
-    this.fetchPageVa = pc - (lo & 0xfff);
-    this.fetchPageOff = off;
+    const inPage = (pc | 0) & 0xfff;
+    this.fetchPageOff = this.fetchOffset(pc) - inPage;
+    this.fetchPageVa = pc - inPage;
   }
 
   /** The upper half of a 32-bit instruction that starts in the last halfword of a page. */
