@@ -2,6 +2,7 @@
 import { runCommand } from "./run.js";
 import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
+import { vmCommand } from "./vm.js";
 
 const HELP = `Usage: yun <command> [options]
 
@@ -9,6 +10,7 @@ Commands:
   run        boot a virtual machine with its console on this terminal
   image      pull and list boot images (yun image pull debian)
   disk       create, inspect, convert and grow disk images (raw, qcow2)
+  vm         drive running VMs: list, pause, resume, stop, snapshot, migrate, console
   help       show this help
 
 Run "yun <command> --help" for a command's options.
@@ -23,6 +25,8 @@ export async function main(args: string[]): Promise<number> {
       return imageCommand(rest);
     case "disk":
       return diskCommand(rest);
+    case "vm":
+      return vmCommand(rest);
     case undefined:
     case "help":
     case "--help":

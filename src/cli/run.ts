@@ -16,16 +16,19 @@
  * the VM's name, so it is the same at every boot of the same VM.
  */
 import { parseArgs } from "node:util";
-import { readFileSync, existsSync, statSync, mkdirSync, mkdtempSync, readdirSync, rmSync, realpathSync } from "node:fs";
-import { join } from "node:path";
-import { randomBytes } from "node:crypto";
-import { VirtMachine, maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
-import type { BlockBackend } from "../devices/block.js";
-import type { NetBackend } from "../devices/netdev.js";
-import { openDiskImage, createQcow2, DiskImageError, type DiskFormat } from "../storage/image.js";
-import { joinNetwork, validateNetworkName } from "../net/hub.js";
-import { UserNet, type HostForward } from "../net/usernet.js";
+import { existsSync, statSync, rmSync, realpathSync } from "node:fs";
+import { join, resolve as resolvePath } from "node:path";
+import { maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
+import { openDiskImage, type DiskFormat } from "../storage/image.js";
+import { validateNetworkName } from "../net/hub.js";
+import type { HostForward } from "../net/usernet.js";
 import { parseMac, stableMac, formatMac } from "../net/ethernet.js";
+import { type DiskRef, type NetChoice, type VmSpec } from "../vmm/spec.js";
+import { VmMonitor, type MonitorOptions } from "../vmm/monitor.js";
+import { ControlServer } from "../vmm/control.js";
+import { listenForMigration, receiveMigration } from "../vmm/migrate.js";
+import { createOverlay, makeOwnedDir } from "../vmm/overlay.js";
+import { checkSocketPath, claimName, defaultSocketPath, register, unregister } from "../vmm/registry.js";
 import { findImage } from "../images/store.js";
 import { pullDebianImage } from "../images/debian.js";
 import { yunHome } from "../images/paths.js";
@@ -45,6 +48,17 @@ Options:
                       M-mode firmware (default: the image's OpenSBI fw_dynamic); "none" boots the
                       kernel in S-mode with Yun answering its SBI calls itself
   --engine jit|interp how guest code runs: translated to JavaScript (default) or interpreted
+  --cpus N            vCPUs (1; SMP is not built yet)
+  --cpu-cap F         use at most F of a host core (e.g. 0.25), enforced by the monitor
+
+Monitor (see docs/vm-api.md; yun vm drives a running VM):
+  --headless          no console here: output is kept for yun vm console; stdin is not read
+  --api-socket PATH   the control socket (default: $YUN_HOME/vms/NAME/api.sock)
+  --api-port N        also serve the control API as HTTP on 127.0.0.1:N (0: any free port)
+  --restore DIR       start from the snapshot in DIR (taken with yun vm snapshot) instead of booting
+                      (with --name and --cpu-cap, no machine flags: the snapshot has them)
+  --incoming [ADDR:]PORT
+                      wait for a live migration (yun vm migrate) on ADDR:PORT (default 127.0.0.1)
 
 Disks (virtio-blk; the root disk is /dev/vda, further disks /dev/vdb, /dev/vdc, ...):
   --root FILE         boot from the disk image FILE (raw or qcow2), read-write. Default: a fresh
@@ -61,8 +75,8 @@ Network (virtio-net):
                       (default ADDR 127.0.0.1; HOSTPORT 0 picks a free port) to GUESTPORT in the
                       guest (repeatable)
   --no-net            no network card
-  --name NAME         the VM's name; its MAC address is derived from it (default: the --root
-                      file's path, or a name of its own for a throwaway root disk)
+  --name NAME         the VM's name (default: vm-PID); its MAC address is derived from it
+                      (without --name: from the --root file's path, or the throwaway disk's)
   --mac MAC           the network card's MAC address instead (e.g. 52:54:00:12:34:56)
   -h, --help          show this help
 
@@ -89,7 +103,7 @@ export type RootChoice =
   /** A throwaway qcow2 overlay on an image's root disk (`base`, of format `baseFormat`). */
   | { kind: "overlay"; base: string; baseFormat: DiskFormat };
 
-export type NetChoice = { kind: "none" } | { kind: "user"; publish: HostForward[] } | { kind: "switch"; name: string };
+export type { NetChoice } from "../vmm/spec.js";
 
 export interface RunOptions {
   kernel: string;
@@ -106,12 +120,27 @@ export interface RunOptions {
   name?: string;
   /** An explicit MAC address (already checked). */
   mac?: string;
+  cpus: number;
+  /** Fraction of a host core, or null. */
+  cpuCap: number | null;
+  monitor: MonitorFlags;
 }
 
-function readInput(path: string, what: string): Uint8Array {
+/** How the monitor is reached and what the process starts from. */
+export interface MonitorFlags {
+  headless: boolean;
+  apiSocket?: string;
+  apiPort?: number;
+  /** Start from this snapshot instead of booting. */
+  restore?: string;
+  /** Wait for a live migration on this address instead of booting. */
+  incoming?: { host: string; port: number };
+}
+
+function checkInput(path: string, what: string): string {
   if (!existsSync(path)) throw new UsageError(`${what} file not found: ${path}`);
   if (!statSync(path).isFile()) throw new UsageError(`${what} is not a regular file: ${path}`);
-  return readFileSync(path);
+  return resolvePath(path);
 }
 
 /** "[ADDR:]HOSTPORT:GUESTPORT" → a forward; ADDR may be bracketed ("[::1]"). */
@@ -154,6 +183,13 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         "no-net": { type: "boolean" },
         name: { type: "string" },
         mac: { type: "string" },
+        cpus: { type: "string" },
+        "cpu-cap": { type: "string" },
+        headless: { type: "boolean" },
+        "api-socket": { type: "string" },
+        "api-port": { type: "string" },
+        restore: { type: "string" },
+        incoming: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -162,6 +198,71 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   }
   const v = parsed.values;
   if (v.help) return "help";
+  const monitor: MonitorFlags = { headless: v.headless === true };
+  if (v["api-socket"] !== undefined) monitor.apiSocket = resolvePath(v["api-socket"]);
+  if (v["api-port"] !== undefined) {
+    if (!/^\d{1,5}$/.test(v["api-port"]) || Number(v["api-port"]) > 65535) {
+      throw new UsageError(`--api-port takes a port number 0-65535, got "${v["api-port"]}"`);
+    }
+    monitor.apiPort = Number(v["api-port"]);
+  }
+  if (v.restore !== undefined || v.incoming !== undefined) {
+    // The VM comes from a snapshot or a migration: its machine is described there.
+    const given = Object.keys(v).filter(
+      (k) =>
+        !["restore", "incoming", "name", "headless", "api-socket", "api-port"].includes(k) &&
+        !(k === "cpu-cap" && v.restore !== undefined),
+    );
+    if (v.restore !== undefined && v.incoming !== undefined)
+      throw new UsageError("--restore and --incoming contradict each other");
+    if (given.length > 0) {
+      throw new UsageError(
+        `--${given[0]} cannot go with --${v.restore !== undefined ? "restore" : "incoming"} (the VM brings its own configuration)`,
+      );
+    }
+    if (v.name !== undefined && !NAME_RE.test(v.name)) throw new UsageError(`--name "${v.name}" is not a valid name`);
+    if (v.restore !== undefined) monitor.restore = resolvePath(v.restore);
+    else monitor.incoming = parseIncoming(v.incoming!);
+    let restoreCap: number | null = null;
+    if (v["cpu-cap"] !== undefined) {
+      restoreCap = Number(v["cpu-cap"]);
+      if (!/^\d*\.?\d+$/.test(v["cpu-cap"]) || !(restoreCap > 0) || restoreCap > 8) {
+        throw new UsageError(`--cpu-cap takes a fraction of a host core, more than 0, got "${v["cpu-cap"]}"`);
+      }
+    }
+    return {
+      kernel: "",
+      firmware: null,
+      append: "",
+      memoryMiB: 0,
+      engine: "jit",
+      root: { kind: "none" },
+      disks: [],
+      net: { kind: "none" },
+      name: v.name,
+      cpus: 1,
+      cpuCap: restoreCap,
+      monitor,
+    };
+  }
+  let cpus = 1;
+  if (v.cpus !== undefined) {
+    if (!/^\d+$/.test(v.cpus) || Number(v.cpus) < 1 || Number(v.cpus) > 8) {
+      throw new UsageError(`--cpus takes a vCPU count 1-8, got "${v.cpus}"`);
+    }
+    cpus = Number(v.cpus);
+    if (cpus > 1) throw new UsageError(`--cpus ${cpus}: this Yun runs 1 vCPU per VM (SMP is not built yet)`);
+  }
+  let cpuCap: number | null = null;
+  if (v["cpu-cap"] !== undefined) {
+    const f = Number(v["cpu-cap"]);
+    if (!/^\d*\.?\d+$/.test(v["cpu-cap"]) || !(f > 0) || f > cpus) {
+      throw new UsageError(
+        `--cpu-cap takes a fraction of a host core, more than 0 and at most --cpus (${cpus}), got "${v["cpu-cap"]}"`,
+      );
+    }
+    cpuCap = f;
+  }
   let memoryMiB = 256;
   if (v.memory !== undefined) {
     if (!/^\d+$/.test(v.memory)) throw new UsageError(`--memory takes a size in MiB, got "${v.memory}"`);
@@ -242,133 +343,89 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if (firmware === undefined) firmware = image.firmware.dynamic;
   }
   if (kernel === undefined || firmware === undefined) throw new Error("internal: no kernel or firmware chosen");
+  kernel = checkInput(kernel, "kernel");
+  if (initrd !== undefined) initrd = checkInput(initrd, "initrd");
+  if (firmware !== null) firmware = checkInput(firmware, "firmware");
   let append = v.append ?? DEFAULT_APPEND;
   if (root.kind !== "none" && !/(^|\s)root=/.test(append)) append += ` root=${ROOT_DEVICE}`;
-  return { kernel, initrd, firmware, append, memoryMiB, engine, root, disks, net, name: v.name, mac };
+  return {
+    kernel,
+    initrd,
+    firmware,
+    append,
+    memoryMiB,
+    engine,
+    root,
+    disks,
+    net,
+    name: v.name,
+    mac,
+    cpus,
+    cpuCap,
+    monitor,
+  };
+}
+
+/** "[ADDR:]PORT" of --incoming (ADDR default 127.0.0.1). */
+function parseIncoming(spec: string): { host: string; port: number } {
+  const m = /^(?:(.+):)?(\d{1,5})$/.exec(spec);
+  if (!m || Number(m[2]) > 65535) throw new UsageError(`--incoming takes [ADDR:]PORT, got "${spec}"`);
+  return { host: m[1] ?? "127.0.0.1", port: Number(m[2]) };
 }
 
 // ------------------------------------------------------------------------------------------ disks
 
-/** Directory for throwaway overlays: $YUN_HOME/run. */
-function runDir(): string {
-  return join(yunHome(), "run");
+/**
+ * The VM's disks as a spec lists them: every image the user named is checked (with its backing
+ * chain) before anything is created; a throwaway overlay is then made in `ownedDir` (created on
+ * demand by `makeDir`).
+ */
+function resolveDisks(opts: RunOptions, makeDir: () => string): DiskRef[] {
+  const r = opts.root;
+  const given = r.kind === "file" ? [r.path, ...opts.disks] : opts.disks;
+  const refs: DiskRef[] = [];
+  for (const path of given) {
+    const img = openDiskImage(path, { readOnly: true, lock: false });
+    refs.push({ path: resolvePath(path), format: img.format, readOnly: false });
+    img.close();
+  }
+  if (r.kind === "overlay") {
+    refs.unshift({
+      path: createOverlay(makeDir(), "root.qcow2", r.base, r.baseFormat),
+      format: "qcow2",
+      readOnly: false,
+    });
+  }
+  return refs;
 }
 
-/** Removes overlay directories left by yun processes that no longer exist (killed, crashed). */
-function removeStaleRunDirs(dir: string): void {
-  let entries: string[];
-  try {
-    entries = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const e of entries) {
-    const m = /^(\d+)-/.exec(e);
-    if (!m) continue;
-    const pid = Number(m[1]);
-    if (pid === process.pid) continue;
+/** A seed for the VM's MAC address when it has no --name: the root disk's identity. */
+function macSeed(opts: RunOptions, disks: DiskRef[]): string {
+  if (opts.root.kind === "file") {
     try {
-      process.kill(pid, 0);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ESRCH") rmSync(join(dir, e), { recursive: true, force: true });
+      return `root:${realpathSync(opts.root.path)}`;
+    } catch {
+      return `root:${opts.root.path}`;
     }
   }
-}
-
-/** The disks of one VM: opened, checked, and closed again if anything later fails. */
-class DiskSet {
-  /** The overlay's directory, removed by dispose(). */
-  private tempDir: string | null = null;
-  /** Path of the root disk in use (the overlay once created). */
-  rootPath: string | null = null;
-
-  constructor(private readonly opts: RunOptions) {
-    const r = opts.root;
-    if (r.kind === "file") this.rootPath = r.path;
-  }
-
-  /**
-   * Opens the user's disks, then (first time only) creates the throwaway overlay and opens it.
-   * Throws DiskImageError with nothing written when any image is bad.
-   */
-  open(): BlockBackend[] {
-    const r = this.opts.root;
-    const given = r.kind === "file" ? [r.path, ...this.opts.disks] : this.opts.disks;
-    // Every image (with its backing chain) is checked read-only before any is opened for writing.
-    for (const path of given) openDiskImage(path, { readOnly: true, lock: false }).close();
-    const opened: BlockBackend[] = [];
-    try {
-      if (r.kind === "file") opened.push(openDiskImage(r.path));
-      for (const d of this.opts.disks) opened.push(openDiskImage(d));
-      if (r.kind === "overlay") {
-        if (this.rootPath === null) {
-          // Check the base as a disk before making anything: createQcow2 reports it as a backing file.
-          openDiskImage(r.base, { readOnly: true, format: r.baseFormat }).close();
-          mkdirSync(runDir(), { recursive: true });
-          removeStaleRunDirs(runDir());
-          this.tempDir = mkdtempSync(join(runDir(), `${process.pid}-`));
-          const path = join(this.tempDir, "root.qcow2");
-          createQcow2(path, { backing: { path: r.base, format: r.baseFormat } });
-          this.rootPath = path;
-        }
-        opened.unshift(openDiskImage(this.rootPath, { format: "qcow2" }));
-      }
-      return opened;
-    } catch (e) {
-      for (const d of opened) d.close();
-      throw e;
-    }
-  }
-
-  /** A seed for the VM's MAC address when it has no --name: the root disk's identity. */
-  macSeed(): string {
-    const r = this.opts.root;
-    if (r.kind === "file") {
-      try {
-        return `root:${realpathSync(r.path)}`;
-      } catch {
-        return `root:${r.path}`;
-      }
-    }
-    if (this.tempDir !== null) return `run:${this.tempDir}`;
-    return `run:${process.pid}:${randomBytes(8).toString("hex")}`;
-  }
-
-  dispose(): void {
-    if (this.tempDir !== null) rmSync(this.tempDir, { recursive: true, force: true });
-    this.tempDir = null;
-  }
-}
-
-// -------------------------------------------------------------------------------------- network
-
-async function openNet(choice: NetChoice): Promise<{ backend: NetBackend | null; notes: string[] }> {
-  switch (choice.kind) {
-    case "none":
-      return { backend: null, notes: [] };
-    case "switch":
-      return { backend: await joinNetwork(choice.name, join(yunHome(), "net")), notes: [] };
-    case "user": {
-      const user = new UserNet({ hostForwards: choice.publish });
-      try {
-        await user.start();
-      } catch (e) {
-        user.close();
-        throw e;
-      }
-      const notes = user.published.map(
-        (p) =>
-          `published ${p.hostAddr.includes(":") ? `[${p.hostAddr}]` : p.hostAddr}:${p.hostPort} -> guest port ${p.guestPort}`,
-      );
-      return { backend: user, notes };
-    }
-  }
+  return disks.length ? `run:${disks[0].path}` : `run:${process.pid}`;
 }
 
 // ------------------------------------------------------------------------------------------- run
 
 const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const say = (line: string): void => void process.stderr.write(`yun: ${line}\n`);
 
 export async function runCommand(args: string[]): Promise<number> {
   let opts: RunOptions | "help";
@@ -385,113 +442,141 @@ export async function runCommand(args: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  let kernel: Uint8Array;
-  let initrd: Uint8Array | undefined;
-  let firmware: Uint8Array | null;
-  try {
-    kernel = readInput(opts.kernel, "kernel");
-    initrd = opts.initrd ? readInput(opts.initrd, "initrd") : undefined;
-    firmware = opts.firmware ? readInput(opts.firmware, "firmware") : null;
-  } catch (e) {
+  const home = yunHome();
+  const vmsDir = join(home, "vms");
+  const runDir = join(home, "run");
+  const flags = opts.monitor;
+  const interactive = !flags.headless && process.stdin.isTTY === true;
+  const monitorOpts: MonitorOptions = {
+    netDir: join(home, "net"),
+    runDir,
+    ownedDir: null,
+    log: say,
+    echo: flags.headless ? null : (bytes) => process.stdout.write(bytes),
+  };
+  // Bad images, snapshots, networks, names: one sentence each. (YUN_DEBUG=1 shows the stack.)
+  const fail = (e: unknown): number => {
+    if (process.env.YUN_DEBUG) console.error(e);
     process.stderr.write(`yun run: ${(e as Error).message}\n`);
-    return 2;
+    return e instanceof UsageError ? 2 : 1;
+  };
+
+  // The machine: booted, restored from a snapshot, or received by migration.
+  let monitor: VmMonitor;
+  let notes: string[] = [];
+  let successorOf: number | undefined;
+  try {
+    if (flags.restore !== undefined) {
+      const t0 = performance.now();
+      const r = await VmMonitor.restore(flags.restore, monitorOpts, { name: opts.name, cpuCap: opts.cpuCap });
+      monitor = r.monitor;
+      notes = r.notes;
+      monitorOpts.ownedDir = r.ownedDir;
+      notes.unshift(`restored ${monitor.spec.name} from ${flags.restore} in ${Math.round(performance.now() - t0)} ms`);
+    } else if (flags.incoming !== undefined) {
+      const { server, port } = await listenForMigration(flags.incoming.host, flags.incoming.port);
+      say(`waiting for a migration on ${flags.incoming.host}:${port}`);
+      const r = await receiveMigration(server, {
+        ...monitorOpts,
+        name: opts.name,
+        onStage: (stage, detail) => say(stage === "connected" ? `migration ${detail}` : `starting ${detail}`),
+      });
+      monitor = r.monitor;
+      notes = r.notes;
+      successorOf = r.sourcePid;
+      monitorOpts.ownedDir = monitor.ownedDir;
+    } else {
+      const disks = resolveDisks(opts, () => (monitorOpts.ownedDir ??= makeOwnedDir(runDir)));
+      const mac = opts.mac ?? stableMac(opts.name ?? macSeed(opts, disks));
+      const spec: VmSpec = {
+        name: opts.name ?? `vm-${process.pid}`,
+        memoryMiB: opts.memoryMiB,
+        cpus: opts.cpus,
+        engine: opts.engine,
+        append: opts.append,
+        kernel: opts.kernel,
+        initrd: opts.initrd ?? null,
+        firmware: opts.firmware,
+        disks,
+        net: opts.net,
+        mac,
+        cpuCap: opts.cpuCap,
+      };
+      claimName(vmsDir, spec.name);
+      const r = await VmMonitor.boot(spec, monitorOpts);
+      monitor = r.monitor;
+      notes = r.notes;
+      if (opts.root.kind === "overlay") {
+        notes.unshift(
+          `booting from a throwaway overlay on ${opts.root.base} (changes are discarded at exit; see --root)`,
+        );
+      }
+      if (opts.net.kind !== "none") {
+        notes.push(`network card ${mac}${opts.net.kind === "switch" ? ` on network ${opts.net.name}` : ""}`);
+      }
+    }
+  } catch (e) {
+    if (monitorOpts.ownedDir) rmSync(monitorOpts.ownedDir, { recursive: true, force: true });
+    return fail(e);
   }
 
-  const diskSet = new DiskSet(opts);
+  // The guest runs from here on; the control API and the registry entry come up beside it.
+  for (const n of notes) say(n);
   let signalled: NodeJS.Signals | null = null;
-  let machine: VirtMachine | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
     signalled ??= sig;
-    machine?.stop("poweroff", 0);
+    monitor.stop();
   };
   for (const s of SIGNALS) process.on(s, onSignal);
-  const stdin = process.stdin;
-  const interactive = stdin.isTTY === true;
-  let result: PowerOff | null = null;
-  let firstBoot = true;
+  const detach = flags.headless ? () => {} : attachConsole(monitor, interactive);
+  const running = monitor.run();
+  const name = monitor.spec.name;
+  const control = new ControlServer(monitor);
+  let failure: number | null = null;
   try {
-    for (;;) {
-      let disks: BlockBackend[];
-      try {
-        disks = diskSet.open();
-      } catch (e) {
-        if (!(e instanceof DiskImageError)) throw e;
-        process.stderr.write(`yun run: ${e.message}\n`);
-        return 1;
-      }
-      let net: { backend: NetBackend | null; notes: string[] };
-      try {
-        net = await openNet(opts.net);
-      } catch (e) {
-        // A network that cannot be joined, a port that cannot be published.
-        for (const d of disks) d.close();
-        process.stderr.write(`yun run: ${(e as Error).message}\n`);
-        return 1;
-      }
-      const mac = opts.mac ?? stableMac(opts.name ?? diskSet.macSeed());
-      try {
-        machine = new VirtMachine({
-          kernel,
-          initrd,
-          firmware,
-          firmwareKind: firmware ? "dynamic" : "none",
-          append: opts.append,
-          memoryMiB: opts.memoryMiB,
-          engine: opts.engine,
-          output: (bytes) => process.stdout.write(bytes),
-          disks,
-          net: net.backend,
-          mac,
-        });
-      } catch (e) {
-        for (const d of disks) d.close();
-        net.backend?.close();
-        process.stderr.write(`yun run: ${(e as Error).message}\n`);
-        return e instanceof UsageError ? 2 : 1;
-      }
-      if (firstBoot) {
-        firstBoot = false;
-        if (opts.root.kind === "overlay") {
-          process.stderr.write(
-            `yun: booting from a throwaway overlay on ${opts.root.base} (changes are discarded at exit; see --root)\n`,
-          );
-        }
-        if (opts.net.kind !== "none")
-          process.stderr.write(
-            `yun: network card ${mac}${opts.net.kind === "switch" ? ` on network ${opts.net.name}` : ""}\n`,
-          );
-        for (const n of net.notes) process.stderr.write(`yun: ${n}\n`);
-      }
-      if (signalled) machine.stop("poweroff", 0);
-      const detach = attachConsole(machine, interactive);
-      try {
-        result = await machine.run();
-      } finally {
-        detach();
-        machine.close();
-      }
-      if (result.kind !== "reset" || signalled) break;
-      process.stderr.write("\r\nyun: guest rebooted\r\n");
+    if (successorOf !== undefined) {
+      // The migration's source exits right after our answer; its control socket is where ours goes.
+      for (let i = 0; i < 500 && pidAlive(successorOf); i++) await new Promise((done) => setTimeout(done, 20));
     }
-  } finally {
-    for (const s of SIGNALS) process.off(s, onSignal);
-    diskSet.dispose();
+    claimName(vmsDir, name, successorOf);
+    const apiSocket = flags.apiSocket ?? defaultSocketPath(vmsDir, name);
+    checkSocketPath(apiSocket);
+    await control.listenSocket(apiSocket);
+    const apiPort = flags.apiPort !== undefined ? await control.listenHttp(flags.apiPort) : undefined;
+    register(vmsDir, { name, pid: process.pid, apiSocket, apiPort, startedAt: new Date().toISOString() });
+    if (apiPort !== undefined) say(`control API on http://127.0.0.1:${apiPort}/vm`);
+  } catch (e) {
+    failure = fail(e);
+    monitor.stop();
   }
+  let result: PowerOff;
+  try {
+    result = await running;
+  } finally {
+    detach();
+    for (const s of SIGNALS) process.off(s, onSignal);
+    await control.close();
+    if (failure === null) unregister(vmsDir, name);
+    // After a migration the throwaway disks belong to the destination (monitor.ownedDir is null).
+    if (monitor.ownedDir) rmSync(monitor.ownedDir, { recursive: true, force: true });
+  }
+  if (failure !== null) return failure;
+  if (monitor.migratedAway) say(`${name} now runs in another process (migrated)`);
   if (signalled) {
     process.stderr.write(`\r\nyun: stopped by ${signalled}\r\n`);
     return 128 + (SIGNAL_NUMBERS[signalled] ?? 0);
   }
-  if (result?.kind === "fail") return result.code || 1;
+  if (result.kind === "fail") return result.code || 1;
   return 0;
 }
 
 /** Connects stdin to the guest console; returns a function that disconnects it. */
-function attachConsole(machine: VirtMachine, interactive: boolean): () => void {
+function attachConsole(monitor: VmMonitor, interactive: boolean): () => void {
   const stdin = process.stdin;
   let escape = false;
   const onData = (chunk: Buffer): void => {
     if (!interactive) {
-      machine.input(chunk);
+      monitor.input(chunk);
       return;
     }
     const out: number[] = [];
@@ -499,7 +584,7 @@ function attachConsole(machine: VirtMachine, interactive: boolean): () => void {
       if (escape) {
         escape = false;
         if (b === 0x78 || b === 0x58) {
-          machine.stop("poweroff", 0);
+          monitor.stop();
           process.stderr.write("\r\nyun: terminated by Ctrl-A X\r\n");
           return;
         }
@@ -509,7 +594,7 @@ function attachConsole(machine: VirtMachine, interactive: boolean): () => void {
       if (b === 0x01) escape = true;
       else out.push(b);
     }
-    if (out.length) machine.input(Uint8Array.from(out));
+    if (out.length) monitor.input(Uint8Array.from(out));
   };
   if (interactive) stdin.setRawMode(true);
   stdin.on("data", onData);

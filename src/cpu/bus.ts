@@ -28,12 +28,16 @@ export class Bus {
   readonly ram32: Int32Array;
   private readonly windows: Window[] = [];
   private readonly writeListeners: ((offset: number, length: number) => void)[] = [];
+  /** MMIO accesses so far (each one an exit from guest code to a device model). */
+  mmioAccesses = 0;
 
-  constructor(ramBase: number, ramSize: number, shared = false) {
+  /** `buffer`: RAM contents to start from (a snapshot, a migration), of exactly `ramSize` bytes. */
+  constructor(ramBase: number, ramSize: number, shared = false, buffer?: ArrayBuffer | SharedArrayBuffer) {
     if (ramSize % 4096 !== 0) throw new Error("RAM size must be a multiple of 4 KiB");
+    if (buffer && buffer.byteLength !== ramSize) throw new Error(`RAM buffer of ${buffer.byteLength} bytes for ${ramSize} bytes of RAM`);
     this.ramBase = ramBase;
     this.ramSize = ramSize;
-    this.ramBuffer = shared ? new SharedArrayBuffer(ramSize) : new ArrayBuffer(ramSize);
+    this.ramBuffer = buffer ?? (shared ? new SharedArrayBuffer(ramSize) : new ArrayBuffer(ramSize));
     this.ram = new Uint8Array(this.ramBuffer);
     this.ram16 = new Uint16Array(this.ramBuffer);
     this.ram32 = new Int32Array(this.ramBuffer);
@@ -41,7 +45,8 @@ export class Bus {
 
   map(base: number, size: number, device: MmioDevice): void {
     for (const w of this.windows) {
-      if (base < w.end && base + size > w.base) throw new Error(`MMIO window of ${device.name} overlaps ${w.device.name}`);
+      if (base < w.end && base + size > w.base)
+        throw new Error(`MMIO window of ${device.name} overlaps ${w.device.name}`);
     }
     this.windows.push({ base, end: base + size, device });
   }
@@ -59,6 +64,7 @@ export class Bus {
 
   /** MMIO read; returns undefined when nothing is mapped there (an access fault). */
   mmioRead(pa: number, size: 1 | 2 | 4): number | undefined {
+    this.mmioAccesses++;
     const w = this.find(pa);
     if (!w) return undefined;
     return w.device.read(pa - w.base, size);
@@ -66,6 +72,7 @@ export class Bus {
 
   /** MMIO write; returns false when nothing is mapped there (an access fault). */
   mmioWrite(pa: number, value: number, size: 1 | 2 | 4): boolean {
+    this.mmioAccesses++;
     const w = this.find(pa);
     if (!w) return false;
     w.device.write(pa - w.base, value, size);

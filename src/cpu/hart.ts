@@ -159,6 +159,13 @@ export class Hart {
   codePages: Uint8Array | null = null;
   codeWritten: ((page: number) => void) | null = null;
   /**
+   * Dirty-page log for snapshots and live migration (index = RAM offset >> 12), or null when off.
+   * A page is marked when a write translation to it enters the TLB and when the page walker sets
+   * A/D bits in it; `flushWriteTlb()` at the start of each round makes the next store to every page
+   * take that path again.
+   */
+  dirtyPages: Uint8Array | null = null;
+  /**
    * The translator's profile: execution counts of block leaders (the instruction after a control
    * transfer), indexed by RAM halfword offset & HOT_MASK; -1 marks translated code, -2 code that
    * cannot be translated. The interpreter counts, and returns to the translator when it reaches a
@@ -712,6 +719,17 @@ export class Hart {
     this.updateMode();
   }
 
+  /** Drops every write translation: the next store to each page goes through translate() again. */
+  flushWriteTlb(): void {
+    for (const set of this.tlbSets) set.writeTag.fill(NaN);
+  }
+
+  /** Drops every cached translation of every mode (RAM was replaced: snapshot restore). */
+  flushAllTlbs(): void {
+    this.tlbSets[0].flush();
+    this.flushTlb();
+  }
+
   /** Drops write translations that point at a physical RAM page (it now holds translated code). */
   purgeWriteTlb(page: number): void {
     const pageOff = page * 4096;
@@ -783,6 +801,8 @@ export class Hart {
       else if (access === ACCESS_WRITE) {
         const codePages = this.codePages;
         if (codePages !== null && codePages[pageOff >>> 12] !== 0) this.codeWritten!(pageOff >>> 12);
+        const dirty = this.dirtyPages;
+        if (dirty !== null) dirty[pageOff >>> 12] = 1;
         set.writeTag[idx] = tag;
         set.writeOff[idx] = pageOff;
       }
@@ -846,6 +866,7 @@ export class Hart {
       if ((pteLo & need) !== need) {
         pteLo |= need;
         this.ram32[poff >> 2] = pteLo;
+        if (this.dirtyPages !== null) this.dirtyPages[poff >>> 12] = 1;
       }
       const vpnLow = ((lo >>> 12) | (hi << 20)) & lowMask;
       return (ppn + vpnLow) * 4096 + (lo & 0xfff);

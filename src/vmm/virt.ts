@@ -6,8 +6,9 @@
  * power events are served, and host sleep while the guest waits in WFI (until a timer, console
  * input or a device such as the network card wakes it).
  */
-import { Bus } from "../cpu/bus.js";
+import { Bus, type MmioDevice } from "../cpu/bus.js";
 import { Hart, type HartClock } from "../cpu/hart.js";
+import { saveHart, restoreHart, checkHartState, type HartState } from "../cpu/state.js";
 import { Jit } from "../cpu/jit.js";
 import { MIP_MTIP } from "../cpu/csr.js";
 import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
@@ -33,7 +34,6 @@ import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
-import { DmaWatch, type WatchedVirtio } from "./dma.js";
 
 export const RAM_BASE = 0x8000_0000;
 export const ISA_STRING = "rv64imafdc_zicntr_zicsr_zifencei";
@@ -74,6 +74,11 @@ export interface VirtConfig {
   mac?: string;
   /** Receives lines the devices log about driver errors (default: standard error). */
   log?: (line: string) => void;
+  /**
+   * RAM to start from (a snapshot or a migration, whose state restoreState() then loads): the
+   * firmware, kernel, initrd and device tree are not loaded into it.
+   */
+  ram?: ArrayBuffer;
 }
 
 /** A disk image file for a virtio-blk slot. */
@@ -109,12 +114,64 @@ export interface PowerOff {
   code: number;
 }
 
-/** A monotonic timebase clock shared by the hart's `time` CSR, the CLINT and the SBI timer. */
-class TimebaseClock implements HartClock {
-  private readonly start = performance.now();
+/**
+ * The machine's timebase, shared by the hart's `time` CSR, the CLINT and the SBI timer: host time
+ * while the VM runs, frozen while it is paused, and set on restore so that guest time goes on from
+ * where the snapshot left it.
+ */
+export class VmClock implements HartClock {
+  /** performance.now() at which the guest's time was 0 (ms), while running. */
+  private origin = performance.now();
+  /** The guest's time while paused (ticks), or null while running. */
+  private frozen: number | null = null;
   now(): number {
-    return Math.floor((performance.now() - this.start) * (TIMEBASE_HZ / 1000));
+    if (this.frozen !== null) return this.frozen;
+    return Math.floor((performance.now() - this.origin) * (TIMEBASE_HZ / 1000));
   }
+  get paused(): boolean {
+    return this.frozen !== null;
+  }
+  pause(): void {
+    if (this.frozen === null) this.frozen = this.now();
+  }
+  resume(): void {
+    if (this.frozen === null) return;
+    this.origin = performance.now() - this.frozen / (TIMEBASE_HZ / 1000);
+    this.frozen = null;
+  }
+  /** Sets the current time (ticks), keeping the paused or running state. */
+  set(ticks: number): void {
+    if (this.frozen !== null) this.frozen = ticks;
+    else this.origin = performance.now() - ticks / (TIMEBASE_HZ / 1000);
+  }
+}
+
+/** Everything of a machine but its RAM and its disks' contents, as plain data. */
+export interface MachineState {
+  clock: number;
+  hart: HartState;
+  clint: ReturnType<Clint["save"]>;
+  plic: ReturnType<Plic["save"]>;
+  uart: ReturnType<Uart16550["save"]>;
+  rtc: ReturnType<GoldfishRtc["save"]>;
+  sbi: ReturnType<HypervisorSbi["save"]> | null;
+  disks: ReturnType<VirtioBlk["save"]>[];
+  net: ReturnType<VirtioNet["save"]> | null;
+  console: ReturnType<VirtioConsole["save"]>;
+  rng: ReturnType<VirtioRng["save"]>;
+  /** Console input typed but not yet read by the guest. */
+  input: number[];
+}
+
+/** What a running machine has done, for the monitor's metrics. */
+export interface MachineMetrics {
+  instret: number;
+  /** Host time spent running guest code (ms). */
+  busyMs: number;
+  /** Host time asleep while the guest waited in WFI (ms). */
+  idleMs: number;
+  mmioExits: number;
+  wfiExits: number;
 }
 
 const SLICE_INSTRUCTIONS = 200_000;
@@ -144,7 +201,6 @@ export class VirtMachine {
   readonly clock: HartClock;
   private readonly diskBackends: BlockBackend[];
   private readonly netBackend: NetBackend | null;
-  private readonly dma: DmaWatch | null;
   private closed = false;
   private readonly config: VirtConfig;
   private readonly inputQueue: number[] = [];
@@ -156,6 +212,16 @@ export class VirtMachine {
   private lastNetIo = -Infinity;
   /** Host time spent asleep while the guest waited (ms). */
   idleMs = 0;
+  /** Host time spent running guest slices (ms). */
+  busyMs = 0;
+  /** Times the guest went to sleep in WFI. */
+  wfiExits = 0;
+  private paused = false;
+  private resumeWaiter: (() => void) | null = null;
+  /** The CPU cap: at most this fraction of a host core (Infinity: none), and its budget (ms). */
+  private cpuCap = Infinity;
+  private capBudgetMs = 0;
+  private capStamp = performance.now();
 
   /**
    * Builds the board. Disk paths are opened last, after the kernel and firmware checked out; if the
@@ -164,13 +230,19 @@ export class VirtMachine {
    */
   constructor(config: VirtConfig) {
     this.config = config;
-    this.clock = config.clock ?? new TimebaseClock();
+    this.clock = config.clock ?? new VmClock();
     const ramSize = config.memoryMiB * 1024 * 1024;
-    this.bus = new Bus(RAM_BASE, ramSize);
+    this.bus = new Bus(RAM_BASE, ramSize, false, config.ram);
+    const loading = config.ram === undefined;
     this.hart = new Hart(this.bus, 0, this.clock);
     this.jit = (config.engine ?? "jit") === "jit" ? new Jit(this.hart) : null;
-    // Device writes to RAM matter only to a translator (it caches what RAM holds).
-    this.dma = this.jit ? new DmaWatch(this.bus) : null;
+    // Device (DMA) and loader writes to RAM: the translator hears of them itself; the dirty-page
+    // log of snapshots and migration is kept here.
+    this.bus.onExternalWrite((off, len) => {
+      const dirty = this.hart.dirtyPages;
+      if (dirty === null || len <= 0) return;
+      for (let p = off >>> 12, last = (off + len - 1) >>> 12; p <= last; p++) dirty[p] = 1;
+    });
     this.clint = new Clint([this.hart], this.clock);
     this.plic = new Plic([this.hart]);
     this.uart = new Uart16550(
@@ -187,8 +259,8 @@ export class VirtMachine {
 
     const header = parseLinuxImage(config.kernel);
     this.layout = planBoot(RAM_BASE, ramSize, header, config.initrd?.length);
-    this.bus.load(this.layout.kernelAddr, config.kernel);
-    if (config.initrd && this.layout.initrd) this.bus.load(this.layout.initrd.start, config.initrd);
+    if (loading) this.bus.load(this.layout.kernelAddr, config.kernel);
+    if (loading && config.initrd && this.layout.initrd) this.bus.load(this.layout.initrd.start, config.initrd);
 
     const hart = this.hart;
     hart.setXNumber(10, 0); // a0: hart id
@@ -197,9 +269,9 @@ export class VirtMachine {
       if (this.layout.firmwareAddr + config.firmware.length > this.layout.kernelAddr) {
         throw new Error("firmware image is larger than the 2 MiB below the kernel");
       }
-      this.bus.load(this.layout.firmwareAddr, config.firmware);
+      if (loading) this.bus.load(this.layout.firmwareAddr, config.firmware);
       if (config.firmwareKind === "dynamic") {
-        this.bus.load(this.layout.fwInfoAddr, fwDynamicInfo(this.layout.kernelAddr));
+        if (loading) this.bus.load(this.layout.fwInfoAddr, fwDynamicInfo(this.layout.kernelAddr));
         hart.setXNumber(12, this.layout.fwInfoAddr);
       }
       hart.pc = this.layout.firmwareAddr;
@@ -248,10 +320,10 @@ export class VirtMachine {
     const irqLine = (slot: number) => (level: boolean) => this.plic.setLevel(virtioSlot(slot).irq, level);
     const kick = (): void => this.wake?.();
     const log = config.log;
-    const place = <T extends WatchedVirtio>(device: T): T => {
+    const place = <T extends MmioDevice>(device: T): T => {
       const slot = virtioSlot(slots.length);
       slots.push(slot);
-      this.bus.map(slot.base, slot.size, this.dma ? this.dma.watch(device) : device);
+      this.bus.map(slot.base, slot.size, device);
       return device;
     };
     this.disks = opened.map((b, i) =>
@@ -283,7 +355,7 @@ export class VirtMachine {
       virtio: slots,
     });
     if (dtb.length > 1024 * 1024) throw new Error("device tree too large");
-    this.bus.load(this.layout.dtbAddr, dtb);
+    if (loading) this.bus.load(this.layout.dtbAddr, dtb);
   }
 
   /** The backend as the network card sees it: every frame either way notes the time. */
@@ -335,6 +407,11 @@ export class VirtMachine {
     if (first !== null) throw first;
   }
 
+  /** Writes every disk's buffered data through to its file (snapshots, migration). */
+  flushDisks(): void {
+    for (const d of this.diskBackends) if (!d.readOnly) d.flush();
+  }
+
   /** Queues console input; it is handed to the guest as its UART has room and a reader. */
   input(bytes: Uint8Array): void {
     for (const b of bytes) this.inputQueue.push(b);
@@ -351,6 +428,7 @@ export class VirtMachine {
     this.hart.stopRequested = true;
     this.hart.attention = true;
     this.wake?.();
+    this.wakePaused();
   }
 
   private putByte(b: number): void {
@@ -394,10 +472,116 @@ export class VirtMachine {
    */
   service(): number {
     this.feedInput();
-    this.dma?.scan();
     const deadline = this.serviceTimers();
     this.flushOutput();
     return deadline;
+  }
+
+  /**
+   * Pauses the guest at the next slice boundary: no instruction runs and guest time stands still
+   * until resume(). Devices keep their state; frames arriving meanwhile queue in the backend's way.
+   */
+  pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    if (this.clock instanceof VmClock) this.clock.pause();
+    this.hart.stopRequested = true;
+    this.hart.attention = true;
+    this.wake?.();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.clock instanceof VmClock) this.clock.resume();
+    this.hart.attention = true;
+    this.resumeWaiter?.();
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Limits the guest to `fraction` of a host core (Infinity: no limit). */
+  setCpuCap(fraction: number): void {
+    this.cpuCap = fraction > 0 ? fraction : Infinity;
+    this.capBudgetMs = 0;
+    this.capStamp = performance.now();
+  }
+
+  metrics(): MachineMetrics {
+    return {
+      instret: this.hart.instret,
+      busyMs: this.busyMs,
+      idleMs: this.idleMs,
+      mmioExits: this.bus.mmioAccesses,
+      wfiExits: this.wfiExits,
+    };
+  }
+
+  /** The machine's state but RAM. Take it while paused (or from a stopped slice) for a consistent picture. */
+  saveState(): MachineState {
+    return {
+      clock: this.clock.now(),
+      hart: saveHart(this.hart),
+      clint: this.clint.save(),
+      plic: this.plic.save(),
+      uart: this.uart.save(),
+      rtc: this.rtc.save(),
+      sbi: this.sbi ? this.sbi.save() : null,
+      disks: this.disks.map((d) => d.save()),
+      net: this.net ? this.net.save() : null,
+      console: this.console.save(),
+      rng: this.rng.save(),
+      input: [...this.inputQueue],
+    };
+  }
+
+  /**
+   * Loads a state saved by a machine of the same shape (memory, disks, network card, firmware
+   * kind); RAM must already hold the snapshot's contents. Throws with a sentence when the shapes
+   * differ or a device refuses its state.
+   */
+  restoreState(s: MachineState): void {
+    const bad = checkHartState(s.hart);
+    if (bad) throw new Error(`snapshot: ${bad}`);
+    if (s.disks.length !== this.disks.length) {
+      throw new Error(`snapshot: the machine had ${s.disks.length} disks, this one has ${this.disks.length}`);
+    }
+    if ((s.net === null) !== (this.net === null))
+      throw new Error("snapshot: network card present in only one of the machines");
+    if ((s.sbi === null) !== (this.sbi === null)) throw new Error("snapshot: firmware kind differs");
+    if (this.clock instanceof VmClock) this.clock.set(s.clock);
+    restoreHart(this.hart, s.hart);
+    this.clint.restore(s.clint);
+    this.plic.restore(s.plic);
+    this.uart.restore(s.uart);
+    this.rtc.restore(s.rtc);
+    if (this.sbi && s.sbi) this.sbi.restore(s.sbi);
+    this.disks.forEach((d, i) => d.restore(s.disks[i]));
+    if (this.net && s.net) this.net.restore(s.net);
+    this.console.restore(s.console);
+    this.rng.restore(s.rng);
+    this.inputQueue.length = 0;
+    this.inputQueue.push(...s.input);
+    // RAM was replaced wholesale: drop translated code and cached translations.
+    this.bus.externalWrite(0, this.bus.ramSize);
+  }
+
+  /**
+   * Starts (or restarts) the dirty-page log: from now on every page the guest or a device writes is
+   * marked. Returns the log of the pages marked since the previous call (null the first time).
+   */
+  takeDirtyLog(): Uint8Array | null {
+    const previous = this.hart.dirtyPages;
+    this.hart.dirtyPages = new Uint8Array(this.bus.ramSize / 4096);
+    this.hart.flushWriteTlb();
+    return previous;
+  }
+
+  /** Stops the dirty-page log. */
+  stopDirtyLog(): void {
+    this.hart.dirtyPages = null;
   }
 
   /** How the machine stopped, or null while it runs. */
@@ -410,10 +594,32 @@ export class VirtMachine {
     const hart = this.hart;
     let lastYield = performance.now();
     while (this.power === null) {
+      if (this.paused) {
+        this.flushOutput();
+        await new Promise<void>((resolve) => (this.resumeWaiter = resolve));
+        this.resumeWaiter = null;
+        lastYield = performance.now();
+        this.capStamp = lastYield;
+        continue;
+      }
       this.feedInput();
-      // Device work done from the event loop (received frames, hvc0 input) wrote guest RAM.
-      this.dma?.scan();
-      if (!hart.waiting) hart.run(SLICE_INSTRUCTIONS);
+      if (!hart.waiting) {
+        const t0 = performance.now();
+        hart.run(SLICE_INSTRUCTIONS);
+        const t1 = performance.now();
+        this.busyMs += t1 - t0;
+        if (this.cpuCap !== Infinity) {
+          // A token bucket: the cap earns budget with wall time, slices spend it; in debt, sleep.
+          this.capBudgetMs = Math.min(this.capBudgetMs + (t1 - this.capStamp) * this.cpuCap - (t1 - t0), 20);
+          this.capStamp = t1;
+          if (this.capBudgetMs < 0) {
+            await new Promise<void>((resolve) => setTimeout(resolve, -this.capBudgetMs / this.cpuCap));
+            lastYield = performance.now();
+            continue;
+          }
+        }
+        if (hart.waiting) this.wfiExits++;
+      }
       const deadline = this.serviceTimers();
       this.flushOutput();
       if (this.power !== null) break;
@@ -452,5 +658,10 @@ export class VirtMachine {
     this.flushOutput();
     this.close();
     return this.power;
+  }
+
+  /** Wakes a run() that is waiting for resume() so it can see a power event (stop while paused). */
+  private wakePaused(): void {
+    this.resumeWaiter?.();
   }
 }

@@ -168,3 +168,78 @@ export function lineEnd(text: string, line: string, from = 0): number {
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A console attached through a VM's control socket (`yun run --headless`), with the same fenced
+ * `sh()` as Yun's. Output from before the attach is replayed first.
+ */
+export class ConsoleSession {
+  text = "";
+  private waiters: (() => void)[] = [];
+  private commands = 0;
+  private closed = false;
+
+  constructor(private readonly socket: import("node:net").Socket) {
+    socket.on("data", (b: Buffer) => {
+      this.text += b.toString("utf8");
+      this.wake();
+    });
+    socket.on("close", () => {
+      this.closed = true;
+      this.wake();
+    });
+    socket.resume();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  waitFor(what: string, pred: (text: string) => boolean, timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}${tail(this.text)}`)), timeoutMs);
+      const check = (): void => {
+        if (pred(this.text)) {
+          clearTimeout(timer);
+          resolve();
+        } else if (this.closed) {
+          clearTimeout(timer);
+          reject(new Error(`the console closed while waiting for ${what}${tail(this.text)}`));
+        } else {
+          this.waiters.push(check);
+        }
+      };
+      check();
+    });
+  }
+
+  async sh(command: string, timeoutMs = 60_000): Promise<string> {
+    const n = ++this.commands;
+    const from = this.text.length;
+    const sep = /&\s*$/.test(command) ? " " : "; ";
+    this.socket.write(`echo "<<$((${n}))"; ${command}${sep}echo ">>$((${n}))"\n`);
+    let start = -1;
+    let end = -1;
+    await this.waitFor(
+      `the output of: ${command}`,
+      (c) => {
+        start = lineEnd(c, `<<${n}`, from);
+        if (start < 0) return false;
+        end = c.slice(start).search(new RegExp(`^>>${n}\\r?$`, "m"));
+        return end >= 0;
+      },
+      timeoutMs,
+    );
+    return this.text
+      .slice(start, start + end)
+      .replace(/\r\n/g, "\n")
+      .replace(/^\n/, "")
+      .replace(/^\[ *\d+\.\d+\] .*\n/gm, "");
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}

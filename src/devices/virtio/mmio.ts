@@ -167,7 +167,7 @@ export abstract class VirtioMmioDevice<S> implements MmioDevice, Persistent<Virt
   protected newChain(): DescriptorChain {
     let capacity = 0;
     for (const q of this.queues) capacity = Math.max(capacity, q.chainCapacity);
-    return new DescriptorChain(this.mem.ram, capacity);
+    return new DescriptorChain(this.mem, capacity);
   }
 
   /** True when the driver negotiated feature `bit` (0..63). */

@@ -13,7 +13,7 @@
 import type { Bus } from "../../cpu/bus.js";
 
 /** What a virtqueue needs from the bus: the RAM views and the physical-to-RAM-offset mapping. */
-export type GuestRam = Pick<Bus, "ram" | "ram16" | "ram32" | "ramSize" | "ramOffset">;
+export type GuestRam = Pick<Bus, "ram" | "ram16" | "ram32" | "ramSize" | "ramOffset" | "externalWrite">;
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -80,9 +80,11 @@ export class DescriptorChain {
   readonly offsets: Float64Array;
   readonly lengths: Uint32Array;
   private readonly ram: Uint8Array;
+  private readonly mem: GuestRam;
 
-  constructor(ram: Uint8Array, capacity: number) {
-    this.ram = ram;
+  constructor(mem: GuestRam, capacity: number) {
+    this.mem = mem;
+    this.ram = mem.ram;
     this.offsets = new Float64Array(capacity);
     this.lengths = new Uint32Array(capacity);
   }
@@ -115,6 +117,7 @@ export class DescriptorChain {
       }
       const n = Math.min(segLen - pos, len - copied);
       copyBytes(this.ram, this.offsets[i] + pos, src, srcOff + copied, n);
+      this.mem.externalWrite(this.offsets[i] + pos, n);
       copied += n;
       pos = 0;
     }
@@ -127,6 +130,7 @@ export class DescriptorChain {
       const segLen = this.lengths[i];
       if (pos < segLen) {
         this.ram[this.offsets[i] + pos] = value;
+        this.mem.externalWrite(this.offsets[i] + pos, 1);
         return true;
       }
       pos -= segLen;
@@ -399,6 +403,8 @@ export class Virtqueue {
     ram32[(e + 4) >>> 2] = len | 0;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
     this.mem.ram16[(this.usedOff + 2) >>> 1] = this.usedIdx;
+    this.mem.externalWrite(e, 8);
+    this.mem.externalWrite(this.usedOff + 2, 2);
     this.unsignalled++;
   }
 
@@ -430,9 +436,13 @@ export class Virtqueue {
   setNotify(wanted: boolean): void {
     const ram16 = this.mem.ram16;
     if (this.eventIdx) {
-      if (wanted) ram16[(this.usedOff + 4 + 8 * this.size) >>> 1] = ram16[(this.availOff + 2) >>> 1];
+      if (wanted) {
+        ram16[(this.usedOff + 4 + 8 * this.size) >>> 1] = ram16[(this.availOff + 2) >>> 1];
+        this.mem.externalWrite(this.usedOff + 4 + 8 * this.size, 2);
+      }
     } else {
       ram16[this.usedOff >>> 1] = wanted ? 0 : VIRTQ_USED_F_NO_NOTIFY;
+      this.mem.externalWrite(this.usedOff, 2);
     }
   }
 

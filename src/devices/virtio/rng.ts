@@ -53,6 +53,7 @@ export class VirtioRng extends VirtioMmioDevice<VirtioRngState> {
       for (let i = c.readCount; i < c.count && left > 0; i++) {
         const n = Math.min(c.lengths[i], left);
         this.fill(ram, c.offsets[i], n);
+        this.mem.externalWrite(c.offsets[i], n);
         written += n;
         left -= n;
       }

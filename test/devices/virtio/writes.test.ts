@@ -1,34 +1,37 @@
 /**
- * DmaWatch: every guest-RAM range a virtio device writes is announced through Bus.externalWrite,
- * so the translator never runs stale code from a page a disk read or a received frame refilled.
- * The devices are driven as Linux drives them (test/devices/virtio/driver.ts), through the window
- * the watch returns.
+ * Every guest-RAM range a virtio device writes is announced through Bus.externalWrite, so the
+ * translator never runs stale code from a page a disk read or a received frame refilled, and the
+ * dirty-page log of snapshots and migration sees device writes. The devices are driven as Linux
+ * drives them (test/devices/virtio/driver.ts).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Hart } from "../../src/cpu/hart.js";
-import { Jit } from "../../src/cpu/jit.js";
-import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "../../src/devices/virtio/blk.js";
-import { VirtioNet } from "../../src/devices/virtio/net.js";
-import type { NetBackend } from "../../src/devices/netdev.js";
-import { DmaWatch } from "../../src/vmm/dma.js";
-import { Driver, Guest, RAM_BASE, F_INDIRECT, type Seg } from "../devices/virtio/driver.js";
-import { MemDisk, QBASE, DATA, request, statusOf, STATUS } from "../devices/virtio/blkhelp.js";
-import * as A from "../support/rv-asm.js";
+import { Hart } from "../../../src/cpu/hart.js";
+import { Jit } from "../../../src/cpu/jit.js";
+import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "../../../src/devices/virtio/blk.js";
+import { VirtioNet } from "../../../src/devices/virtio/net.js";
+import type { NetBackend } from "../../../src/devices/netdev.js";
+import { Driver, Guest, RAM_BASE, F_INDIRECT, type Seg } from "./driver.js";
+import { MemDisk, QBASE, DATA, request, statusOf, STATUS } from "./blkhelp.js";
+import * as A from "../../support/rv-asm.js";
 
-/** A watched virtio-blk and the RAM ranges (physical) announced as written. */
+/** The queues' rings live in [QBASE, QBASE + 0x2000) and [RAM_BASE + 0x60000, + 0x2000). */
+const inRings = (pa: number) =>
+  (pa >= QBASE && pa < QBASE + 0x2000) || (pa >= RAM_BASE + 0x60000 && pa < RAM_BASE + 0x62000);
+
+/** A virtio-blk and the RAM ranges (physical) announced as written, split into rings and buffers. */
 function watchedBlk(wanted: bigint = ~0n) {
   const g = new Guest();
   const disk = new MemDisk(1024 * 1024);
   const written: [number, number][] = [];
-  g.bus.onExternalWrite((off, len) => written.push([RAM_BASE + off, len]));
-  const watch = new DmaWatch(g.bus);
+  const rings: [number, number][] = [];
+  g.bus.onExternalWrite((off, len) => (inRings(RAM_BASE + off) ? rings : written).push([RAM_BASE + off, len]));
   const dev = new VirtioBlk(g.bus, g.irqLine, disk, { log: g.log });
-  const d = new Driver(watch.watch(dev), g);
+  const d = new Driver(dev, g);
   assert.ok(d.negotiate(wanted) !== undefined);
   const q = d.setupQueue(0, 64, QBASE);
   d.driverOk();
-  return { g, disk, d, q, written, watch };
+  return { g, disk, d, q, written, rings };
 }
 
 const sorted = (r: [number, number][]) => [...r].sort((a, b) => a[0] - b[0]);
@@ -70,7 +73,7 @@ test("chains in indirect tables are followed", () => {
   ]);
 });
 
-test("queues set up again after a reset, at other addresses, are still watched", () => {
+test("queues set up again after a reset, at other addresses, still announce their writes", () => {
   const { g, d, written } = watchedBlk();
   const q2 = (d.negotiate(), d.setupQueue(0, 16, RAM_BASE + 0x60000));
   d.driverOk();
@@ -81,7 +84,7 @@ test("queues set up again after a reset, at other addresses, are still watched",
   ]);
 });
 
-test("frames received from the event loop are announced at the next scan", () => {
+test("a received frame is announced where it landed", () => {
   const g = new Guest();
   let deliver: ((f: Uint8Array) => boolean) | null = null;
   const backend: NetBackend = {
@@ -90,10 +93,11 @@ test("frames received from the event loop are announced at the next scan", () =>
     close: () => {},
   };
   const written: [number, number][] = [];
-  g.bus.onExternalWrite((off, len) => written.push([RAM_BASE + off, len]));
-  const watch = new DmaWatch(g.bus);
+  g.bus.onExternalWrite((off, len) => {
+    if (!inRings(RAM_BASE + off)) written.push([RAM_BASE + off, len]);
+  });
   const dev = new VirtioNet(g.bus, g.irqLine, backend, { mac: "52:54:00:12:34:56", log: g.log });
-  const d = new Driver(watch.watch(dev), g);
+  const d = new Driver(dev, g);
   d.negotiate();
   const rx = d.setupQueue(0, 16, QBASE);
   d.setupQueue(1, 16, QBASE + 0x1000);
@@ -101,11 +105,14 @@ test("frames received from the event loop are announced at the next scan", () =>
   rx.submit(rx.addChain([{ pa: DATA, len: 2048, write: true }]));
   written.length = 0;
   assert.equal(deliver!(new Uint8Array(60).fill(0xab)), true);
-  assert.deepEqual(written, [], "nothing is announced before the machine scans");
-  watch.scan();
-  assert.deepEqual(written, [[DATA, 2048]]);
-  watch.scan();
-  assert.equal(written.length, 1, "an entry is announced once");
+  // The 12-byte header and the 60-byte frame, each announced as it is written, inside the buffer.
+  const bytes = new Set<number>();
+  for (const [pa, len] of written) {
+    assert.ok(pa >= DATA && pa + len <= DATA + 2048, `write [${pa.toString(16)}, +${len}) outside the buffer`);
+    for (let i = 0; i < len; i++) bytes.add(pa + i);
+  }
+  assert.equal(bytes.size, 72);
+  assert.ok(bytes.has(DATA) && bytes.has(DATA + 71));
 });
 
 test("translated code overwritten by a disk read runs as the new code", () => {
@@ -131,8 +138,7 @@ test("translated code overwritten by a disk read runs as the new code", () => {
   const sector = new DataView(disk.data.buffer, 3 * 512, 512);
   sector.setUint32(0, A.addi(10, 10, 7), true);
   sector.setUint32(4, WFI, true);
-  const watch = new DmaWatch(g.bus);
-  const d = new Driver(watch.watch(new VirtioBlk(g.bus, g.irqLine, disk, { log: g.log })), g);
+  const d = new Driver(new VirtioBlk(g.bus, g.irqLine, disk, { log: g.log }), g);
   d.negotiate();
   const q = d.setupQueue(0, 16, QBASE);
   d.driverOk();

@@ -1,0 +1,188 @@
+/**
+ * `yun vm`: drives running VMs from another terminal through their monitors' control sockets
+ * (docs/vm-api.md).
+ */
+import { parseArgs } from "node:util";
+import { join, resolve } from "node:path";
+import { VmClient, VmApiError } from "../vmm/client.js";
+import { findVm, listVms, type VmEntry } from "../vmm/registry.js";
+import { yunHome } from "../images/paths.js";
+
+const HELP = `Usage: yun vm <command> [options]
+
+Drives VMs started with yun run, through their control API.
+
+Commands:
+  list [--json]                      running VMs
+  describe NAME                      the VM's configuration and state (JSON)
+  metrics NAME                       instructions, CPU and idle time, exits, disk and network counters (JSON)
+  pause NAME | resume NAME           stop and continue the guest (its clock stops too)
+  stop NAME                          power off (disks are flushed)
+  reset NAME                         hardware reset: the guest boots again
+  snapshot NAME DIR [--incremental]  save the VM to DIR; it runs on (restore: yun run --restore DIR)
+  migrate NAME [HOST:]PORT           live-migrate to a yun run --incoming PORT (default host 127.0.0.1)
+  console NAME                       attach to the console (recent output first); Ctrl-] detaches
+
+Options:
+  --socket PATH   talk to the control socket PATH instead of looking NAME up
+  --json          JSON output (list)
+`;
+
+class UsageError extends Error {}
+
+function vmsDir(): string {
+  return join(yunHome(), "vms");
+}
+
+function socketOf(name: string | undefined, socket: string | undefined): string {
+  if (socket !== undefined) return resolve(socket);
+  if (name === undefined) throw new UsageError("a VM NAME is required");
+  const e = findVm(vmsDir(), name);
+  if (!e) throw new VmApiError(`no running VM named ${name} (see yun vm list)`);
+  return e.apiSocket;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i]))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
+}
+
+async function list(json: boolean): Promise<number> {
+  const entries: (VmEntry & { state?: string; memoryMiB?: number })[] = listVms(vmsDir());
+  for (const e of entries) {
+    const c = new VmClient(e.apiSocket);
+    try {
+      const d = await c.call<{ state: string; memoryMiB: number }>("describe");
+      e.state = d.state;
+      e.memoryMiB = d.memoryMiB;
+    } catch {
+      e.state = "unreachable";
+    } finally {
+      c.close();
+    }
+  }
+  if (json) {
+    process.stdout.write(JSON.stringify(entries, null, 2) + "\n");
+    return 0;
+  }
+  if (entries.length === 0) {
+    process.stdout.write("no VMs are running\n");
+    return 0;
+  }
+  const rows = [["NAME", "STATE", "MEMORY", "PID", "STARTED"]];
+  for (const e of entries) {
+    rows.push([e.name, e.state ?? "", e.memoryMiB ? `${e.memoryMiB} MiB` : "", String(e.pid), e.startedAt]);
+  }
+  process.stdout.write(table(rows));
+  return 0;
+}
+
+async function attach(socketPath: string): Promise<number> {
+  const s = await VmClient.console(socketPath, true);
+  const stdin = process.stdin;
+  const tty = stdin.isTTY === true;
+  if (tty) process.stderr.write("yun: attached; Ctrl-] detaches\r\n");
+  return new Promise((done) => {
+    const finish = (code: number): void => {
+      stdin.off("data", onKey);
+      if (tty) stdin.setRawMode(false);
+      stdin.pause();
+      s.destroy();
+      done(code);
+    };
+    const onKey = (chunk: Buffer): void => {
+      const at = tty ? chunk.indexOf(0x1d) : -1;
+      if (at >= 0) {
+        if (at > 0) s.write(chunk.subarray(0, at));
+        process.stderr.write("\r\nyun: detached\r\n");
+        finish(0);
+        return;
+      }
+      s.write(chunk);
+    };
+    if (tty) stdin.setRawMode(true);
+    stdin.on("data", onKey);
+    stdin.resume();
+    s.on("data", (b: Buffer) => process.stdout.write(b));
+    s.on("close", () => finish(0));
+    s.resume();
+  });
+}
+
+export async function vmCommand(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        json: { type: "boolean" },
+        incremental: { type: "boolean" },
+        socket: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (e) {
+    process.stderr.write(`yun vm: ${(e as Error).message.split(". ")[0]} (see yun vm --help)\n`);
+    return 2;
+  }
+  const { values: v, positionals: p } = parsed;
+  const [command, name, extra] = p;
+  if (v.help || command === undefined || command === "help") {
+    process.stdout.write(HELP);
+    return command === undefined && !v.help ? 2 : 0;
+  }
+  try {
+    const simple: Record<string, string> = {
+      describe: "describe",
+      metrics: "metrics",
+      pause: "pause",
+      resume: "resume",
+      stop: "stop",
+      reset: "reset",
+    };
+    if (command === "list") return await list(v.json === true);
+    if (command === "console") return await attach(socketOf(name, v.socket));
+    const client = new VmClient(socketOf(name, v.socket));
+    try {
+      let result: unknown;
+      if (Object.hasOwn(simple, command)) {
+        if (extra !== undefined) throw new UsageError(`${command} takes one NAME`);
+        result = await client.call(simple[command]);
+      } else if (command === "snapshot") {
+        if (extra === undefined) throw new UsageError("snapshot needs NAME and DIR");
+        result = await client.call("snapshot", { dir: resolve(extra), incremental: v.incremental === true });
+      } else if (command === "migrate") {
+        const m = extra === undefined ? null : /^(?:(.+):)?(\d{1,5})$/.exec(extra);
+        if (!m || Number(m[2]) > 65535) throw new UsageError("migrate needs NAME and [HOST:]PORT");
+        result = await client.call("migrate", { host: m[1] ?? "127.0.0.1", port: Number(m[2]) });
+      } else {
+        throw new UsageError(`unknown command "${command}"`);
+      }
+      process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+      return 0;
+    } finally {
+      client.close();
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`yun vm: ${e.message} (see yun vm --help)\n`);
+      return 2;
+    }
+    if (e instanceof VmApiError) {
+      process.stderr.write(`yun vm: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+}

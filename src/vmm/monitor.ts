@@ -1,0 +1,440 @@
+/**
+ * The VM monitor: one per VM process, as Firecracker runs one process per microVM. It owns the
+ * machine (rebuilt on guest reset, on a failed migration, on restore), keeps the console output
+ * that nobody watched (the last 1 MiB), and carries out what the control API asks: pause, resume,
+ * stop, reset, metrics, snapshot, migrate. Everything runs on the event loop between slices of
+ * guest code, so an operation always sees the machine between two instructions.
+ */
+import { copyFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import type { PowerOff, VirtMachine, MachineState } from "./virt.js";
+import { buildMachine, type VmSpec } from "./spec.js";
+import {
+  snapshotRam,
+  loadSnapshot,
+  prepareSnapshotDir,
+  selectPages,
+  snapshotId,
+  writeMemoryFile,
+  writeSnapshotJson,
+  SnapshotError,
+  type SnapshotBody,
+} from "./snapshot.js";
+import { createOverlay, makeOwnedDir } from "./overlay.js";
+
+export type VmState = "running" | "paused" | "migrating" | "stopped";
+
+/** Console bytes kept for consoles that attach later. */
+export const CONSOLE_HISTORY_BYTES = 1024 * 1024;
+
+/** The console output history: a ring of the last CONSOLE_HISTORY_BYTES bytes. */
+export class ConsoleHistory {
+  private readonly ring = new Uint8Array(CONSOLE_HISTORY_BYTES);
+  private written = 0;
+  append(bytes: Uint8Array): void {
+    const ring = this.ring;
+    let src = bytes.length > ring.length ? bytes.subarray(bytes.length - ring.length) : bytes;
+    this.written += bytes.length - src.length;
+    while (src.length > 0) {
+      const at = this.written % ring.length;
+      const n = Math.min(src.length, ring.length - at);
+      ring.set(src.subarray(0, n), at);
+      this.written += n;
+      src = src.subarray(n);
+    }
+  }
+  /** The kept bytes, oldest first. */
+  contents(): Uint8Array {
+    const ring = this.ring;
+    if (this.written <= ring.length) return ring.slice(0, this.written);
+    const at = this.written % ring.length;
+    const out = new Uint8Array(ring.length);
+    out.set(ring.subarray(at), 0);
+    out.set(ring.subarray(0, at), ring.length - at);
+    return out;
+  }
+}
+
+export interface MonitorOptions {
+  /** Where named networks' switch daemons live. */
+  netDir: string;
+  /** Where throwaway overlays live (one directory per process). */
+  runDir: string;
+  /** This process's own directory of throwaway disks (deleted at exit), or null. */
+  ownedDir: string | null;
+  /** Lines for the user (standard error). */
+  log: (line: string) => void;
+  /** Console output to the terminal too (an interactive or piped `yun run`), or null (headless). */
+  echo: ((bytes: Uint8Array) => void) | null;
+}
+
+export interface MonitorMetrics {
+  instret: number;
+  cpuSeconds: number;
+  idleSeconds: number;
+  uptimeSeconds: number;
+  exits: { mmio: number; wfi: number };
+  blk: { reads: number; writes: number; readBytes: number; writeBytes: number }[];
+  net: { rxFrames: number; txFrames: number; rxBytes: number; txBytes: number } | null;
+}
+
+export interface SnapshotResult {
+  dir: string;
+  bytes: number;
+  pages: number;
+  ms: number;
+}
+
+/** An operation that does not fit the VM's state (the API answers 409). */
+export class StateError extends Error {}
+
+export class VmMonitor {
+  spec: VmSpec;
+  state: VmState = "running";
+  readonly startedAt = Date.now();
+  readonly history = new ConsoleHistory();
+  private readonly consoles = new Set<(bytes: Uint8Array) => void>();
+  private readonly stateWatchers = new Set<(state: VmState) => void>();
+  private current: VirtMachine | null = null;
+  /** The last snapshot taken, which an incremental one adds to. */
+  private lastSnapshot: { dir: string; id: string } | null = null;
+  /** Set when the machine left this process (migrated): run() ends without powering off. */
+  private handedOff = false;
+  private stopRequested = false;
+  /** Metrics of machines that came before the current one (resets). */
+  private pastInstret = 0;
+  private pastBusyMs = 0;
+  private pastIdleMs = 0;
+  private readonly opts: MonitorOptions;
+
+  private constructor(spec: VmSpec, opts: MonitorOptions) {
+    this.spec = spec;
+    this.opts = opts;
+  }
+
+  /** The running machine. */
+  get machine(): VirtMachine {
+    if (!this.current) throw new StateError(`VM ${this.spec.name} has no machine`);
+    return this.current;
+  }
+
+  /** Builds the machine and boots it from its firmware or kernel. */
+  static async boot(spec: VmSpec, opts: MonitorOptions): Promise<{ monitor: VmMonitor; notes: string[] }> {
+    const m = new VmMonitor(spec, opts);
+    const notes = await m.build();
+    return { monitor: m, notes };
+  }
+
+  /**
+   * Builds the machine a snapshot describes and loads it: RAM, harts, devices. Disks the snapshot
+   * copied get a fresh throwaway overlay each, so the snapshot itself stays as it was and can be
+   * restored again. Throws SnapshotError (or a disk/network error) with nothing started.
+   */
+  static async restore(
+    dir: string,
+    opts: MonitorOptions,
+    override: { name?: string; cpuCap?: number | null },
+  ): Promise<{ monitor: VmMonitor; notes: string[]; ownedDir: string | null }> {
+    const loaded = loadSnapshot(dir);
+    const body = loaded.body;
+    const spec: VmSpec = {
+      ...body.spec,
+      disks: body.spec.disks.map((d) => ({ ...d })),
+      name: override.name ?? body.spec.name,
+      cpuCap: override.cpuCap ?? body.spec.cpuCap,
+    };
+    let ownedDir = opts.ownedDir;
+    let madeDir = false;
+    try {
+      for (const [i, file] of body.diskCopies.entries()) {
+        if (file === null) continue;
+        if (ownedDir === null) {
+          ownedDir = makeOwnedDir(opts.runDir);
+          madeDir = true;
+        }
+        spec.disks[i] = {
+          path: createOverlay(ownedDir, `disk${i}.qcow2`, join(loaded.dir, file), "qcow2"),
+          format: "qcow2",
+          readOnly: false,
+        };
+      }
+      const m = new VmMonitor(spec, { ...opts, ownedDir });
+      const notes = await m.build(snapshotRam(loaded));
+      try {
+        m.machine.restoreState(body.state);
+      } catch (e) {
+        m.machine.close();
+        throw e instanceof SnapshotError ? e : new SnapshotError(`snapshot ${loaded.dir}: ${(e as Error).message}`);
+      }
+      m.lastSnapshot = null;
+      return { monitor: m, notes, ownedDir };
+    } catch (e) {
+      if (madeDir && ownedDir) rmSync(ownedDir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * Takes over a machine that arrived by live migration: `ram` holds its memory, `state` the rest.
+   * The spec's disks must already be this process's to open.
+   */
+  static async receive(
+    spec: VmSpec,
+    opts: MonitorOptions,
+    ram: ArrayBuffer,
+    state: MachineState,
+  ): Promise<{ monitor: VmMonitor; notes: string[] }> {
+    const m = new VmMonitor(spec, opts);
+    const notes = await m.build(ram);
+    try {
+      m.machine.restoreState(state);
+    } catch (e) {
+      m.machine.close();
+      throw e;
+    }
+    return { monitor: m, notes };
+  }
+
+  private async build(ram?: ArrayBuffer): Promise<string[]> {
+    const { machine, notes } = await buildMachine(this.spec, {
+      ram,
+      netDir: this.opts.netDir,
+      output: (bytes) => this.output(bytes),
+      log: (line) => this.opts.log(line),
+    });
+    this.current = machine;
+    return notes;
+  }
+
+  private output(bytes: Uint8Array): void {
+    this.history.append(bytes);
+    this.opts.echo?.(bytes);
+    for (const c of this.consoles) c(bytes);
+  }
+
+  private setState(state: VmState): void {
+    if (this.state === state) return;
+    this.state = state;
+    for (const w of this.stateWatchers) w(state);
+  }
+
+  /** Subscribes to console output; returns the unsubscribe function. */
+  attachConsole(sink: (bytes: Uint8Array) => void): () => void {
+    this.consoles.add(sink);
+    return () => this.consoles.delete(sink);
+  }
+
+  /** Subscribes to state changes; returns the unsubscribe function. */
+  watchState(fn: (state: VmState) => void): () => void {
+    this.stateWatchers.add(fn);
+    return () => this.stateWatchers.delete(fn);
+  }
+
+  /** Console input (keys typed on an attached console). */
+  input(bytes: Uint8Array): void {
+    this.current?.input(bytes);
+  }
+
+  /**
+   * Runs the VM until it powers off, fails, is stopped or leaves by migration. A guest reset
+   * rebuilds the machine (disks and network reopened) and boots again.
+   */
+  async run(): Promise<PowerOff> {
+    for (;;) {
+      const machine = this.machine;
+      const result = await machine.run();
+      if (this.handedOff) {
+        this.setState("stopped");
+        return { kind: "poweroff", code: 0 };
+      }
+      if (this.current !== machine) continue; // replaced while it stopped (failed migration)
+      if (result.kind === "reset" && !this.stopRequested) {
+        this.keepMetrics(machine);
+        this.opts.log("guest rebooted");
+        await this.build();
+        continue;
+      }
+      this.setState("stopped");
+      return result;
+    }
+  }
+
+  private keepMetrics(m: VirtMachine): void {
+    this.pastInstret += m.hart.instret;
+    this.pastBusyMs += m.busyMs;
+    this.pastIdleMs += m.idleMs;
+  }
+
+  describe(): Record<string, unknown> {
+    const s = this.spec;
+    return {
+      name: s.name,
+      pid: process.pid,
+      state: this.state,
+      cpus: s.cpus,
+      memoryMiB: s.memoryMiB,
+      engine: s.engine,
+      cpuCap: s.cpuCap,
+      uptimeMs: Date.now() - this.startedAt,
+      disks: s.disks.map((d) => ({ path: d.path, format: d.format, readOnly: d.readOnly })),
+      net: { kind: s.net.kind, ...(s.net.kind === "switch" ? { name: s.net.name } : {}), mac: s.mac },
+    };
+  }
+
+  pause(): void {
+    this.requireLive("paused");
+    if (this.state === "migrating") throw new StateError("the VM is migrating");
+    this.machine.pause();
+    this.setState("paused");
+  }
+
+  resume(): void {
+    this.requireLive("resumed");
+    if (this.state === "migrating") throw new StateError("the VM is migrating");
+    this.machine.resume();
+    this.setState("running");
+  }
+
+  /** Powers the VM off (disks flushed and closed); run() then returns. */
+  stop(): void {
+    if (this.state === "stopped") return;
+    this.stopRequested = true;
+    this.current?.stop("poweroff", 0);
+  }
+
+  /** A hardware reset: the guest boots again on the same disks. */
+  reset(): void {
+    this.requireLive("reset");
+    if (this.state === "migrating") throw new StateError("the VM is migrating");
+    if (this.machine.isPaused) {
+      this.machine.resume();
+      this.setState("running");
+    }
+    this.machine.stop("reset", 0);
+  }
+
+  private requireLive(what: string): void {
+    if (this.state === "stopped") throw new StateError(`VM ${this.spec.name} is stopped; it cannot be ${what}`);
+  }
+
+  metrics(): MonitorMetrics {
+    const m = this.machine.metrics();
+    const now = Date.now();
+    const stats = this.current?.net?.stats() ?? null;
+    return {
+      instret: this.pastInstret + m.instret,
+      cpuSeconds: (this.pastBusyMs + m.busyMs) / 1000,
+      idleSeconds: (this.pastIdleMs + m.idleMs) / 1000,
+      uptimeSeconds: (now - this.startedAt) / 1000,
+      exits: { mmio: m.mmioExits, wfi: m.wfiExits },
+      blk: this.machine.disks.map((d) => {
+        const c = d.stats();
+        return { reads: c.readRequests, writes: c.writeRequests, readBytes: c.readBytes, writeBytes: c.writeBytes };
+      }),
+      net: stats
+        ? { rxFrames: stats.rxPackets, txFrames: stats.txPackets, rxBytes: stats.rxBytes, txBytes: stats.txBytes }
+        : null,
+    };
+  }
+
+  /**
+   * Saves the VM to `dir` (created, or empty). The guest is stopped for the copy (its clock too)
+   * and runs on afterwards. Incremental: only the pages written since the previous snapshot of this
+   * process, which becomes the parent.
+   */
+  snapshot(dir: string, incremental: boolean): SnapshotResult {
+    this.requireLive("snapshotted");
+    if (this.state === "migrating") throw new StateError("the VM is migrating");
+    const parent = incremental ? this.lastSnapshot : null;
+    if (incremental && parent === null) {
+      throw new StateError("an incremental snapshot needs a full snapshot taken before it by this VM process");
+    }
+    const t0 = performance.now();
+    const abs = prepareSnapshotDir(dir);
+    const machine = this.machine;
+    const wasPaused = machine.isPaused;
+    machine.pause();
+    try {
+      machine.flushDisks();
+      // From here on the log collects what the next incremental snapshot stores.
+      const dirty = machine.takeDirtyLog();
+      const pages = selectPages(machine.bus.ram, incremental ? dirty : null);
+      const memory = writeMemoryFile(join(abs, "memory.bin"), machine.bus.ram, pages);
+      const diskCopies = this.spec.disks.map((d, i) => {
+        if (this.opts.ownedDir === null || !d.path.startsWith(this.opts.ownedDir + "/")) return null;
+        const file = `disk${i}.qcow2`;
+        copyFileSync(d.path, join(abs, file));
+        return file;
+      });
+      const body: SnapshotBody = {
+        id: snapshotId(),
+        createdAt: new Date().toISOString(),
+        spec: this.spec,
+        state: machine.saveState(),
+        parent,
+        memory,
+        diskCopies,
+      };
+      writeSnapshotJson(abs, body);
+      this.lastSnapshot = { dir: abs, id: body.id };
+      return { dir: abs, bytes: memory.bytes, pages: memory.pages, ms: Math.round(performance.now() - t0) };
+    } catch (e) {
+      rmSync(join(abs, "snapshot.json"), { force: true });
+      throw e instanceof SnapshotError ? e : new SnapshotError(`snapshot to ${abs} failed: ${(e as Error).message}`);
+    } finally {
+      if (!wasPaused) machine.resume();
+    }
+  }
+
+  // ------------------------------------------------------------------ live migration (migrate.ts)
+
+  /** Marks the VM as migrating (the source side) or back to running. */
+  setMigrating(on: boolean): void {
+    if (on) {
+      if (this.state !== "running")
+        throw new StateError(`VM ${this.spec.name} is ${this.state}; only a running VM migrates`);
+      this.setState("migrating");
+    } else if (this.state === "migrating") {
+      this.setState("running");
+    }
+  }
+
+  /**
+   * The machine has gone to another process: this one powers off without touching the guest's
+   * disks again (the destination has them now).
+   */
+  handOff(): void {
+    this.handedOff = true;
+    this.lastSnapshot = null;
+    this.current?.stop("poweroff", 0);
+  }
+
+  /**
+   * The destination failed after this side let go of its disks and network: build the machine
+   * again here and load what it was (RAM and state), then let it run on.
+   */
+  async takeBack(ram: ArrayBuffer, state: MachineState): Promise<void> {
+    const old = this.current;
+    await this.build(ram);
+    this.machine.restoreState(state);
+    this.lastSnapshot = null;
+    // The old machine's run() returns now; run() sees that it was replaced and runs the new one.
+    old?.stop("poweroff", 0);
+    old?.resume();
+  }
+
+  /** Whether the VM left this process by migration. */
+  get migratedAway(): boolean {
+    return this.handedOff;
+  }
+
+  /** The directory of throwaway disks this process owns (handed on by a migration). */
+  get ownedDir(): string | null {
+    return this.opts.ownedDir;
+  }
+
+  /** Forgets the owned directory (it went to the migration's destination). */
+  releaseOwnedDir(): void {
+    this.opts.ownedDir = null;
+  }
+}

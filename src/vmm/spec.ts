@@ -1,0 +1,145 @@
+/**
+ * A VM's description as plain data: what `yun run` resolved from its flags, what a snapshot
+ * records and what a live migration sends ahead, so that another process can build the same
+ * machine. `buildMachine` turns it into a VirtMachine with its disks and network card attached.
+ */
+import { readFileSync, existsSync, statSync } from "node:fs";
+import { VirtMachine, type Engine, type VirtConfig } from "./virt.js";
+import type { BlockBackend } from "../devices/block.js";
+import type { NetBackend } from "../devices/netdev.js";
+import { openDiskImage, type DiskFormat } from "../storage/image.js";
+import { joinNetwork } from "../net/hub.js";
+import { UserNet, type HostForward } from "../net/usernet.js";
+
+export type NetChoice = { kind: "none" } | { kind: "user"; publish: HostForward[] } | { kind: "switch"; name: string };
+
+export interface DiskRef {
+  path: string;
+  format: DiskFormat;
+  readOnly: boolean;
+}
+
+export interface VmSpec {
+  name: string;
+  memoryMiB: number;
+  cpus: number;
+  engine: Engine;
+  append: string;
+  kernel: string;
+  initrd: string | null;
+  /** OpenSBI fw_dynamic image, or null: the hypervisor answers SBI calls itself. */
+  firmware: string | null;
+  /** virtio-blk disks in /dev/vda, /dev/vdb ... order. */
+  disks: DiskRef[];
+  net: NetChoice;
+  mac: string;
+  /** At most this fraction of a host core; null: no cap. */
+  cpuCap: number | null;
+}
+
+/** A problem with a spec or what it names, in one sentence. */
+export class SpecError extends Error {}
+
+function readInput(path: string, what: string): Uint8Array {
+  if (!existsSync(path)) throw new SpecError(`${what} file not found: ${path}`);
+  if (!statSync(path).isFile()) throw new SpecError(`${what} is not a regular file: ${path}`);
+  return readFileSync(path);
+}
+
+/** Opens the spec's network: user-mode NAT, a switch port, or nothing. Notes are for the user. */
+export async function openNet(
+  choice: NetChoice,
+  netDir: string,
+): Promise<{ backend: NetBackend | null; notes: string[] }> {
+  switch (choice.kind) {
+    case "none":
+      return { backend: null, notes: [] };
+    case "switch":
+      return { backend: await joinNetwork(choice.name, netDir), notes: [] };
+    case "user": {
+      const user = new UserNet({ hostForwards: choice.publish });
+      try {
+        await user.start();
+      } catch (e) {
+        user.close();
+        throw e;
+      }
+      const notes = user.published.map(
+        (p) =>
+          `published ${p.hostAddr.includes(":") ? `[${p.hostAddr}]` : p.hostAddr}:${p.hostPort} -> guest port ${p.guestPort}`,
+      );
+      return { backend: user, notes };
+    }
+  }
+}
+
+export interface BuildOptions {
+  /** Where named networks' switch daemons live ($YUN_HOME/net). */
+  netDir: string;
+  output: VirtConfig["output"];
+  log?: VirtConfig["log"];
+  /** RAM contents to start from (see VirtConfig.ram). */
+  ram?: ArrayBuffer;
+}
+
+/**
+ * Builds the machine a spec describes: reads kernel, initrd and firmware, opens every disk (whole
+ * chains checked before anything is written) and the network. Throws SpecError, DiskImageError or
+ * a network error with nothing left open.
+ */
+export async function buildMachine(
+  spec: VmSpec,
+  opts: BuildOptions,
+): Promise<{ machine: VirtMachine; notes: string[] }> {
+  const kernel = readInput(spec.kernel, "kernel");
+  const initrd = spec.initrd ? readInput(spec.initrd, "initrd") : undefined;
+  const firmware = spec.firmware ? readInput(spec.firmware, "firmware") : null;
+  for (const d of spec.disks) openDiskImage(d.path, { readOnly: true, lock: false, format: d.format }).close();
+  const disks: BlockBackend[] = [];
+  let net: { backend: NetBackend | null; notes: string[] } = { backend: null, notes: [] };
+  try {
+    for (const d of spec.disks) disks.push(openDiskImage(d.path, { readOnly: d.readOnly, format: d.format }));
+    net = await openNet(spec.net, opts.netDir);
+    const machine = new VirtMachine({
+      kernel,
+      initrd,
+      firmware,
+      firmwareKind: firmware ? "dynamic" : "none",
+      append: spec.append,
+      memoryMiB: spec.memoryMiB,
+      engine: spec.engine,
+      output: opts.output,
+      log: opts.log,
+      disks,
+      net: net.backend,
+      mac: spec.mac,
+      ram: opts.ram,
+    });
+    if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
+    return { machine, notes: net.notes };
+  } catch (e) {
+    for (const d of disks) d.close();
+    net.backend?.close();
+    throw e;
+  }
+}
+
+/** Why `v` is not a VmSpec (from a snapshot file or a migration peer), or null. */
+export function checkSpec(v: unknown): string | null {
+  if (typeof v !== "object" || v === null) return "the VM description is not an object";
+  const s = v as Partial<VmSpec>;
+  if (typeof s.name !== "string" || s.name === "") return "the VM description has no name";
+  if (typeof s.memoryMiB !== "number" || !(s.memoryMiB >= 16 && s.memoryMiB <= 65536)) return "bad memory size";
+  if (typeof s.cpus !== "number" || !(s.cpus >= 1 && s.cpus <= 8)) return "bad vCPU count";
+  if (s.engine !== "jit" && s.engine !== "interp") return "bad engine";
+  if (typeof s.append !== "string" || typeof s.kernel !== "string") return "no kernel";
+  if (s.initrd !== null && typeof s.initrd !== "string") return "bad initrd";
+  if (s.firmware !== null && typeof s.firmware !== "string") return "bad firmware";
+  if (!Array.isArray(s.disks) || !s.disks.every((d) => typeof d?.path === "string")) return "bad disk list";
+  if (typeof s.net !== "object" || s.net === null || !["none", "user", "switch"].includes(s.net.kind)) {
+    return "bad network";
+  }
+  if (typeof s.mac !== "string") return "bad MAC address";
+  if (s.cpuCap !== null && typeof s.cpuCap !== "number") return "bad CPU cap";
+  return null;
+}

@@ -1,0 +1,211 @@
+// VM lifecycle end to end, on one Debian boot: a headless VM driven through its control API
+// (yun vm ...), a counter in the guest that must survive a snapshot + restore in a new process
+// (full and incremental) and a live migration between two processes, a CPU cap, and snapshots
+// that are corrupt, truncated or of another version being refused with nothing started.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { Yun, YUN, ROOT, ConsoleSession, sleep, TEST_TIMEOUT } from "./harness.js";
+import { VmClient } from "../../src/vmm/client.js";
+
+const tag = `lc${process.pid}`;
+const dir = mkdtempSync(join(tmpdir(), "yun-lifecycle-"));
+const children: Yun[] = [];
+
+/** `yun ARGS` to completion: exit code, stdout, stderr. */
+function yun(...args: string[]) {
+  const r = spawnSync(process.execPath, [YUN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+function vmJson<T>(...args: string[]): T {
+  const r = yun("vm", ...args);
+  assert.equal(r.code, 0, `yun vm ${args.join(" ")} failed: ${r.err}`);
+  return JSON.parse(r.out) as T;
+}
+
+/** Starts `yun run --headless ARGS` and waits until its control socket answers. */
+async function headless(name: string, ...args: string[]): Promise<{ yun: Yun; socket: string }> {
+  const y = new Yun(["run", "--headless", "--name", name, ...args]);
+  children.push(y);
+  for (let i = 0; i < 600; i++) {
+    const list = JSON.parse(yun("vm", "list", "--json").out) as { name: string; apiSocket: string }[];
+    const e = list.find((v) => v.name === name);
+    if (e) return { yun: y, socket: e.apiSocket };
+    if (!y.running) assert.fail(`yun run ${args.join(" ")} exited: ${y.console}`);
+    await sleep(100);
+  }
+  assert.fail(`VM ${name} never registered: ${y.console}`);
+}
+
+async function attach(socket: string): Promise<ConsoleSession> {
+  return new ConsoleSession(await VmClient.console(socket, true));
+}
+
+const counter = async (c: ConsoleSession): Promise<number> => Number((await c.sh("cat /tmp/c")).trim());
+
+/** CPU time (s) the process has used so far (user + system). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+test(
+  "a VM's life: control API, snapshot and restore, live migration, CPU cap, bad snapshots",
+  { timeout: TEST_TIMEOUT * 2 },
+  async (t) => {
+    try {
+      const a = await headless(`${tag}-a`);
+      const ca = await attach(a.socket);
+      await ca.waitFor("the shell prompt", (s) => s.includes("~ # "), 200_000);
+
+      await t.test("yun vm describe, pause and resume", async () => {
+        const d = vmJson<{ state: string; memoryMiB: number; pid: number }>("describe", `${tag}-a`);
+        assert.equal(d.state, "running");
+        assert.equal(d.memoryMiB, 256);
+        assert.equal(d.pid, a.yun.child.pid);
+        assert.equal(vmJson<{ state: string }>("pause", `${tag}-a`).state, "paused");
+        const before = vmJson<{ instret: number }>("metrics", `${tag}-a`).instret;
+        await sleep(500);
+        assert.equal(vmJson<{ instret: number }>("metrics", `${tag}-a`).instret, before, "a paused guest runs nothing");
+        assert.equal(vmJson<{ state: string }>("resume", `${tag}-a`).state, "running");
+        assert.equal((await ca.sh("echo $((6*7))")).trim(), "42");
+        const bad = yun("vm", "resume", "nonexistent-vm");
+        assert.equal(bad.code, 1);
+        assert.match(bad.err, /no running VM named nonexistent-vm/);
+      });
+
+      await ca.sh("i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 1; done &");
+      await sleep(3000);
+      const full = join(dir, "full");
+      const incr = join(dir, "incr");
+      let atSnapshot = 0;
+      await t.test("full and incremental snapshots while the counter runs", async () => {
+        const s1 = vmJson<{ pages: number; ms: number }>("snapshot", `${tag}-a`, full);
+        assert.ok(s1.pages > 1000, `a full snapshot stores the pages in use (${s1.pages})`);
+        await sleep(2000);
+        atSnapshot = await counter(ca);
+        const s2 = vmJson<{ pages: number }>("snapshot", `${tag}-a`, incr, "--incremental");
+        assert.ok(s2.pages < s1.pages / 4, `incremental: ${s2.pages} pages vs ${s1.pages}`);
+        assert.ok(statSync(join(incr, "memory.bin")).size < statSync(join(full, "memory.bin")).size / 4);
+        assert.equal(vmJson<{ state: string }>("stop", `${tag}-a`).state, "stopped");
+        const exit = await a.yun.exited;
+        assert.equal(exit.code, 0, a.yun.console);
+      });
+
+      await t.test("bad snapshots are refused and nothing starts", () => {
+        const cases: [string, (d: string) => void, RegExp][] = [
+          [
+            "corrupt memory",
+            (d) => {
+              const p = join(d, "memory.bin");
+              const b = readFileSync(p);
+              b[b.length - 100] ^= 0xff;
+              writeFileSync(p, b);
+            },
+            /memory\.bin is corrupt \(checksum mismatch\)/,
+          ],
+          ["truncated memory", (d) => truncateSync(join(d, "memory.bin"), 1000), /truncated/],
+          [
+            "another version",
+            (d) => {
+              const p = join(d, "snapshot.json");
+              writeFileSync(p, readFileSync(p, "utf8").replace('"version":1', '"version":99'));
+            },
+            /format version 99/,
+          ],
+          [
+            "edited state",
+            (d) => {
+              const p = join(d, "snapshot.json");
+              writeFileSync(p, readFileSync(p, "utf8").replace('"memoryMiB":256', '"memoryMiB":512'));
+            },
+            /snapshot\.json is corrupt/,
+          ],
+        ];
+        for (const [what, damage, message] of cases) {
+          const copy = join(dir, `bad-${what.replace(/ /g, "-")}`);
+          cpSync(full, copy, { recursive: true });
+          damage(copy);
+          const r = yun("run", "--headless", "--restore", copy, "--name", `${tag}-bad`);
+          assert.equal(r.code, 1, `${what}: exit ${r.code}: ${r.err}`);
+          assert.match(r.err, message, what);
+          assert.equal(r.err.trim().split("\n").length, 1, `${what}: one clear line: ${r.err}`);
+          assert.ok(!yun("vm", "list").out.includes(`${tag}-bad`), `${what}: no VM started`);
+        }
+      });
+
+      let b: { yun: Yun; socket: string };
+      await t.test("restore in a new process: the counter goes on from its value", async () => {
+        b = await headless(`${tag}-b`, "--restore", incr);
+        await b.yun.waitFor("the restore message", (s) => /restored .* in \d+ ms/.test(s), 10_000);
+        const ms = Number(/in (\d+) ms/.exec(b.yun.stderr)![1]);
+        assert.ok(ms < 1000, `restoring a 256 MiB guest took ${ms} ms`);
+        const cb = await attach(b.socket);
+        const v = await counter(cb);
+        assert.ok(v >= atSnapshot && v <= atSnapshot + 3, `counter ${v} right after restore (was ${atSnapshot})`);
+        await sleep(2500);
+        assert.ok((await counter(cb)) > v, "the counter runs on");
+        cb.close();
+      });
+
+      await t.test("live migration between two processes while the counter runs", async () => {
+        const dest = new Yun(["run", "--headless", "--incoming", "0"]);
+        children.push(dest);
+        await dest.waitFor(
+          "the destination to listen",
+          (s) => /waiting for a migration on 127\.0\.0\.1:\d+/.test(s),
+          30_000,
+        );
+        const port = /127\.0\.0\.1:(\d+)/.exec(dest.console)![1];
+        const before = await counter(await attach(b.socket));
+        const r = vmJson<{ downtimeMs: number; totalMs: number; rounds: number }>("migrate", `${tag}-b`, port);
+        assert.ok(r.downtimeMs < 300, `downtime ${r.downtimeMs} ms`);
+        t.diagnostic(`migration: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${r.rounds} rounds`);
+        const exit = await b.yun.exited;
+        assert.equal(exit.code, 0, "the source exits once the VM left");
+        // The destination registers under the same name once the source is gone.
+        let socket = "";
+        for (let i = 0; i < 100 && !socket; i++) {
+          const e = (
+            JSON.parse(yun("vm", "list", "--json").out) as { name: string; apiSocket: string; pid: number }[]
+          ).find((v) => v.name === `${tag}-b`);
+          if (e && e.pid === dest.child.pid) socket = e.apiSocket;
+          else await sleep(100);
+        }
+        assert.ok(socket, "the migrated VM is listed");
+        const cd = await attach(socket);
+        const v = await counter(cd);
+        assert.ok(v >= before, `counter ${v} on the destination (was ${before})`);
+        await sleep(2500);
+        assert.ok((await counter(cd)) > v, "the counter runs on at the destination");
+        cd.close();
+        vmJson("stop", `${tag}-b`);
+        assert.equal((await dest.exited).code, 0);
+      });
+
+      await t.test("a CPU cap of 0.25 holds a busy guest to a quarter of a core", async () => {
+        const c = await headless(`${tag}-c`, "--restore", full, "--cpu-cap", "0.25");
+        const cc = await attach(c.socket);
+        await cc.sh("while :; do :; done &");
+        await sleep(3000); // translation and warm-up
+        const pid = c.yun.child.pid!;
+        const c0 = cpuSeconds(pid);
+        const t0 = performance.now();
+        await sleep(10_000);
+        const share = (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
+        t.diagnostic(`capped guest used ${(share * 100).toFixed(1)} % of a core`);
+        assert.ok(share > 0.2 && share < 0.3, `share ${share.toFixed(3)}`);
+        cc.close();
+        vmJson("stop", `${tag}-c`);
+        await c.yun.exited;
+      });
+    } finally {
+      for (const c of children) c.kill();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -1,0 +1,233 @@
+/**
+ * The VM monitor without Linux: a tiny "kernel" counts in a RAM word forever. Snapshots (full and
+ * incremental) restore it exactly, live migration over loopback moves it, the control API answers
+ * over its socket and HTTP, and bad snapshots are refused before anything is built.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connect } from "node:net";
+import { VmMonitor, type MonitorOptions } from "../../src/vmm/monitor.js";
+import { ControlServer } from "../../src/vmm/control.js";
+import { VmClient, VmApiError } from "../../src/vmm/client.js";
+import { listenForMigration, receiveMigration, migrateTo, MigrationError } from "../../src/vmm/migrate.js";
+import { SnapshotError } from "../../src/vmm/snapshot.js";
+import type { VmSpec } from "../../src/vmm/spec.js";
+import * as A from "../support/rv-asm.js";
+
+const T0 = 5;
+const T1 = 6;
+const COUNTER_OFFSET = 0x100000; // from the kernel's load address (RAM_BASE + 2 MiB)
+
+/** A Linux Image header, then: t0 = pc + 1 MiB; forever { *t0 += 1 }. */
+function counterKernel(): Uint8Array {
+  const image = new Uint8Array(4096);
+  const dv = new DataView(image.buffer);
+  dv.setUint32(0, A.jal(0, 64), true);
+  image.set(new TextEncoder().encode("RISCV"), 0x30);
+  dv.setUint32(0x38, 0x05435352, true);
+  const code = [A.auipc(T0, COUNTER_OFFSET >> 12), A.lw(T1, 0, T0), A.addi(T1, T1, 1), A.sw(T1, 0, T0), A.jal(0, -12)];
+  code.forEach((w, i) => dv.setUint32(64 + 4 * i, w, true));
+  return image;
+}
+
+const dir = mkdtempSync(join(tmpdir(), "yun-monitor-"));
+const kernelPath = join(dir, "Image");
+writeFileSync(kernelPath, counterKernel());
+
+const spec = (name: string): VmSpec => ({
+  name,
+  memoryMiB: 64,
+  cpus: 1,
+  engine: "jit",
+  append: "",
+  kernel: kernelPath,
+  initrd: null,
+  firmware: null,
+  disks: [],
+  net: { kind: "none" },
+  mac: "52:54:00:00:00:01",
+  cpuCap: null,
+});
+
+const opts = (): MonitorOptions => ({
+  netDir: join(dir, "net"),
+  runDir: join(dir, "run"),
+  ownedDir: null,
+  log: () => {},
+  echo: null,
+});
+
+/** The guest's counter: the word at kernel + 1 MiB + 64 (auipc is at offset 64). */
+function counter(m: VmMonitor): number {
+  const off = m.machine.layout.kernelAddr - m.machine.bus.ramBase + 64 + COUNTER_OFFSET;
+  return m.machine.bus.ram32[off >> 2];
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test("snapshot and restore: the counter and the hart go on exactly where they were", async () => {
+  const { monitor: a } = await VmMonitor.boot(spec("snap"), opts());
+  const running = a.run();
+  await sleep(200);
+  assert.ok(counter(a) > 1000, "the guest counts");
+  a.pause();
+  const paused = counter(a);
+  await sleep(100);
+  assert.equal(counter(a), paused, "a paused guest does not run");
+  const instret = a.machine.hart.instret;
+  const full = a.snapshot(join(dir, "s-full"), false);
+  assert.ok(full.pages >= 2 && full.pages < 64, `a 64 MiB guest using two pages stores few (${full.pages})`);
+  assert.equal(a.state, "paused", "a snapshot of a paused VM leaves it paused");
+  a.resume();
+  await sleep(100);
+  a.pause();
+  const later = counter(a);
+  const incr = a.snapshot(join(dir, "s-incr"), true);
+  assert.ok(incr.pages >= 1 && incr.pages <= 4, `incremental: only the pages written since (${incr.pages})`);
+  a.stop();
+  await running;
+
+  const { monitor: b } = await VmMonitor.restore(join(dir, "s-full"), opts(), {});
+  assert.equal(counter(b), paused);
+  assert.equal(b.machine.hart.instret, instret);
+  const { monitor: c } = await VmMonitor.restore(join(dir, "s-incr"), opts(), { name: "other" });
+  assert.equal(counter(c), later, "the incremental snapshot applies on top of its parent");
+  assert.equal(c.spec.name, "other");
+  const runC = c.run();
+  await sleep(100);
+  assert.ok(counter(c) > later, "the restored guest runs on");
+  c.stop();
+  await runC;
+  b.machine.close();
+});
+
+test("bad snapshots are refused with a sentence before anything is built", async () => {
+  const { monitor: a } = await VmMonitor.boot(spec("bad"), opts());
+  a.snapshot(join(dir, "b-full"), false);
+  a.machine.close();
+  const json = join(dir, "b-full", "snapshot.json");
+  const mem = join(dir, "b-full", "memory.bin");
+  const goodJson = readFileSync(json);
+  const goodMem = readFileSync(mem);
+  const expectRefused = async (re: RegExp) => {
+    await assert.rejects(
+      VmMonitor.restore(join(dir, "b-full"), opts(), {}),
+      (e: Error) => e instanceof SnapshotError && re.test(e.message),
+    );
+  };
+  const m2 = Buffer.from(goodMem);
+  m2[m2.length - 1] ^= 1;
+  writeFileSync(mem, m2);
+  await expectRefused(/memory\.bin is corrupt/);
+  writeFileSync(mem, goodMem.subarray(0, 100));
+  await expectRefused(/truncated/);
+  writeFileSync(mem, goodMem);
+  writeFileSync(json, goodJson.toString().replace('"version":1', '"version":2'));
+  await expectRefused(/version 2, but this Yun reads version 1/);
+  writeFileSync(json, goodJson.toString().replace('"memoryMiB":64', '"memoryMiB":65'));
+  await expectRefused(/corrupt \(checksum mismatch\)/);
+  writeFileSync(json, "{not json");
+  await expectRefused(/not JSON/);
+  rmSync(json);
+  await expectRefused(/holds no snapshot/);
+  writeFileSync(json, goodJson);
+  // An incremental snapshot whose parent was replaced by another snapshot.
+  const { monitor: p } = await VmMonitor.boot(spec("parent"), opts());
+  p.snapshot(join(dir, "p-full"), false);
+  p.snapshot(join(dir, "p-incr"), true);
+  p.machine.close();
+  rmSync(join(dir, "p-full"), { recursive: true });
+  const { monitor: q } = await VmMonitor.boot(spec("parent"), opts());
+  q.snapshot(join(dir, "p-full"), false);
+  q.machine.close();
+  await assert.rejects(VmMonitor.restore(join(dir, "p-incr"), opts(), {}), /was replaced by another snapshot/);
+  assert.throws(() => q.snapshot(join(dir, "p-full"), false), /is not empty/);
+});
+
+test("live migration over loopback moves the running guest; a failed one leaves the source running", async () => {
+  const { monitor: src } = await VmMonitor.boot(spec("mig"), opts());
+  const runSrc = src.run();
+  await sleep(100);
+  // Nobody listening: the source runs on.
+  const { server: closed, port: deadPort } = await listenForMigration("127.0.0.1", 0);
+  closed.close();
+  await assert.rejects(migrateTo(src, "127.0.0.1", deadPort), MigrationError);
+  assert.equal(src.state, "running");
+  const c0 = counter(src);
+  await sleep(50);
+  assert.ok(counter(src) > c0, "still running after the failed attempt");
+
+  const { server, port } = await listenForMigration("127.0.0.1", 0);
+  const incoming = receiveMigration(server, { ...opts(), name: "mig" });
+  const result = await migrateTo(src, "127.0.0.1", port);
+  await runSrc;
+  assert.equal(src.state, "stopped");
+  const { monitor: dst } = await incoming;
+  assert.ok(result.downtimeMs < 300, `downtime ${result.downtimeMs} ms`);
+  assert.ok(result.rounds >= 1);
+  const at = counter(dst);
+  assert.ok(at >= c0, "the destination has the guest's memory");
+  const runDst = dst.run();
+  await sleep(100);
+  assert.ok(counter(dst) > at, "and runs it");
+  dst.stop();
+  await runDst;
+});
+
+test("the control API: socket and HTTP, errors that keep the connection", async () => {
+  const { monitor: m } = await VmMonitor.boot(spec("api"), opts());
+  const running = m.run();
+  const control = new ControlServer(m);
+  const sock = join(dir, "api.sock");
+  await control.listenSocket(sock);
+  const port = await control.listenHttp(0);
+  const c = new VmClient(sock);
+  assert.equal((await c.call<{ name: string; state: string }>("describe")).state, "running");
+  assert.equal((await c.call<{ state: string }>("pause")).state, "paused");
+  await assert.rejects(
+    c.call("frobnicate"),
+    (e: Error) => e instanceof VmApiError && /unknown operation/.test(e.message),
+  );
+  await assert.rejects(c.call("snapshot", {}), /"dir" must be a non-empty string/);
+  await assert.rejects(c.call("migrate", { host: "127.0.0.1", port: 99999 }), /port number/);
+  assert.equal((await c.call<{ state: string }>("resume")).state, "running", "the connection survived the errors");
+  const metrics = await c.call<{ instret: number; exits: { mmio: number } }>("metrics");
+  assert.ok(metrics.instret > 0);
+
+  // A malformed line gets an error answer, and the next request is still served.
+  const raw = connect(sock);
+  let text = "";
+  raw.on("data", (b: Buffer) => (text += b.toString()));
+  raw.write('this is not json\n{"id":7,"op":"describe"}\n');
+  for (let i = 0; i < 100 && text.split("\n").length < 3; i++) await sleep(10);
+  const [first, second] = text.split("\n").map((l) => (l ? JSON.parse(l) : null));
+  assert.equal(first.ok, false);
+  assert.match(first.error, /one JSON object per line/);
+  assert.equal(second.id, 7);
+  assert.equal(second.ok, true);
+  raw.destroy();
+
+  const http = async (method: string, path: string, body?: string) => {
+    const r = await fetch(`http://127.0.0.1:${port}${path}`, { method, body });
+    return { status: r.status, json: (await r.json()) as Record<string, unknown> };
+  };
+  assert.equal((await http("GET", "/vm")).json.name, "api");
+  assert.equal((await http("POST", "/vm/pause")).json.state, "paused");
+  assert.equal((await http("POST", "/vm/pause")).status, 200, "pausing twice is fine");
+  assert.equal((await http("GET", "/vm/pause")).status, 405);
+  assert.equal((await http("GET", "/nope")).status, 404);
+  assert.equal((await http("POST", "/vm/snapshot", "[1,2]")).status, 400);
+  const snap = await http("POST", "/vm/snapshot", JSON.stringify({ dir: join(dir, "api-snap") }));
+  assert.equal(snap.status, 200);
+  assert.ok((snap.json.pages as number) > 0);
+  assert.equal((await http("POST", "/vm/stop")).json.state, "stopped");
+  await running;
+  assert.equal((await http("POST", "/vm/resume")).status, 409, "a stopped VM cannot resume");
+  c.close();
+  await control.close();
+});
+
+test.after(() => rmSync(dir, { recursive: true, force: true }));
