@@ -133,7 +133,7 @@ async function socketReady(path: string, timeoutS: number): Promise<void> {
 async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Promise<LifecycleResult> {
   const name = `bench-lc-${process.pid}`;
   const r: LifecycleResult = { engine: "yun" };
-  const src = start(process.execPath, [YUN, "run", "--headless", "--name", name, "--api-socket", join(dir, "a.sock")]);
+  start(process.execPath, [YUN, "run", "--headless", "--name", name, "--api-socket", join(dir, "a.sock")]);
   await socketReady(join(dir, "a.sock"), 60);
   let con = new Text();
   let sock = await VmClient.console(join(dir, "a.sock"), true);
