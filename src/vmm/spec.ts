@@ -3,7 +3,7 @@
  * records and what a live migration sends ahead, so that another process can build the same
  * machine. `buildMachine` turns it into a VirtMachine with its disks and network card attached.
  */
-import { readFileSync, existsSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { VirtMachine, type Engine, type VirtConfig } from "./virt.js";
 import type { BlockBackend } from "../devices/block.js";
 import type { NetBackend } from "../devices/netdev.js";
@@ -40,10 +40,24 @@ export interface VmSpec {
 /** A problem with a spec or what it names, in one sentence. */
 export class SpecError extends Error {}
 
-function readInput(path: string, what: string): Uint8Array {
+/**
+ * A boot file's contents; with `sizeOnly`, a buffer of its size holding just its first 4 KiB (the
+ * Linux header): enough to lay out RAM when the RAM comes from a snapshot or a migration, and much
+ * faster than reading tens of megabytes inside a migration's downtime.
+ */
+function readInput(path: string, what: string, sizeOnly = false): Uint8Array {
   if (!existsSync(path)) throw new SpecError(`${what} file not found: ${path}`);
-  if (!statSync(path).isFile()) throw new SpecError(`${what} is not a regular file: ${path}`);
-  return readFileSync(path);
+  const st = statSync(path);
+  if (!st.isFile()) throw new SpecError(`${what} is not a regular file: ${path}`);
+  if (!sizeOnly) return readFileSync(path);
+  const out = new Uint8Array(st.size);
+  const fd = openSync(path, "r");
+  try {
+    readSync(fd, out, 0, Math.min(4096, st.size), 0);
+  } finally {
+    closeSync(fd);
+  }
+  return out;
 }
 
 /** Opens the spec's network: user-mode NAT, a switch port, or nothing. Notes are for the user. */
@@ -91,9 +105,10 @@ export async function buildMachine(
   spec: VmSpec,
   opts: BuildOptions,
 ): Promise<{ machine: VirtMachine; notes: string[] }> {
-  const kernel = readInput(spec.kernel, "kernel");
-  const initrd = spec.initrd ? readInput(spec.initrd, "initrd") : undefined;
-  const firmware = spec.firmware ? readInput(spec.firmware, "firmware") : null;
+  const sizeOnly = opts.ram !== undefined;
+  const kernel = readInput(spec.kernel, "kernel", sizeOnly);
+  const initrd = spec.initrd ? readInput(spec.initrd, "initrd", sizeOnly) : undefined;
+  const firmware = spec.firmware ? readInput(spec.firmware, "firmware", sizeOnly) : null;
   for (const d of spec.disks) openDiskImage(d.path, { readOnly: true, lock: false, format: d.format }).close();
   const disks: BlockBackend[] = [];
   let net: { backend: NetBackend | null; notes: string[] } = { backend: null, notes: [] };
