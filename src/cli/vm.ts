@@ -21,6 +21,7 @@ Commands:
   reset NAME                         hardware reset: the guest boots again
   snapshot NAME DIR [--incremental]  save the VM to DIR; it runs on (restore: yun run --restore DIR)
   migrate NAME [HOST:]PORT           live-migrate to a yun run --incoming PORT (default host 127.0.0.1)
+  cancel NAME                        cancel the VM's migration: it runs on here
   console NAME                       attach to the console (recent output first); Ctrl-] detaches
 
 Options:
@@ -150,6 +151,7 @@ export async function vmCommand(args: string[]): Promise<number> {
       resume: "resume",
       stop: "stop",
       reset: "reset",
+      cancel: "cancel",
     };
     if (command === "list") return await list(v.json === true);
     if (command === "console") return await attach(socketOf(name, v.socket));

@@ -29,8 +29,8 @@ export class ControlServer {
   private socketPath: string | null = null;
   /** Requests being answered. */
   private inFlight = 0;
-  /** Set while a migration runs: only one at a time. */
-  private migrating = false;
+  /** The running migration's cancel switch: one migration at a time. */
+  private migration: AbortController | null = null;
 
   constructor(private readonly monitor: VmMonitor) {
     const m = monitor;
@@ -51,13 +51,18 @@ export class ControlServer {
         if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
           throw new BadRequest(`"port" must be a port number 1-65535`);
         }
-        if (this.migrating) throw new StateError("a migration is already running");
-        this.migrating = true;
+        if (this.migration) throw new StateError("a migration is already running");
+        this.migration = new AbortController();
         try {
-          return await migrateTo(m, host, port);
+          return await migrateTo(m, host, port, this.migration.signal);
         } finally {
-          this.migrating = false;
+          this.migration = null;
         }
+      },
+      cancel: () => {
+        if (!this.migration) throw new StateError("no migration is running");
+        this.migration.abort();
+        return { cancelled: true };
       },
     };
   }
@@ -206,6 +211,7 @@ export class ControlServer {
       "/vm/reset": ["POST", "reset"],
       "/vm/snapshot": ["POST", "snapshot"],
       "/vm/migrate": ["POST", "migrate"],
+      "/vm/cancel": ["POST", "cancel"],
     };
     const route = routes[url.pathname];
     if (!route) return send(404, { error: `no such path: ${url.pathname}` });

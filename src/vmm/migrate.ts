@@ -222,15 +222,27 @@ function connectTo(host: string, port: number): Promise<Socket> {
  * success the source has handed the VM off (its run() ends); on failure it runs on here and the
  * error says why.
  */
-export async function migrateTo(monitor: VmMonitor, host: string, port: number): Promise<MigrationResult> {
+export async function migrateTo(
+  monitor: VmMonitor,
+  host: string,
+  port: number,
+  cancel?: AbortSignal,
+): Promise<MigrationResult> {
   const t0 = performance.now();
   monitor.setMigrating(true);
   let socket: Socket | null = null;
   let machine = monitor.machine;
   let released = false;
   let saved: MachineState | null = null;
+  // Cancelling cuts the connection, which fails whatever the migration waits for. Once the state is
+  // on its way the destination's answer decides, and a cancel comes too late.
+  const onCancel = (): void => {
+    if (!released) socket?.destroy();
+  };
+  cancel?.addEventListener("abort", onCancel);
   try {
     socket = await connectTo(host, port);
+    if (cancel?.aborted) throw new MigrationError("cancelled");
     const reader = new FrameReader(socket);
     await sendJson(socket, T_HELLO, { version: MIGRATION_VERSION, spec: monitor.spec, sourcePid: process.pid });
     const accept = await reader.json<{ ok: boolean; error?: string }>(T_ACCEPT, CONNECT_TIMEOUT_MS);
@@ -296,6 +308,7 @@ export async function migrateTo(monitor: VmMonitor, host: string, port: number):
     };
   } catch (e) {
     socket?.destroy();
+    if (cancel?.aborted && !released) e = new MigrationError("migration cancelled; the VM runs on here");
     if (released && saved) {
       // The old machine is closed and stopped; its RAM buffer moves to the new one.
       await monitor.takeBack(machine.bus.ramBuffer as ArrayBuffer, saved);
@@ -306,6 +319,8 @@ export async function migrateTo(monitor: VmMonitor, host: string, port: number):
     monitor.setMigrating(false);
     if (e instanceof MigrationError || e instanceof StateError) throw e;
     throw new MigrationError((e as Error).message);
+  } finally {
+    cancel?.removeEventListener("abort", onCancel);
   }
 }
 

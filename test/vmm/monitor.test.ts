@@ -160,6 +160,20 @@ test("live migration over loopback moves the running guest; a failed one leaves 
   await sleep(50);
   assert.ok(counter(src) > c0, "still running after the failed attempt");
 
+  // Cancelled once the destination heard from the source: both sides give up, the source runs on.
+  const cancel = new AbortController();
+  const l1 = await listenForMigration("127.0.0.1", 0);
+  const doomed = receiveMigration(l1.server, { ...opts(), onStage: () => cancel.abort() }).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  await assert.rejects(migrateTo(src, "127.0.0.1", l1.port, cancel.signal), /migration cancelled; the VM runs on here/);
+  assert.ok((await doomed) instanceof MigrationError, "the destination gives up too");
+  assert.equal(src.state, "running");
+  const c1 = counter(src);
+  await sleep(50);
+  assert.ok(counter(src) > c1, "still running after the cancelled attempt");
+
   const { server, port } = await listenForMigration("127.0.0.1", 0);
   const incoming = receiveMigration(server, { ...opts(), name: "mig" });
   const result = await migrateTo(src, "127.0.0.1", port);
