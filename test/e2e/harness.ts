@@ -20,6 +20,43 @@ export function tail(text: string, bytes = 2048): string {
   return `\n----- last ${t.length} chars of console -----\n${t}\n----- end of console -----`;
 }
 
+/** What fencedShell needs of a console: its text so far, a way to type, and a wait. */
+interface Console {
+  text(): string;
+  type(line: string): void;
+  waitFor(what: string, pred: (text: string) => boolean, timeoutMs: number): Promise<void>;
+}
+
+/**
+ * Types `command` at the guest's shell and resolves with what it printed, once it finished. The
+ * output is fenced by two marker lines the shell computes (`<<N` and `>>N`), so neither the echo
+ * of the typed line nor the line editor's redrawing can be mistaken for output; kernel log lines
+ * that land on the console meanwhile are left out. A command ending in "&" works too.
+ */
+async function fencedShell(c: Console, n: number, command: string, timeoutMs: number): Promise<string> {
+  const from = c.text().length;
+  const sep = /&\s*$/.test(command) ? " " : "; "; // "cmd &" takes no ";"
+  c.type(`echo "<<$((${n}))"; ${command}${sep}echo ">>$((${n}))"\n`);
+  let start = -1;
+  let end = -1;
+  await c.waitFor(
+    `the output of: ${command}`,
+    (t) => {
+      start = lineEnd(t, `<<${n}`, from);
+      if (start < 0) return false;
+      end = t.slice(start).search(new RegExp(`^>>${n}\\r?$`, "m"));
+      return end >= 0;
+    },
+    timeoutMs,
+  );
+  return c
+    .text()
+    .slice(start, start + end)
+    .replace(/\r\n/g, "\n")
+    .replace(/^\n/, "")
+    .replace(/^\[ *\d+\.\d+\] .*\n/gm, ""); // kernel messages on the console
+}
+
 /** A running `yun` child with its console (stdout + stderr, in arrival order) collected. */
 export class Yun {
   readonly child: ChildProcessWithoutNullStreams;
@@ -96,34 +133,18 @@ export class Yun {
     return (Date.now() - this.started) / 1000;
   }
 
-  /**
-   * Types `command` at the guest's shell and resolves with what it printed, once it finished. The
-   * output is fenced by two marker lines the shell computes (`<<N` and `>>N`), so neither the echo
-   * of the typed line nor the line editor's redrawing can be mistaken for output; kernel log lines
-   * that land on the console meanwhile are left out. A command ending in "&" works too.
-   */
-  async sh(command: string, timeoutMs = 60_000): Promise<string> {
-    const n = ++this.commands;
-    const from = this.console.length;
-    const sep = /&\s*$/.test(command) ? " " : "; "; // "cmd &" takes no ";"
-    this.child.stdin.write(`echo "<<$((${n}))"; ${command}${sep}echo ">>$((${n}))"\n`);
-    let start = -1;
-    let end = -1;
-    await this.waitFor(
-      `the output of: ${command}`,
-      (c) => {
-        start = lineEnd(c, `<<${n}`, from);
-        if (start < 0) return false;
-        end = c.slice(start).search(new RegExp(`^>>${n}\\r?$`, "m"));
-        return end >= 0;
+  /** Runs `command` at the guest's shell; see fencedShell. */
+  sh(command: string, timeoutMs = 60_000): Promise<string> {
+    return fencedShell(
+      {
+        text: () => this.console,
+        type: (l) => this.child.stdin.write(l),
+        waitFor: (w, p, t) => this.waitFor(w, p, t),
       },
+      ++this.commands,
+      command,
       timeoutMs,
     );
-    return this.console
-      .slice(start, start + end)
-      .replace(/\r\n/g, "\n")
-      .replace(/^\n/, "")
-      .replace(/^\[ *\d+\.\d+\] .*\n/gm, ""); // kernel messages on the console
   }
 
   /** Ends the child if it is still running (it is ours: killed by its own pid). */
@@ -215,28 +236,13 @@ export class ConsoleSession {
     });
   }
 
-  async sh(command: string, timeoutMs = 60_000): Promise<string> {
-    const n = ++this.commands;
-    const from = this.text.length;
-    const sep = /&\s*$/.test(command) ? " " : "; ";
-    this.socket.write(`echo "<<$((${n}))"; ${command}${sep}echo ">>$((${n}))"\n`);
-    let start = -1;
-    let end = -1;
-    await this.waitFor(
-      `the output of: ${command}`,
-      (c) => {
-        start = lineEnd(c, `<<${n}`, from);
-        if (start < 0) return false;
-        end = c.slice(start).search(new RegExp(`^>>${n}\\r?$`, "m"));
-        return end >= 0;
-      },
+  sh(command: string, timeoutMs = 60_000): Promise<string> {
+    return fencedShell(
+      { text: () => this.text, type: (l) => this.socket.write(l), waitFor: (w, p, t) => this.waitFor(w, p, t) },
+      ++this.commands,
+      command,
       timeoutMs,
     );
-    return this.text
-      .slice(start, start + end)
-      .replace(/\r\n/g, "\n")
-      .replace(/^\n/, "")
-      .replace(/^\[ *\d+\.\d+\] .*\n/gm, "");
   }
 
   close(): void {
