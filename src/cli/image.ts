@@ -17,6 +17,11 @@ Commands:
                           --force is given. Needs apt-get and dpkg-deb (a Debian/Ubuntu host).
   list                    List installed images.
 
+Cloud images (on the yun serve server; see yun instance --help for --server/--token):
+  upload FILE --name NAME [--format qcow2|raw]   upload a disk image
+  list --cloud                                   list the cloud's images
+  show IMAGE | delete IMAGE...                   show or delete one of them
+
 Options:
   -f, --force             (pull) rebuild even if the image is up to date
   -h, --help              show this help

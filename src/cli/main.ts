@@ -3,6 +3,8 @@ import { runCommand } from "./run.js";
 import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
 import { vmCommand } from "./vm.js";
+import { serveCommand } from "./serve.js";
+import { CLOUD_HELP, CLOUD_NOUNS, cloudCommand, isCloudImageCommand } from "./cloud.js";
 
 const HELP = `Usage: yun <command> [options]
 
@@ -11,8 +13,10 @@ Commands:
   image      pull and list boot images (yun image pull debian)
   disk       create, inspect, convert and grow disk images (raw, qcow2)
   vm         drive running VMs: list, pause, resume, stop, snapshot, migrate, console
+  serve      run the cloud: API, dashboard and consoles (yun serve --port N)
   help       show this help
 
+${CLOUD_HELP}
 Run "yun <command> --help" for a command's options.
 `;
 
@@ -22,11 +26,13 @@ export async function main(args: string[]): Promise<number> {
     case "run":
       return runCommand(rest);
     case "image":
-      return imageCommand(rest);
+      return isCloudImageCommand(rest) ? cloudCommand("image", rest) : imageCommand(rest);
     case "disk":
       return diskCommand(rest);
     case "vm":
       return vmCommand(rest);
+    case "serve":
+      return serveCommand(rest);
     case undefined:
     case "help":
     case "--help":
@@ -37,6 +43,7 @@ export async function main(args: string[]): Promise<number> {
       process.stdout.write("yun 0.1.0\n");
       return 0;
     default:
+      if (CLOUD_NOUNS.includes(command)) return cloudCommand(command, rest);
       process.stderr.write(`yun: unknown command "${command}" (see yun help)\n`);
       return 2;
   }

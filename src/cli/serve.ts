@@ -1,0 +1,109 @@
+/**
+ * `yun serve`: the cloud daemon. The REST API (/api/v1, described at /api/openapi.json), the
+ * console WebSockets and the dashboard on one HTTP server; state in $YUN_HOME/cloud/yun.db.
+ *
+ * VMs are separate monitor processes: stopping the daemon leaves them running, and the next start
+ * re-attaches to them (or marks stopped those that are gone, and stops monitors nobody owns).
+ */
+import { parseArgs } from "node:util";
+import { Cloud } from "../cloud/cloud.js";
+import { MonitorDriver } from "../cloud/compute.js";
+import { listen } from "../cloud/server.js";
+import { DEFAULT_PORT } from "../cloud/client.js";
+import { yunHome } from "../images/paths.js";
+
+const HELP = `Usage: yun serve [options]
+
+Runs the Yun cloud: the API (/api/v1, described at /api/openapi.json), the instances' consoles and
+the dashboard, on http://127.0.0.1:${DEFAULT_PORT}/ by default. State lives in $YUN_HOME/cloud.
+
+On the first start it creates the project admin, the user admin and its token, printed once and
+written to $YUN_HOME/cloud/admin.token (mode 0600).
+
+Options:
+  --port N          TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
+  --listen ADDR     address to listen on (default 127.0.0.1)
+  -h, --help        show this help
+
+Stopping the server leaves running VMs running; the next start re-attaches to them.
+`;
+
+export async function serveCommand(args: string[]): Promise<number> {
+  let v;
+  try {
+    v = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        port: { type: "string" },
+        listen: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    }).values;
+  } catch (e) {
+    process.stderr.write(`yun serve: ${(e as Error).message.split(". ")[0]} (see yun serve --help)\n`);
+    return 2;
+  }
+  if (v.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  let port = DEFAULT_PORT;
+  if (v.port !== undefined) {
+    if (!/^\d{1,5}$/.test(v.port) || Number(v.port) > 65535) {
+      process.stderr.write(`yun serve: --port takes a port number 0-65535, got "${v.port}"\n`);
+      return 2;
+    }
+    port = Number(v.port);
+  }
+  const host = v.listen ?? "127.0.0.1";
+  const home = yunHome();
+  let cloud: Cloud;
+  try {
+    cloud = new Cloud({ home, driver: new MonitorDriver(home) });
+  } catch (e) {
+    process.stderr.write(`yun serve: cannot open the cloud's state in ${home}/cloud: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const { adminToken } = cloud.bootstrap();
+  if (adminToken !== null) {
+    process.stdout.write(
+      `yun serve: created project admin and user admin; its token (shown once, also in ${home}/cloud/admin.token):\n${adminToken}\n`,
+    );
+  }
+  const rec = await cloud.reconcile();
+  if (rec.reattached.length) process.stdout.write(`yun serve: re-attached to ${rec.reattached.length} running VM(s)\n`);
+  if (rec.stopped.length) process.stdout.write(`yun serve: ${rec.stopped.length} instance(s) were no longer running\n`);
+  if (rec.orphans.length)
+    process.stdout.write(`yun serve: stopped ${rec.orphans.length} VM(s) that no instance owned\n`);
+  let running;
+  try {
+    running = await listen(cloud, host, port);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === "EADDRINUSE"
+        ? `port ${port} on ${host} is in use (another yun serve?); choose one with --port`
+        : code === "EADDRNOTAVAIL"
+          ? `${host} is not an address of this machine`
+          : (e as Error).message;
+    process.stderr.write(`yun serve: ${why}\n`);
+    cloud.close();
+    return 1;
+  }
+  const shown = host.includes(":") ? `[${host}]` : host;
+  process.stdout.write(`yun serve: listening on http://${shown}:${running.port}/ (API /api/v1, dashboard /)\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      for (const s of ["SIGINT", "SIGTERM"] as const) process.off(s, stop);
+      resolve();
+    };
+    process.on("SIGINT", stop);
+    process.on("SIGTERM", stop);
+  });
+  await running.close();
+  cloud.close();
+  process.stdout.write("yun serve: stopped (running VMs keep running)\n");
+  return 0;
+}

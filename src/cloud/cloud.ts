@@ -1,0 +1,1707 @@
+/**
+ * The control plane's logic, below HTTP: tenants and tokens, resources, the instance state machine,
+ * quotas, metering and the audit log, all in one SQLite database (db.ts), with VMs run by a
+ * ComputeDriver (compute.ts).
+ *
+ * Concurrency: every check-then-write (quota, name, state transition) is one BEGIN IMMEDIATE
+ * transaction. Actions on one instance are also serialized in this process (withLock), because an
+ * action spans a transaction, a monitor request and a second transaction.
+ */
+import { createHash } from "node:crypto";
+import {
+  chmodSync,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { Readable, Transform } from "node:stream";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
+import { createQcow2, diskInfo, openDiskImage, resizeDisk } from "../storage/image.js";
+import { stableMac } from "../net/ethernet.js";
+import { maxDisks } from "../vmm/virt.js";
+import { findImage } from "../images/store.js";
+import { buildExt4 } from "../images/ext4.js";
+import { immediate, newId, openDatabase, randomB32, type DB } from "./db.js";
+import { alive, type ComputeDriver, type LaunchSpec } from "./compute.js";
+import { Meter } from "./metering.js";
+import { NetworkServices } from "./netsvc.js";
+import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, unauthorized } from "./errors.js";
+import type {
+  AuditEvent,
+  CreateInstanceRequest,
+  Flavor,
+  Image,
+  ImageFormat,
+  Instance,
+  InstanceAction,
+  InstanceMetrics,
+  InstanceState,
+  KeyPair,
+  Network,
+  Project,
+  QuotaUsage,
+  Quotas,
+  Role,
+  Snapshot,
+  Usage,
+  User,
+  Volume,
+  Whoami,
+} from "./types.js";
+
+export const DEFAULT_QUOTAS: Quotas = { instances: 10, vcpus: 16, memoryMiB: 8192, diskGiB: 200 };
+export const DEFAULT_FLAVORS = [
+  { name: "tiny", vcpus: 1, memoryMiB: 128, diskGiB: 2 },
+  { name: "small", vcpus: 1, memoryMiB: 256, diskGiB: 4 },
+  { name: "medium", vcpus: 2, memoryMiB: 512, diskGiB: 8 },
+];
+const GiB = 1024 ** 3;
+/** The largest image upload accepted. */
+export const MAX_UPLOAD_BYTES = 64 * GiB;
+/** User-mode networking gives every guest this address (by DHCP). */
+const USERNET_ADDRESS = "10.0.2.15";
+/** The seed disk's file in an instance's directory. */
+const SEED_DISK = "seed.ext4";
+
+/** Who is calling. */
+export interface Principal {
+  userId: string;
+  userName: string;
+  projectId: string;
+  projectName: string;
+  role: Role;
+  /** An admin of the admin project: may act in every project. */
+  admin: boolean;
+}
+
+/** The system itself (reconciliation, VM exits) in the audit log. */
+const SYSTEM = "system";
+
+export interface CloudOptions {
+  /** $YUN_HOME; the cloud keeps its state in HOME/cloud. */
+  home: string;
+  driver: ComputeDriver;
+  /** Milliseconds since the epoch (injectable for metering tests). */
+  now?: () => number;
+  /** Metering tick (default 2000 ms; 0: none). */
+  tickMs?: number;
+}
+
+interface ProjectRow {
+  id: string;
+  name: string;
+  q_instances: number;
+  q_vcpus: number;
+  q_memory_mib: number;
+  q_disk_gib: number;
+  created_at: string;
+}
+interface InstanceRow {
+  id: string;
+  name: string;
+  project_id: string;
+  state: InstanceState;
+  image_id: string;
+  flavor_id: string;
+  vcpus: number;
+  memory_mib: number;
+  disk_gib: number;
+  network_id: string | null;
+  address: string | null;
+  mac: string;
+  keypair_id: string | null;
+  user_data: string | null;
+  error: string | null;
+  pid: number | null;
+  socket: string | null;
+  dir: string;
+  created_at: string;
+  updated_at: string;
+}
+interface ImageRow {
+  id: string;
+  name: string;
+  project_id: string | null;
+  format: ImageFormat;
+  size_bytes: number;
+  source: "debian" | "upload";
+  status: "available" | "error";
+  path: string;
+  kernel: string | null;
+  initrd: string | null;
+  firmware: string | null;
+  created_at: string;
+}
+interface VolumeRow {
+  id: string;
+  name: string;
+  project_id: string;
+  size_gib: number;
+  instance_id: string | null;
+  attached_at: number | null;
+  snapshot_id: string | null;
+  path: string;
+  created_at: string;
+}
+
+export function hashToken(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
+
+export function newToken(): string {
+  return `yun_${randomB32(40)}`;
+}
+
+export class Cloud {
+  readonly db: DB;
+  readonly dir: string;
+  readonly meter: Meter;
+  readonly driver: ComputeDriver;
+  /** DHCP and the gateway address of the private networks. */
+  readonly netsvc: NetworkServices;
+  readonly now: () => number;
+  private readonly locks = new Map<string, Promise<unknown>>();
+  /** Instances whose VM exited while boot() was still settling them. */
+  private readonly exitedDuringBoot = new Set<string>();
+  private ticker: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(private readonly opts: CloudOptions) {
+    this.dir = join(opts.home, "cloud");
+    for (const d of ["", "instances", "images", "volumes", "snapshots"])
+      mkdirSync(join(this.dir, d), { recursive: true });
+    this.db = openDatabase(join(this.dir, "yun.db"));
+    this.now = opts.now ?? Date.now;
+    this.meter = new Meter(this.db, this.now);
+    this.driver = opts.driver;
+    this.netsvc = new NetworkServices(opts.home);
+    this.driver.onExit = (id) => void this.onVmExit(id);
+    const tick = opts.tickMs ?? 2000;
+    if (tick > 0) {
+      this.ticker = setInterval(() => this.meter.tick(), tick);
+      this.ticker.unref();
+    }
+  }
+
+  private iso(): string {
+    return new Date(this.now()).toISOString();
+  }
+
+  // ------------------------------------------------------------------------------- bootstrap
+
+  /**
+   * First start: project admin, user admin and its token (answered once, written to
+   * cloud/admin.token mode 0600), default flavors. Every start: registers the debian image.
+   */
+  bootstrap(): { adminToken: string | null } {
+    let adminToken: string | null = null;
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM projects WHERE name = 'admin'").get() === undefined) {
+        const pid = newId("prj");
+        const q = DEFAULT_QUOTAS;
+        this.db
+          .prepare("INSERT INTO projects VALUES (?, 'admin', ?, ?, ?, ?, ?)")
+          .run(pid, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
+        const uid = newId("usr");
+        this.db.prepare("INSERT INTO users VALUES (?, 'admin', ?, 'admin', ?)").run(uid, pid, this.iso());
+        adminToken = newToken();
+        this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hashToken(adminToken), uid, this.iso());
+        for (const f of DEFAULT_FLAVORS) {
+          this.db
+            .prepare("INSERT OR IGNORE INTO flavors VALUES (?, ?, ?, ?, ?, ?)")
+            .run(newId("flv"), f.name, f.vcpus, f.memoryMiB, f.diskGiB, this.iso());
+        }
+      }
+    });
+    if (adminToken !== null) {
+      const path = join(this.dir, "admin.token");
+      writeFileSync(path, adminToken + "\n", { mode: 0o600 });
+      chmodSync(path, 0o600);
+    }
+    this.syncDebianImage();
+    return { adminToken };
+  }
+
+  /** Registers (or refreshes) the public image "debian" from `yun image pull debian`. */
+  syncDebianImage(): void {
+    const info = findImage("debian");
+    if (!info) return;
+    immediate(this.db, () => {
+      const row = this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = 'debian'").get() as
+        ImageRow | undefined;
+      if (row === undefined) {
+        this.db
+          .prepare("INSERT INTO images VALUES (?, 'debian', NULL, 'raw', ?, 'debian', 'available', ?, ?, ?, ?, ?)")
+          .run(
+            newId("img"),
+            statSync(info.rootDisk).size,
+            info.rootDisk,
+            info.kernel,
+            info.initrd,
+            info.firmware.dynamic,
+            this.iso(),
+          );
+      } else if (row.path !== info.rootDisk || row.kernel !== info.kernel) {
+        this.db
+          .prepare("UPDATE images SET path = ?, kernel = ?, initrd = ?, firmware = ?, size_bytes = ? WHERE id = ?")
+          .run(info.rootDisk, info.kernel, info.initrd, info.firmware.dynamic, statSync(info.rootDisk).size, row.id);
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------------------------ auth
+
+  authenticate(header: string | undefined | null): Principal {
+    if (!header) throw unauthorized("this request needs a token: send Authorization: Bearer <token>");
+    const m = /^Bearer\s+(\S+)$/i.exec(header.trim());
+    if (!m) throw unauthorized('the Authorization header must be "Bearer <token>"');
+    return this.principalForToken(m[1]);
+  }
+
+  principalForToken(token: string): Principal {
+    const row = this.db
+      .prepare(
+        `SELECT u.id AS userId, u.name AS userName, u.role AS role, p.id AS projectId, p.name AS projectName
+         FROM tokens t JOIN users u ON u.id = t.user_id JOIN projects p ON p.id = u.project_id WHERE t.hash = ?`,
+      )
+      .get(hashToken(token)) as Omit<Principal, "admin"> | undefined;
+    if (!row) throw unauthorized("the token is not valid (revoked, or never issued)");
+    return { ...row, admin: row.role === "admin" && row.projectName === "admin" };
+  }
+
+  whoami(p: Principal): Whoami {
+    return {
+      user: { id: p.userId, name: p.userName },
+      project: { id: p.projectId, name: p.projectName },
+      role: p.role,
+    };
+  }
+
+  /** The project a request acts in: the caller's, or for admins the one named by ?project= (id or name). */
+  actingProject(p: Principal, query: string | undefined): string {
+    if (query === undefined || query === "") return p.projectId;
+    if (!p.admin) {
+      if (query === p.projectId || query === p.projectName) return p.projectId;
+      throw notFound(`no project ${query}`);
+    }
+    return this.projectRow(query).id;
+  }
+
+  /** The projects whose resources a list shows: admins without ?project= see every project. */
+  listScope(p: Principal, query: string | undefined): string | null {
+    if (p.admin && (query === undefined || query === "")) return null;
+    return this.actingProject(p, query);
+  }
+
+  private requireWrite(p: Principal): void {
+    if (p.role === "reader") throw forbidden(`user ${p.userName} has role reader, which may only read`);
+  }
+
+  private requireAdmin(p: Principal): void {
+    if (!p.admin) throw forbidden("only an admin of the admin project may do this");
+  }
+
+  // -------------------------------------------------------------------------------- projects
+
+  private projectRow(idOrName: string): ProjectRow {
+    const r = this.db.prepare("SELECT * FROM projects WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+      ProjectRow | undefined;
+    if (!r) throw notFound(`no project ${idOrName}`);
+    return r;
+  }
+
+  private projectView(r: ProjectRow): Project {
+    return {
+      id: r.id,
+      name: r.name,
+      quotas: { instances: r.q_instances, vcpus: r.q_vcpus, memoryMiB: r.q_memory_mib, diskGiB: r.q_disk_gib },
+      createdAt: r.created_at,
+    };
+  }
+
+  /** A project the caller may see (its own; admins: any); 404 otherwise. */
+  private visibleProject(p: Principal, idOrName: string): ProjectRow {
+    const r = this.db.prepare("SELECT * FROM projects WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+      ProjectRow | undefined;
+    if (!r || (!p.admin && r.id !== p.projectId)) throw notFound(`no project ${idOrName}`);
+    return r;
+  }
+
+  listProjects(p: Principal): Project[] {
+    const rows = p.admin
+      ? (this.db.prepare("SELECT * FROM projects ORDER BY created_at, name").all() as ProjectRow[])
+      : [this.projectRow(p.projectId)];
+    return rows.map((r) => this.projectView(r));
+  }
+
+  getProject(p: Principal, id: string): Project {
+    return this.projectView(this.visibleProject(p, id));
+  }
+
+  createProject(p: Principal, req: { name: string; quotas?: Partial<Quotas> }): Project {
+    this.requireAdmin(p);
+    const q = { ...DEFAULT_QUOTAS, ...req.quotas };
+    const id = newId("prj");
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM projects WHERE name = ?").get(req.name))
+        throw conflict(`a project named ${req.name} already exists`);
+      this.db
+        .prepare("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .run(id, req.name, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
+    });
+    return this.getProject(p, id);
+  }
+
+  deleteProject(p: Principal, idOrName: string): void {
+    this.requireAdmin(p);
+    immediate(this.db, () => {
+      const r = this.projectRow(idOrName);
+      if (r.name === "admin") throw conflict("the admin project cannot be deleted");
+      for (const t of ["instances", "volumes", "networks", "snapshots", "images"]) {
+        const n = (this.db.prepare(`SELECT count(*) AS n FROM ${t} WHERE project_id = ?`).get(r.id) as { n: number }).n;
+        if (n > 0)
+          throw conflict(`project ${r.name} still has ${n} ${n === 1 ? t.slice(0, -1) : t}; delete them first`);
+      }
+      this.db.prepare("DELETE FROM keypairs WHERE project_id = ?").run(r.id);
+      this.db.prepare("DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
+      this.db.prepare("DELETE FROM users WHERE project_id = ?").run(r.id);
+      this.db.prepare("DELETE FROM projects WHERE id = ?").run(r.id);
+    });
+  }
+
+  private used(projectId: string): Quotas {
+    const i = this.db
+      .prepare(
+        "SELECT count(*) AS n, ifnull(sum(vcpus), 0) AS c, ifnull(sum(memory_mib), 0) AS m, ifnull(sum(disk_gib), 0) AS d FROM instances WHERE project_id = ?",
+      )
+      .get(projectId) as { n: number; c: number; m: number; d: number };
+    const v = this.db
+      .prepare("SELECT ifnull(sum(size_gib), 0) AS d FROM volumes WHERE project_id = ?")
+      .get(projectId) as { d: number };
+    return { instances: i.n, vcpus: i.c, memoryMiB: i.m, diskGiB: i.d + v.d };
+  }
+
+  getQuotas(p: Principal, project: string): QuotaUsage {
+    const r = this.visibleProject(p, project);
+    return { ...this.projectView(r).quotas, used: this.used(r.id) };
+  }
+
+  setQuotas(p: Principal, project: string, q: Partial<Quotas>): QuotaUsage {
+    this.requireAdmin(p);
+    immediate(this.db, () => {
+      const r = this.projectRow(project);
+      this.db
+        .prepare("UPDATE projects SET q_instances = ?, q_vcpus = ?, q_memory_mib = ?, q_disk_gib = ? WHERE id = ?")
+        .run(
+          q.instances ?? r.q_instances,
+          q.vcpus ?? r.q_vcpus,
+          q.memoryMiB ?? r.q_memory_mib,
+          q.diskGiB ?? r.q_disk_gib,
+          r.id,
+        );
+    });
+    return this.getQuotas(p, project);
+  }
+
+  /** Throws quota_exceeded naming the first quota that `add` would overrun. Call inside a transaction. */
+  private checkQuota(projectId: string, add: Partial<Quotas>): void {
+    const r = this.projectRow(projectId);
+    const used = this.used(projectId);
+    const limits: [keyof Quotas, number, string][] = [
+      ["instances", r.q_instances, "instances"],
+      ["vcpus", r.q_vcpus, "vcpus"],
+      ["memoryMiB", r.q_memory_mib, "memoryMiB"],
+      ["diskGiB", r.q_disk_gib, "diskGiB"],
+    ];
+    for (const [k, limit, label] of limits) {
+      const a = add[k] ?? 0;
+      if (a > 0 && used[k] + a > limit) {
+        throw quotaExceeded(
+          `quota ${label} (${limit}) exceeded: project ${r.name} uses ${used[k]} and this needs ${a} more`,
+        );
+      }
+    }
+  }
+
+  // ----------------------------------------------------------------------------------- users
+
+  private userView(r: { id: string; name: string; project_id: string; role: Role; created_at: string }): User {
+    return { id: r.id, name: r.name, project: r.project_id, role: r.role, createdAt: r.created_at };
+  }
+
+  listUsers(p: Principal, projectQuery?: string): User[] {
+    const scope = this.listScope(p, projectQuery);
+    const rows = (
+      scope === null
+        ? this.db.prepare("SELECT * FROM users ORDER BY created_at").all()
+        : this.db.prepare("SELECT * FROM users WHERE project_id = ? ORDER BY created_at").all(scope)
+    ) as { id: string; name: string; project_id: string; role: Role; created_at: string }[];
+    return rows.map((r) => this.userView(r));
+  }
+
+  private userRow(p: Principal, idOrName: string) {
+    const r = this.db
+      .prepare("SELECT * FROM users WHERE (id = ? OR (name = ? AND project_id = ?))")
+      .get(idOrName, idOrName, p.projectId) as
+      { id: string; name: string; project_id: string; role: Role; created_at: string } | undefined;
+    if (!r || (!p.admin && r.project_id !== p.projectId)) throw notFound(`no user ${idOrName}`);
+    return r;
+  }
+
+  getUser(p: Principal, id: string): User {
+    return this.userView(this.userRow(p, id));
+  }
+
+  createUser(p: Principal, req: { name: string; role: Role; project?: string }): User {
+    this.requireWrite(p);
+    const projectId = req.project === undefined ? p.projectId : this.actingProject(p, req.project);
+    if (req.role === "admin" && !p.admin) throw forbidden("only an admin may create admin users");
+    if (!p.admin && p.role !== "member") throw forbidden("only members and admins may create users");
+    const id = newId("usr");
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM users WHERE project_id = ? AND name = ?").get(projectId, req.name))
+        throw conflict(`a user named ${req.name} already exists in this project`);
+      this.db.prepare("INSERT INTO users VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, req.role, this.iso());
+    });
+    return this.getUser(p, id);
+  }
+
+  deleteUser(p: Principal, id: string): void {
+    this.requireWrite(p);
+    const u = this.userRow(p, id);
+    if (u.id === p.userId) throw conflict("you cannot delete yourself");
+    immediate(this.db, () => {
+      this.db.prepare("DELETE FROM tokens WHERE user_id = ?").run(u.id);
+      this.db.prepare("DELETE FROM users WHERE id = ?").run(u.id);
+    });
+  }
+
+  createToken(p: Principal, userId: string): { token: string; user: string } {
+    const u = this.userRow(p, userId);
+    if (u.id !== p.userId) this.requireWrite(p);
+    if (u.role === "admin" && !p.admin) throw forbidden("only an admin may issue tokens for an admin");
+    const token = newToken();
+    this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hashToken(token), u.id, this.iso());
+    return { token, user: u.id };
+  }
+
+  // --------------------------------------------------------------------------------- flavors
+
+  private flavorView(r: { id: string; name: string; vcpus: number; memory_mib: number; disk_gib: number }): Flavor {
+    return { id: r.id, name: r.name, vcpus: r.vcpus, memoryMiB: r.memory_mib, diskGiB: r.disk_gib };
+  }
+
+  listFlavors(): Flavor[] {
+    return (this.db.prepare("SELECT * FROM flavors ORDER BY vcpus, memory_mib, name").all() as never[]).map((r) =>
+      this.flavorView(r),
+    );
+  }
+
+  private flavorRow(idOrName: string) {
+    const r = this.db.prepare("SELECT * FROM flavors WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+      { id: string; name: string; vcpus: number; memory_mib: number; disk_gib: number } | undefined;
+    if (!r) throw notFound(`no flavor ${idOrName} (see GET /api/v1/flavors)`);
+    return r;
+  }
+
+  createFlavor(p: Principal, req: { name: string; vcpus: number; memoryMiB: number; diskGiB: number }): Flavor {
+    this.requireAdmin(p);
+    const id = newId("flv");
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM flavors WHERE name = ?").get(req.name))
+        throw conflict(`a flavor named ${req.name} already exists`);
+      this.db
+        .prepare("INSERT INTO flavors VALUES (?, ?, ?, ?, ?, ?)")
+        .run(id, req.name, req.vcpus, req.memoryMiB, req.diskGiB, this.iso());
+    });
+    return this.flavorView(this.flavorRow(id));
+  }
+
+  deleteFlavor(p: Principal, idOrName: string): void {
+    this.requireAdmin(p);
+    immediate(this.db, () => {
+      const f = this.flavorRow(idOrName);
+      if (this.db.prepare("SELECT 1 FROM instances WHERE flavor_id = ?").get(f.id))
+        throw conflict(`flavor ${f.name} is used by instances`);
+      this.db.prepare("DELETE FROM flavors WHERE id = ?").run(f.id);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------- images
+
+  private imageView(r: ImageRow): Image {
+    return {
+      id: r.id,
+      name: r.name,
+      format: r.format,
+      sizeBytes: r.size_bytes,
+      source: r.source,
+      status: r.status,
+      project: r.project_id,
+      createdAt: r.created_at,
+    };
+  }
+
+  listImages(p: Principal, projectQuery?: string): Image[] {
+    this.syncDebianImage();
+    const scope = this.listScope(p, projectQuery);
+    const rows = (
+      scope === null
+        ? this.db.prepare("SELECT * FROM images ORDER BY created_at").all()
+        : this.db
+            .prepare("SELECT * FROM images WHERE project_id IS NULL OR project_id = ? ORDER BY created_at")
+            .all(scope)
+    ) as ImageRow[];
+    return rows.map((r) => this.imageView(r));
+  }
+
+  /** An image visible in `projectId` (public, or the project's own). */
+  private imageRow(p: Principal, projectId: string, idOrName: string): ImageRow {
+    const rows = this.db
+      .prepare("SELECT * FROM images WHERE (id = ? OR name = ?) ORDER BY project_id IS NULL")
+      .all(idOrName, idOrName) as ImageRow[];
+    const r = rows.find((x) => x.project_id === null || x.project_id === projectId || (p.admin && x.id === idOrName));
+    if (!r) throw notFound(`no image ${idOrName} (see GET /api/v1/images; "debian" comes from yun image pull debian)`);
+    return r;
+  }
+
+  getImage(p: Principal, id: string, projectQuery?: string): Image {
+    this.syncDebianImage();
+    return this.imageView(this.imageRow(p, this.actingProject(p, projectQuery), id));
+  }
+
+  /** Stores an uploaded disk image; checks it before registering it. */
+  async uploadImage(
+    p: Principal,
+    projectQuery: string | undefined,
+    name: string,
+    format: ImageFormat,
+    body: WebReadableStream<Uint8Array> | null,
+  ): Promise<Image> {
+    this.requireWrite(p);
+    const projectId = this.actingProject(p, projectQuery);
+    if (body === null) throw badRequest("the request body must be the image's bytes");
+    if (name === "debian") throw conflict("the name debian is reserved for the image from yun image pull debian");
+    if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
+      throw conflict(`an image named ${name} already exists`);
+    const id = newId("img");
+    const path = join(this.dir, "images", `${id}.${format}`);
+    try {
+      let received = 0;
+      const limit = new Transform({
+        transform(chunk: Buffer, _enc, done) {
+          received += chunk.length;
+          if (received > MAX_UPLOAD_BYTES)
+            done(new ApiError(413, "too_large", `an uploaded image may be at most ${MAX_UPLOAD_BYTES / GiB} GiB`));
+          else done(null, chunk);
+        },
+      });
+      await pipeline(Readable.fromWeb(body), limit, createWriteStream(path, { flags: "wx" }));
+      const size = statSync(path).size;
+      if (size === 0) throw badRequest("the uploaded image is empty");
+      if (format === "qcow2") {
+        const info = diskInfo(path);
+        if (info.format !== "qcow2") throw badRequest("the uploaded image is not in qcow2 format (no qcow2 header)");
+        if (info.backingFile !== undefined)
+          throw badRequest("an uploaded qcow2 image must not have a backing file; flatten it first");
+      } else if (size % 512 !== 0) {
+        throw badRequest(`a raw image's size must be a multiple of 512 bytes, got ${size}`);
+      }
+      openDiskImage(path, { readOnly: true, format, lock: false }).close();
+      immediate(this.db, () => {
+        if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
+          throw conflict(`an image named ${name} already exists`);
+        this.db
+          .prepare("INSERT INTO images VALUES (?, ?, ?, ?, ?, 'upload', 'available', ?, NULL, NULL, NULL, ?)")
+          .run(id, name, projectId, format, size, path, this.iso());
+      });
+    } catch (e) {
+      rmSync(path, { force: true });
+      if (e instanceof ApiError) throw e;
+      throw badRequest(`the uploaded image is not a valid ${format} image: ${(e as Error).message}`);
+    }
+    return this.getImage(p, id, projectId);
+  }
+
+  deleteImage(p: Principal, id: string, projectQuery?: string): void {
+    this.requireWrite(p);
+    const r = this.imageRow(p, this.actingProject(p, projectQuery), id);
+    if (r.project_id === null) throw forbidden("public images cannot be deleted through the API");
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM instances WHERE image_id = ?").get(r.id))
+        throw conflict(`image ${r.name} is in use by instances (their disks are copy-on-write over it)`);
+      this.db.prepare("DELETE FROM images WHERE id = ?").run(r.id);
+    });
+    rmSync(r.path, { force: true });
+  }
+
+  // -------------------------------------------------------------------------------- networks
+
+  private networkView(r: { id: string; name: string; project_id: string; cidr: string; created_at: string }): Network {
+    return {
+      id: r.id,
+      name: r.name,
+      project: r.project_id,
+      cidr: r.cidr,
+      gateway: intToIp(parseCidr(r.cidr).base + 1),
+      createdAt: r.created_at,
+    };
+  }
+
+  private scoped<T extends { project_id: string }>(
+    p: Principal,
+    table: string,
+    what: string,
+    idOrName: string,
+    projectQuery?: string,
+  ): T {
+    // By id: visible if it is in the caller's project (admins: any). By name: within the acting project.
+    const byId = this.db.prepare(`SELECT * FROM ${table} WHERE id = ?`).get(idOrName) as T | undefined;
+    if (byId && (p.admin || byId.project_id === p.projectId)) return byId;
+    const project = this.actingProject(p, projectQuery);
+    const byName = this.db
+      .prepare(`SELECT * FROM ${table} WHERE name = ? AND project_id = ?`)
+      .get(idOrName, project) as T | undefined;
+    if (byName) return byName;
+    throw notFound(`no ${what} ${idOrName}`);
+  }
+
+  private listScoped<T>(p: Principal, table: string, projectQuery?: string): T[] {
+    const scope = this.listScope(p, projectQuery);
+    return (
+      scope === null
+        ? this.db.prepare(`SELECT * FROM ${table} ORDER BY created_at, name`).all()
+        : this.db.prepare(`SELECT * FROM ${table} WHERE project_id = ? ORDER BY created_at, name`).all(scope)
+    ) as T[];
+  }
+
+  listNetworks(p: Principal, projectQuery?: string): Network[] {
+    return this.listScoped<never>(p, "networks", projectQuery).map((r) => this.networkView(r));
+  }
+
+  getNetwork(p: Principal, id: string, projectQuery?: string): Network {
+    return this.networkView(this.scoped(p, "networks", "network", id, projectQuery));
+  }
+
+  createNetwork(p: Principal, req: { name: string; cidr: string }, projectQuery?: string): Network {
+    this.requireWrite(p);
+    const projectId = this.actingProject(p, projectQuery);
+    const c = parseCidr(req.cidr);
+    if (c.prefix < 16 || c.prefix > 29) throw badRequest(`cidr ${req.cidr}: the prefix must be between /16 and /29`);
+    const cidr = `${intToIp(c.base)}/${c.prefix}`;
+    const id = newId("net");
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM networks WHERE project_id = ? AND name = ?").get(projectId, req.name))
+        throw conflict(`a network named ${req.name} already exists`);
+      this.db.prepare("INSERT INTO networks VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, cidr, this.iso());
+    });
+    return this.getNetwork(p, id, projectId);
+  }
+
+  deleteNetwork(p: Principal, id: string, projectQuery?: string): void {
+    this.requireWrite(p);
+    const n = this.scoped<{ id: string; name: string; project_id: string }>(p, "networks", "network", id, projectQuery);
+    immediate(this.db, () => {
+      const used = this.db.prepare("SELECT name FROM instances WHERE network_id = ?").get(n.id) as
+        { name: string } | undefined;
+      if (used) throw conflict(`network ${n.name} is used by instance ${used.name}`);
+      this.db.prepare("DELETE FROM networks WHERE id = ?").run(n.id);
+    });
+    void this.netsvc.stop(n.id);
+  }
+
+  // -------------------------------------------------------------------------------- key pairs
+
+  private keyView(r: {
+    id: string;
+    name: string;
+    project_id: string;
+    public_key: string;
+    fingerprint: string;
+    created_at: string;
+  }): KeyPair {
+    return {
+      id: r.id,
+      name: r.name,
+      project: r.project_id,
+      publicKey: r.public_key,
+      fingerprint: r.fingerprint,
+      createdAt: r.created_at,
+    };
+  }
+
+  listKeyPairs(p: Principal, projectQuery?: string): KeyPair[] {
+    return this.listScoped<never>(p, "keypairs", projectQuery).map((r) => this.keyView(r));
+  }
+
+  createKeyPair(p: Principal, req: { name: string; publicKey: string }, projectQuery?: string): KeyPair {
+    this.requireWrite(p);
+    const projectId = this.actingProject(p, projectQuery);
+    const m = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521))\s+([A-Za-z0-9+/]+={0,2})(\s+.*)?$/.exec(
+      req.publicKey.trim(),
+    );
+    if (!m) throw badRequest("publicKey must be an OpenSSH public key line (ssh-ed25519 AAAA... comment)");
+    const blob = Buffer.from(m[2], "base64");
+    const fingerprint = "SHA256:" + createHash("sha256").update(blob).digest("base64").replace(/=+$/, "");
+    const id = newId("key");
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM keypairs WHERE project_id = ? AND name = ?").get(projectId, req.name))
+        throw conflict(`a key pair named ${req.name} already exists`);
+      this.db
+        .prepare("INSERT INTO keypairs VALUES (?, ?, ?, ?, ?, ?)")
+        .run(id, req.name, projectId, req.publicKey.trim(), fingerprint, this.iso());
+    });
+    return this.keyView(this.scoped(p, "keypairs", "key pair", id));
+  }
+
+  deleteKeyPair(p: Principal, id: string, projectQuery?: string): void {
+    this.requireWrite(p);
+    const k = this.scoped<{ id: string; project_id: string }>(p, "keypairs", "key pair", id, projectQuery);
+    this.db.prepare("DELETE FROM keypairs WHERE id = ?").run(k.id);
+  }
+
+  // ------------------------------------------------------------------------------- instances
+
+  private instanceView(r: InstanceRow): Instance {
+    const img = this.db.prepare("SELECT name FROM images WHERE id = ?").get(r.image_id) as { name: string } | undefined;
+    const flv = this.db.prepare("SELECT name FROM flavors WHERE id = ?").get(r.flavor_id) as
+      { name: string } | undefined;
+    const net = r.network_id
+      ? (this.db.prepare("SELECT name FROM networks WHERE id = ?").get(r.network_id) as { name: string } | undefined)
+      : undefined;
+    const key = r.keypair_id
+      ? (this.db.prepare("SELECT name FROM keypairs WHERE id = ?").get(r.keypair_id) as { name: string } | undefined)
+      : undefined;
+    const vols = this.db.prepare("SELECT id FROM volumes WHERE instance_id = ? ORDER BY attached_at, id").all(r.id) as {
+      id: string;
+    }[];
+    return {
+      id: r.id,
+      name: r.name,
+      project: r.project_id,
+      state: r.state,
+      image: img?.name ?? r.image_id,
+      imageId: r.image_id,
+      flavor: flv?.name ?? r.flavor_id,
+      flavorId: r.flavor_id,
+      vcpus: r.vcpus,
+      memoryMiB: r.memory_mib,
+      diskGiB: r.disk_gib,
+      network: net?.name ?? null,
+      networkId: r.network_id,
+      addresses: r.address ? [r.address] : [],
+      mac: r.mac,
+      keyPair: key?.name ?? null,
+      volumes: vols.map((v) => v.id),
+      error: r.error,
+      createdAt: r.created_at,
+      updatedAt: r.updated_at,
+    };
+  }
+
+  private instanceRow(p: Principal, idOrName: string, projectQuery?: string): InstanceRow {
+    return this.scoped<InstanceRow>(p, "instances", "instance", idOrName, projectQuery);
+  }
+
+  private rowById(id: string): InstanceRow | undefined {
+    return this.db.prepare("SELECT * FROM instances WHERE id = ?").get(id) as InstanceRow | undefined;
+  }
+
+  listInstances(p: Principal, projectQuery?: string): Instance[] {
+    return this.listScoped<InstanceRow>(p, "instances", projectQuery).map((r) => this.instanceView(r));
+  }
+
+  getInstance(p: Principal, id: string, projectQuery?: string): Instance {
+    return this.instanceView(this.instanceRow(p, id, projectQuery));
+  }
+
+  /** Serializes async work on one key (an instance id) in this process. */
+  private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.locks.set(key, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(key) === settled) this.locks.delete(key);
+    }
+  }
+
+  /**
+   * One state transition in one transaction: refuses (409) unless the instance is in one of `from`.
+   * `also` runs inside the same transaction (metering, pid).
+   */
+  private transition(
+    id: string,
+    from: InstanceState[],
+    to: InstanceState,
+    verb: string,
+    also?: (r: InstanceRow) => void,
+  ): InstanceRow {
+    return immediate(this.db, () => {
+      const r = this.rowById(id);
+      if (!r) throw notFound(`no instance ${id}`);
+      if (!from.includes(r.state)) throw conflict(`instance ${r.name} is ${r.state}; it cannot be ${verb}`);
+      this.db.prepare("UPDATE instances SET state = ?, updated_at = ? WHERE id = ?").run(to, this.iso(), id);
+      also?.(r);
+      return this.rowById(id)!;
+    });
+  }
+
+  async createInstance(p: Principal, req: CreateInstanceRequest, projectQuery?: string): Promise<Instance> {
+    this.requireWrite(p);
+    const projectId = this.actingProject(p, projectQuery);
+    const image = this.imageRow(p, projectId, req.image);
+    if (image.status !== "available") throw conflict(`image ${image.name} is not available`);
+    const flavor = this.flavorRow(req.flavor);
+    const network =
+      req.network === undefined
+        ? undefined
+        : this.scoped<{ id: string; project_id: string; cidr: string }>(
+            p,
+            "networks",
+            "network",
+            req.network,
+            projectId,
+          );
+    if (network && network.project_id !== projectId) throw notFound(`no network ${req.network}`);
+    const key =
+      req.keyPair === undefined
+        ? undefined
+        : this.scoped<{ id: string; project_id: string }>(p, "keypairs", "key pair", req.keyPair, projectId);
+    if (key && key.project_id !== projectId) throw notFound(`no key pair ${req.keyPair}`);
+    const vols = (req.volumes ?? []).map((v) => {
+      const r = this.scoped<VolumeRow>(p, "volumes", "volume", v, projectId);
+      if (r.project_id !== projectId) throw notFound(`no volume ${v}`);
+      return r;
+    });
+    if (vols.length + 1 > maxDisks(true)) throw badRequest(`an instance takes at most ${maxDisks(true) - 1} volumes`);
+    const id = newId("ins");
+    const dir = join(this.dir, "instances", id);
+    const start = req.start ?? true;
+    const now = this.now();
+    const row = immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM instances WHERE project_id = ? AND name = ?").get(projectId, req.name))
+        throw conflict(`an instance named ${req.name} already exists in this project`);
+      this.checkQuota(projectId, {
+        instances: 1,
+        vcpus: flavor.vcpus,
+        memoryMiB: flavor.memory_mib,
+        diskGiB: flavor.disk_gib,
+      });
+      for (const v of vols) {
+        const cur = this.db.prepare("SELECT instance_id FROM volumes WHERE id = ?").get(v.id) as
+          { instance_id: string | null } | undefined;
+        if (!cur) throw notFound(`no volume ${v.name}`);
+        if (cur.instance_id !== null) throw conflict(`volume ${v.name} is already attached to an instance`);
+      }
+      const address = network ? this.allocateAddress(network.id, network.cidr) : USERNET_ADDRESS;
+      this.db
+        .prepare(
+          `INSERT INTO instances (id, name, project_id, state, image_id, flavor_id, vcpus, memory_mib, disk_gib,
+           network_id, address, mac, keypair_id, user_data, error, pid, socket, dir, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)`,
+        )
+        .run(
+          id,
+          req.name,
+          projectId,
+          start ? "building" : "stopped",
+          image.id,
+          flavor.id,
+          flavor.vcpus,
+          flavor.memory_mib,
+          flavor.disk_gib,
+          network?.id ?? null,
+          address,
+          stableMac(id),
+          key?.id ?? null,
+          req.userData ?? null,
+          dir,
+          this.iso(),
+          this.iso(),
+        );
+      let order = now;
+      for (const v of vols)
+        this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(id, order++, v.id);
+      this.meter.open(projectId, id, req.name, "disk", flavor.disk_gib, now);
+      return this.rowById(id)!;
+    });
+    try {
+      mkdirSync(dir, { recursive: true });
+      const base = image.path;
+      const baseSize = statSync(base).size;
+      createQcow2(join(dir, "root.qcow2"), {
+        backing: { path: base, format: image.format },
+        size: Math.max(baseSize, flavor.disk_gib * GiB),
+      });
+      if (req.userData !== undefined || key) await this.writeSeed(row, key?.id ?? null);
+    } catch (e) {
+      this.setError(id, `its disk could not be created: ${(e as Error).message}`);
+      return this.getInstance(p, id, projectId);
+    }
+    if (start) await this.withLock(id, () => this.boot(id));
+    return this.getInstance(p, id, projectId);
+  }
+
+  /** The next free address of a network (gateway .1 is the network's own). Inside a transaction. */
+  private allocateAddress(networkId: string, cidr: string): string {
+    const c = parseCidr(cidr);
+    const used = new Set(
+      (
+        this.db.prepare("SELECT address FROM instances WHERE network_id = ?").all(networkId) as { address: string }[]
+      ).map((r) => r.address),
+    );
+    const size = 2 ** (32 - c.prefix);
+    for (let i = 2; i < size - 1; i++) {
+      const a = intToIp(c.base + i);
+      if (!used.has(a)) return a;
+    }
+    throw conflict(`network ${cidr} has no free address left`);
+  }
+
+  /**
+   * A NoCloud-style seed disk (ext4 labelled "cidata", the instance's last disk) holding
+   * meta-data, user-data and the key pair's public key as authorized_keys: the guest reads them
+   * with `mount LABEL=cidata /mnt` (or the last /dev/vdX).
+   */
+  private async writeSeed(r: InstanceRow, keyId: string | null): Promise<void> {
+    const seed = join(r.dir, "seed");
+    mkdirSync(seed, { recursive: true });
+    const key = keyId
+      ? (this.db.prepare("SELECT public_key FROM keypairs WHERE id = ?").get(keyId) as
+          { public_key: string } | undefined)
+      : undefined;
+    writeFileSync(join(seed, "meta-data"), `instance-id: ${r.id}\nlocal-hostname: ${r.name}\n`);
+    writeFileSync(join(seed, "user-data"), r.user_data ?? "");
+    if (key) writeFileSync(join(seed, "authorized_keys"), key.public_key + "\n");
+    await buildExt4({ source: seed, dest: join(r.dir, SEED_DISK), sizeBytes: 16 << 20, label: "cidata" });
+  }
+
+  private setError(id: string, message: string): void {
+    immediate(this.db, () => {
+      const r = this.rowById(id);
+      if (!r) return;
+      this.db
+        .prepare(
+          "UPDATE instances SET state = 'error', error = ?, pid = NULL, socket = NULL, updated_at = ? WHERE id = ?",
+        )
+        .run(message, this.iso(), id);
+      this.meter.close(id, ["cpu", "memory"]);
+    });
+    this.audit(SYSTEM, this.rowById(id)?.project_id ?? "", "instance.error", id, "error", message);
+  }
+
+  /** Launches the monitor of an instance in state building; leaves it running or error. Under the lock. */
+  private async boot(id: string): Promise<void> {
+    const r = this.rowById(id);
+    if (!r || r.state !== "building") return;
+    const image = this.db.prepare("SELECT * FROM images WHERE id = ?").get(r.image_id) as ImageRow | undefined;
+    const boot = image?.kernel ? image : this.bootImage();
+    if (!boot?.kernel || !boot.initrd || !boot.firmware) {
+      this.setError(id, "no kernel to boot it with: run yun image pull debian on the server");
+      return;
+    }
+    const disks = (
+      this.db.prepare("SELECT path FROM volumes WHERE instance_id = ? ORDER BY attached_at, id").all(id) as {
+        path: string;
+      }[]
+    ).map((v) => v.path);
+    if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
+    if (disks.length + 1 > maxDisks(true)) {
+      this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true) - 1} fit`);
+      return;
+    }
+    if (r.network_id) {
+      try {
+        await this.serveNetwork(r.network_id);
+      } catch (e) {
+        this.setError(id, `its network could not be joined: ${(e as Error).message}`);
+        return;
+      }
+    }
+    const spec: LaunchSpec = {
+      id,
+      vcpus: r.vcpus,
+      memoryMiB: r.memory_mib,
+      rootDisk: join(r.dir, "root.qcow2"),
+      disks,
+      net: r.network_id ? { kind: "switch", name: r.network_id } : { kind: "user" },
+      mac: r.mac,
+      kernel: boot.kernel,
+      initrd: boot.initrd,
+      firmware: boot.firmware,
+      dir: r.dir,
+    };
+    this.exitedDuringBoot.delete(id);
+    try {
+      await this.driver.launch(spec, (pid, socket) => {
+        this.db.prepare("UPDATE instances SET pid = ?, socket = ? WHERE id = ?").run(pid, socket, id);
+      });
+    } catch (e) {
+      this.setError(id, (e as Error).message);
+      return;
+    }
+    let stale = false;
+    immediate(this.db, () => {
+      const cur = this.rowById(id);
+      if (!cur || cur.state !== "building") {
+        stale = true;
+        return;
+      }
+      this.db
+        .prepare("UPDATE instances SET state = 'running', error = NULL, updated_at = ? WHERE id = ?")
+        .run(this.iso(), id);
+      this.openRunMeters(cur);
+    });
+    if (stale) await this.driver.stop(id, this.rowById(id)?.pid ?? null);
+    else if (this.exitedDuringBoot.delete(id)) this.markStopped(id, "its VM exited right after it started");
+  }
+
+  /** Starts (or refreshes) DHCP on a network: every instance's MAC gets its assigned address. */
+  private async serveNetwork(networkId: string): Promise<void> {
+    const n = this.db.prepare("SELECT cidr FROM networks WHERE id = ?").get(networkId) as { cidr: string } | undefined;
+    if (!n) return;
+    const leases = new Map<string, number>();
+    for (const r of this.db.prepare("SELECT mac, address FROM instances WHERE network_id = ?").all(networkId) as {
+      mac: string;
+      address: string;
+    }[]) {
+      leases.set(r.mac, parseCidr(`${r.address}/32`).base);
+    }
+    await this.netsvc.serve(networkId, parseCidr(n.cidr), leases);
+  }
+
+  private openRunMeters(r: InstanceRow, memory = true): void {
+    const at = this.now();
+    this.meter.open(r.project_id, r.id, r.name, "cpu", r.vcpus, at);
+    if (memory && !this.meter.isOpen(r.id, "memory"))
+      this.meter.open(r.project_id, r.id, r.name, "memory", r.memory_mib / 1024, at);
+  }
+
+  private bootImage(): ImageRow | undefined {
+    this.syncDebianImage();
+    return this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = 'debian'").get() as
+      ImageRow | undefined;
+  }
+
+  async instanceAction(
+    p: Principal,
+    idOrName: string,
+    action: InstanceAction,
+    flavorName: string | undefined,
+    projectQuery?: string,
+  ): Promise<Instance> {
+    this.requireWrite(p);
+    const id = this.instanceRow(p, idOrName, projectQuery).id;
+    await this.withLock(id, async () => {
+      switch (action) {
+        case "start":
+          this.transition(id, ["stopped", "error"], "building", "started", () =>
+            this.db.prepare("UPDATE instances SET error = NULL WHERE id = ?").run(id),
+          );
+          await this.boot(id);
+          break;
+        case "stop": {
+          const r = this.transition(id, ["running", "paused"], "stopping", "stopped");
+          await this.driver.stop(id, r.pid);
+          this.markStopped(id);
+          break;
+        }
+        case "pause": {
+          this.checkState(id, ["running"], "paused");
+          await this.monitor(id, "pause");
+          this.transition(id, ["running"], "paused", "paused", () => this.meter.close(id, ["cpu"]));
+          break;
+        }
+        case "resume": {
+          this.checkState(id, ["paused"], "resumed");
+          await this.monitor(id, "resume");
+          this.transition(id, ["paused"], "running", "resumed", (r) => this.openRunMeters(r, false));
+          break;
+        }
+        case "reboot":
+          this.checkState(id, ["running"], "rebooted");
+          await this.monitor(id, "reset");
+          break;
+        case "resize":
+          await this.resize(id, flavorName);
+          break;
+      }
+    });
+    return this.getInstance(p, id);
+  }
+
+  private checkState(id: string, from: InstanceState[], verb: string): InstanceRow {
+    const r = this.rowById(id);
+    if (!r) throw notFound(`no instance ${id}`);
+    if (!from.includes(r.state)) throw conflict(`instance ${r.name} is ${r.state}; it cannot be ${verb}`);
+    return r;
+  }
+
+  private async monitor<T = Record<string, unknown>>(
+    id: string,
+    op: string,
+    args?: Record<string, unknown>,
+  ): Promise<T> {
+    try {
+      return await this.driver.control<T>(id, op, args);
+    } catch (e) {
+      throw new ApiError(
+        409,
+        "conflict",
+        `the VM of instance ${this.rowById(id)?.name ?? id} refused ${op}: ${(e as Error).message}`,
+      );
+    }
+  }
+
+  private async resize(id: string, flavorName: string | undefined): Promise<void> {
+    if (flavorName === undefined) throw badRequest("flavor: resize needs the new flavor");
+    const f = this.flavorRow(flavorName);
+    const r = this.checkState(id, ["stopped"], "resized (stop it first)");
+    if (f.disk_gib < r.disk_gib)
+      throw conflict(
+        `flavor ${f.name} has a smaller disk (${f.disk_gib} GiB) than instance ${r.name} (${r.disk_gib} GiB); disks only grow`,
+      );
+    immediate(this.db, () => {
+      const cur = this.checkState(id, ["stopped"], "resized (stop it first)");
+      this.checkQuota(cur.project_id, {
+        vcpus: f.vcpus - cur.vcpus,
+        memoryMiB: f.memory_mib - cur.memory_mib,
+        diskGiB: f.disk_gib - cur.disk_gib,
+      });
+      this.db
+        .prepare(
+          "UPDATE instances SET flavor_id = ?, vcpus = ?, memory_mib = ?, disk_gib = ?, updated_at = ? WHERE id = ?",
+        )
+        .run(f.id, f.vcpus, f.memory_mib, f.disk_gib, this.iso(), id);
+      if (f.disk_gib !== cur.disk_gib) {
+        this.meter.close(id, ["disk"]);
+        this.meter.open(cur.project_id, id, cur.name, "disk", f.disk_gib);
+      }
+    });
+    const disk = join(r.dir, "root.qcow2");
+    if (statSync(disk).isFile() && f.disk_gib * GiB > diskInfo(disk).virtualSize) resizeDisk(disk, f.disk_gib * GiB);
+  }
+
+  /** running/paused/stopping/building → stopped, meters closed, pid cleared. */
+  private markStopped(id: string, why?: string): boolean {
+    let changed = false;
+    immediate(this.db, () => {
+      const r = this.rowById(id);
+      if (!r || !["running", "paused", "stopping", "building"].includes(r.state)) return;
+      this.db
+        .prepare(
+          "UPDATE instances SET state = 'stopped', pid = NULL, socket = NULL, error = ?, updated_at = ? WHERE id = ?",
+        )
+        .run(why ?? null, this.iso(), id);
+      this.meter.close(id, ["cpu", "memory"]);
+      changed = true;
+    });
+    return changed;
+  }
+
+  /** A monitor's watch connection ended: the VM exited (guest power-off, crash or kill). */
+  private async onVmExit(id: string): Promise<void> {
+    if (this.closed) return;
+    const r = this.rowById(id);
+    if (!r || r.state === "stopping" || r.state === "deleting") return;
+    if (r.state === "building") {
+      // Its boot() is still between launch and the running transition: it settles this.
+      this.exitedDuringBoot.add(id);
+      return;
+    }
+    if (this.markStopped(id)) this.audit(SYSTEM, r.project_id, "instance.exited", id, "ok", "the VM exited");
+  }
+
+  async deleteInstance(p: Principal, idOrName: string, projectQuery?: string): Promise<void> {
+    this.requireWrite(p);
+    const id = this.instanceRow(p, idOrName, projectQuery).id;
+    await this.withLock(id, async () => {
+      const r = this.transition(
+        id,
+        ["building", "running", "paused", "stopping", "stopped", "error", "deleting"],
+        "deleting",
+        "deleted",
+      );
+      if (r.pid !== null) await this.driver.stop(id, r.pid);
+      immediate(this.db, () => {
+        this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE instance_id = ?").run(id);
+        this.meter.close(id, ["cpu", "memory", "disk"]);
+        this.db.prepare("DELETE FROM instances WHERE id = ?").run(id);
+      });
+      rmSync(r.dir, { recursive: true, force: true });
+    });
+  }
+
+  async instanceMetrics(p: Principal, idOrName: string, projectQuery?: string): Promise<InstanceMetrics> {
+    const r = this.instanceRow(p, idOrName, projectQuery);
+    if (r.state !== "running" && r.state !== "paused")
+      throw conflict(`instance ${r.name} is ${r.state}; metrics come from a running VM`);
+    const m = await this.monitor<Omit<InstanceMetrics, "at" | "state">>(r.id, "metrics");
+    return {
+      at: this.iso(),
+      state: r.state,
+      instret: m.instret,
+      cpuSeconds: m.cpuSeconds,
+      idleSeconds: m.idleSeconds,
+      uptimeSeconds: m.uptimeSeconds,
+      blk: m.blk ?? [],
+      net: m.net ?? null,
+    };
+  }
+
+  /** Checks the caller may use the console of an instance; answers its id. */
+  consoleTarget(p: Principal, idOrName: string, projectQuery?: string): string {
+    const r = this.instanceRow(p, idOrName, projectQuery);
+    this.requireWrite(p);
+    if (r.state !== "running" && r.state !== "paused")
+      throw conflict(`instance ${r.name} is ${r.state}; its console is there while it runs`);
+    return r.id;
+  }
+
+  /** The last `bytes` of console output. */
+  async consoleLog(p: Principal, idOrName: string, bytes: number, projectQuery?: string): Promise<string> {
+    const r = this.instanceRow(p, idOrName, projectQuery);
+    if (r.state !== "running" && r.state !== "paused")
+      throw conflict(`instance ${r.name} is ${r.state}; its console is there while it runs`);
+    const { socket, rest } = await this.driver.console(r.id, true).catch((e: Error) => {
+      throw conflict(`the console of instance ${r.name} is not available: ${e.message}`);
+    });
+    const chunks: Buffer[] = [rest];
+    await new Promise<void>((resolve) => {
+      socket.on("data", (c: Buffer) => chunks.push(c));
+      socket.on("close", () => resolve());
+      socket.resume();
+      setTimeout(() => {
+        socket.destroy();
+        resolve();
+      }, 300);
+    });
+    const all = Buffer.concat(chunks);
+    return all.subarray(Math.max(0, all.length - bytes)).toString("utf8");
+  }
+
+  // --------------------------------------------------------------------------------- volumes
+
+  private volumeView(r: VolumeRow): Volume {
+    return {
+      id: r.id,
+      name: r.name,
+      project: r.project_id,
+      sizeGiB: r.size_gib,
+      state: r.instance_id ? "in-use" : "available",
+      instance: r.instance_id,
+      snapshot: r.snapshot_id,
+      createdAt: r.created_at,
+    };
+  }
+
+  listVolumes(p: Principal, projectQuery?: string): Volume[] {
+    return this.listScoped<VolumeRow>(p, "volumes", projectQuery).map((r) => this.volumeView(r));
+  }
+
+  getVolume(p: Principal, id: string, projectQuery?: string): Volume {
+    return this.volumeView(this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery));
+  }
+
+  createVolume(
+    p: Principal,
+    req: { name: string; sizeGiB?: number; snapshot?: string },
+    projectQuery?: string,
+  ): Volume {
+    this.requireWrite(p);
+    const projectId = this.actingProject(p, projectQuery);
+    const snap = req.snapshot
+      ? this.scoped<{ id: string; project_id: string; size_gib: number; path: string }>(
+          p,
+          "snapshots",
+          "snapshot",
+          req.snapshot,
+          projectId,
+        )
+      : undefined;
+    if (snap && snap.project_id !== projectId) throw notFound(`no snapshot ${req.snapshot}`);
+    const size = req.sizeGiB ?? snap?.size_gib;
+    if (size === undefined) throw badRequest("sizeGiB: a volume needs a size (or a snapshot to copy)");
+    if (snap && size < snap.size_gib) throw badRequest(`sizeGiB: at least the snapshot's ${snap.size_gib} GiB`);
+    const id = newId("vol");
+    const path = join(this.dir, "volumes", `${id}.qcow2`);
+    immediate(this.db, () => {
+      if (this.db.prepare("SELECT 1 FROM volumes WHERE project_id = ? AND name = ?").get(projectId, req.name))
+        throw conflict(`a volume named ${req.name} already exists`);
+      this.checkQuota(projectId, { diskGiB: size });
+      createQcow2(
+        path,
+        snap ? { backing: { path: snap.path, format: "qcow2" }, size: size * GiB } : { size: size * GiB },
+      );
+      this.db
+        .prepare("INSERT INTO volumes VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?)")
+        .run(id, req.name, projectId, size, snap?.id ?? null, path, this.iso());
+      this.meter.open(projectId, id, req.name, "disk", size);
+    });
+    return this.getVolume(p, id, projectId);
+  }
+
+  deleteVolume(p: Principal, id: string, projectQuery?: string): void {
+    this.requireWrite(p);
+    const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
+    immediate(this.db, () => {
+      const cur = this.db.prepare("SELECT instance_id FROM volumes WHERE id = ?").get(v.id) as {
+        instance_id: string | null;
+      };
+      if (cur.instance_id) throw conflict(`volume ${v.name} is attached to an instance; detach it first`);
+      this.db.prepare("DELETE FROM volumes WHERE id = ?").run(v.id);
+      this.meter.close(v.id, ["disk"]);
+    });
+    rmSync(v.path, { force: true });
+  }
+
+  attachVolume(p: Principal, id: string, instance: string, projectQuery?: string): Volume {
+    this.requireWrite(p);
+    const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
+    const i = this.instanceRow(p, instance, v.project_id);
+    if (i.project_id !== v.project_id) throw notFound(`no instance ${instance}`);
+    immediate(this.db, () => {
+      const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
+      if (cur.instance_id === i.id) return;
+      if (cur.instance_id) throw conflict(`volume ${v.name} is already attached to another instance`);
+      const inst = this.checkState(
+        i.id,
+        ["stopped", "error"],
+        "given a volume while it runs (stop it first; volumes attach at boot)",
+      );
+      const n = (this.db.prepare("SELECT count(*) AS n FROM volumes WHERE instance_id = ?").get(i.id) as { n: number })
+        .n;
+      if (n + 2 > maxDisks(true)) throw conflict(`instance ${inst.name} has the most volumes it can take (${n})`);
+      this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(i.id, this.now(), v.id);
+    });
+    return this.getVolume(p, v.id);
+  }
+
+  detachVolume(p: Principal, id: string, projectQuery?: string): Volume {
+    this.requireWrite(p);
+    const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
+    immediate(this.db, () => {
+      const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
+      if (!cur.instance_id) throw conflict(`volume ${v.name} is not attached`);
+      this.checkState(cur.instance_id, ["stopped", "error"], "lose a volume while it runs (stop it first)");
+      this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE id = ?").run(v.id);
+    });
+    return this.getVolume(p, v.id);
+  }
+
+  private snapshotView(r: {
+    id: string;
+    name: string;
+    project_id: string;
+    volume_id: string;
+    size_gib: number;
+    created_at: string;
+  }): Snapshot {
+    return {
+      id: r.id,
+      name: r.name,
+      project: r.project_id,
+      volume: r.volume_id,
+      sizeGiB: r.size_gib,
+      createdAt: r.created_at,
+    };
+  }
+
+  listSnapshots(p: Principal, projectQuery?: string): Snapshot[] {
+    return this.listScoped<never>(p, "snapshots", projectQuery).map((r) => this.snapshotView(r));
+  }
+
+  /**
+   * Copy-on-write snapshot: the volume's current file becomes the (read-only) snapshot, and the
+   * volume continues as a new qcow2 overlay on it. Refused while the volume's instance runs.
+   */
+  createSnapshot(p: Principal, volume: string, name: string, projectQuery?: string): Snapshot {
+    this.requireWrite(p);
+    const v = this.scoped<VolumeRow>(p, "volumes", "volume", volume, projectQuery);
+    const id = newId("snp");
+    const snapPath = join(this.dir, "snapshots", `${id}.qcow2`);
+    immediate(this.db, () => {
+      const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
+      if (cur.instance_id) {
+        const i = this.rowById(cur.instance_id);
+        if (i && !["stopped", "error"].includes(i.state))
+          throw conflict(`volume ${v.name} is in use by running instance ${i.name}; stop it to take a snapshot`);
+      }
+      if (this.db.prepare("SELECT 1 FROM snapshots WHERE project_id = ? AND name = ?").get(v.project_id, name))
+        throw conflict(`a snapshot named ${name} already exists`);
+      renameSync(cur.path, snapPath);
+      try {
+        createQcow2(cur.path, { backing: { path: snapPath, format: "qcow2" } });
+      } catch (e) {
+        renameSync(snapPath, cur.path);
+        throw e;
+      }
+      this.db
+        .prepare("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .run(id, name, v.project_id, v.id, cur.size_gib, snapPath, this.iso());
+    });
+    return this.snapshotView(this.scoped(p, "snapshots", "snapshot", id));
+  }
+
+  deleteSnapshot(p: Principal, id: string, projectQuery?: string): void {
+    this.requireWrite(p);
+    const s = this.scoped<{ id: string; name: string; project_id: string; path: string }>(
+      p,
+      "snapshots",
+      "snapshot",
+      id,
+      projectQuery,
+    );
+    // Refused while any disk's backing chain goes through it.
+    const disks = [
+      ...(this.db.prepare("SELECT name, path FROM volumes").all() as { name: string; path: string }[]).map((v) => ({
+        what: `volume ${v.name}`,
+        path: v.path,
+      })),
+      ...(
+        this.db.prepare("SELECT name, path FROM snapshots WHERE id != ?").all(s.id) as { name: string; path: string }[]
+      ).map((v) => ({ what: `snapshot ${v.name}`, path: v.path })),
+    ];
+    for (const d of disks) {
+      try {
+        if (diskInfo(d.path).backingChain.some((b) => b.path === s.path))
+          throw conflict(`snapshot ${s.name} is the base of ${d.what} (copy-on-write); delete that first`);
+      } catch (e) {
+        if (e instanceof ApiError) throw e;
+      }
+    }
+    this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(s.id);
+    rmSync(s.path, { force: true });
+  }
+
+  // ---------------------------------------------------------------------- usage and audit
+
+  usage(p: Principal, q: { from?: string; to?: string }, projectQuery?: string): Usage {
+    const projectId = this.actingProject(p, projectQuery);
+    const created = Date.parse(this.projectRow(projectId).created_at);
+    const from = q.from !== undefined ? Date.parse(q.from) : created;
+    const to = q.to !== undefined ? Date.parse(q.to) : this.now();
+    if (Number.isNaN(from)) throw badRequest(`from: "${q.from}" is not an ISO 8601 time`);
+    if (Number.isNaN(to)) throw badRequest(`to: "${q.to}" is not an ISO 8601 time`);
+    if (to < from) throw badRequest("to is before from");
+    return this.meter.usage(projectId, from, to);
+  }
+
+  /** The project a resource (by id) belongs to, or undefined. */
+  projectOf(resourceId: string): string | undefined {
+    const table: Record<string, string> = {
+      prj: "projects",
+      ins: "instances",
+      vol: "volumes",
+      net: "networks",
+      key: "keypairs",
+      snp: "snapshots",
+      img: "images",
+      usr: "users",
+    };
+    const t = table[resourceId.slice(0, 3)];
+    if (!t || resourceId[3] !== "-") return undefined;
+    const col = t === "projects" ? "id" : "project_id";
+    const r = this.db.prepare(`SELECT ${col} AS p FROM ${t} WHERE id = ?`).get(resourceId) as
+      { p: string | null } | undefined;
+    return r?.p ?? undefined;
+  }
+
+  audit(
+    user: string,
+    projectId: string,
+    action: string,
+    resource: string,
+    outcome: string,
+    message?: string | null,
+  ): void {
+    this.db
+      .prepare(
+        "INSERT INTO events (at, user_name, project_id, action, resource, outcome, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      )
+      .run(this.iso(), user, projectId, action, resource, outcome, message ?? null);
+  }
+
+  events(p: Principal, q: { limit?: number; after?: number }, projectQuery?: string): AuditEvent[] {
+    const scope = this.listScope(p, projectQuery);
+    const limit = q.limit ?? 100;
+    const after = q.after ?? 0;
+    const rows = (
+      scope === null
+        ? this.db.prepare("SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?").all(after, limit)
+        : this.db
+            .prepare("SELECT * FROM events WHERE project_id = ? AND id > ? ORDER BY id DESC LIMIT ?")
+            .all(scope, after, limit)
+    ) as {
+      id: number;
+      at: string;
+      user_name: string;
+      project_id: string;
+      action: string;
+      resource: string;
+      outcome: string;
+      message: string | null;
+    }[];
+    return rows.map((r) => ({
+      id: r.id,
+      at: r.at,
+      user: r.user_name,
+      project: r.project_id,
+      action: r.action,
+      resource: r.resource,
+      outcome: r.outcome,
+      message: r.message,
+    }));
+  }
+
+  // ------------------------------------------------------------------------- reconciliation
+
+  /**
+   * After a (re)start: every instance recorded with a VM is re-attached if its monitor answers,
+   * else marked stopped (its meters closed at their last tick) and its process killed; monitors
+   * of this YUN_HOME that belong to no instance are stopped. No VM is left orphaned.
+   */
+  async reconcile(): Promise<{ reattached: string[]; stopped: string[]; orphans: number[] }> {
+    const out = { reattached: [] as string[], stopped: [] as string[], orphans: [] as number[] };
+    const rows = this.db
+      .prepare(
+        "SELECT * FROM instances WHERE state IN ('building', 'running', 'paused', 'stopping', 'deleting') OR pid IS NOT NULL",
+      )
+      .all() as InstanceRow[];
+    const kept = new Set<number>();
+    for (const r of rows) {
+      let ok = false;
+      if (r.pid !== null && r.socket !== null && this.driver.isMonitorOf(r.pid, r.id)) {
+        // A monitor still starting up gets a few seconds to answer.
+        for (let i = 0; i < 50 && !ok; i++) {
+          ok = await this.driver.attach(r.id, r.socket, r.pid);
+          if (!ok) await new Promise((res) => setTimeout(res, 100));
+        }
+      }
+      if (ok && (r.state === "running" || r.state === "paused" || r.state === "building")) {
+        kept.add(r.pid!);
+        let state: string = r.state;
+        try {
+          state = (await this.driver.control<{ state: string }>(r.id, "describe")).state;
+        } catch {}
+        immediate(this.db, () => {
+          const next = state === "paused" ? "paused" : "running";
+          this.db.prepare("UPDATE instances SET state = ?, updated_at = ? WHERE id = ?").run(next, this.iso(), r.id);
+          if (!this.meter.isOpen(r.id, "memory"))
+            this.meter.open(r.project_id, r.id, r.name, "memory", r.memory_mib / 1024);
+          if (next === "running" && !this.meter.isOpen(r.id, "cpu"))
+            this.meter.open(r.project_id, r.id, r.name, "cpu", r.vcpus);
+          if (next === "paused") this.meter.closeAtLastTick(r.id, ["cpu"]);
+        });
+        out.reattached.push(r.id);
+        if (r.network_id) await this.serveNetwork(r.network_id).catch(() => undefined);
+        this.audit(SYSTEM, r.project_id, "instance.reattached", r.id, "ok", null);
+        continue;
+      }
+      // A monitor that does not answer (or an instance that should not run) is stopped, then killed.
+      if (r.pid !== null && this.driver.isMonitorOf(r.pid, r.id)) await this.driver.stop(r.id, r.pid);
+      if (r.state === "deleting") {
+        immediate(this.db, () => {
+          this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE instance_id = ?").run(r.id);
+          this.meter.closeAtLastTick(r.id, ["cpu", "memory", "disk"]);
+          this.db.prepare("DELETE FROM instances WHERE id = ?").run(r.id);
+        });
+        rmSync(r.dir, { recursive: true, force: true });
+        out.stopped.push(r.id);
+        continue;
+      }
+      immediate(this.db, () => {
+        this.meter.closeAtLastTick(r.id, ["cpu", "memory"]);
+        const cur = this.rowById(r.id)!;
+        const next = cur.state === "error" ? "error" : "stopped";
+        const why =
+          cur.state === "running" || cur.state === "paused" ? "its VM was gone when the server restarted" : cur.error;
+        this.db
+          .prepare("UPDATE instances SET state = ?, pid = NULL, socket = NULL, error = ?, updated_at = ? WHERE id = ?")
+          .run(next, next === "error" ? cur.error : why, this.iso(), r.id);
+      });
+      out.stopped.push(r.id);
+      this.audit(SYSTEM, r.project_id, "instance.stopped", r.id, "ok", "not running after a server restart");
+    }
+    this.sweepFiles();
+    // Monitors named like instances that no instance owns (any more).
+    for (const vm of this.driver.runningVms()) {
+      if (!/^ins-[a-z2-7]{10}$/.test(vm.name) || kept.has(vm.pid)) continue;
+      if (!this.driver.isMonitorOf(vm.pid, vm.name)) continue;
+      const owner = this.rowById(vm.name);
+      if (owner && owner.pid === vm.pid && out.reattached.includes(owner.id)) continue;
+      await this.driver.stop(vm.name, vm.pid);
+      if (alive(vm.pid)) this.driver.kill(vm.pid);
+      out.orphans.push(vm.pid);
+    }
+    this.meter.tick();
+    return out;
+  }
+
+  /**
+   * After a crash: an instance whose disk was never created is marked error; instance
+   * directories and volume files that no row owns (a delete interrupted half-way) are removed.
+   */
+  private sweepFiles(): void {
+    const rows = this.db.prepare("SELECT id, dir, state, project_id FROM instances").all() as InstanceRow[];
+    const dirs = new Set(rows.map((r) => r.id));
+    for (const r of rows) {
+      if (r.state !== "error" && !existsSync(join(r.dir, "root.qcow2"))) {
+        this.setError(r.id, "its disk was not created (the server stopped while creating it); delete it");
+      }
+    }
+    for (const d of readdirSync(join(this.dir, "instances"))) {
+      if (!dirs.has(d)) rmSync(join(this.dir, "instances", d), { recursive: true, force: true });
+    }
+    const vols = new Set(
+      (this.db.prepare("SELECT path FROM volumes UNION SELECT path FROM snapshots").all() as { path: string }[]).map(
+        (r) => r.path,
+      ),
+    );
+    // Snapshot files are left alone: one without a row may still be the base of a volume.
+    for (const f of readdirSync(join(this.dir, "volumes"))) {
+      const path = join(this.dir, "volumes", f);
+      if (!vols.has(path)) rmSync(path, { force: true });
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.ticker) clearInterval(this.ticker);
+    this.meter.tick();
+    this.netsvc.close();
+    this.driver.close();
+    this.db.close();
+  }
+}
+
+// --------------------------------------------------------------------------------- addresses
+
+export function parseCidr(cidr: string): { base: number; prefix: number } {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
+  if (!m) throw badRequest(`cidr "${cidr}" is not an IPv4 network like 10.1.0.0/24`);
+  const parts = m.slice(1, 5).map(Number);
+  if (parts.some((x) => x > 255)) throw badRequest(`cidr "${cidr}" has an octet above 255`);
+  const prefix = Number(m[5]);
+  if (prefix > 32) throw badRequest(`cidr "${cidr}": the prefix must be at most 32`);
+  const addr = ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  return { base: (addr & mask) >>> 0, prefix };
+}
+
+export function intToIp(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+}

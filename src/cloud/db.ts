@@ -1,0 +1,128 @@
+/**
+ * The cloud's state: one SQLite database (WAL) with numbered schema migrations recorded in
+ * schema_migrations. Every state change runs in a `BEGIN IMMEDIATE` transaction (immediate()), so
+ * checks and writes (quota, state machine) are atomic against other requests and other processes.
+ */
+import Database from "better-sqlite3";
+import { randomBytes } from "node:crypto";
+
+export type DB = Database.Database;
+
+/** Migrations in order; never edit one that has shipped, add the next. */
+const MIGRATIONS: string[] = [
+  // 1: the whole first schema.
+  `
+  CREATE TABLE projects (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    q_instances INTEGER NOT NULL, q_vcpus INTEGER NOT NULL, q_memory_mib INTEGER NOT NULL, q_disk_gib INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE users (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    role TEXT NOT NULL CHECK (role IN ('admin', 'member', 'reader')), created_at TEXT NOT NULL,
+    UNIQUE (project_id, name)
+  );
+  CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, created_at TEXT NOT NULL
+  );
+  CREATE TABLE flavors (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL,
+    disk_gib INTEGER NOT NULL, created_at TEXT NOT NULL
+  );
+  CREATE TABLE images (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT REFERENCES projects(id), format TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, path TEXT NOT NULL,
+    kernel TEXT, initrd TEXT, firmware TEXT, created_at TEXT NOT NULL
+  );
+  CREATE UNIQUE INDEX images_name ON images (ifnull(project_id, ''), name);
+  CREATE TABLE networks (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id), cidr TEXT NOT NULL,
+    created_at TEXT NOT NULL, UNIQUE (project_id, name)
+  );
+  CREATE TABLE keypairs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    public_key TEXT NOT NULL, fingerprint TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE (project_id, name)
+  );
+  CREATE TABLE instances (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    state TEXT NOT NULL, image_id TEXT NOT NULL, flavor_id TEXT NOT NULL,
+    vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, disk_gib INTEGER NOT NULL,
+    network_id TEXT REFERENCES networks(id), address TEXT, mac TEXT NOT NULL, keypair_id TEXT,
+    user_data TEXT, error TEXT, pid INTEGER, socket TEXT, dir TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, UNIQUE (project_id, name)
+  );
+  CREATE TABLE volumes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    size_gib INTEGER NOT NULL, instance_id TEXT REFERENCES instances(id), attached_at INTEGER,
+    snapshot_id TEXT, path TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE (project_id, name)
+  );
+  CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    volume_id TEXT NOT NULL, size_gib INTEGER NOT NULL, path TEXT NOT NULL, created_at TEXT NOT NULL,
+    UNIQUE (project_id, name)
+  );
+  CREATE TABLE usage_intervals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, project_id TEXT NOT NULL, resource_id TEXT NOT NULL,
+    resource_name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('cpu', 'memory', 'disk')),
+    amount REAL NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER, last_ms INTEGER NOT NULL
+  );
+  CREATE INDEX usage_open ON usage_intervals (resource_id) WHERE end_ms IS NULL;
+  CREATE INDEX usage_project ON usage_intervals (project_id, start_ms);
+  CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user_name TEXT NOT NULL, project_id TEXT NOT NULL,
+    action TEXT NOT NULL, resource TEXT NOT NULL, outcome TEXT NOT NULL, message TEXT
+  );
+  CREATE INDEX events_project ON events (project_id, id);
+  `,
+];
+
+/** The schema version this code expects. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Opens (creating if needed) the database at `path` and brings its schema up to date. */
+export function openDatabase(path: string): DB {
+  const db = new Database(path);
+  db.pragma("journal_mode = WAL");
+  db.pragma("synchronous = NORMAL");
+  db.pragma("foreign_keys = ON");
+  db.pragma("busy_timeout = 5000");
+  migrate(db);
+  return db;
+}
+
+export function migrate(db: DB): void {
+  db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)");
+  const row = db.prepare("SELECT max(version) AS v FROM schema_migrations").get() as { v: number | null };
+  const current = row.v ?? 0;
+  if (current > MIGRATIONS.length) {
+    throw new Error(
+      `the cloud database is at schema version ${current}, newer than this yun (${MIGRATIONS.length}); upgrade yun`,
+    );
+  }
+  for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v - 1]);
+      db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(v, new Date().toISOString());
+    }).immediate();
+  }
+}
+
+/** Runs fn in a BEGIN IMMEDIATE transaction (the write lock is taken before anything is read). */
+export function immediate<T>(db: DB, fn: () => T): T {
+  return db.transaction(fn).immediate();
+}
+
+const B32 = "abcdefghijklmnopqrstuvwxyz234567";
+
+/** `n` random base32 characters. */
+export function randomB32(n: number): string {
+  const bytes = randomBytes(n);
+  let s = "";
+  for (let i = 0; i < n; i++) s += B32[bytes[i] & 31];
+  return s;
+}
+
+/** A new id: prefix, '-', 10 random base32 characters (e.g. ins-k2j4m9q0ab). */
+export function newId(prefix: string): string {
+  return `${prefix}-${randomB32(10)}`;
+}

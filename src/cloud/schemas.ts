@@ -1,0 +1,254 @@
+/**
+ * The API's schemas (zod, with OpenAPI metadata): they validate every request and generate
+ * /api/openapi.json. Response schemas mirror types.ts.
+ */
+import { z } from "@hono/zod-openapi";
+
+const name = (what: string) =>
+  z
+    .string()
+    .regex(
+      /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
+      `${what} names use 1-63 letters, digits, '.', '-' or '_', starting with a letter or digit`,
+    )
+    .openapi({ example: "web1" });
+
+export const ErrorSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) }).openapi("Error");
+
+export const ProjectQuery = z.object({
+  project: z.string().min(1).max(80).optional().openapi({ description: "admins: the project to act in (id or name)" }),
+});
+export const IdParam = z.object({ id: z.string().min(1).max(80).openapi({ description: "an id or a name" }) });
+
+const Role = z.enum(["admin", "member", "reader"]);
+const Ref = z.object({ id: z.string(), name: z.string() });
+const QuotasShape = {
+  instances: z.number().int().min(0).max(10_000),
+  vcpus: z.number().int().min(0).max(100_000),
+  memoryMiB: z
+    .number()
+    .int()
+    .min(0)
+    .max(1 << 30),
+  diskGiB: z
+    .number()
+    .int()
+    .min(0)
+    .max(1 << 30),
+};
+export const Quotas = z.object(QuotasShape).openapi("Quotas");
+export const QuotasUpdate = z.object(QuotasShape).partial().strict();
+export const QuotaUsage = z.object({ ...QuotasShape, used: Quotas }).openapi("QuotaUsage");
+
+export const Whoami = z.object({ user: Ref, project: Ref, role: Role }).openapi("Whoami");
+export const Project = z
+  .object({ id: z.string(), name: z.string(), quotas: Quotas, createdAt: z.string() })
+  .openapi("Project");
+export const ProjectCreate = z.object({ name: name("project"), quotas: QuotasUpdate.optional() }).strict();
+
+export const User = z
+  .object({ id: z.string(), name: z.string(), project: z.string(), role: Role, createdAt: z.string() })
+  .openapi("User");
+export const UserCreate = z.object({ name: name("user"), role: Role, project: z.string().optional() }).strict();
+export const NewToken = z.object({ token: z.string(), user: z.string() }).openapi("NewToken");
+
+export const Flavor = z
+  .object({ id: z.string(), name: z.string(), vcpus: z.number(), memoryMiB: z.number(), diskGiB: z.number() })
+  .openapi("Flavor");
+export const FlavorCreate = z
+  .object({
+    name: name("flavor"),
+    vcpus: z.number().int().min(1).max(8),
+    memoryMiB: z.number().int().min(64).max(2048),
+    diskGiB: z.number().int().min(1).max(1024),
+  })
+  .strict();
+
+export const ImageFormat = z.enum(["qcow2", "raw"]);
+export const Image = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    format: ImageFormat,
+    sizeBytes: z.number(),
+    source: z.enum(["debian", "upload"]),
+    status: z.enum(["available", "error"]),
+    project: z.string().nullable(),
+    createdAt: z.string(),
+  })
+  .openapi("Image");
+export const ImageUploadQuery = ProjectQuery.extend({ name: name("image"), format: ImageFormat });
+
+export const InstanceState = z.enum(["building", "running", "paused", "stopping", "stopped", "deleting", "error"]);
+export const Instance = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    project: z.string(),
+    state: InstanceState,
+    image: z.string(),
+    imageId: z.string(),
+    flavor: z.string(),
+    flavorId: z.string(),
+    vcpus: z.number(),
+    memoryMiB: z.number(),
+    diskGiB: z.number(),
+    network: z.string().nullable(),
+    networkId: z.string().nullable(),
+    addresses: z.array(z.string()),
+    mac: z.string(),
+    keyPair: z.string().nullable(),
+    volumes: z.array(z.string()),
+    error: z.string().nullable(),
+    createdAt: z.string(),
+    updatedAt: z.string(),
+  })
+  .openapi("Instance");
+export const InstanceCreate = z
+  .object({
+    name: name("instance"),
+    image: z.string().min(1).max(80),
+    flavor: z.string().min(1).max(80),
+    network: z.string().min(1).max(80).optional(),
+    keyPair: z.string().min(1).max(80).optional(),
+    userData: z.string().max(65536).optional(),
+    volumes: z.array(z.string().min(1).max(80)).max(4).optional(),
+    start: z.boolean().optional().openapi({ description: "false: create it stopped (default true)" }),
+  })
+  .strict();
+export const InstanceActionBody = z
+  .object({
+    action: z.enum(["start", "stop", "reboot", "pause", "resume", "resize"]),
+    flavor: z.string().min(1).max(80).optional(),
+  })
+  .strict();
+export const InstanceMetrics = z
+  .object({
+    at: z.string(),
+    state: InstanceState,
+    instret: z.number(),
+    cpuSeconds: z.number(),
+    idleSeconds: z.number(),
+    uptimeSeconds: z.number(),
+    blk: z.array(z.object({ reads: z.number(), writes: z.number(), readBytes: z.number(), writeBytes: z.number() })),
+    net: z.object({ rxFrames: z.number(), txFrames: z.number(), rxBytes: z.number(), txBytes: z.number() }).nullable(),
+  })
+  .openapi("InstanceMetrics");
+export const ConsoleLogQuery = ProjectQuery.extend({
+  bytes: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(1 << 20)
+    .optional(),
+});
+
+export const Volume = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    project: z.string(),
+    sizeGiB: z.number(),
+    state: z.enum(["available", "in-use"]),
+    instance: z.string().nullable(),
+    snapshot: z.string().nullable(),
+    createdAt: z.string(),
+  })
+  .openapi("Volume");
+export const VolumeCreate = z
+  .object({
+    name: name("volume"),
+    sizeGiB: z.number().int().min(1).max(1024).optional(),
+    snapshot: z.string().min(1).max(80).optional(),
+  })
+  .strict();
+export const VolumeAttach = z.object({ instance: z.string().min(1).max(80) }).strict();
+export const Empty = z.object({}).strict();
+export const Snapshot = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    project: z.string(),
+    volume: z.string(),
+    sizeGiB: z.number(),
+    createdAt: z.string(),
+  })
+  .openapi("Snapshot");
+export const SnapshotCreate = z.object({ name: name("snapshot") }).strict();
+
+export const Network = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    project: z.string(),
+    cidr: z.string(),
+    gateway: z.string(),
+    createdAt: z.string(),
+  })
+  .openapi("Network");
+export const NetworkCreate = z
+  .object({
+    name: name("network"),
+    cidr: z
+      .string()
+      .regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, "cidr must look like 10.1.0.0/24")
+      .openapi({ example: "10.1.0.0/24" }),
+  })
+  .strict();
+
+export const KeyPair = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    project: z.string(),
+    publicKey: z.string(),
+    fingerprint: z.string(),
+    createdAt: z.string(),
+  })
+  .openapi("KeyPair");
+export const KeyPairCreate = z.object({ name: name("key pair"), publicKey: z.string().min(1).max(16384) }).strict();
+
+export const UsageQuery = ProjectQuery.extend({
+  from: z.string().optional(),
+  to: z.string().optional(),
+  format: z.enum(["json", "csv"]).optional(),
+});
+const UsageItem = z.object({
+  id: z.string(),
+  name: z.string(),
+  vcpuSeconds: z.number(),
+  memoryGiBHours: z.number(),
+  diskGiBHours: z.number(),
+});
+export const Usage = z
+  .object({
+    project: z.string(),
+    from: z.string(),
+    to: z.string(),
+    vcpuSeconds: z.number(),
+    memoryGiBHours: z.number(),
+    diskGiBHours: z.number(),
+    instances: z.array(UsageItem),
+  })
+  .openapi("Usage");
+
+export const EventsQuery = ProjectQuery.extend({
+  limit: z.coerce.number().int().min(1).max(1000).optional(),
+  after: z.coerce.number().int().min(0).optional(),
+});
+export const AuditEvent = z
+  .object({
+    id: z.number(),
+    at: z.string(),
+    user: z.string(),
+    project: z.string(),
+    action: z.string(),
+    resource: z.string(),
+    outcome: z.string(),
+    message: z.string().nullable(),
+  })
+  .openapi("Event");
+
+export function listOf<T extends z.ZodTypeAny>(item: T) {
+  return z.object({ items: z.array(item) });
+}

@@ -1,0 +1,207 @@
+/**
+ * The shapes the cloud API (docs/cloud-api.md) sends and receives, as plain types shared by the
+ * server (whose zod schemas are checked against them) and the SDK client (client.ts). No imports:
+ * the client runs in the browser too.
+ */
+
+export type Role = "admin" | "member" | "reader";
+
+export interface Ref {
+  id: string;
+  name: string;
+}
+
+export interface Whoami {
+  user: Ref;
+  project: Ref;
+  role: Role;
+}
+
+export interface Quotas {
+  instances: number;
+  vcpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+}
+
+/** The limits, and what the project uses now. */
+export interface QuotaUsage extends Quotas {
+  used: Quotas;
+}
+
+export interface Project {
+  id: string;
+  name: string;
+  quotas: Quotas;
+  createdAt: string;
+}
+
+export interface User {
+  id: string;
+  name: string;
+  project: string;
+  role: Role;
+  createdAt: string;
+}
+
+export interface NewToken {
+  /** The token, shown only this once (only its SHA-256 is stored). */
+  token: string;
+  user: string;
+}
+
+export interface Flavor {
+  id: string;
+  name: string;
+  vcpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+}
+
+export type ImageFormat = "qcow2" | "raw";
+
+export interface Image {
+  id: string;
+  name: string;
+  format: ImageFormat;
+  sizeBytes: number;
+  source: "debian" | "upload";
+  status: "available" | "error";
+  /** The owning project; null for public images (debian). */
+  project: string | null;
+  createdAt: string;
+}
+
+export type InstanceState = "building" | "running" | "paused" | "stopping" | "stopped" | "deleting" | "error";
+
+export interface Instance {
+  id: string;
+  name: string;
+  project: string;
+  state: InstanceState;
+  /** Image name and id. */
+  image: string;
+  imageId: string;
+  /** Flavor name and id, and what it gives. */
+  flavor: string;
+  flavorId: string;
+  vcpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+  /** Network name and id; null for user-mode networking (NAT, 10.0.2.15). */
+  network: string | null;
+  networkId: string | null;
+  addresses: string[];
+  mac: string;
+  keyPair: string | null;
+  /** Volume ids attached (/dev/vdb onwards, in order). */
+  volumes: string[];
+  /** Why the instance is in state error, else null. */
+  error: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type InstanceAction = "start" | "stop" | "reboot" | "pause" | "resume" | "resize";
+
+export interface InstanceMetrics {
+  at: string;
+  state: InstanceState;
+  instret: number;
+  cpuSeconds: number;
+  idleSeconds: number;
+  uptimeSeconds: number;
+  blk: { reads: number; writes: number; readBytes: number; writeBytes: number }[];
+  net: { rxFrames: number; txFrames: number; rxBytes: number; txBytes: number } | null;
+}
+
+export interface Volume {
+  id: string;
+  name: string;
+  project: string;
+  sizeGiB: number;
+  state: "available" | "in-use";
+  /** The instance it is attached to, or null. */
+  instance: string | null;
+  /** The snapshot it was created from, or null. */
+  snapshot: string | null;
+  createdAt: string;
+}
+
+export interface Snapshot {
+  id: string;
+  name: string;
+  project: string;
+  volume: string;
+  sizeGiB: number;
+  createdAt: string;
+}
+
+export interface Network {
+  id: string;
+  name: string;
+  project: string;
+  cidr: string;
+  gateway: string;
+  createdAt: string;
+}
+
+export interface KeyPair {
+  id: string;
+  name: string;
+  project: string;
+  publicKey: string;
+  fingerprint: string;
+  createdAt: string;
+}
+
+export interface InstanceUsage {
+  id: string;
+  name: string;
+  vcpuSeconds: number;
+  memoryGiBHours: number;
+  diskGiBHours: number;
+}
+
+export interface Usage {
+  project: string;
+  from: string;
+  to: string;
+  vcpuSeconds: number;
+  memoryGiBHours: number;
+  diskGiBHours: number;
+  instances: InstanceUsage[];
+}
+
+export interface AuditEvent {
+  id: number;
+  at: string;
+  user: string;
+  project: string;
+  action: string;
+  resource: string;
+  /** "ok", or the error code of the refusal ("forbidden", "quota_exceeded", ...). */
+  outcome: string;
+  message: string | null;
+}
+
+export interface List<T> {
+  items: T[];
+}
+
+export interface ApiErrorBody {
+  error: { code: string; message: string };
+}
+
+export interface CreateInstanceRequest {
+  name: string;
+  image: string;
+  flavor: string;
+  network?: string;
+  keyPair?: string;
+  userData?: string;
+  /** Volumes (ids or names) to attach at creation. */
+  volumes?: string[];
+  /** false: create the instance stopped, without booting it (default true). */
+  start?: boolean;
+}

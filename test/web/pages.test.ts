@@ -1,0 +1,171 @@
+// The dashboard's pages in headless Chromium against an API server in this process, without
+// booting anything (instances are created stopped): assets load, login and logout, refusals shown
+// as the server words them, the admin's project and user forms. Fast; dashboard.test.ts boots.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium, type BrowserContext, type Page } from "playwright-core";
+import { Cloud } from "../../src/cloud/cloud.js";
+import { MonitorDriver } from "../../src/cloud/compute.js";
+import { listen, type RunningServer } from "../../src/cloud/server.js";
+import { YunClient } from "../../src/cloud/client.js";
+import { ROOT } from "../e2e/harness.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+let home: string;
+let profile: string;
+let cloud: Cloud;
+let server: RunningServer;
+let base: string;
+let token: string;
+let api: YunClient;
+let context: BrowserContext;
+
+before(async () => {
+  assert.ok(existsSync(join(ROOT, "dist/src/web/static/index.html")), "the dashboard is not built: npm run build");
+  home = mkdtempSync(join(tmpdir(), "yun-pages-"));
+  const images = join(process.env.YUN_HOME ?? join(process.env.HOME ?? "/root", ".local/share/yun"), "images");
+  if (existsSync(images)) symlinkSync(images, join(home, "images"));
+  cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
+  token = cloud.bootstrap().adminToken!;
+  server = await listen(cloud, "127.0.0.1", 0);
+  base = `http://127.0.0.1:${server.port}`;
+  api = new YunClient({ server: base, token });
+  await api.createInstance({ name: "web0", image: "debian", flavor: "tiny", start: false });
+  profile = mkdtempSync(join(tmpdir(), "yun-chromium-"));
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1280, height: 800 },
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await context?.close().catch(() => {});
+  await server?.close();
+  cloud?.close();
+  rmSync(home, { recursive: true, force: true });
+  rmSync(profile, { recursive: true, force: true });
+});
+
+/** A new tab that fails the test on any script error or failed asset request. */
+async function tab(): Promise<Page> {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => assert.fail(`dashboard error: ${e.message}`));
+  page.on("response", (r) => {
+    const u = new URL(r.url());
+    if (!u.pathname.startsWith("/api/") && u.pathname !== "/favicon.ico" && r.status() >= 400) {
+      assert.fail(`${u.pathname} answered ${r.status()}`);
+    }
+  });
+  return page;
+}
+
+async function login(page: Page, t: string): Promise<void> {
+  await page.goto(base + "/");
+  await page.fill("#token", t);
+  await page.click("#login button[type=submit]");
+}
+
+test("the dashboard and its vendored libraries load; login, session and logout", async () => {
+  const page = await tab();
+  await page.goto(base + "/");
+  assert.equal(await page.title(), "Yun — log in");
+  await login(page, "yun_wrong");
+  await page.waitForSelector("[role=alert]");
+  assert.match((await page.textContent("[role=alert]"))!, /That token was not accepted/);
+
+  await login(page, token);
+  await page.waitForSelector('#instance-table tr[data-name="web0"]');
+  const row = page.locator('#instance-table tr[data-name="web0"]');
+  assert.equal(await row.locator("[data-state]").textContent(), "stopped");
+  // A stopped instance offers Start and Delete, not Stop or Pause.
+  assert.equal(await row.locator("[data-action=start]").count(), 1);
+  assert.equal(await row.locator("[data-action=delete]").count(), 1);
+  assert.equal(await row.locator("[data-action=stop]").count(), 0);
+  assert.equal(await row.locator("[data-action=pause]").count(), 0);
+
+  // The console of a stopped instance says so instead of failing silently.
+  await row.locator("[data-action=console]").click();
+  await page.waitForSelector("main .notice");
+  assert.match((await page.textContent("main .notice"))!, /web0 is stopped; start it/);
+  assert.equal(await page.locator(".xterm").count(), 1, "xterm.js loaded and opened");
+
+  // The token survives a reload (sessionStorage), not a logout.
+  await page.reload();
+  await page.waitForSelector("#whoami");
+  await page.click("#logout");
+  await page.waitForSelector("#login");
+  await page.reload();
+  await page.waitForSelector("#login");
+  assert.equal(await page.evaluate<string | null>(`sessionStorage.getItem("yun.token")`), null);
+  await page.close();
+});
+
+test("refusals from the API appear as the server words them", async () => {
+  const me = await api.whoami();
+  await api.setQuotas(me.project.id, { instances: 1 });
+  const page = await tab();
+  await login(page, token);
+  await page.waitForSelector("#create-form #new-flavor option[value=tiny]", { state: "attached" });
+  await page.fill("#new-name", "web9");
+  await page.selectOption("#new-flavor", "tiny");
+  await page.click("#create-instance");
+  await page.waitForSelector("#instances-status [role=alert]");
+  assert.match((await page.textContent("#instances-status"))!, /quota instances \(1\) exceeded/);
+  assert.equal(await page.locator('tr[data-name="web9"]').count(), 0);
+  await api.setQuotas(me.project.id, { instances: 10 });
+  await page.close();
+});
+
+test("usage shows three charts; admins create projects and users and issue tokens", async () => {
+  const page = await tab();
+  await login(page, token);
+  await page.waitForSelector("#whoami");
+  await page.click("[data-nav=usage]");
+  await page.waitForFunction(`document.querySelectorAll("#usage-charts .uplot canvas").length === 3`);
+  assert.match((await page.textContent("#usage-table"))!, /web0/);
+
+  await page.click("[data-nav=admin]");
+  await page.waitForSelector("#project-table");
+  await page.fill("#new-project-name", "team-c");
+  await page.click("#create-project button[type=submit]");
+  await page.waitForSelector('#project-table tr[data-name="team-c"]');
+  assert.match((await page.textContent("#admin-status"))!, /Project team-c created/);
+
+  await page.fill("#new-user-name", "carol");
+  await page.selectOption("#new-user-role", "member");
+  await page.selectOption("#new-user-project", "team-c");
+  await page.click("#create-user button[type=submit]");
+  const carol = page.locator('#user-table tr[data-name="carol"]');
+  await carol.waitFor();
+  assert.match((await carol.textContent())!, /team-c.*member/);
+  await carol.locator("[data-action=token]").click();
+  await page.waitForSelector("#new-token");
+  const t = (await page.textContent("#new-token"))!;
+  assert.match(t, /^yun_[a-z2-7]{40}$/);
+  const who = await new YunClient({ server: base, token: t }).whoami();
+  assert.equal(who.user.name, "carol");
+  assert.equal(who.project.name, "team-c");
+
+  // The admin picks team-c in the header: its (empty) instance list, not web0.
+  await page.click("[data-nav=instances]");
+  await page.selectOption("#project-picker", { label: "team-c" });
+  await page.waitForSelector("#instance-table tr.empty");
+  assert.equal(await page.locator('tr[data-name="web0"]').count(), 0);
+  await page.selectOption("#project-picker", { label: "All projects" });
+  await page.waitForSelector('#instance-table tr[data-name="web0"]');
+  await page.close();
+});
