@@ -62,7 +62,10 @@ export function formatImageTable(images: ImageInfo[]): string {
   const rows = [["NAME", "KERNEL", "CREATED", "SIZE"]];
   for (const i of images) rows.push([i.name, i.kernelVersion, formatCreated(i.created), formatSize(i.sizeBytes)]);
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join("  ")).join("\n") + "\n";
+  return (
+    rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join("  ")).join("\n") +
+    "\n"
+  );
 }
 
 async function pull(args: string[]): Promise<number> {
