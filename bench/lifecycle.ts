@@ -20,7 +20,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ImageInfo } from "../src/images/store.js";
 import { createQcow2 } from "../src/storage/image.js";
-import { VmClient } from "../src/vmm/client.js";
+import { MonitorConnection, openConsole } from "../src/vmm/client.js";
 
 const YUN = fileURLToPath(new URL("../../bin/yun.js", import.meta.url));
 const PROMPT = "~ # ";
@@ -136,15 +136,15 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
   start(process.execPath, [YUN, "run", "--headless", "--name", name, "--api-socket", join(dir, "a.sock")]);
   await socketReady(join(dir, "a.sock"), 60);
   let con = new Text();
-  let sock = await VmClient.console(join(dir, "a.sock"), true);
+  let sock = await openConsole(join(dir, "a.sock"), true);
   sock.on("data", (b: Buffer) => con.feed(b.toString("latin1")));
   sock.resume();
   await con.wait("the shell", new RegExp(PROMPT.replace(/[#]/g, "\\$&")), timeoutS);
   sock.write(WORKLOAD + "\n");
   await readCounter((s) => sock.write(s), con, 30);
   await new Promise((done) => setTimeout(done, 3000));
-  const api = new VmClient(join(dir, "a.sock"));
-  const snap = await api.call<{ ms: number; bytes: number }>("snapshot", { dir: join(dir, "yun-snap") });
+  const api = await MonitorConnection.connect(join(dir, "a.sock"));
+  const snap = await api.request<{ ms: number; bytes: number }>("snapshot", { dir: join(dir, "yun-snap") }, 120_000);
   r.snapshotMs = snap.ms;
   r.snapshotMiB = snap.bytes / 1048576;
 
@@ -161,8 +161,9 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
   ]);
   const m = await restored.out.wait("the restore", /in (\d+) ms/, 60);
   r.restoreMs = Number(m[1]);
-  const rc = new VmClient(join(dir, "r.sock"));
-  await rc.call("stop").catch(() => {});
+  await socketReady(join(dir, "r.sock"), 30);
+  const rc = await MonitorConnection.connect(join(dir, "r.sock"));
+  await rc.request("stop").catch(() => {});
   rc.close();
 
   const dest = start(process.execPath, [
@@ -175,13 +176,17 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
     join(dir, "d.sock"),
   ]);
   const port = Number((await dest.out.wait("the destination", /migration on 127\.0\.0\.1:(\d+)/, 30))[1]);
-  const mig = await api.call<{ totalMs: number; downtimeMs: number }>("migrate", { host: "127.0.0.1", port });
+  const mig = await api.request<{ totalMs: number; downtimeMs: number }>(
+    "migrate",
+    { host: "127.0.0.1", port },
+    600_000,
+  );
   api.close();
   r.migrateTotalMs = mig.totalMs;
   r.migrateDowntimeMs = mig.downtimeMs;
   sock.destroy();
   await socketReady(join(dir, "d.sock"), 30);
-  sock = await VmClient.console(join(dir, "d.sock"), false);
+  sock = await openConsole(join(dir, "d.sock"), false);
   con = new Text();
   sock.on("data", (b: Buffer) => con.feed(b.toString("latin1")));
   sock.resume();
@@ -190,8 +195,8 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
   const b = await readCounter((s) => sock.write(s), con, 30);
   sock.destroy();
   if (!(b > a)) throw new Error(`the counter stopped after migration (${a}, ${b})`);
-  const dc = new VmClient(join(dir, "d.sock"));
-  await dc.call("stop").catch(() => {});
+  const dc = await MonitorConnection.connect(join(dir, "d.sock"));
+  await dc.request("stop").catch(() => {});
   dc.close();
   return r;
 }

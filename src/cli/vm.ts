@@ -4,7 +4,7 @@
  */
 import { parseArgs } from "node:util";
 import { join, resolve } from "node:path";
-import { VmClient, VmApiError } from "../vmm/client.js";
+import { MonitorConnection, MonitorError, openConsole } from "../vmm/client.js";
 import { findVm, listVms, type VmEntry } from "../vmm/registry.js";
 import { yunHome } from "../images/paths.js";
 
@@ -39,7 +39,7 @@ function socketOf(name: string | undefined, socket: string | undefined): string 
   if (socket !== undefined) return resolve(socket);
   if (name === undefined) throw new UsageError("a VM NAME is required");
   const e = findVm(vmsDir(), name);
-  if (!e) throw new VmApiError(`no running VM named ${name} (see yun vm list)`);
+  if (!e) throw new MonitorError(`no running VM named ${name} (see yun vm list)`);
   return e.apiSocket;
 }
 
@@ -60,15 +60,13 @@ function table(rows: string[][]): string {
 async function list(json: boolean): Promise<number> {
   const entries: (VmEntry & { state?: string; memoryMiB?: number })[] = listVms(vmsDir());
   for (const e of entries) {
-    const c = new VmClient(e.apiSocket);
     try {
-      const d = await c.call<{ state: string; memoryMiB: number }>("describe");
+      const c = await MonitorConnection.connect(e.apiSocket);
+      const d = await c.request<{ state: string; memoryMiB: number }>("describe").finally(() => c.close());
       e.state = d.state;
       e.memoryMiB = d.memoryMiB;
     } catch {
       e.state = "unreachable";
-    } finally {
-      c.close();
     }
   }
   if (json) {
@@ -88,7 +86,7 @@ async function list(json: boolean): Promise<number> {
 }
 
 async function attach(socketPath: string): Promise<number> {
-  const s = await VmClient.console(socketPath, true);
+  const s = await openConsole(socketPath, true);
   const stdin = process.stdin;
   const tty = stdin.isTTY === true;
   if (tty) process.stderr.write("yun: attached; Ctrl-] detaches\r\n");
@@ -155,19 +153,23 @@ export async function vmCommand(args: string[]): Promise<number> {
     };
     if (command === "list") return await list(v.json === true);
     if (command === "console") return await attach(socketOf(name, v.socket));
-    const client = new VmClient(socketOf(name, v.socket));
+    const client = await MonitorConnection.connect(socketOf(name, v.socket));
     try {
       let result: unknown;
       if (Object.hasOwn(simple, command)) {
         if (extra !== undefined) throw new UsageError(`${command} takes one NAME`);
-        result = await client.call(simple[command]);
+        result = await client.request(simple[command]);
       } else if (command === "snapshot") {
         if (extra === undefined) throw new UsageError("snapshot needs NAME and DIR");
-        result = await client.call("snapshot", { dir: resolve(extra), incremental: v.incremental === true });
+        result = await client.request(
+          "snapshot",
+          { dir: resolve(extra), incremental: v.incremental === true },
+          600_000,
+        );
       } else if (command === "migrate") {
         const m = extra === undefined ? null : /^(?:(.+):)?(\d{1,5})$/.exec(extra);
         if (!m || Number(m[2]) > 65535) throw new UsageError("migrate needs NAME and [HOST:]PORT");
-        result = await client.call("migrate", { host: m[1] ?? "127.0.0.1", port: Number(m[2]) });
+        result = await client.request("migrate", { host: m[1] ?? "127.0.0.1", port: Number(m[2]) }, 3_600_000);
       } else {
         throw new UsageError(`unknown command "${command}"`);
       }
@@ -181,7 +183,7 @@ export async function vmCommand(args: string[]): Promise<number> {
       process.stderr.write(`yun vm: ${e.message} (see yun vm --help)\n`);
       return 2;
     }
-    if (e instanceof VmApiError) {
+    if (e instanceof MonitorError) {
       process.stderr.write(`yun vm: ${e.message}\n`);
       return 1;
     }

@@ -9,7 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync } 
 import type net from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { MonitorConnection, MonitorError, openStream } from "./vmctl.js";
+import { MonitorConnection, MonitorError, openStream } from "../vmm/client.js";
 
 export interface LaunchSpec {
   /** The instance id: also the VM's --name (unique among running VMs). */

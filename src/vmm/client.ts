@@ -1,112 +1,164 @@
-/** A client of a VM monitor's control socket (docs/vm-api.md), for `yun vm` and the cloud daemon. */
-import { connect, type Socket } from "node:net";
+/**
+ * A client of one VM monitor's control socket (docs/vm-api.md): newline-delimited JSON requests
+ * with ids, several in flight on one connection; and the raw streams (console, watch) that take a
+ * connection over. `yun vm` and the cloud daemon use it.
+ */
+import net from "node:net";
 
-export class VmApiError extends Error {}
+export class MonitorError extends Error {
+  override name = "MonitorError";
+}
 
-export class VmClient {
-  private socket: Socket | null = null;
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class MonitorConnection {
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private buffered = "";
+  private readonly pending = new Map<number, Pending>();
+  private buf = "";
+  private closed = false;
+  /** Called once when the connection ends (the monitor exited or closed it). */
+  onClose: (() => void) | null = null;
 
-  constructor(readonly socketPath: string) {}
+  private constructor(private readonly socket: net.Socket) {
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => this.onData(chunk));
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      this.closed = true;
+      for (const p of this.pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(new MonitorError("the VM monitor closed its control connection"));
+      }
+      this.pending.clear();
+      this.onClose?.();
+    });
+  }
 
-  private open(): Promise<Socket> {
-    if (this.socket) return Promise.resolve(this.socket);
+  /** Connects to the monitor listening on `path`; rejects when nobody answers there. */
+  static connect(path: string, timeoutMs = 2000): Promise<MonitorConnection> {
     return new Promise((resolve, reject) => {
-      const s = connect(this.socketPath);
-      s.once("connect", () => {
-        this.socket = s;
-        resolve(s);
+      const socket = net.connect(path);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new MonitorError(`the VM monitor at ${path} did not accept a connection`));
+      }, timeoutMs);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        socket.removeAllListeners("error");
+        resolve(new MonitorConnection(socket));
       });
-      s.once("error", (e: NodeJS.ErrnoException) => {
-        const why = e.code === "ENOENT" || e.code === "ECONNREFUSED" ? "the VM is not running" : e.message;
-        const err = new VmApiError(`cannot reach the VM's control socket ${this.socketPath}: ${why}`);
-        if (this.socket === null) reject(err);
-        this.failAll(err);
-      });
-      s.on("close", () => {
-        this.socket = null;
-        this.failAll(new VmApiError("the VM closed its control connection"));
-      });
-      s.on("data", (chunk: Buffer) => {
-        this.buffered += chunk.toString("utf8");
-        let nl: number;
-        while ((nl = this.buffered.indexOf("\n")) >= 0) {
-          const line = this.buffered.slice(0, nl);
-          this.buffered = this.buffered.slice(nl + 1);
-          let msg: { id?: number; ok?: boolean; result?: unknown; error?: string };
-          try {
-            msg = JSON.parse(line) as typeof msg;
-          } catch {
-            continue;
-          }
-          const p = typeof msg.id === "number" ? this.pending.get(msg.id) : undefined;
-          if (!p) continue;
-          this.pending.delete(msg.id!);
-          if (msg.ok) p.resolve(msg.result);
-          else p.reject(new VmApiError(msg.error ?? "the VM refused"));
-        }
+      socket.once("error", (e) => {
+        clearTimeout(timer);
+        reject(new MonitorError(`no VM monitor answers at ${path}: ${(e as NodeJS.ErrnoException).code ?? e.message}`));
       });
     });
   }
 
-  private failAll(e: Error): void {
-    for (const p of this.pending.values()) p.reject(e);
-    this.pending.clear();
+  get isClosed(): boolean {
+    return this.closed;
   }
 
-  /** Sends one request and waits for its answer. */
-  async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}): Promise<T> {
-    const s = await this.open();
+  private onData(chunk: string): void {
+    this.buf += chunk;
+    for (;;) {
+      const nl = this.buf.indexOf("\n");
+      if (nl < 0) break;
+      const line = this.buf.slice(0, nl);
+      this.buf = this.buf.slice(nl + 1);
+      let msg: { id?: unknown; ok?: boolean; result?: unknown; error?: string };
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (typeof msg.id !== "number") continue;
+      const p = this.pending.get(msg.id);
+      if (!p) continue;
+      this.pending.delete(msg.id);
+      clearTimeout(p.timer);
+      if (msg.ok) p.resolve(msg.result ?? {});
+      else p.reject(new MonitorError(msg.error ?? "the VM monitor refused the request"));
+    }
+  }
+
+  /** Sends one request and answers its result. */
+  request<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs = 15_000): Promise<T> {
+    if (this.closed) return Promise.reject(new MonitorError("the VM monitor's control connection is closed"));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: (v) => resolve(v as T), reject });
-      s.write(JSON.stringify({ ...args, id, op }) + "\n");
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new MonitorError(`the VM monitor did not answer "${op}" within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.socket.write(JSON.stringify({ id, op, ...args }) + "\n");
     });
   }
 
   close(): void {
-    this.socket?.end();
-    this.socket = null;
+    this.socket.destroy();
   }
+}
 
-  /**
-   * Opens a console connection (a separate one): resolves with the socket once attached, paused;
-   * bytes written to it are keys, bytes read from it are console output (history first with
-   * `replay`).
-   */
-  static console(socketPath: string, replay = true): Promise<Socket> {
-    return new Promise((resolve, reject) => {
-      const s = connect(socketPath);
-      let header = "";
-      const onData = (chunk: Buffer): void => {
-        header += chunk.toString("latin1");
-        const nl = header.indexOf("\n");
-        if (nl < 0) return;
-        s.off("data", onData);
-        let msg: { ok?: boolean; error?: string };
-        try {
-          msg = JSON.parse(header.slice(0, nl)) as typeof msg;
-        } catch {
-          msg = { ok: false, error: "bad answer" };
-        }
-        if (!msg.ok) {
-          s.destroy();
-          reject(new VmApiError(msg.error ?? "console refused"));
-          return;
-        }
-        // Paused until the caller reads (pipe() or resume()), so no output is lost in between.
-        s.pause();
-        const rest = Buffer.from(header.slice(nl + 1), "latin1");
-        if (rest.length) s.unshift(rest);
-        resolve(s);
-      };
-      s.on("data", onData);
-      s.once("connect", () => s.write(JSON.stringify({ id: 1, op: "console", replay }) + "\n"));
-      s.once("error", (e) =>
-        reject(new VmApiError(`cannot reach the VM's control socket ${socketPath}: ${e.message}`)),
-      );
-    });
-  }
+/**
+ * Opens a connection that, after the monitor's `ok` line for `op` (console, watch), carries a raw
+ * stream. Answers the socket positioned just after that line, plus any bytes that followed it.
+ */
+export function openStream(
+  path: string,
+  op: string,
+  args: Record<string, unknown> = {},
+  timeoutMs = 5000,
+): Promise<{ socket: net.Socket; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(path);
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => fail(new MonitorError(`the VM monitor did not answer "${op}"`)), timeoutMs);
+    const fail = (e: Error): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(e);
+    };
+    const onData = (chunk: Buffer): void => {
+      buf = Buffer.concat([buf, chunk]);
+      const nl = buf.indexOf(10);
+      if (nl < 0) return;
+      socket.off("data", onData);
+      socket.off("error", onError);
+      clearTimeout(timer);
+      let msg: { ok?: boolean; error?: string };
+      try {
+        msg = JSON.parse(buf.subarray(0, nl).toString("utf8"));
+      } catch {
+        fail(new MonitorError(`the VM monitor answered "${op}" with something that is not JSON`));
+        return;
+      }
+      if (!msg.ok) {
+        fail(new MonitorError(msg.error ?? `the VM monitor refused "${op}"`));
+        return;
+      }
+      socket.pause();
+      resolve({ socket, rest: buf.subarray(nl + 1) });
+    };
+    const onError = (e: Error): void =>
+      fail(new MonitorError(`no VM monitor answers at ${path}: ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+    socket.on("data", onData);
+    socket.on("error", onError);
+    socket.once("connect", () => socket.write(JSON.stringify({ id: 1, op, ...args }) + "\n"));
+  });
+}
+
+/**
+ * Attaches to the VM's console: resolves with the socket, paused (so nothing is lost before the
+ * caller reads: pipe() or resume()); reads are console output (the kept history first with
+ * `replay`), writes are keys.
+ */
+export async function openConsole(path: string, replay = true): Promise<net.Socket> {
+  const { socket, rest } = await openStream(path, "console", { replay });
+  if (rest.length > 0) socket.unshift(rest);
+  return socket;
 }

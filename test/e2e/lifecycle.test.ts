@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { Yun, YUN, ROOT, ConsoleSession, sleep, TEST_TIMEOUT } from "./harness.js";
-import { VmClient } from "../../src/vmm/client.js";
+import { openConsole } from "../../src/vmm/client.js";
 
 const tag = `lc${process.pid}`;
 const dir = mkdtempSync(join(tmpdir(), "yun-lifecycle-"));
@@ -42,7 +42,7 @@ async function headless(name: string, ...args: string[]): Promise<{ yun: Yun; so
 }
 
 async function attach(socket: string): Promise<ConsoleSession> {
-  return new ConsoleSession(await VmClient.console(socket, true));
+  return new ConsoleSession(await openConsole(socket, true));
 }
 
 const counter = async (c: ConsoleSession): Promise<number> => Number((await c.sh("cat /tmp/c")).trim());

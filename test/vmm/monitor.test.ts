@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { connect } from "node:net";
 import { VmMonitor, type MonitorOptions } from "../../src/vmm/monitor.js";
 import { ControlServer } from "../../src/vmm/control.js";
-import { VmClient, VmApiError } from "../../src/vmm/client.js";
+import { MonitorConnection, MonitorError } from "../../src/vmm/client.js";
 import { listenForMigration, receiveMigration, migrateTo, MigrationError } from "../../src/vmm/migrate.js";
 import { SnapshotError } from "../../src/vmm/snapshot.js";
 import type { VmSpec } from "../../src/vmm/spec.js";
@@ -198,17 +198,17 @@ test("the control API: socket and HTTP, errors that keep the connection", async 
   const sock = join(dir, "api.sock");
   await control.listenSocket(sock);
   const port = await control.listenHttp(0);
-  const c = new VmClient(sock);
-  assert.equal((await c.call<{ name: string; state: string }>("describe")).state, "running");
-  assert.equal((await c.call<{ state: string }>("pause")).state, "paused");
+  const c = await MonitorConnection.connect(sock);
+  assert.equal((await c.request<{ name: string; state: string }>("describe")).state, "running");
+  assert.equal((await c.request<{ state: string }>("pause")).state, "paused");
   await assert.rejects(
-    c.call("frobnicate"),
-    (e: Error) => e instanceof VmApiError && /unknown operation/.test(e.message),
+    c.request("frobnicate"),
+    (e: Error) => e instanceof MonitorError && /unknown operation/.test(e.message),
   );
-  await assert.rejects(c.call("snapshot", {}), /"dir" must be a non-empty string/);
-  await assert.rejects(c.call("migrate", { host: "127.0.0.1", port: 99999 }), /port number/);
-  assert.equal((await c.call<{ state: string }>("resume")).state, "running", "the connection survived the errors");
-  const metrics = await c.call<{ instret: number; exits: { mmio: number } }>("metrics");
+  await assert.rejects(c.request("snapshot", {}), /"dir" must be a non-empty string/);
+  await assert.rejects(c.request("migrate", { host: "127.0.0.1", port: 99999 }), /port number/);
+  assert.equal((await c.request<{ state: string }>("resume")).state, "running", "the connection survived the errors");
+  const metrics = await c.request<{ instret: number; exits: { mmio: number } }>("metrics");
   assert.ok(metrics.instret > 0);
 
   // A malformed line gets an error answer, and the next request is still served.
