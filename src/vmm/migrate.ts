@@ -372,53 +372,71 @@ export async function receiveMigration(
     if (f !== null && !existsSync(f)) await refuse(`${f} does not exist here`);
   }
   opts.onStage?.("connected", `from ${socket.remoteAddress}:${socket.remotePort}`);
+  // The machine is built now, over the RAM the pages arrive in; only its disks and network wait.
   const ramBuffer = new ArrayBuffer(spec.memoryMiB * 1024 * 1024);
   const ram = new Uint8Array(ramBuffer);
   const totalPages = ram.length / PAGE;
+  let incoming: ReturnType<typeof VmMonitor.prepareIncoming>;
+  try {
+    incoming = VmMonitor.prepareIncoming(spec, { ...opts }, ramBuffer);
+  } catch (e) {
+    return await refuse((e as Error).message);
+  }
   await sendJson(socket, T_ACCEPT, { ok: true });
 
   let state: MachineState | null = null;
   let ownedDir: string | null = null;
-  for (;;) {
-    const f = await reader.next();
-    if (f.type === T_PAGES) {
-      const count = f.payload.readUInt32LE(0);
-      if (f.payload.length !== 4 + count * 4 + count * PAGE)
-        throw new MigrationError("protocol error: bad PAGES frame");
-      const data = 4 + count * 4;
-      for (let i = 0; i < count; i++) {
-        const p = f.payload.readUInt32LE(4 + 4 * i);
-        if (p >= totalPages) throw new MigrationError(`protocol error: page ${p} beyond RAM`);
-        ram.set(f.payload.subarray(data + i * PAGE, data + (i + 1) * PAGE), p * PAGE);
+  try {
+    for (;;) {
+      const f = await reader.next();
+      if (f.type === T_PAGES) {
+        const count = f.payload.readUInt32LE(0);
+        if (f.payload.length !== 4 + count * 4 + count * PAGE)
+          throw new MigrationError("protocol error: bad PAGES frame");
+        const data = 4 + count * 4;
+        for (let i = 0; i < count; i++) {
+          const p = f.payload.readUInt32LE(4 + 4 * i);
+          if (p >= totalPages) throw new MigrationError(`protocol error: page ${p} beyond RAM`);
+          ram.set(f.payload.subarray(data + i * PAGE, data + (i + 1) * PAGE), p * PAGE);
+        }
+      } else if (f.type === T_SYNC) {
+        await sendJson(socket, T_SYNCED, {});
+      } else if (f.type === T_STATE) {
+        const msg = JSON.parse(f.payload.toString("utf8")) as { state: MachineState; ownedDir: string | null };
+        state = msg.state;
+        ownedDir = msg.ownedDir;
+        break;
+      } else {
+        throw new MigrationError(`protocol error: unexpected frame ${f.type}`);
       }
-    } else if (f.type === T_SYNC) {
-      await sendJson(socket, T_SYNCED, {});
-    } else if (f.type === T_STATE) {
-      const msg = JSON.parse(f.payload.toString("utf8")) as { state: MachineState; ownedDir: string | null };
-      state = msg.state;
-      ownedDir = msg.ownedDir;
-      break;
-    } else {
-      throw new MigrationError(`protocol error: unexpected frame ${f.type}`);
     }
+  } catch (e) {
+    incoming.abandon();
+    throw e;
   }
 
   // The throwaway disks become this process's: renamed into its own directory, paths rewritten.
   let mine: string | null = opts.ownedDir;
-  const originalDisks = spec.disks;
   try {
+    let final = spec;
     if (ownedDir !== null) {
-      mine = adoptOwnedDir(opts.runDir, ownedDir);
-      spec.disks = spec.disks.map((d) =>
-        d.path.startsWith(ownedDir + "/") ? { ...d, path: mine + d.path.slice(ownedDir.length) } : d,
-      );
+      const adopted = adoptOwnedDir(opts.runDir, ownedDir);
+      mine = adopted;
+      final = {
+        ...spec,
+        disks: spec.disks.map((d) =>
+          d.path.startsWith(ownedDir + "/") ? { ...d, path: adopted + d.path.slice(ownedDir.length) } : d,
+        ),
+      };
+      incoming.monitor.adoptOwnedDir(adopted);
     }
     opts.onStage?.("received", spec.name);
-    const { monitor, notes } = await VmMonitor.receive(spec, { ...opts, ownedDir: mine }, ramBuffer, state);
+    const notes = await incoming.complete(final, state);
     await sendJson(socket, T_DONE, { ok: true });
     socket.end();
-    return { monitor, notes, sourcePid: hello.sourcePid };
+    return { monitor: incoming.monitor, notes, sourcePid: hello.sourcePid };
   } catch (e) {
+    incoming.abandon();
     if (ownedDir !== null && mine !== null && mine !== opts.ownedDir) {
       try {
         renameSync(mine, ownedDir);
@@ -426,7 +444,6 @@ export async function receiveMigration(
         // left where it is; the source reports its disks missing
       }
     }
-    spec.disks = originalDisks;
     await sendJson(socket, T_DONE, { ok: false, error: (e as Error).message }).catch(() => {});
     socket.end();
     throw e;

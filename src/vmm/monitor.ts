@@ -8,7 +8,7 @@
 import { copyFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { PowerOff, VirtMachine, MachineState } from "./virt.js";
-import { buildMachine, type VmSpec } from "./spec.js";
+import { buildMachine, buildDeferred, type VmSpec } from "./spec.js";
 import {
   snapshotRam,
   loadSnapshot,
@@ -175,24 +175,34 @@ export class VmMonitor {
   }
 
   /**
-   * Takes over a machine that arrived by live migration: `ram` holds its memory, `state` the rest.
-   * The spec's disks must already be this process's to open.
+   * The destination of a live migration: the machine is built at once over `ram` (where the pages
+   * land as they arrive) with stand-ins for its disks and network; `complete` plugs in the real
+   * ones (at `final`'s paths) and loads the state, `abandon` closes everything.
    */
-  static async receive(
+  static prepareIncoming(
     spec: VmSpec,
     opts: MonitorOptions,
     ram: ArrayBuffer,
-    state: MachineState,
-  ): Promise<{ monitor: VmMonitor; notes: string[] }> {
+  ): {
+    monitor: VmMonitor;
+    complete: (final: VmSpec, state: MachineState) => Promise<string[]>;
+    abandon: () => void;
+  } {
     const m = new VmMonitor(spec, opts);
-    const notes = await m.build(ram);
-    try {
-      m.machine.restoreState(state);
-    } catch (e) {
-      m.machine.close();
-      throw e;
-    }
-    return { monitor: m, notes };
+    const { machine, plug } = buildDeferred(spec, {
+      ram,
+      netDir: opts.netDir,
+      output: (bytes) => m.output(bytes),
+      log: (line) => opts.log(line),
+    });
+    m.current = machine;
+    const complete = async (final: VmSpec, state: MachineState): Promise<string[]> => {
+      const notes = await plug(final);
+      m.spec = final;
+      machine.restoreState(state);
+      return notes;
+    };
+    return { monitor: m, complete, abandon: () => machine.close() };
   }
 
   private async build(ram?: ArrayBuffer): Promise<string[]> {
@@ -431,6 +441,11 @@ export class VmMonitor {
   /** The directory of throwaway disks this process owns (handed on by a migration). */
   get ownedDir(): string | null {
     return this.opts.ownedDir;
+  }
+
+  /** Takes on a directory of throwaway disks (it came with a migration). */
+  adoptOwnedDir(dir: string): void {
+    this.opts.ownedDir = dir;
   }
 
   /** Forgets the owned directory (it went to the migration's destination). */

@@ -10,6 +10,7 @@ import type { NetBackend } from "../devices/netdev.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { joinNetwork } from "../net/hub.js";
 import { UserNet, type HostForward } from "../net/usernet.js";
+import { DeferredDisk, DeferredNet } from "./deferred.js";
 
 export type NetChoice = { kind: "none" } | { kind: "user"; publish: HostForward[] } | { kind: "switch"; name: string };
 
@@ -137,6 +138,57 @@ export async function buildMachine(
     net.backend?.close();
     throw e;
   }
+}
+
+/**
+ * Builds the machine a spec describes over `ram` (RAM arriving by migration) with stand-ins for its
+ * disks and network, so that it is ready before the disks are free to open. `plug` then opens the
+ * real ones (at the paths of `final`, the same disks possibly moved) and connects them.
+ */
+export function buildDeferred(
+  spec: VmSpec,
+  opts: BuildOptions & { ram: ArrayBuffer },
+): { machine: VirtMachine; plug: (final: VmSpec) => Promise<string[]> } {
+  const kernel = readInput(spec.kernel, "kernel", true);
+  const initrd = spec.initrd ? readInput(spec.initrd, "initrd", true) : undefined;
+  const firmware = spec.firmware ? readInput(spec.firmware, "firmware", true) : null;
+  const disks = spec.disks.map((d) => {
+    const img = openDiskImage(d.path, { readOnly: true, lock: false, format: d.format });
+    const stand = new DeferredDisk(img.size, d.readOnly, img.serial);
+    img.close();
+    return stand;
+  });
+  const net = spec.net.kind === "none" ? null : new DeferredNet();
+  const machine = new VirtMachine({
+    kernel,
+    initrd,
+    firmware,
+    firmwareKind: firmware ? "dynamic" : "none",
+    append: spec.append,
+    memoryMiB: spec.memoryMiB,
+    engine: spec.engine,
+    output: opts.output,
+    log: opts.log,
+    disks,
+    net,
+    mac: spec.mac,
+    ram: opts.ram,
+  });
+  if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
+  const plug = async (final: VmSpec): Promise<string[]> => {
+    const opened: BlockBackend[] = [];
+    try {
+      for (const d of final.disks) opened.push(openDiskImage(d.path, { readOnly: d.readOnly, format: d.format }));
+      opened.forEach((b, i) => disks[i].plug(b));
+      const n = await openNet(final.net, opts.netDir);
+      if (net && n.backend) net.plug(n.backend);
+      return n.notes;
+    } catch (e) {
+      for (const b of opened) b.close();
+      throw e;
+    }
+  };
+  return { machine, plug };
 }
 
 /** Why `v` is not a VmSpec (from a snapshot file or a migration peer), or null. */
