@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "node:net";
-import { VmMonitor, type MonitorOptions } from "../../src/vmm/monitor.js";
+import { VmMonitor, ConsoleHistory, CONSOLE_HISTORY_BYTES, type MonitorOptions } from "../../src/vmm/monitor.js";
 import { ControlServer } from "../../src/vmm/control.js";
 import { MonitorConnection, MonitorError } from "../../src/vmm/client.js";
 import { listenForMigration, receiveMigration, migrateTo, MigrationError } from "../../src/vmm/migrate.js";
@@ -245,3 +245,19 @@ test("the control API: socket and HTTP, errors that keep the connection", async 
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
+
+test("the console history keeps the last 1 MiB in order, across wrap-around and oversized writes", () => {
+  const h = new ConsoleHistory();
+  assert.deepEqual(h.contents(), new Uint8Array(0));
+  h.append(Uint8Array.from([1, 2, 3]));
+  assert.deepEqual(h.contents(), Uint8Array.from([1, 2, 3]));
+  const chunk = new Uint8Array(700 * 1024).map((_, i) => i & 0xff);
+  h.append(chunk);
+  h.append(chunk); // 1.4 MiB + 3 bytes written: the oldest 0.4 MiB are gone
+  const kept = h.contents();
+  assert.equal(kept.length, CONSOLE_HISTORY_BYTES);
+  assert.deepEqual(kept.subarray(kept.length - chunk.length), chunk, "the newest bytes last");
+  const huge = new Uint8Array(CONSOLE_HISTORY_BYTES + 5).map((_, i) => (i * 7) & 0xff);
+  h.append(huge);
+  assert.deepEqual(h.contents(), huge.subarray(5));
+});
