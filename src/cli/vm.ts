@@ -20,6 +20,7 @@ Commands:
   stop NAME                          power off (disks are flushed)
   reset NAME                         hardware reset: the guest boots again
   snapshot NAME DIR [--incremental]  save the VM to DIR; it runs on (restore: yun run --restore DIR)
+  restore NAME DIR                   replace the running VM with the snapshot in DIR (same name, socket)
   migrate NAME [HOST:]PORT           live-migrate to a yun run --incoming PORT (default host 127.0.0.1)
   cancel NAME                        cancel the VM's migration: it runs on here
   console NAME                       attach to the console (recent output first); Ctrl-] detaches
@@ -166,6 +167,9 @@ export async function vmCommand(args: string[]): Promise<number> {
           { dir: resolve(extra), incremental: v.incremental === true },
           600_000,
         );
+      } else if (command === "restore") {
+        if (extra === undefined) throw new UsageError("restore needs NAME and DIR");
+        result = await client.request("restore", { dir: resolve(extra) }, 600_000);
       } else if (command === "migrate") {
         const m = extra === undefined ? null : /^(?:(.+):)?(\d{1,5})$/.exec(extra);
         if (!m || Number(m[2]) > 65535) throw new UsageError("migrate needs NAME and [HOST:]PORT");

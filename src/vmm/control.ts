@@ -45,6 +45,7 @@ export class ControlServer {
       reset: () => (m.reset(), { state: m.state }),
       metrics: () => m.metrics(),
       snapshot: (a) => m.snapshot(stringArg(a, "dir"), a.incremental === true),
+      restore: (a) => m.restoreInPlace(stringArg(a, "dir")),
       migrate: async (a) => {
         const host = stringArg(a, "host");
         const port = a.port;
@@ -210,6 +211,7 @@ export class ControlServer {
       "/vm/stop": ["POST", "stop"],
       "/vm/reset": ["POST", "reset"],
       "/vm/snapshot": ["POST", "snapshot"],
+      "/vm/restore": ["POST", "restore"],
       "/vm/migrate": ["POST", "migrate"],
       "/vm/cancel": ["POST", "cancel"],
     };

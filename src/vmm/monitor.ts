@@ -396,6 +396,76 @@ export class VmMonitor {
     }
   }
 
+  /**
+   * Replaces the running VM with the one in snapshot `dir` (this process keeps its name, control
+   * socket and CPU cap). The whole snapshot is checked first; if building its machine fails, the
+   * VM that ran before goes on as it was.
+   */
+  async restoreInPlace(dir: string): Promise<{ dir: string; ms: number }> {
+    this.requireLive("restored");
+    if (this.state === "migrating") throw new StateError("the VM is migrating");
+    const t0 = performance.now();
+    const loaded = loadSnapshot(dir);
+    const body = loaded.body;
+    const old = this.machine;
+    const oldSpec = this.spec;
+    const wasPaused = old.isPaused;
+    old.pause();
+    const saved = old.saveState();
+    // The old machine lets go of its disks first: the snapshot may name the same files.
+    old.close();
+    const spec: VmSpec = {
+      ...body.spec,
+      disks: body.spec.disks.map((d) => ({ ...d })),
+      name: oldSpec.name,
+      cpuCap: oldSpec.cpuCap,
+    };
+    const made: string[] = [];
+    try {
+      for (const [i, file] of body.diskCopies.entries()) {
+        if (file === null) continue;
+        this.opts.ownedDir ??= makeOwnedDir(this.opts.runDir);
+        const path = createOverlay(
+          this.opts.ownedDir,
+          `disk${i}-${body.id}-${Date.now()}.qcow2`,
+          join(loaded.dir, file),
+          "qcow2",
+        );
+        made.push(path);
+        spec.disks[i] = { path, format: "qcow2", readOnly: false };
+      }
+      this.spec = spec;
+      await this.build(snapshotRam(loaded));
+      this.machine.restoreState(body.state);
+    } catch (e) {
+      this.current?.close();
+      for (const p of made) rmSync(p, { force: true });
+      this.spec = oldSpec;
+      await this.build(old.bus.ramBuffer as ArrayBuffer);
+      this.machine.restoreState(saved);
+      if (wasPaused) this.machine.pause();
+      old.stop("poweroff", 0);
+      old.resume();
+      throw e instanceof SnapshotError ? e : new SnapshotError(`snapshot ${loaded.dir}: ${(e as Error).message}`);
+    }
+    // The replaced VM's throwaway disks are of no further use.
+    for (const d of oldSpec.disks) {
+      if (
+        this.opts.ownedDir !== null &&
+        d.path.startsWith(this.opts.ownedDir + "/") &&
+        !spec.disks.some((n) => n.path === d.path)
+      ) {
+        rmSync(d.path, { force: true });
+      }
+    }
+    this.lastSnapshot = null;
+    if (wasPaused) this.machine.pause();
+    this.setState(wasPaused ? "paused" : "running");
+    old.stop("poweroff", 0);
+    old.resume();
+    return { dir: loaded.dir, ms: Math.round(performance.now() - t0) };
+  }
+
   // ------------------------------------------------------------------ live migration (migrate.ts)
 
   /** Marks the VM as migrating (the source side) or back to running. */

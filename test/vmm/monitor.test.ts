@@ -261,3 +261,28 @@ test("the console history keeps the last 1 MiB in order, across wrap-around and 
   h.append(huge);
   assert.deepEqual(h.contents(), huge.subarray(5));
 });
+
+test("restore in place: the running VM becomes the snapshot's; a bad snapshot changes nothing", async () => {
+  const { monitor: m } = await VmMonitor.boot(spec("inplace"), opts());
+  const running = m.run();
+  await sleep(100);
+  m.pause();
+  const at = counter(m);
+  m.snapshot(join(dir, "inplace"), false);
+  m.resume();
+  await sleep(150);
+  const later = counter(m);
+  assert.ok(later > at);
+  await assert.rejects(m.restoreInPlace(join(dir, "no-such-snapshot")), /holds no snapshot/);
+  await sleep(50);
+  assert.ok(counter(m) > later, "still the same VM, running on");
+  const r = await m.restoreInPlace(join(dir, "inplace"));
+  assert.ok(r.ms >= 0);
+  const back = counter(m);
+  assert.ok(back >= at && back < later, `counter ${back}: back at the snapshot's ${at} (was ${later})`);
+  await sleep(50);
+  assert.ok(counter(m) > back, "and running from there");
+  assert.equal(m.state, "running");
+  m.stop();
+  await running;
+});
