@@ -5,7 +5,7 @@
  * stop, reset, metrics, snapshot, migrate. Everything runs on the event loop between slices of
  * guest code, so an operation always sees the machine between two instructions.
  */
-import { copyFileSync, rmSync } from "node:fs";
+import { closeSync, copyFileSync, fsyncSync, openSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { PowerOff, VirtMachine, MachineState } from "./virt.js";
 import { buildMachine, buildDeferred, type VmSpec } from "./spec.js";
@@ -21,6 +21,16 @@ import {
   type SnapshotBody,
 } from "./snapshot.js";
 import { createOverlay, makeOwnedDir } from "./overlay.js";
+
+/** fsync of a file, so that what snapshot.json promises is on disk before it is written. */
+function syncFile(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export type VmState = "running" | "paused" | "migrating" | "stopped";
 
@@ -374,6 +384,7 @@ export class VmMonitor {
         if (this.opts.ownedDir === null || !d.path.startsWith(this.opts.ownedDir + "/")) return null;
         const file = `disk${i}.qcow2`;
         copyFileSync(d.path, join(abs, file));
+        syncFile(join(abs, file));
         return file;
       });
       const body: SnapshotBody = {
