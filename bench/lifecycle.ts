@@ -4,7 +4,7 @@
  *
  * The guest runs a counter and rewrites 8 MiB of tmpfs in a loop (a steady stream of dirty pages).
  *   Yun   `yun run --headless` driven through its control API: `snapshot` (time and size),
- *         `yun run --restore` (the restore time it reports), `migrate` to a `yun run --incoming`
+ *         `yun run --restore` (from spawn until its control API reports the VM running), `migrate` to a `yun run --incoming`
  *         process on 127.0.0.1 (total time, downtime, rounds as the source reports them).
  *   QEMU  qemu-system-riscv64 -M virt driven through QMP: `migrate` to `exec:cat > FILE` (the
  *         snapshot), a second QEMU with `-incoming exec:cat FILE` (restore: spawn until QMP says
@@ -101,13 +101,9 @@ async function readCounter(write: (s: string) => void, out: Text, timeoutS: numb
     const n = Math.floor(Math.random() * 1e6);
     const from = out.text.length;
     write(`echo "C$((${n}))=$(cat /tmp/c 2>/dev/null)."\n`);
-    const m = await out.wait(
-      "the counter",
-      new RegExp(`C${n}=(\\d*)\\.`),
-      Math.max(1, (deadline - Date.now()) / 1000),
-      from,
-    );
-    if (m[1] !== "") return Number(m[1]);
+    // A line the console dropped (QEMU's UART under load) is typed again after 5 s.
+    const m = await out.wait("the counter", new RegExp(`C${n}=(\\d*)\\.`), 5, from).catch(() => null);
+    if (m && m[1] !== "") return Number(m[1]);
     if (Date.now() > deadline) throw new Error("the guest's counter never appeared");
     await new Promise((done) => setTimeout(done, 500));
   }
@@ -148,6 +144,9 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
   r.snapshotMs = snap.ms;
   r.snapshotMiB = snap.bytes / 1048576;
 
+  // Restore: from spawning the process until its control API reports the VM running (as QEMU's row:
+  // from spawn until QMP reports the incoming VM loaded).
+  const t0 = performance.now();
   const restored = start(process.execPath, [
     YUN,
     "run",
@@ -159,10 +158,12 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
     "--api-socket",
     join(dir, "r.sock"),
   ]);
-  const m = await restored.out.wait("the restore", /in (\d+) ms/, 60);
-  r.restoreMs = Number(m[1]);
-  await socketReady(join(dir, "r.sock"), 30);
+  await socketReady(join(dir, "r.sock"), 60);
   const rc = await MonitorConnection.connect(join(dir, "r.sock"));
+  const st = await rc.request<{ state: string }>("describe");
+  r.restoreMs = performance.now() - t0;
+  if (st.state !== "running") throw new Error(`the restored VM is ${st.state}`);
+  await restored.out.wait("the restore message", /in (\d+) ms/, 10);
   await rc.request("stop").catch(() => {});
   rc.close();
 
@@ -360,7 +361,7 @@ export function formatLifecycleTable(results: LifecycleResult[]): string {
   const rows: [string, keyof LifecycleResult][] = [
     ["snapshot of a busy 256 MiB guest (ms)", "snapshotMs"],
     ["snapshot size (MiB)", "snapshotMiB"],
-    ["restore in a new process (ms)", "restoreMs"],
+    ["restore: process spawned to VM running (ms)", "restoreMs"],
     ["live migration, total (ms)", "migrateTotalMs"],
     ["live migration, downtime (ms)", "migrateDowntimeMs"],
   ];

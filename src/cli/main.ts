@@ -3,7 +3,6 @@ import { runCommand } from "./run.js";
 import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
 import { vmCommand } from "./vm.js";
-import { serveCommand } from "./serve.js";
 import { CLOUD_HELP, CLOUD_NOUNS, cloudCommand, isCloudImageCommand } from "./cloud.js";
 
 const HELP = `Usage: yun <command> [options]
@@ -32,7 +31,8 @@ export async function main(args: string[]): Promise<number> {
     case "vm":
       return vmCommand(rest);
     case "serve":
-      return serveCommand(rest);
+      // Loaded only here: the API server's libraries would slow every other command's start.
+      return (await import("./serve.js")).serveCommand(rest);
     case undefined:
     case "help":
     case "--help":
