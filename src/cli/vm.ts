@@ -154,29 +154,31 @@ export async function vmCommand(args: string[]): Promise<number> {
     };
     if (command === "list") return await list(v.json === true);
     if (command === "console") return await attach(socketOf(name, v.socket));
+    // The request, checked before the VM is looked up.
+    let op: string;
+    let args: Record<string, unknown> = {};
+    let timeoutMs = 15_000;
+    if (Object.hasOwn(simple, command)) {
+      if (extra !== undefined) throw new UsageError(`${command} takes one NAME`);
+      op = simple[command];
+    } else if (command === "snapshot" || command === "restore") {
+      if (extra === undefined) throw new UsageError(`${command} needs NAME and DIR`);
+      op = command;
+      args =
+        command === "snapshot" ? { dir: resolve(extra), incremental: v.incremental === true } : { dir: resolve(extra) };
+      timeoutMs = 600_000;
+    } else if (command === "migrate") {
+      const m = extra === undefined ? null : /^(?:(.+):)?(\d{1,5})$/.exec(extra);
+      if (!m || Number(m[2]) > 65535) throw new UsageError("migrate needs NAME and [HOST:]PORT");
+      op = "migrate";
+      args = { host: m[1] ?? "127.0.0.1", port: Number(m[2]) };
+      timeoutMs = 3_600_000;
+    } else {
+      throw new UsageError(`unknown command "${command}"`);
+    }
     const client = await MonitorConnection.connect(socketOf(name, v.socket));
     try {
-      let result: unknown;
-      if (Object.hasOwn(simple, command)) {
-        if (extra !== undefined) throw new UsageError(`${command} takes one NAME`);
-        result = await client.request(simple[command]);
-      } else if (command === "snapshot") {
-        if (extra === undefined) throw new UsageError("snapshot needs NAME and DIR");
-        result = await client.request(
-          "snapshot",
-          { dir: resolve(extra), incremental: v.incremental === true },
-          600_000,
-        );
-      } else if (command === "restore") {
-        if (extra === undefined) throw new UsageError("restore needs NAME and DIR");
-        result = await client.request("restore", { dir: resolve(extra) }, 600_000);
-      } else if (command === "migrate") {
-        const m = extra === undefined ? null : /^(?:(.+):)?(\d{1,5})$/.exec(extra);
-        if (!m || Number(m[2]) > 65535) throw new UsageError("migrate needs NAME and [HOST:]PORT");
-        result = await client.request("migrate", { host: m[1] ?? "127.0.0.1", port: Number(m[2]) }, 3_600_000);
-      } else {
-        throw new UsageError(`unknown command "${command}"`);
-      }
+      const result = await client.request(op, args, timeoutMs);
       process.stdout.write(JSON.stringify(result, null, 2) + "\n");
       return 0;
     } finally {
