@@ -16,7 +16,19 @@
  * root.ext4 and manifest.json (with the SHA-256 of every file). The directory is replaced atomically,
  * so an interrupted pull never leaves a half-built image behind.
  */
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { debFileName, discoverDebianMirror, PrivateApt, requireHostTools, type AptPackage } from "./apt.js";
 import { debFields, extractDeb } from "./deb.js";
@@ -34,6 +46,7 @@ import {
   ROOT_DISK_LABEL,
   ROOTFS_EXCLUDE,
   ROOTFS_PACKAGES,
+  ROOTFS_REVISION,
   ROOTFS_SATISFIED,
 } from "./rootfs.js";
 import {
@@ -71,7 +84,12 @@ export interface PullOptions {
 export function dependsNames(depends: string): string[] {
   return depends
     .split(/[,|]/)
-    .map((d) => d.trim().replace(/\s*\(.*\)$/, "").replace(/:[a-z0-9-]+$/, ""))
+    .map((d) =>
+      d
+        .trim()
+        .replace(/\s*\(.*\)$/, "")
+        .replace(/:[a-z0-9-]+$/, ""),
+    )
     .filter((d) => d !== "");
 }
 
@@ -122,7 +140,8 @@ function cleanStaleWork(): void {
 function pruneDebCache(debDir: string, current: AptPackage[]): void {
   const keep = new Set(current.map((p) => p.debName));
   const ours = (file: string): boolean =>
-    /^linux-image-\d[^_]*_.*\.deb$/.test(file) || current.some((p) => file.startsWith(`${p.name}_`) && file.endsWith(".deb"));
+    /^linux-image-\d[^_]*_.*\.deb$/.test(file) ||
+    current.some((p) => file.startsWith(`${p.name}_`) && file.endsWith(".deb"));
   for (const f of readdirSync(debDir)) {
     if (!keep.has(f) && ours(f)) rmSync(join(debDir, f), { force: true });
   }
@@ -137,8 +156,11 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
   if (opts.force !== true) {
     const m = readManifest(dir);
     if (m !== undefined && m.name === DEBIAN_IMAGE && (await verifyImage(dir, m)).length === 0) {
-      log(`image ${DEBIAN_IMAGE} is up to date`);
-      return imageInfo(dir, m);
+      if ((m.rootfs.revision ?? 1) === ROOTFS_REVISION) {
+        log(`image ${DEBIAN_IMAGE} is up to date`);
+        return imageInfo(dir, m);
+      }
+      log(`image ${DEBIAN_IMAGE}: its root disk is of an older revision; rebuilding`);
     }
   }
 
@@ -166,7 +188,9 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     const meta = await apt.show(DEBIAN_KERNEL_PACKAGE);
     const versionedName = dependsNames(meta.depends).find((n) => /^linux-image-\d/.test(n));
     if (versionedName === undefined) {
-      throw new ImageError(`${DEBIAN_KERNEL_PACKAGE} ${meta.version} does not depend on a versioned linux-image package`);
+      throw new ImageError(
+        `${DEBIAN_KERNEL_PACKAGE} ${meta.version} does not depend on a versioned linux-image package`,
+      );
     }
     // The boot packages (unpacked together for the kernel, firmware and the initramfs's busybox).
     const boot: AptPackage[] = [meta, await apt.show(versionedName)];
@@ -180,7 +204,9 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     });
     for (const p of closure.packages) if (!pkgs.some((q) => q.name === p.name)) pkgs.push(aptPackage(p));
     const trust = apt.signed ? "" : " (no keyring: trusted=yes)";
-    progress.end(`${DEBIAN_SUITE}/${DEBIAN_ARCH} from ${mirror.uri}${trust}; root disk: ${closure.packages.length} packages`);
+    progress.end(
+      `${DEBIAN_SUITE}/${DEBIAN_ARCH} from ${mirror.uri}${trust}; root disk: ${closure.packages.length} packages`,
+    );
 
     // ---- download
     const debDir = debCacheDir();
@@ -192,7 +218,10 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     }
     const missing = pkgs.filter((p) => !cached.has(p.name));
     const total = missing.reduce((s, p) => s + p.size, 0);
-    progress.begin("download", missing.length === 0 ? "all packages cached" : `${missing.map((p) => p.name).join(", ")} (${formatSize(total)})`);
+    progress.begin(
+      "download",
+      missing.length === 0 ? "all packages cached" : `${missing.map((p) => p.name).join(", ")} (${formatSize(total)})`,
+    );
     if (missing.length > 0) {
       let current = "";
       const poll = setInterval(() => {
@@ -229,7 +258,9 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
       }
     }
     pruneDebCache(debDir, pkgs);
-    const list = pkgs.map((p) => `${p.name} ${p.version} (${formatSize(p.size)}${cached.has(p.name) ? ", cached" : ""})`);
+    const list = pkgs.map(
+      (p) => `${p.name} ${p.version} (${formatSize(p.size)}${cached.has(p.name) ? ", cached" : ""})`,
+    );
     progress.end(list.join(", "));
 
     // ---- unpack
@@ -340,6 +371,7 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
         busyboxApplets: rootfs.applets.length,
         files: rootfs.files,
         fileBytes: rootfs.fileBytes,
+        revision: ROOTFS_REVISION,
       },
       modules: resolution.order.map((m) => m.name),
       files,
@@ -356,7 +388,9 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     );
 
     const info = imageInfo(dir, manifest);
-    log(`done      image ${DEBIAN_IMAGE} (kernel ${kernelVersion}, ${formatSize(info.sizeBytes)}) in ${dir} (${formatDuration(Date.now() - started)})`);
+    log(
+      `done      image ${DEBIAN_IMAGE} (kernel ${kernelVersion}, ${formatSize(info.sizeBytes)}) in ${dir} (${formatDuration(Date.now() - started)})`,
+    );
     return info;
   } catch (e) {
     progress.abort();

@@ -107,6 +107,13 @@ export function rootfsInittab(): string {
 `;
 }
 
+/**
+ * Revision of what the root disk holds (boot scripts, files); an image whose root disk is of an
+ * older revision is rebuilt by the next `yun image pull` (and still boots meanwhile).
+ * 2: rcS reads a NoCloud seed (host name, SSH keys, user data).
+ */
+export const ROOTFS_REVISION = 2;
+
 /** /etc/init.d/rcS: run once by init at boot; prints the ready marker when the system is up. */
 export function rootfsRcS(): string {
   return `#!/bin/sh
@@ -142,6 +149,22 @@ ip link set lo up
 # DHCP in the background: boot never waits for a network.
 if [ -e /sys/class/net/eth0 ]; then
   udhcpc -i eth0 -q -n -t 3 -T 1 -s ${UDHCPC_SCRIPT} >/run/udhcpc.log 2>&1 &
+fi
+
+# A NoCloud seed (a disk labelled cidata, as yun serve attaches one): host name, SSH keys, and
+# user data that starts with "#!", run once in the background (output in /run/user-data.log).
+seed=$(findfs LABEL=cidata 2>/dev/null)
+if [ -n "$seed" ] && mkdir -p /run/cidata && mount -t ext4 -o ro "$seed" /run/cidata 2>/dev/null; then
+  name=$(sed -n 's/^local-hostname: *//p' /run/cidata/meta-data 2>/dev/null)
+  [ -n "$name" ] && hostname "$name"
+  if [ -s /run/cidata/authorized_keys ]; then
+    mkdir -p /root/.ssh && chmod 700 /root/.ssh
+    cp /run/cidata/authorized_keys /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys
+  fi
+  if [ "$(head -c 2 /run/cidata/user-data 2>/dev/null)" = "#!" ]; then
+    cp /run/cidata/user-data /run/user-data && chmod 700 /run/user-data
+    (/run/user-data >/run/user-data.log 2>&1; echo "user-data exited with status $?" >>/run/user-data.log) &
+  fi
 fi
 
 echo "${INIT_READY_MARKER}"

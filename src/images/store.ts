@@ -57,6 +57,8 @@ export interface RootfsManifest {
   /** Regular files and their total size. */
   files: number;
   fileBytes: number;
+  /** ROOTFS_REVISION it was built with (absent: 1). */
+  revision?: number;
 }
 
 /** manifest.json as written by the image builder. */

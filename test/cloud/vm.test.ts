@@ -120,6 +120,11 @@ test(
       await con.waitFor(/~ # /, 150_000);
       await con.run("echo $((6*7))", /\r\n42\r\n/);
       await con.run("mount -t ext4 -o ro /dev/vdb /mnt && sh /mnt/user-data", /\r\nuser-data-42\r\n/);
+      // The image's boot script found the seed: the user data ran once at boot, the host name is set.
+      await con.run(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do grep -q exited /run/user-data.log 2>/dev/null && break; sleep 1; done; cat /run/user-data.log; hostname",
+        /\r\nuser-data-42\r\nuser-data exited with status 0\r\nweb1\r\n/,
+      );
       await con.run("sleep 2; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'", /inet 10\.40\.0\.2\/24/);
       await con.run("ping -c 1 -W 3 10.40.0.1 | grep -o '1 packets received'", /\r\n1 packets received/);
       // The log endpoint replays recent output without attaching.

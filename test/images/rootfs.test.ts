@@ -199,6 +199,10 @@ test("boot scripts: init, mounts, DHCP in the background, the marker, shutdown",
     assert.match(rcS, re);
   }
   assert.ok(rcS.trimEnd().endsWith(`echo "${INIT_READY_MARKER}"`), "the marker is the last thing rcS does");
+  // A NoCloud seed: found by label, mounted read-only, its user data run once in the background.
+  assert.match(rcS, /seed=\$\(findfs LABEL=cidata 2>\/dev\/null\)/);
+  assert.match(rcS, /mount -t ext4 -o ro "\$seed" \/run\/cidata/);
+  assert.match(rcS, /\(\/run\/user-data >\/run\/user-data\.log 2>&1; .*\) &\n/);
 
   const inittab = rootfsInittab();
   assert.match(inittab, /^::sysinit:\/etc\/init\.d\/rcS$/m);
