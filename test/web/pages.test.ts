@@ -169,3 +169,52 @@ test("usage shows three charts; admins create projects and users and issue token
   await page.waitForSelector('#instance-table tr[data-name="web0"]');
   await page.close();
 });
+
+test("volumes and networks: create, attach to a stopped instance, detach, delete; readers only look", async () => {
+  const page = await tab();
+  await login(page, token);
+  await page.waitForSelector("#whoami");
+  await page.click("[data-nav=storage]");
+  await page.fill("#volume-form [name=name]", "data1");
+  await page.fill("#volume-form [name=sizeGiB]", "2");
+  await page.click("#volume-form button[type=submit]");
+  await page.waitForSelector("#volume-table td:text-is('data1')");
+  const vrow = page.locator("#volume-table tr", { hasText: "data1" });
+  assert.match((await vrow.textContent())!, /2 GiB.*available/);
+  // web0 is stopped, so it is offered; the API agrees the volume is attached.
+  await vrow.locator("button", { hasText: "Attach" }).click();
+  await page.waitForSelector("#volume-table tr:has-text('data1') >> text=in-use");
+  assert.equal((await api.getVolume("data1")).state, "in-use");
+  await page.locator("#volume-table tr", { hasText: "data1" }).locator("button", { hasText: "Detach" }).click();
+  await page.waitForSelector("#volume-table tr:has-text('data1') >> text=available");
+
+  await page.fill("#network-form [name=name]", "backend");
+  await page.fill("#network-form [name=cidr]", "10.77.0.0/24");
+  await page.click("#network-form button[type=submit]");
+  await page.waitForSelector("#network-table td:text-is('backend')");
+  assert.match((await page.locator("#network-table tr", { hasText: "backend" }).textContent())!, /10\.77\.0\.0\/24/);
+  // A bad CIDR: the server's words appear.
+  await page.fill("#network-form [name=name]", "bad");
+  await page.fill("#network-form [name=cidr]", "10.77.0.0/33");
+  await page.click("#network-form button[type=submit]");
+  await page.waitForSelector("#storage-status [role=alert]");
+
+  const del = page.locator("#volume-table tr", { hasText: "data1" }).locator("button", { hasText: "Delete" });
+  await del.click();
+  await del.click(); // the second click confirms
+  await page.waitForSelector("#volume-table td:text-is('data1')", { state: "detached" });
+  assert.equal((await api.listVolumes()).length, 0);
+
+  // A reader sees the lists without forms or buttons.
+  await api.createUser({ name: "viewer", role: "reader" });
+  const readerToken = (await api.createToken("viewer")).token;
+  const rpage = await tab();
+  await login(rpage, readerToken);
+  await rpage.waitForSelector("#whoami");
+  await rpage.click("[data-nav=storage]");
+  await rpage.waitForSelector("#network-table td:text-is('backend')");
+  assert.equal(await rpage.locator("#volume-form, #network-form").count(), 0);
+  assert.equal(await rpage.locator("#network-table button").count(), 0);
+  await rpage.close();
+  await page.close();
+});

@@ -73,6 +73,17 @@ export interface Network {
   id: string;
   name: string;
   cidr?: string;
+  gateway?: string;
+  createdAt?: string;
+}
+
+export interface Volume {
+  id: string;
+  name: string;
+  sizeGiB: number;
+  state: "available" | "in-use";
+  instance: string | null;
+  createdAt?: string;
 }
 
 export interface KeyPair {

@@ -22,6 +22,7 @@ import { consoleView } from "./console.js";
 import { usageView } from "./usage.js";
 import { adminView } from "./admin.js";
 import { eventsView } from "./events.js";
+import { storageView } from "./storage.js";
 
 const root = document.getElementById("app")!;
 let cleanup: (() => void) | void = undefined;
@@ -133,6 +134,7 @@ function header(s: Session, current: string): HTMLElement {
       "nav",
       null,
       link("instances", "Instances"),
+      link("storage", "Volumes & networks"),
       link("usage", "Usage"),
       link("events", "Activity"),
       s.isAdmin ? link("admin", "Projects & quotas") : null,
@@ -173,6 +175,7 @@ function render(): void {
     usage: usageView,
     admin: adminView,
     events: eventsView,
+    storage: storageView,
   };
   const v = views[view];
   if (v === undefined) {
