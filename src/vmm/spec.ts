@@ -97,6 +97,33 @@ export interface BuildOptions {
   ram?: ArrayBuffer;
 }
 
+/** The machine of a spec, from its boot files and its opened (or stand-in) disks and network. */
+function newMachine(
+  spec: VmSpec,
+  opts: BuildOptions,
+  boot: { kernel: Uint8Array; initrd: Uint8Array | undefined; firmware: Uint8Array | null },
+  disks: BlockBackend[],
+  net: NetBackend | null,
+): VirtMachine {
+  const machine = new VirtMachine({
+    kernel: boot.kernel,
+    initrd: boot.initrd,
+    firmware: boot.firmware,
+    firmwareKind: boot.firmware ? "dynamic" : "none",
+    append: spec.append,
+    memoryMiB: spec.memoryMiB,
+    engine: spec.engine,
+    output: opts.output,
+    log: opts.log,
+    disks,
+    net,
+    mac: spec.mac,
+    ram: opts.ram,
+  });
+  if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
+  return machine;
+}
+
 /**
  * Builds the machine a spec describes: reads kernel, initrd and firmware, opens every disk (whole
  * chains checked before anything is written) and the network. Throws SpecError, DiskImageError or
@@ -116,22 +143,7 @@ export async function buildMachine(
   try {
     for (const d of spec.disks) disks.push(openDiskImage(d.path, { readOnly: d.readOnly, format: d.format }));
     net = await openNet(spec.net, opts.netDir);
-    const machine = new VirtMachine({
-      kernel,
-      initrd,
-      firmware,
-      firmwareKind: firmware ? "dynamic" : "none",
-      append: spec.append,
-      memoryMiB: spec.memoryMiB,
-      engine: spec.engine,
-      output: opts.output,
-      log: opts.log,
-      disks,
-      net: net.backend,
-      mac: spec.mac,
-      ram: opts.ram,
-    });
-    if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
+    const machine = newMachine(spec, opts, { kernel, initrd, firmware }, disks, net.backend);
     return { machine, notes: net.notes };
   } catch (e) {
     for (const d of disks) d.close();
@@ -159,22 +171,7 @@ export function buildDeferred(
     return stand;
   });
   const net = spec.net.kind === "none" ? null : new DeferredNet();
-  const machine = new VirtMachine({
-    kernel,
-    initrd,
-    firmware,
-    firmwareKind: firmware ? "dynamic" : "none",
-    append: spec.append,
-    memoryMiB: spec.memoryMiB,
-    engine: spec.engine,
-    output: opts.output,
-    log: opts.log,
-    disks,
-    net,
-    mac: spec.mac,
-    ram: opts.ram,
-  });
-  if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
+  const machine = newMachine(spec, opts, { kernel, initrd, firmware }, disks, net);
   const plug = async (final: VmSpec): Promise<string[]> => {
     const opened: BlockBackend[] = [];
     try {

@@ -9,11 +9,11 @@ import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, symlinkSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type BrowserContext, type Page } from "playwright-core";
+import type { BrowserContext, Page } from "playwright-core";
+import { CHROMIUM, launchBrowser } from "./browser.js";
 import { ROOT, YUN } from "../e2e/harness.js";
 import { YunClient } from "../../src/cloud/client.js";
 
-const CHROMIUM = "/usr/bin/chromium";
 const BOOT_MS = 180_000;
 const PROMPT = /# $/;
 
@@ -111,22 +111,7 @@ before(async () => {
   adminToken = readFileSync(join(home, "cloud", "admin.token"), "utf8").trim();
   admin = new YunClient({ server: base, token: adminToken });
 
-  profile = mkdtempSync(join(tmpdir(), "yun-chromium-")); // a new, empty user-data-dir
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 800 },
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  ({ context, profile } = await launchBrowser());
 
   // The instance every test uses, created the way a user would.
   const r = await yun(["instance", "create", "--image", "debian", "--flavor", "small", "--name", "web1"]);

@@ -6,14 +6,14 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type BrowserContext, type Page } from "playwright-core";
+import type { BrowserContext, Page } from "playwright-core";
+import { launchBrowser } from "./browser.js";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { MonitorDriver } from "../../src/cloud/compute.js";
 import { listen, type RunningServer } from "../../src/cloud/server.js";
 import { YunClient } from "../../src/cloud/client.js";
 import { ROOT } from "../e2e/harness.js";
 
-const CHROMIUM = "/usr/bin/chromium";
 let home: string;
 let profile: string;
 let cloud: Cloud;
@@ -34,22 +34,7 @@ before(async () => {
   base = `http://127.0.0.1:${server.port}`;
   api = new YunClient({ server: base, token });
   await api.createInstance({ name: "web0", image: "debian", flavor: "tiny", start: false });
-  profile = mkdtempSync(join(tmpdir(), "yun-chromium-"));
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 800 },
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  ({ context, profile } = await launchBrowser());
 });
 
 after(async () => {
