@@ -18,6 +18,7 @@
 import { parseArgs } from "node:util";
 import { existsSync, statSync, rmSync, realpathSync } from "node:fs";
 import { join, resolve as resolvePath } from "node:path";
+import { randomBytes } from "node:crypto";
 import { maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { validateNetworkName } from "../net/hub.js";
@@ -542,9 +543,12 @@ export async function runCommand(args: string[]): Promise<number> {
     const apiSocket = flags.apiSocket ?? defaultSocketPath(vmsDir, name);
     checkSocketPath(apiSocket);
     await control.listenSocket(apiSocket);
-    const apiPort = flags.apiPort !== undefined ? await control.listenHttp(flags.apiPort) : undefined;
-    register(vmsDir, { name, pid: process.pid, apiSocket, apiPort, startedAt: new Date().toISOString() });
-    if (apiPort !== undefined) say(`control API on http://127.0.0.1:${apiPort}/vm`);
+    const apiToken = flags.apiPort !== undefined ? randomBytes(24).toString("base64url") : undefined;
+    const apiPort = apiToken !== undefined ? await control.listenHttp(flags.apiPort!, apiToken) : undefined;
+    register(vmsDir, { name, pid: process.pid, apiSocket, apiPort, apiToken, startedAt: new Date().toISOString() });
+    if (apiPort !== undefined) {
+      say(`control API on http://127.0.0.1:${apiPort}/vm (its bearer token is in ${join(vmsDir, name, "vm.json")})`);
+    }
   } catch (e) {
     failure = fail(e);
     monitor.stop();

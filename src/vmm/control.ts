@@ -6,6 +6,7 @@
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { chmodSync, existsSync, rmSync } from "node:fs";
+import { timingSafeEqual } from "node:crypto";
 import { VmMonitor, StateError } from "./monitor.js";
 import { SnapshotError } from "./snapshot.js";
 import { migrateTo, MigrationError } from "./migrate.js";
@@ -27,6 +28,8 @@ export class ControlServer {
   private httpServer: ReturnType<typeof createHttpServer> | null = null;
   private readonly sockets = new Set<Socket>();
   private socketPath: string | null = null;
+  /** The bearer token HTTP requests must present. */
+  private httpToken = "";
   /** Requests being answered. */
   private inFlight = 0;
   /** The running migration's cancel switch: one migration at a time. */
@@ -103,8 +106,12 @@ export class ControlServer {
     this.socketPath = path;
   }
 
-  /** Serves HTTP on 127.0.0.1:port (0: any free port); returns the port. */
-  async listenHttp(port: number): Promise<number> {
+  /**
+   * Serves HTTP on 127.0.0.1:port (0: any free port); returns the port. Every request must carry
+   * `Authorization: Bearer <token>`: loopback is open to every local user, the Unix socket is not.
+   */
+  async listenHttp(port: number, token: string): Promise<number> {
+    this.httpToken = token;
     const server = createHttpServer((req, res) => void this.serveHttp(req, res));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -202,6 +209,12 @@ export class ControlServer {
       res.writeHead(status, { "content-type": "application/json" });
       res.end(JSON.stringify(body) + "\n");
     };
+    const auth = req.headers.authorization ?? "";
+    const given = Buffer.from(auth.startsWith("Bearer ") ? auth.slice(7) : "");
+    const wanted = Buffer.from(this.httpToken);
+    if (wanted.length === 0 || given.length !== wanted.length || !timingSafeEqual(given, wanted)) {
+      return send(401, { error: "this API needs Authorization: Bearer <token> (the apiToken in the VM's vm.json)" });
+    }
     const url = new URL(req.url ?? "/", "http://localhost");
     const routes: Record<string, [string, string]> = {
       "/vm": ["GET", "describe"],

@@ -3,7 +3,7 @@
  * control socket beside it by default) and removes the entry when it exits. An entry whose
  * process is gone is stale and is removed by whoever finds it.
  */
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from "node:fs";
 import { join } from "node:path";
 
 export interface VmEntry {
@@ -11,6 +11,8 @@ export interface VmEntry {
   pid: number;
   apiSocket: string;
   apiPort?: number;
+  /** The bearer token of the HTTP API (with apiPort). */
+  apiToken?: string;
   startedAt: string;
 }
 
@@ -59,7 +61,9 @@ export function claimName(vmsDir: string, name: string, successorOf?: number): s
   if (existing && existing.pid !== process.pid && existing.pid !== successorOf && alive(existing.pid)) {
     throw new RegistryError(`a VM named ${name} is already running (pid ${existing.pid})`);
   }
-  mkdirSync(dir, { recursive: true });
+  // Owner-only: it holds the control socket and the HTTP API's token.
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
   return dir;
 }
 
@@ -68,7 +72,7 @@ export function register(vmsDir: string, entry: VmEntry): void {
   const dir = join(vmsDir, entry.name);
   mkdirSync(dir, { recursive: true });
   const tmp = join(dir, `vm.json.${process.pid}`);
-  writeFileSync(tmp, JSON.stringify(entry, null, 2) + "\n");
+  writeFileSync(tmp, JSON.stringify(entry, null, 2) + "\n", { mode: 0o600 });
   renameSync(tmp, join(dir, "vm.json"));
 }
 

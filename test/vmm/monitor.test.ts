@@ -197,7 +197,7 @@ test("the control API: socket and HTTP, errors that keep the connection", async 
   const control = new ControlServer(m);
   const sock = join(dir, "api.sock");
   await control.listenSocket(sock);
-  const port = await control.listenHttp(0);
+  const port = await control.listenHttp(0, "s3cret-token");
   const c = await MonitorConnection.connect(sock);
   assert.equal((await c.request<{ name: string; state: string }>("describe")).state, "running");
   assert.equal((await c.request<{ state: string }>("pause")).state, "paused");
@@ -224,10 +224,16 @@ test("the control API: socket and HTTP, errors that keep the connection", async 
   assert.equal(second.ok, true);
   raw.destroy();
 
-  const http = async (method: string, path: string, body?: string) => {
-    const r = await fetch(`http://127.0.0.1:${port}${path}`, { method, body });
+  const http = async (method: string, path: string, body?: string, token = "s3cret-token") => {
+    const r = await fetch(`http://127.0.0.1:${port}${path}`, {
+      method,
+      body,
+      headers: { authorization: `Bearer ${token}` },
+    });
     return { status: r.status, json: (await r.json()) as Record<string, unknown> };
   };
+  assert.equal((await http("GET", "/vm", undefined, "wrong")).status, 401, "HTTP needs the token");
+  assert.equal((await fetch(`http://127.0.0.1:${port}/vm`)).status, 401);
   assert.equal((await http("GET", "/vm")).json.name, "api");
   assert.equal((await http("POST", "/vm/pause")).json.state, "paused");
   assert.equal((await http("POST", "/vm/pause")).status, 200, "pausing twice is fine");
