@@ -282,6 +282,7 @@ export async function runCpuBench(
   image: ImageInfo | undefined,
   withQemu: boolean,
   log: (line: string) => void,
+  engines: readonly ("interp" | "jit")[] = ["interp", "jit"],
 ): Promise<CpuRow[]> {
   const rows: CpuRow[] = [];
   const kernel = buildKernel();
@@ -289,7 +290,7 @@ export async function runCpuBench(
     log(`cpu bench: skipping the kernel: ${kernel.error}`);
   } else {
     try {
-      for (const engine of ["interp", "jit"] as const) {
+      for (const engine of engines) {
         rows.push(await inWorker<CpuRow>({ kind: "kernel", elf: kernel.elf, engine }));
       }
       if (withQemu) rows.push(await runKernelQemu(kernel.elf, rows[rows.length - 1].instructions));
@@ -299,7 +300,7 @@ export async function runCpuBench(
   }
   if (image) {
     const byName = new Map<string, number>();
-    for (const engine of ["interp", "jit"] as const) {
+    for (const engine of engines) {
       const r = await inWorker<{ rows: GuestTiming[]; stats?: TranslatorStats; error?: string }>({
         kind: "guest",
         image,

@@ -16,8 +16,20 @@ const CODE = RAM_BASE + 0x1000;
 const MTRAP = RAM_BASE + 0x100;
 const DEVICE = 0x2000_0000;
 const WFI = 0x10500073;
-const RA = 1, T0 = 5, T1 = 6, T2 = 7, A0 = 10, A1 = 11, A2 = 12, A3 = 13, T3 = 28;
-const CSR_MTVEC = 0x305, CSR_MEPC = 0x341, CSR_MCAUSE = 0x342, CSR_MIE = 0x304, CSR_MSTATUS = 0x300;
+const RA = 1,
+  T0 = 5,
+  T1 = 6,
+  T2 = 7,
+  A0 = 10,
+  A1 = 11,
+  A2 = 12,
+  A3 = 13,
+  T3 = 28;
+const CSR_MTVEC = 0x305,
+  CSR_MEPC = 0x341,
+  CSR_MCAUSE = 0x342,
+  CSR_MIE = 0x304,
+  CSR_MSTATUS = 0x300;
 
 /** A device whose every write raises the machine software interrupt of its hart. */
 class DoorBell implements MmioDevice {
@@ -42,7 +54,8 @@ function machine(program: number[], options: { jit?: boolean; threshold?: number
   program.forEach((w, i) => dv.setUint32(CODE - RAM_BASE + 4 * i, w >>> 0, true));
   hart.setCsr(CSR_MTVEC, BigInt(MTRAP));
   hart.pc = CODE;
-  const jit = options.jit === false ? null : new Jit(hart, { threshold: options.threshold ?? 0, maxBlocks: options.maxBlocks });
+  const jit =
+    options.jit === false ? null : new Jit(hart, { threshold: options.threshold ?? 0, maxBlocks: options.maxBlocks });
   return { bus, hart, jit, dv };
 }
 
@@ -138,13 +151,44 @@ test("the translation cache is bounded: past its limit it is flushed and code is
   assert.ok(s.estimatedBytes > 0 && s.sourceBytes > 0);
 });
 
+test("a loop runs inside its block and stops exactly at the budget, as the interpreter", () => {
+  const program = [
+    A.addi(T1, 0, 1000), // 0
+    A.jal(0, 8), // 4
+    A.addi(A1, A1, 99), // 8: jumped over
+    A.addi(A0, A0, 3), // 12: the loop: a block that branches back to itself
+    A.sd(A0, 0, T0), // 16
+    A.addi(T1, T1, -1), // 20
+    A.bne(T1, 0, -12), // 24
+    WFI, // 28
+  ];
+  const jit = machine(program);
+  const ref = machine(program, { jit: false });
+  for (const m of [jit, ref]) m.hart.setX(T0, BigInt(RAM_BASE + 0x8000));
+  // Odd slices end mid-iteration: the loop must stop where the interpreter stops.
+  while (!ref.hart.waiting) {
+    jit.hart.run(37);
+    ref.hart.run(37);
+    assert.equal(jit.hart.instret, ref.hart.instret);
+    assert.equal(jit.hart.pc, ref.hart.pc, `pc at instret ${ref.hart.instret}`);
+    for (const r of [A0, A1, T1])
+      assert.equal(jit.hart.getX(r), ref.hart.getX(r), `x${r} at instret ${ref.hart.instret}`);
+  }
+  assert.ok(jit.hart.waiting);
+  assert.equal(jit.hart.getX(A0), 3000n);
+  assert.equal(jit.hart.getX(A1), 0n);
+  assert.equal(jit.dv.getUint32(0x8000, true), 3000);
+  assert.ok(jit.jit!.stats().translatedInstructions > 3500, "the loop ran translated");
+});
+
 test("lockstep: translator and interpreter agree after every block of a program with loops, faults and interrupts", () => {
   const build = () => {
     const m = machine(selfModifying(), { jit: false });
     m.hart.setX(T0, BigInt(DEVICE));
     return m;
   };
-  const a = build(), b = build();
+  const a = build(),
+    b = build();
   const ls = new Lockstep(a.hart, b.hart, { threshold: 3 });
   assert.equal(ls.run(100_000), null);
   assert.equal(a.hart.getX(A0), 10100n);
