@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -39,6 +39,7 @@ import { DEFAULT_APPEND } from "../src/cli/run.js";
 import { VirtMachine, type Engine } from "../src/vmm/virt.js";
 import { formatCpuTable, runCpuBench, type CpuRow } from "./cpu.js";
 import { formatIoTable, killIoGuests, runIoBench, type IoResult } from "./io.js";
+import { formatLifecycleTable, killLifecycleGuests, runLifecycleBench, type LifecycleResult } from "./lifecycle.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -52,7 +53,8 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io       run only the boots, the CPU workloads or the I/O benchmark (default: all)
+  --only boot|cpu|io|lifecycle
+                           run only the boots, the CPU workloads, the I/O or the VM lifecycle benchmark (default: all)
   --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
@@ -508,8 +510,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io"].includes(only)) {
-    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu or io, got "${only}"\n`);
+  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle"].includes(only)) {
+    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io or lifecycle, got "${only}"\n`);
     return 2;
   }
   const engineArg = values.engine!;
@@ -588,7 +590,7 @@ async function main(argv: string[]): Promise<number> {
     return s;
   };
 
-  const boots = only !== "cpu" && only !== "io";
+  const boots = only !== "cpu" && only !== "io" && only !== "lifecycle";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -663,7 +665,18 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
+  let lifecycleRows: LifecycleResult[] = [];
+  if (only === undefined || only === "lifecycle") {
+    log("bench: VM lifecycle (snapshot, restore, live migration; Yun and QEMU) ...");
+    lifecycleRows = await runLifecycleBench({ image, qemu, timeoutS, log });
+    process.stdout.write(
+      `\nVM lifecycle: a 256 MiB guest running a counter and rewriting 8 MiB of tmpfs in a loop; ` +
+        `QEMU through QMP (migrate to a file, -incoming, migrate over TCP)\n\n${formatLifecycleTable(lifecycleRows)}\n`,
+    );
+  }
+
   const failed =
+    lifecycleRows.filter((r) => r.error !== undefined).length +
     rows.reduce((n, r) => n + r.failed, 0) +
     cpuRows.filter((r) => r.error !== undefined).length +
     ioRows.filter((r) => r.error !== undefined).length;
@@ -693,6 +706,7 @@ async function main(argv: string[]): Promise<number> {
       notes,
       cpu: cpuRows,
       io: ioRows,
+      lifecycle: lifecycleRows,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
   }
@@ -713,6 +727,7 @@ function killAll(): void {
   for (const w of liveWorkers) void w.terminate();
   liveWorkers.clear();
   killIoGuests();
+  killLifecycleGuests();
 }
 
 const job = (workerData as { yunBenchJob?: YunJob } | null)?.yunBenchJob;
