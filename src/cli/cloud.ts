@@ -748,6 +748,28 @@ const user: Noun = {
         else out(t.token);
       },
     },
+    tokens: {
+      usage: "USER",
+      summary: "list a user's tokens (their ids and ages; the tokens themselves are not kept)",
+      arity: [1, 1],
+      async run(ctx) {
+        const c = ctx.client();
+        list(ctx, await c.listTokens(await resolveUser(c, ctx.args[0]!)), ["ID", "ISSUED"], (t) => [
+          t.id,
+          shortTime(t.createdAt),
+        ]);
+      },
+    },
+    revoke: {
+      usage: "USER TOKEN_ID",
+      summary: "revoke one of a user's tokens (it answers 401 from then on)",
+      arity: [2, 2],
+      async run(ctx) {
+        const c = ctx.client();
+        await c.revokeToken(await resolveUser(c, ctx.args[0]!), ctx.args[1]!);
+        out(`${ctx.args[1]}: revoked`);
+      },
+    },
     delete: {
       usage: "USER...",
       summary: "delete users (their tokens stop working)",

@@ -27,6 +27,7 @@ import type {
   Quotas,
   Role,
   Snapshot,
+  TokenInfo,
   Usage,
   User,
   Volume,
@@ -171,6 +172,12 @@ export class YunClient {
   }
   createToken(user: string): Promise<NewToken> {
     return this.request("POST", `/api/v1/users/${enc(user)}/tokens`);
+  }
+  async listTokens(user: string): Promise<TokenInfo[]> {
+    return (await this.request<List<TokenInfo>>("GET", `/api/v1/users/${enc(user)}/tokens`)).items;
+  }
+  revokeToken(user: string, tokenId: string): Promise<void> {
+    return this.request("DELETE", `/api/v1/users/${enc(user)}/tokens/${enc(tokenId)}`);
   }
 
   // ---------------------------------------------------------------------------- flavors, images

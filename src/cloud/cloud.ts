@@ -151,7 +151,12 @@ interface VolumeRow {
   created_at: string;
 }
 
-export function hashToken(token: string): string {
+export /** A token's id: the first 16 hex digits of its hash (the token itself is never stored). */
+function tokenId(hash: string): string {
+  return `tok-${hash.slice(0, 16)}`;
+}
+
+function hashToken(token: string): string {
   return createHash("sha256").update(token).digest("hex");
 }
 
@@ -483,13 +488,37 @@ export class Cloud {
     });
   }
 
-  createToken(p: Principal, userId: string): { token: string; user: string } {
+  createToken(p: Principal, userId: string): { token: string; user: string; id: string } {
+    const u = this.tokenOwner(p, userId, "issue tokens for");
+    const token = newToken();
+    const hash = hashToken(token);
+    this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hash, u.id, this.iso());
+    return { token, user: u.id, id: tokenId(hash) };
+  }
+
+  /** The user whose tokens `p` may see and manage: themselves, or (writers) their project's users. */
+  private tokenOwner(p: Principal, userId: string, what: string): { id: string; role: string } {
     const u = this.userRow(p, userId);
     if (u.id !== p.userId) this.requireWrite(p);
-    if (u.role === "admin" && !p.admin) throw forbidden("only an admin may issue tokens for an admin");
-    const token = newToken();
-    this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hashToken(token), u.id, this.iso());
-    return { token, user: u.id };
+    if (u.role === "admin" && !p.admin && u.id !== p.userId) throw forbidden(`only an admin may ${what} an admin`);
+    return u;
+  }
+
+  listTokens(p: Principal, userId: string): { id: string; createdAt: string }[] {
+    const u = this.tokenOwner(p, userId, "list the tokens of");
+    const rows = this.db
+      .prepare("SELECT hash, created_at FROM tokens WHERE user_id = ? ORDER BY created_at, hash")
+      .all(u.id) as { hash: string; created_at: string }[];
+    return rows.map((r) => ({ id: tokenId(r.hash), createdAt: r.created_at }));
+  }
+
+  /** Revokes one token: from then on it answers 401. */
+  revokeToken(p: Principal, userId: string, id: string): void {
+    const u = this.tokenOwner(p, userId, "revoke the tokens of");
+    const r = this.db
+      .prepare("DELETE FROM tokens WHERE user_id = ? AND substr(hash, 1, 16) = ?")
+      .run(u.id, id.replace(/^tok-/, ""));
+    if (r.changes === 0) throw notFound(`no token ${id}`);
   }
 
   // --------------------------------------------------------------------------------- flavors

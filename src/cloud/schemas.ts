@@ -50,7 +50,12 @@ export const User = z
   .object({ id: z.string(), name: z.string(), project: z.string(), role: Role, createdAt: z.string() })
   .openapi("User");
 export const UserCreate = z.object({ name: name("user"), role: Role, project: z.string().optional() }).strict();
-export const NewToken = z.object({ token: z.string(), user: z.string() }).openapi("NewToken");
+export const NewToken = z.object({ token: z.string(), user: z.string(), id: z.string() }).openapi("NewToken");
+export const TokenInfo = z.object({ id: z.string(), createdAt: z.string() }).openapi("TokenInfo");
+export const TokenParam = z.object({
+  id: z.string().min(1).max(80).openapi({ description: "the user: an id or a name" }),
+  tokenId: z.string().regex(/^tok-[0-9a-f]{16}$/, "a token id looks like tok- and 16 hex digits"),
+});
 
 export const Flavor = z
   .object({ id: z.string(), name: z.string(), vcpus: z.number(), memoryMiB: z.number(), diskGiB: z.number() })

@@ -262,6 +262,29 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
       return c.json(cloud.createToken(c.get("principal"), c.req.valid("param").id), 201);
     },
   );
+  app.openapi(
+    def({
+      method: "get",
+      path: "/api/v1/users/{id}/tokens",
+      request: { params: S.IdParam },
+      responses: { 200: json(S.listOf(S.TokenInfo), "the user's tokens (ids, not the tokens)") },
+    }),
+    (c) => c.json({ items: cloud.listTokens(c.get("principal"), c.req.valid("param").id) }, 200),
+  );
+  app.openapi(
+    def({
+      method: "delete",
+      path: "/api/v1/users/{id}/tokens/{tokenId}",
+      request: { params: S.TokenParam },
+      responses: { 204: { description: "revoked" } },
+    }),
+    (c) => {
+      const { id, tokenId } = c.req.valid("param");
+      audit(c, "user.token.revoke", `${id}/${tokenId}`);
+      cloud.revokeToken(c.get("principal"), id, tokenId);
+      return c.body(null, 204);
+    },
+  );
 
   // ------------------------------------------------------------------------- flavors, images
   app.openapi(

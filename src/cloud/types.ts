@@ -48,6 +48,14 @@ export interface NewToken {
   /** The token, shown only this once (only its SHA-256 is stored). */
   token: string;
   user: string;
+  /** The token's id (for listing and revoking; not the token). */
+  id: string;
+}
+
+/** An issued token as it can be shown again: its id and when it was issued. */
+export interface TokenInfo {
+  id: string;
+  createdAt: string;
 }
 
 export interface Flavor {

@@ -10,7 +10,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { startCloud, tenant, refusal, raw, HAVE_DEBIAN, type TestCloud } from "./helpers.js";
-import { YunApiError } from "../../src/cloud/client.js";
+import { YunApiError, YunClient } from "../../src/cloud/client.js";
 import { diskInfo } from "../../src/storage/image.js";
 import { debugfs } from "../../src/images/ext4.js";
 
@@ -117,6 +117,35 @@ test("roles: a reader reads but may not change; a member may not create projects
     projects.map((p) => p.name),
     ["roles"],
   );
+});
+
+test("tokens: listed by id (never the token), revoked one by one; others' tokens are not reachable", async () => {
+  const a = await tenant(t, "tokens-a");
+  const b = await tenant(t, "tokens-b");
+  const me = (await a.member.whoami()).user;
+  const meId = typeof me === "string" ? me : me.id!;
+  const second = await a.member.createToken(meId);
+  assert.match(second.id, /^tok-[0-9a-f]{16}$/);
+  const mine = await a.member.listTokens(meId);
+  assert.equal(mine.length, 2, "the admin's and this one");
+  assert.ok(mine.some((x) => x.id === second.id));
+  assert.ok(!JSON.stringify(mine).includes(second.token), "a listing never shows a token");
+  const other = new YunClient({ server: t.url, token: second.token });
+  assert.ok((await other.whoami()).role === "member", "the new token works");
+  await a.member.revokeToken(meId, second.id);
+  const gone = await refusal(() => other.whoami());
+  assert.equal(gone.status, 401, "a revoked token answers 401");
+  assert.equal((await a.member.listTokens(meId)).length, 1);
+  assert.equal((await refusal(() => a.member.revokeToken(meId, second.id))).status, 404, "revoked twice");
+  assert.equal((await refusal(() => a.member.revokeToken(meId, "tok-xyz"))).status, 400, "not a token id");
+  // A reader manages only its own tokens; project B cannot reach A's users at all.
+  const readerId = (await a.reader.whoami()).user;
+  const rid = typeof readerId === "string" ? readerId : readerId.id!;
+  assert.equal((await a.reader.listTokens(rid)).length, 1);
+  assert.equal((await refusal(() => a.reader.listTokens(meId))).status, 403);
+  assert.equal((await refusal(() => b.member.listTokens(meId))).status, 404);
+  assert.equal((await refusal(() => b.member.revokeToken(meId, mine[0].id))).status, 404);
+  await a.member.whoami(); // its own (first) token still works
 });
 
 test("project isolation: instances (list, read, stop, delete, console) of project A are invisible to B", async () => {
