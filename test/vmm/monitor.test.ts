@@ -211,6 +211,26 @@ test("the control API: socket and HTTP, errors that keep the connection", async 
   const metrics = await c.request<{ instret: number; exits: { mmio: number } }>("metrics");
   assert.ok(metrics.instret > 0);
 
+  // watch: one line per state change after the ok.
+  const watcher = connect(sock);
+  let events = "";
+  watcher.on("data", (b: Buffer) => (events += b.toString()));
+  watcher.write('{"id":1,"op":"watch"}\n');
+  for (let i = 0; i < 100 && !events.includes("\n"); i++) await sleep(10);
+  await c.request("pause");
+  await c.request("resume");
+  for (let i = 0; i < 100 && events.split("\n").length < 4; i++) await sleep(10);
+  const lines = events
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.deepEqual(lines[0], { id: 1, ok: true, result: { state: "running" } });
+  assert.deepEqual(lines.slice(1), [
+    { event: "state", state: "paused" },
+    { event: "state", state: "running" },
+  ]);
+  watcher.destroy();
+
   // A malformed line gets an error answer, and the next request is still served.
   const raw = connect(sock);
   let text = "";
@@ -288,6 +308,25 @@ test("restore in place: the running VM becomes the snapshot's; a bad snapshot ch
   assert.ok(back >= at && back < later, `counter ${back}: back at the snapshot's ${at} (was ${later})`);
   await sleep(50);
   assert.ok(counter(m) > back, "and running from there");
+  assert.equal(m.state, "running");
+  m.stop();
+  await running;
+});
+
+test("reset boots the machine again: fresh RAM, the counter starts over; metrics carry on", async () => {
+  const { monitor: m } = await VmMonitor.boot(spec("reset"), opts());
+  const running = m.run();
+  await sleep(150);
+  const before = counter(m);
+  const instretBefore = m.metrics().instret;
+  assert.ok(before > 1000);
+  const old = m.machine;
+  m.reset();
+  for (let i = 0; i < 100 && m.machine === old; i++) await sleep(10);
+  assert.notEqual(m.machine, old, "a new machine");
+  await sleep(20);
+  assert.ok(counter(m) < before, `the counter started over (${counter(m)} < ${before})`);
+  assert.ok(m.metrics().instret >= instretBefore, "instructions retired accumulate across resets");
   assert.equal(m.state, "running");
   m.stop();
   await running;
