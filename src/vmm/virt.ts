@@ -613,6 +613,11 @@ export class VirtMachine {
           this.capBudgetMs = Math.min(this.capBudgetMs + (t1 - this.capStamp) * this.cpuCap - (t1 - t0), 20);
           this.capStamp = t1;
           if (this.capBudgetMs < 0) {
+            // Timers and output are served before the guest sleeps off its debt: a capped guest
+            // that is always in debt must still get its timer interrupts (they preempt its busy
+            // loops) and have its console flushed.
+            this.serviceTimers();
+            this.flushOutput();
             await new Promise<void>((resolve) => setTimeout(resolve, -this.capBudgetMs / this.cpuCap));
             lastYield = performance.now();
             continue;

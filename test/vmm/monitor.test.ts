@@ -331,3 +331,31 @@ test("reset boots the machine again: fresh RAM, the counter starts over; metrics
   m.stop();
   await running;
 });
+
+/** A Linux Image header, then a loop storing "x" to the UART forever. */
+function printerKernel(): Uint8Array {
+  const image = new Uint8Array(4096);
+  const dv = new DataView(image.buffer);
+  dv.setUint32(0, A.jal(0, 64), true);
+  image.set(new TextEncoder().encode("RISCV"), 0x30);
+  dv.setUint32(0x38, 0x05435352, true);
+  const code = [A.lui(T0, 0x10000), A.addi(T1, 0, 0x78), A.sb(T1, 0, T0), A.jal(0, -4)];
+  code.forEach((w, i) => dv.setUint32(64 + 4 * i, w, true));
+  return image;
+}
+
+test("a guest held by a CPU cap, always in debt, still has its console output flushed", async () => {
+  const path = join(dir, "printer");
+  writeFileSync(path, printerKernel());
+  const { monitor: m } = await VmMonitor.boot({ ...spec("printer"), kernel: path, cpuCap: 0.1 }, opts());
+  const running = m.run();
+  try {
+    await sleep(400);
+    const out = m.history.contents();
+    assert.ok(out.length > 1000, `console output arrived under the cap (${out.length} bytes)`);
+    assert.ok(out.every((b) => b === 0x78));
+  } finally {
+    m.stop();
+    await running;
+  }
+});
