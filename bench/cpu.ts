@@ -23,6 +23,7 @@ import { SysCon, SYSCON_BASE, SYSCON_SIZE } from "../src/devices/syscon.js";
 import type { ImageInfo } from "../src/images/store.js";
 import { DEFAULT_APPEND } from "../src/cli/run.js";
 import { VirtMachine, type Engine } from "../src/vmm/virt.js";
+import { qemuVirtArgs } from "./qemu.js";
 
 export interface CpuRow {
   workload: string;
@@ -216,23 +217,7 @@ async function guestWorker(job: {
 /** The same commands under QEMU: wall time between the markers. */
 function guestQemu(image: ImageInfo): Promise<{ rows: { name: string; seconds: number }[]; error?: string }> {
   return new Promise((resolve) => {
-    const args = [
-      "-M",
-      "virt",
-      "-m",
-      "256",
-      "-smp",
-      "1",
-      "-nographic",
-      "-bios",
-      image.firmware.dynamic,
-      "-kernel",
-      image.kernel,
-      "-initrd",
-      image.initrd,
-      "-append",
-      DEFAULT_APPEND,
-    ];
+    const args = qemuVirtArgs(image, DEFAULT_APPEND);
     const child = spawn("qemu-system-riscv64", args, { stdio: ["pipe", "pipe", "ignore"] });
     const rows: { name: string; seconds: number }[] = [];
     let text = "";

@@ -26,9 +26,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ImageInfo } from "../src/images/store.js";
 import { convertDisk, createQcow2, createRaw } from "../src/storage/image.js";
+import { qemuVirtArgs } from "./qemu.js";
 
 const YUN = fileURLToPath(new URL("../../bin/yun.js", import.meta.url));
-const MEMORY_MIB = 256;
 const PROMPT = "~ # ";
 const APPEND = "console=ttyS0 cryptomgr.notests root=/dev/vda";
 const MIB = 1024 * 1024;
@@ -206,8 +206,7 @@ export function killIoGuests(): void {
 }
 
 function qemuArgs(image: ImageInfo, disks: { path: string; format: "raw" | "qcow2" }[], extra: string[]): string[] {
-  const args = ["-M", "virt", "-m", String(MEMORY_MIB), "-smp", "1", "-nographic"];
-  args.push("-bios", image.firmware.dynamic, "-kernel", image.kernel, "-initrd", image.initrd, "-append", APPEND);
+  const args = qemuVirtArgs(image, APPEND);
   // The first -device is vda (QEMU fills its highest virtio-mmio slot first and lists it first).
   disks.forEach((d, i) => {
     args.push("-drive", `file=${d.path},format=${d.format},if=none,id=hd${i}`);

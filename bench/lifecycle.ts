@@ -21,6 +21,7 @@ import { fileURLToPath } from "node:url";
 import type { ImageInfo } from "../src/images/store.js";
 import { createQcow2 } from "../src/storage/image.js";
 import { MonitorConnection, openConsole } from "../src/vmm/client.js";
+import { qemuVirtArgs } from "./qemu.js";
 
 const YUN = fileURLToPath(new URL("../../bin/yun.js", import.meta.url));
 const PROMPT = "~ # ";
@@ -241,29 +242,15 @@ async function qemuLifecycle(qemu: string, image: ImageInfo, dir: string, timeou
   const r: LifecycleResult = { engine: "qemu" };
   const disk = join(dir, "qemu-root.qcow2");
   createQcow2(disk, { backing: { path: image.rootDisk, format: "raw" } });
-  const base = (qmp: string): string[] => [
-    "-M",
-    "virt",
-    "-m",
-    "256",
-    "-smp",
-    "1",
-    "-nographic",
-    "-bios",
-    image.firmware.dynamic,
-    "-kernel",
-    image.kernel,
-    "-initrd",
-    image.initrd,
-    "-append",
-    APPEND,
-    "-drive",
-    `file=${disk},format=qcow2,if=none,id=hd0`,
-    "-device",
-    "virtio-blk-device,drive=hd0",
-    "-qmp",
-    `unix:${qmp},server=on,wait=off`,
-  ];
+  const base = (qmp: string): string[] =>
+    qemuVirtArgs(image, APPEND, [
+      "-drive",
+      `file=${disk},format=qcow2,if=none,id=hd0`,
+      "-device",
+      "virtio-blk-device,drive=hd0",
+      "-qmp",
+      `unix:${qmp},server=on,wait=off`,
+    ]);
   const src = start(qemu, base(join(dir, "q1.qmp")));
   await src.out.wait("the shell", /~ # /, timeoutS);
   src.child.stdin!.write(WORKLOAD + "\n");

@@ -40,6 +40,7 @@ import { VirtMachine, type Engine } from "../src/vmm/virt.js";
 import { formatCpuTable, runCpuBench, type CpuRow } from "./cpu.js";
 import { formatIoTable, killIoGuests, runIoBench, type IoResult } from "./io.js";
 import { formatLifecycleTable, killLifecycleGuests, runLifecycleBench, type LifecycleResult } from "./lifecycle.js";
+import { qemuVirtArgs } from "./qemu.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -340,8 +341,7 @@ function qemuVersion(path: string): string {
 
 function runQemu(qemu: string, image: ImageInfo, append: string, icount: boolean, opts: Options): Promise<RunResult> {
   return new Promise((resolve) => {
-    const args = ["-M", "virt", "-m", String(MEMORY_MIB), "-smp", "1", "-nographic"];
-    args.push("-bios", image.firmware.dynamic, "-kernel", image.kernel, "-initrd", image.initrd, "-append", append);
+    const args = qemuVirtArgs(image, append);
     if (icount) args.push("-icount", "shift=0");
     const result: RunResult = {};
     let settled = false;

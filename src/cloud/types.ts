@@ -1,8 +1,9 @@
 /**
  * The shapes the cloud API (docs/cloud-api.md) sends and receives, as plain types shared by the
- * server (whose zod schemas are checked against them) and the SDK client (client.ts). No imports:
- * the client runs in the browser too.
+ * server (whose zod schemas are checked against them) and the SDK client (client.ts). Type-only
+ * imports: nothing is loaded at run time, so the client runs in the browser too.
  */
+import type { MonitorMetrics } from "../vmm/monitor.js";
 
 export type Role = "admin" | "member" | "reader";
 
@@ -112,16 +113,8 @@ export interface Instance {
 
 export type InstanceAction = "start" | "stop" | "reboot" | "pause" | "resume" | "resize";
 
-export interface InstanceMetrics {
-  at: string;
-  state: InstanceState;
-  instret: number;
-  cpuSeconds: number;
-  idleSeconds: number;
-  uptimeSeconds: number;
-  blk: { reads: number; writes: number; readBytes: number; writeBytes: number }[];
-  net: { rxFrames: number; txFrames: number; rxBytes: number; txBytes: number } | null;
-}
+/** The VM monitor's metrics (docs/vm-api.md) with when they were read and the instance's state. */
+export type InstanceMetrics = { at: string; state: InstanceState } & Omit<MonitorMetrics, "exits">;
 
 export interface Volume {
   id: string;
