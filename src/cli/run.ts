@@ -29,7 +29,7 @@ import { VmMonitor, type MonitorOptions } from "../vmm/monitor.js";
 import { ControlServer } from "../vmm/control.js";
 import { listenForMigration, receiveMigration } from "../vmm/migrate.js";
 import { createOverlay, makeOwnedDir } from "../vmm/overlay.js";
-import { checkSocketPath, claimName, defaultSocketPath, register, unregister } from "../vmm/registry.js";
+import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, unregister } from "../vmm/registry.js";
 import { findImage } from "../images/store.js";
 import { pullDebianImage } from "../images/debian.js";
 import { yunHome } from "../images/paths.js";
@@ -417,15 +417,6 @@ function macSeed(opts: RunOptions, disks: DiskRef[]): string {
 const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 const say = (line: string): void => void process.stderr.write(`yun: ${line}\n`);
 
 export async function runCommand(args: string[]): Promise<number> {
@@ -537,7 +528,7 @@ export async function runCommand(args: string[]): Promise<number> {
   try {
     if (successorOf !== undefined) {
       // The migration's source exits right after our answer; its control socket is where ours goes.
-      for (let i = 0; i < 500 && pidAlive(successorOf); i++) await new Promise((done) => setTimeout(done, 20));
+      for (let i = 0; i < 500 && processAlive(successorOf); i++) await new Promise((done) => setTimeout(done, 20));
     }
     claimName(vmsDir, name, successorOf);
     const apiSocket = flags.apiSocket ?? defaultSocketPath(vmsDir, name);

@@ -10,6 +10,7 @@ import type net from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { MonitorConnection, MonitorError, openStream } from "../vmm/client.js";
+import { processAlive as alive } from "../vmm/registry.js";
 
 export interface LaunchSpec {
   /** The instance id: also the VM's --name (unique among running VMs). */
@@ -255,21 +256,6 @@ export class MonitorDriver implements ComputeDriver {
       a.watch?.destroy();
     }
     this.attached.clear();
-  }
-}
-
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-  // A zombie (exited, not yet reaped by its parent) is not alive.
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !/^\d+ \(.*\) Z/.test(stat);
-  } catch {
-    return true;
   }
 }
 

@@ -19,6 +19,7 @@ import {
   writeSnapshotJson,
   SnapshotError,
   type SnapshotBody,
+  type LoadedSnapshot,
 } from "./snapshot.js";
 import { createOverlay, makeOwnedDir } from "./overlay.js";
 
@@ -30,6 +31,39 @@ function syncFile(path: string): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * The VM a loaded snapshot describes, under `name` and `cpuCap`, with a fresh throwaway overlay
+ * (in the directory `ownedDir()` gives) on each disk the snapshot copied, so that the snapshot
+ * itself is never written. Overlays made before a failure are removed again.
+ */
+function snapshotSpec(
+  loaded: LoadedSnapshot,
+  name: string,
+  cpuCap: number | null,
+  ownedDir: () => string,
+): { spec: VmSpec; made: string[] } {
+  const body = loaded.body;
+  const spec: VmSpec = { ...body.spec, disks: body.spec.disks.map((d) => ({ ...d })), name, cpuCap };
+  const made: string[] = [];
+  try {
+    for (const [i, file] of body.diskCopies.entries()) {
+      if (file === null) continue;
+      const path = createOverlay(
+        ownedDir(),
+        `disk${i}-${body.id}-${Date.now()}.qcow2`,
+        join(loaded.dir, file),
+        "qcow2",
+      );
+      made.push(path);
+      spec.disks[i] = { path, format: "qcow2", readOnly: false };
+    }
+  } catch (e) {
+    for (const p of made) rmSync(p, { force: true });
+    throw e;
+  }
+  return { spec, made };
 }
 
 export type VmState = "running" | "paused" | "migrating" | "stopped";
@@ -147,27 +181,21 @@ export class VmMonitor {
   ): Promise<{ monitor: VmMonitor; notes: string[]; ownedDir: string | null }> {
     const loaded = loadSnapshot(dir);
     const body = loaded.body;
-    const spec: VmSpec = {
-      ...body.spec,
-      disks: body.spec.disks.map((d) => ({ ...d })),
-      name: override.name ?? body.spec.name,
-      cpuCap: override.cpuCap ?? body.spec.cpuCap,
-    };
     let ownedDir = opts.ownedDir;
     let madeDir = false;
     try {
-      for (const [i, file] of body.diskCopies.entries()) {
-        if (file === null) continue;
-        if (ownedDir === null) {
-          ownedDir = makeOwnedDir(opts.runDir);
-          madeDir = true;
-        }
-        spec.disks[i] = {
-          path: createOverlay(ownedDir, `disk${i}.qcow2`, join(loaded.dir, file), "qcow2"),
-          format: "qcow2",
-          readOnly: false,
-        };
-      }
+      const { spec } = snapshotSpec(
+        loaded,
+        override.name ?? body.spec.name,
+        override.cpuCap ?? body.spec.cpuCap,
+        () => {
+          if (ownedDir === null) {
+            ownedDir = makeOwnedDir(opts.runDir);
+            madeDir = true;
+          }
+          return ownedDir;
+        },
+      );
       const m = new VmMonitor(spec, { ...opts, ownedDir });
       const notes = await m.build(snapshotRam(loaded));
       try {
@@ -425,26 +453,16 @@ export class VmMonitor {
     const saved = old.saveState();
     // The old machine lets go of its disks first: the snapshot may name the same files.
     old.close();
-    const spec: VmSpec = {
-      ...body.spec,
-      disks: body.spec.disks.map((d) => ({ ...d })),
-      name: oldSpec.name,
-      cpuCap: oldSpec.cpuCap,
-    };
-    const made: string[] = [];
+    let made: string[] = [];
     try {
-      for (const [i, file] of body.diskCopies.entries()) {
-        if (file === null) continue;
-        this.opts.ownedDir ??= makeOwnedDir(this.opts.runDir);
-        const path = createOverlay(
-          this.opts.ownedDir,
-          `disk${i}-${body.id}-${Date.now()}.qcow2`,
-          join(loaded.dir, file),
-          "qcow2",
-        );
-        made.push(path);
-        spec.disks[i] = { path, format: "qcow2", readOnly: false };
-      }
+      const next = snapshotSpec(
+        loaded,
+        oldSpec.name,
+        oldSpec.cpuCap,
+        () => (this.opts.ownedDir ??= makeOwnedDir(this.opts.runDir)),
+      );
+      made = next.made;
+      const spec = next.spec;
       this.spec = spec;
       await this.build(snapshotRam(loaded));
       this.machine.restoreState(body.state);
@@ -464,7 +482,7 @@ export class VmMonitor {
       if (
         this.opts.ownedDir !== null &&
         d.path.startsWith(this.opts.ownedDir + "/") &&
-        !spec.disks.some((n) => n.path === d.path)
+        !this.spec.disks.some((n) => n.path === d.path)
       ) {
         rmSync(d.path, { force: true });
       }

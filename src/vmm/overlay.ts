@@ -6,6 +6,7 @@
 import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { basename, join } from "node:path";
 import { createQcow2, openDiskImage, type DiskFormat } from "../storage/image.js";
+import { processAlive } from "./registry.js";
 
 /** Removes overlay directories left by processes that no longer exist. */
 export function removeStaleRunDirs(runDir: string): void {
@@ -20,11 +21,7 @@ export function removeStaleRunDirs(runDir: string): void {
     if (!m) continue;
     const pid = Number(m[1]);
     if (pid === process.pid) continue;
-    try {
-      process.kill(pid, 0);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ESRCH") rmSync(join(runDir, e), { recursive: true, force: true });
-    }
+    if (!processAlive(pid)) rmSync(join(runDir, e), { recursive: true, force: true });
   }
 }
 

@@ -21,12 +21,17 @@ const MAX_SOCKET_PATH = 107;
 
 export class RegistryError extends Error {}
 
-function alive(pid: number): boolean {
+/** Whether process `pid` runs: it exists and is not a zombie (exited, not yet reaped). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return true; // no /proc: take kill()'s word
   }
 }
 
@@ -58,7 +63,7 @@ export function checkSocketPath(path: string): void {
 export function claimName(vmsDir: string, name: string, successorOf?: number): string {
   const dir = join(vmsDir, name);
   const existing = readEntry(dir);
-  if (existing && existing.pid !== process.pid && existing.pid !== successorOf && alive(existing.pid)) {
+  if (existing && existing.pid !== process.pid && existing.pid !== successorOf && processAlive(existing.pid)) {
     throw new RegistryError(`a VM named ${name} is already running (pid ${existing.pid})`);
   }
   // Owner-only: it holds the control socket and the HTTP API's token.
@@ -95,7 +100,7 @@ export function listVms(vmsDir: string): VmEntry[] {
   for (const name of names.sort()) {
     const dir = join(vmsDir, name);
     const e = readEntry(dir);
-    if (e && alive(e.pid)) out.push(e);
+    if (e && processAlive(e.pid)) out.push(e);
     else if (e) rmSync(dir, { recursive: true, force: true });
   }
   return out;
@@ -104,5 +109,5 @@ export function listVms(vmsDir: string): VmEntry[] {
 /** The entry of VM `name`, or null. */
 export function findVm(vmsDir: string, name: string): VmEntry | null {
   const e = readEntry(join(vmsDir, name));
-  return e && alive(e.pid) ? e : null;
+  return e && processAlive(e.pid) ? e : null;
 }
