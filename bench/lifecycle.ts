@@ -41,7 +41,7 @@ export interface LifecycleResult {
 }
 
 /** Text from a stream, with waits for a pattern. */
-class Text {
+export class Text {
   text = "";
   private waiters: (() => void)[] = [];
   private ended = false;
@@ -77,7 +77,8 @@ class Text {
 }
 
 const children = new Set<ChildProcess>();
-function start(cmd: string, args: string[]): { child: ChildProcess; out: Text } {
+/** Spawns a guest process whose output (stdout and stderr) collects in `out`; killLifecycleGuests() ends it. */
+export function start(cmd: string, args: string[]): { child: ChildProcess; out: Text } {
   const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
   children.add(child);
   const out = new Text();
@@ -114,7 +115,7 @@ async function readCounter(write: (s: string) => void, out: Text, timeoutS: numb
 }
 
 /** Waits until a Unix socket accepts connections. */
-async function socketReady(path: string, timeoutS: number): Promise<void> {
+export async function socketReady(path: string, timeoutS: number): Promise<void> {
   const deadline = Date.now() + timeoutS * 1000;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {

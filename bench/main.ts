@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -41,6 +41,7 @@ import { formatCpuTable, runCpuBench, type CpuRow } from "./cpu.js";
 import { formatIoTable, killIoGuests, runIoBench, type IoResult } from "./io.js";
 import { formatLifecycleTable, killLifecycleGuests, runLifecycleBench, type LifecycleResult } from "./lifecycle.js";
 import { qemuVirtArgs } from "./qemu.js";
+import { formatSmpTable, runSmpBench, type SmpResult } from "./smp.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -54,8 +55,8 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io|lifecycle
-                           run only the boots, the CPU workloads, the I/O or the VM lifecycle benchmark (default: all)
+  --only boot|cpu|io|lifecycle|smp
+                           run only the boots, the CPU workloads, the I/O, the VM lifecycle or the SMP benchmark (default: all)
   --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
@@ -510,8 +511,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle"].includes(only)) {
-    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io or lifecycle, got "${only}"\n`);
+  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp"].includes(only)) {
+    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle or smp, got "${only}"\n`);
     return 2;
   }
   const engineArg = values.engine!;
@@ -590,7 +591,7 @@ async function main(argv: string[]): Promise<number> {
     return s;
   };
 
-  const boots = only !== "cpu" && only !== "io" && only !== "lifecycle";
+  const boots = only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -675,8 +676,19 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
+  let smpRows: SmpResult[] = [];
+  if (only === undefined || only === "smp") {
+    log("bench: SMP (a two-process job with 1 and 2 vCPUs; Yun and QEMU) ...");
+    smpRows = await runSmpBench({ image, qemu, timeoutS, log });
+    process.stdout.write(
+      `\nSMP: a CPU-bound job of two processes, guest time (/proc/uptime); Yun runs a thread per vCPU, ` +
+        `QEMU MTTCG a thread per vCPU\n\n${formatSmpTable(smpRows)}\n`,
+    );
+  }
+
   const failed =
     lifecycleRows.filter((r) => r.error !== undefined).length +
+    smpRows.filter((r) => r.error !== undefined).length +
     rows.reduce((n, r) => n + r.failed, 0) +
     cpuRows.filter((r) => r.error !== undefined).length +
     ioRows.filter((r) => r.error !== undefined).length;
@@ -707,6 +719,7 @@ async function main(argv: string[]): Promise<number> {
       cpu: cpuRows,
       io: ioRows,
       lifecycle: lifecycleRows,
+      smp: smpRows,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
   }

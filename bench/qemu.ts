@@ -1,17 +1,17 @@
-/** The QEMU command line every benchmark compares Yun with: `-M virt`, one hart, 256 MiB, the image's
+/** The QEMU command line every benchmark compares Yun with: `-M virt`, one hart (or `smp`), 256 MiB, the image's
  *  OpenSBI fw_dynamic, kernel and initramfs, the serial console on stdio. */
 import type { ImageInfo } from "../src/images/store.js";
 
 export const QEMU_MEMORY_MIB = 256;
 
-export function qemuVirtArgs(image: ImageInfo, append: string, extra: string[] = []): string[] {
+export function qemuVirtArgs(image: ImageInfo, append: string, extra: string[] = [], smp = 1): string[] {
   return [
     "-M",
     "virt",
     "-m",
     String(QEMU_MEMORY_MIB),
     "-smp",
-    "1",
+    String(smp),
     "-nographic",
     "-bios",
     image.firmware.dynamic,

@@ -49,7 +49,7 @@ Options:
                       M-mode firmware (default: the image's OpenSBI fw_dynamic); "none" boots the
                       kernel in S-mode with Yun answering its SBI calls itself
   --engine jit|interp how guest code runs: translated to JavaScript (default) or interpreted
-  --cpus N            vCPUs (1; SMP is not built yet)
+  --cpus N            vCPUs, 1-8 (default 1); more than one runs each on a thread of its own
   --cpu-cap F         use at most F of a host core (e.g. 0.25), enforced by the monitor
 
 Monitor (see docs/vm-api.md; yun vm drives a running VM):
@@ -252,7 +252,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
       throw new UsageError(`--cpus takes a vCPU count 1-8, got "${v.cpus}"`);
     }
     cpus = Number(v.cpus);
-    if (cpus > 1) throw new UsageError(`--cpus ${cpus}: this Yun runs 1 vCPU per VM (SMP is not built yet)`);
+    if (cpus > 1 && v.firmware === "none") {
+      throw new UsageError(`--cpus ${cpus} needs the OpenSBI firmware: the hypervisor's own SBI (--firmware none) runs one vCPU`);
+    }
   }
   let cpuCap: number | null = null;
   if (v["cpu-cap"] !== undefined) {

@@ -71,6 +71,8 @@ export type EcallHandler = (hart: Hart) => boolean;
 /** What the hart needs of a translator: run guest code until instret reaches `end`. */
 export interface Translator {
   execute(end: number): void;
+  /** fence.i: code that other harts or devices wrote must not run stale from here on. */
+  fenceI(): void;
 }
 
 /** Size of the translator's hotness table (entries). */
@@ -126,6 +128,9 @@ export class Hart {
   instret = -0;
   reservationValid = false;
   reservationAddr = 0;
+  /** The value LR read (shared RAM: SC succeeds only if memory still holds it, as QEMU's cmpxchg). */
+  private reservedLo = 0;
+  private reservedHi = 0;
 
   /** Set when the hart executed WFI with nothing pending; the machine sleeps it. */
   waiting = false;
@@ -147,6 +152,20 @@ export class Hart {
   readonly ram32: Int32Array;
   readonly ramBase: number;
   readonly ramSize: number;
+  /**
+   * RAM shared with harts on other threads (SMP): AMOs, LR/SC and the page walker's A/D updates
+   * then use Atomics, so they are atomic across harts.
+   */
+  private readonly ram64: BigInt64Array | null;
+  /**
+   * Shared RAM: aligned doublewords are read and written as one 8-byte access (a Float64Array
+   * element, whose bits V8 moves unchanged, through the `pair` scratch), so that no hart sees half
+   * of another's store (RISC-V's single-copy atomicity; Linux reads pointers locklessly).
+   */
+  readonly sharedRam: boolean;
+  readonly ramF64: Float64Array;
+  readonly pairF64 = new Float64Array(1);
+  readonly pairI32 = new Int32Array(this.pairF64.buffer);
   /** High word of the last 64-bit value produced by a helper that returns the low word. */
   hi = 0;
   /**
@@ -189,6 +208,9 @@ export class Hart {
     this.ram32 = bus.ram32;
     this.ramBase = bus.ramBase;
     this.ramSize = bus.ramSize;
+    this.ram64 = bus.ramBuffer instanceof SharedArrayBuffer ? new BigInt64Array(bus.ramBuffer) : null;
+    this.sharedRam = this.ram64 !== null;
+    this.ramF64 = new Float64Array(bus.ramBuffer);
     this.dataSet = this.tlbSets[0];
     this.fetchSet = this.tlbSets[0];
     this.instret = 0; // +0, in the double field (see instret)
@@ -486,7 +508,7 @@ export class Hart {
           case 1: lo = off >= 0 && (off & 1) === 0 ? (this.ram16[off >> 1] << 16) >> 16 : (this.loadSlow(alo, ahi, 2) << 16) >> 16; hi = lo >> 31; break;
           case 2: lo = off >= 0 && (off & 3) === 0 ? this.ram32[off >> 2] : this.loadSlow(alo, ahi, 4); hi = lo >> 31; break;
           case 3:
-            if (off >= 0 && (off & 7) === 0) { lo = this.ram32[off >> 2]; hi = this.ram32[(off >> 2) + 1]; } else { lo = this.loadSlow(alo, ahi, 8); hi = this.hi; }
+            if (off >= 0 && (off & 7) === 0 && !this.sharedRam) { lo = this.ram32[off >> 2]; hi = this.ram32[(off >> 2) + 1]; } else { lo = this.loadSlow(alo, ahi, 8); hi = this.hi; }
             break;
           case 4: lo = off >= 0 ? this.ram8[off] : this.loadSlow(alo, ahi, 1) & 0xff; break;
           case 5: lo = off >= 0 && (off & 1) === 0 ? this.ram16[off >> 1] : this.loadSlow(alo, ahi, 2) & 0xffff; break;
@@ -510,13 +532,14 @@ export class Hart {
           case 1: if (off >= 0 && (off & 1) === 0) this.ram16[off >> 1] = vlo; else this.storeSlow(alo, ahi, 2, vlo, 0); break;
           case 2: if (off >= 0 && (off & 3) === 0) this.ram32[off >> 2] = vlo; else this.storeSlow(alo, ahi, 4, vlo, 0); break;
           case 3:
-            if (off >= 0 && (off & 7) === 0) { this.ram32[off >> 2] = vlo; this.ram32[(off >> 2) + 1] = x[rs2 + 1]; } else this.storeSlow(alo, ahi, 8, vlo, x[rs2 + 1]);
+            if (off >= 0 && (off & 7) === 0 && !this.sharedRam) { this.ram32[off >> 2] = vlo; this.ram32[(off >> 2) + 1] = x[rs2 + 1]; } else this.storeSlow(alo, ahi, 8, vlo, x[rs2 + 1]);
             break;
           default: this.illegal(insn);
         }
         break;
       }
-      case 0x0f: // MISC-MEM: fence, fence.i (nothing is cached that a fence must flush)
+      case 0x0f: // MISC-MEM: fence, fence.i (this hart's own stores already dropped stale code)
+        if (((insn >> 12) & 7) === 1 && this.translator !== null) this.translator.fenceI();
         break;
       case 0x73:
         next = this.system(insn, pc, next);
@@ -608,6 +631,11 @@ export class Hart {
     const off = pa - this.ramBase;
     if (off >= 0 && off < this.ramSize) {
       if (size === 8) {
+        if (this.sharedRam) {
+          this.pairF64[0] = this.ramF64[off >> 3];
+          this.hi = this.pairI32[1];
+          return this.pairI32[0];
+        }
         this.hi = this.ram32[(off >> 2) + 1];
         return this.ram32[off >> 2];
       }
@@ -659,7 +687,11 @@ export class Hart {
     const pa = this.translate(lo, hi, ACCESS_WRITE);
     const off = pa - this.ramBase;
     if (off >= 0 && off < this.ramSize) {
-      if (size === 8) { this.ram32[off >> 2] = vlo; this.ram32[(off >> 2) + 1] = vhi; }
+      if (size === 8 && this.sharedRam) {
+        this.pairI32[0] = vlo;
+        this.pairI32[1] = vhi;
+        this.ramF64[off >> 3] = this.pairF64[0];
+      } else if (size === 8) { this.ram32[off >> 2] = vlo; this.ram32[(off >> 2) + 1] = vhi; }
       else if (size === 4) this.ram32[off >> 2] = vlo;
       else if (size === 2) this.ram16[off >> 1] = vlo;
       else this.ram8[off] = vlo;
@@ -871,8 +903,15 @@ export class Hart {
       // accessed / dirty, set by the hardware walker
       const need = access === ACCESS_WRITE ? 0xc0 : 0x40;
       if ((pteLo & need) !== need) {
+        if (this.ram64 !== null) {
+          // Another hart may change this PTE meanwhile: update it only if it is still the one read.
+          if (Atomics.compareExchange(this.ram32, poff >> 2, pteLo, pteLo | need) !== pteLo) {
+            return this.walk(lo, hi, access, priv, mode);
+          }
+        } else {
+          this.ram32[poff >> 2] = pteLo | need;
+        }
         pteLo |= need;
-        this.ram32[poff >> 2] = pteLo;
         if (this.dirtyPages !== null) this.dirtyPages[poff >>> 12] = 1;
       }
       const vpnLow = ((lo >>> 12) | (hi << 20)) & lowMask;
@@ -1212,6 +1251,7 @@ export class Hart {
     const rs1 = (insn >> 14) & 0x3e;
     const rs2 = (insn >> 19) & 0x3e;
     if (f3 !== 2 && f3 !== 3) this.illegal(insn);
+    if (this.ram64 !== null) return this.atomicShared(insn);
     const size = f3 === 2 ? 4 : 8;
     const alo = x[rs1], ahi = x[rs1 + 1];
     if (f5 === 2) {
@@ -1260,25 +1300,119 @@ export class Hart {
       }
       this.ram32[w] = nlo;
     } else {
-      switch (f5) {
-        case 0x01: nlo = blo; nhi = bhi; break;
-        case 0x00: nlo = (olo + blo) | 0; nhi = (ohi + bhi + ((nlo >>> 0) < (olo >>> 0) ? 1 : 0)) | 0; break;
-        case 0x04: nlo = olo ^ blo; nhi = ohi ^ bhi; break;
-        case 0x0c: nlo = olo & blo; nhi = ohi & bhi; break;
-        case 0x08: nlo = olo | blo; nhi = ohi | bhi; break;
-        default: {
-          const less = f5 === 0x10 || f5 === 0x14
-            ? ohi < bhi || (ohi === bhi && (olo >>> 0) < (blo >>> 0))
-            : (ohi >>> 0) < (bhi >>> 0) || (ohi === bhi && (olo >>> 0) < (blo >>> 0));
-          let takeOld: boolean;
-          if (f5 === 0x10 || f5 === 0x18) takeOld = less;
-          else if (f5 === 0x14 || f5 === 0x1c) takeOld = !less;
-          else this.illegal(insn);
-          nlo = takeOld ? olo : blo; nhi = takeOld ? ohi : bhi;
-        }
-      }
+      if (((0x1111111b >>> f5) & 1) === 0) this.illegal(insn);
+      nlo = this.amo64(f5, olo, ohi, blo, bhi);
+      nhi = this.hi;
       this.ram32[w] = nlo;
       this.ram32[w + 1] = nhi;
+    }
+    x[rd] = olo; x[rd + 1] = ohi;
+  }
+
+  /** The doubleword an AMO (f5, checked by the caller) stores, from old o and operand b: low word returned, high in `hi`. */
+  private amo64(f5: number, olo: number, ohi: number, blo: number, bhi: number): number {
+    let nlo: number, nhi: number;
+    switch (f5) {
+      case 0x01: nlo = blo; nhi = bhi; break;
+      case 0x00: nlo = (olo + blo) | 0; nhi = (ohi + bhi + ((nlo >>> 0) < (olo >>> 0) ? 1 : 0)) | 0; break;
+      case 0x04: nlo = olo ^ blo; nhi = ohi ^ bhi; break;
+      case 0x0c: nlo = olo & blo; nhi = ohi & bhi; break;
+      case 0x08: nlo = olo | blo; nhi = ohi | bhi; break;
+      default: {
+        const less = f5 === 0x10 || f5 === 0x14
+          ? ohi < bhi || (ohi === bhi && (olo >>> 0) < (blo >>> 0))
+          : (ohi >>> 0) < (bhi >>> 0) || (ohi === bhi && (olo >>> 0) < (blo >>> 0));
+        const takeOld = f5 === 0x10 || f5 === 0x18 ? less : !less;
+        nlo = takeOld ? olo : blo; nhi = takeOld ? ohi : bhi;
+      }
+    }
+    this.hi = nhi;
+    return nlo;
+  }
+
+  /**
+   * The A extension over RAM that other harts' threads share: every read-modify-write is one
+   * compare-and-swap (or an Atomics operation), so no store of another hart falls between the read
+   * and the write. SC succeeds when memory still holds what LR read (as QEMU's cmpxchg-based SC).
+   */
+  private atomicShared(insn: number): void {
+    const x = this.x;
+    const f5 = insn >>> 27;
+    const rd = (insn >> 6) & 0x3e;
+    const rs1 = (insn >> 14) & 0x3e;
+    const rs2 = (insn >> 19) & 0x3e;
+    const size = ((insn >> 12) & 7) === 2 ? 4 : 8;
+    const ram32 = this.ram32;
+    const alo = x[rs1], ahi = x[rs1 + 1];
+    if (f5 === 2) {
+      if (((insn >> 20) & 31) !== 0) this.illegal(insn);
+      const off = this.dataOffset(alo, ahi, size, ACCESS_READ);
+      let lo: number, hi: number;
+      if (size === 4) {
+        lo = Atomics.load(ram32, off >> 2);
+        hi = lo >> 31;
+      } else {
+        const v = Atomics.load(this.ram64!, off >> 3);
+        lo = Number(BigInt.asIntN(32, v));
+        hi = Number(v >> 32n);
+      }
+      this.reservationValid = true;
+      this.reservationAddr = off;
+      this.reservedLo = lo;
+      this.reservedHi = hi;
+      x[rd] = lo; x[rd + 1] = hi;
+      return;
+    }
+    // SC, AMOSWAP, AMOADD, AMOXOR, AMOOR, AMOAND, AMOMIN, AMOMAX, AMOMINU, AMOMAXU
+    if (((0x1111111b >>> f5) & 1) === 0) this.illegal(insn);
+    const off = this.dataOffset(alo, ahi, size, ACCESS_WRITE);
+    const blo = x[rs2], bhi = x[rs2 + 1];
+    if (f5 === 3) {
+      let ok = this.reservationValid && this.reservationAddr === off;
+      if (ok && size === 4) ok = Atomics.compareExchange(ram32, off >> 2, this.reservedLo, blo) === this.reservedLo;
+      else if (ok) {
+        const expected = (BigInt(this.reservedHi) << 32n) | BigInt(this.reservedLo >>> 0);
+        ok = Atomics.compareExchange(this.ram64!, off >> 3, expected, (BigInt(bhi) << 32n) | BigInt(blo >>> 0)) === expected;
+      }
+      x[rd] = ok ? 0 : 1;
+      x[rd + 1] = 0;
+      this.reservationValid = false;
+      return;
+    }
+    if (size === 4) {
+      const w = off >> 2;
+      let olo: number;
+      switch (f5) {
+        case 0x01: olo = Atomics.exchange(ram32, w, blo); break;
+        case 0x00: olo = Atomics.add(ram32, w, blo); break;
+        case 0x04: olo = Atomics.xor(ram32, w, blo); break;
+        case 0x0c: olo = Atomics.and(ram32, w, blo); break;
+        case 0x08: olo = Atomics.or(ram32, w, blo); break;
+        default:
+          for (;;) {
+            olo = Atomics.load(ram32, w);
+            let nlo: number;
+            if (f5 === 0x10) nlo = olo < blo ? olo : blo;
+            else if (f5 === 0x14) nlo = olo > blo ? olo : blo;
+            else if (f5 === 0x18) nlo = (olo >>> 0) < (blo >>> 0) ? olo : blo;
+            else nlo = (olo >>> 0) > (blo >>> 0) ? olo : blo;
+            if (Atomics.compareExchange(ram32, w, olo, nlo) === olo) break;
+          }
+      }
+      x[rd] = olo; x[rd + 1] = olo >> 31;
+      return;
+    }
+    // 64-bit: a compare-and-swap loop on the doubleword, the new value computed in int32 halves.
+    const ram64 = this.ram64!;
+    const w = off >> 3;
+    let olo: number, ohi: number;
+    for (;;) {
+      const old = Atomics.load(ram64, w);
+      olo = Number(BigInt.asIntN(32, old));
+      ohi = Number(old >> 32n);
+      const nlo = this.amo64(f5, olo, ohi, blo, bhi);
+      const nhi = this.hi;
+      if (Atomics.compareExchange(ram64, w, old, (BigInt(nhi) << 32n) | BigInt(nlo >>> 0)) === old) break;
     }
     x[rd] = olo; x[rd + 1] = ohi;
   }

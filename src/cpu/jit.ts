@@ -34,6 +34,7 @@
  */
 import { COMPRESSED_TABLE } from "./compressed.js";
 import { HOT_BITS, HOT_MASK, mulhu32, type Hart, type Translator } from "./hart.js";
+import type { SharedCodeMap } from "./smp.js";
 
 const MAX_BLOCK = 64;
 export const COMPILE_THRESHOLD = 20_000;
@@ -123,15 +124,32 @@ export class Jit implements Translator {
   readonly threshold: number;
 
   private readonly maxBlocks: number;
+  /** SMP: what the harts on other threads translated (null: this hart is alone). */
+  private readonly shared: SharedCodeMap | null;
+  private sharedEpoch = 0;
+  private sharedStale = 0;
 
-  constructor(hart: Hart, options: { threshold?: number; maxBlocks?: number } = {}) {
+  constructor(hart: Hart, options: { threshold?: number; maxBlocks?: number; shared?: SharedCodeMap } = {}) {
     this.hart = hart;
     this.jitInstret = 0;
     this.threshold = options.threshold ?? COMPILE_THRESHOLD;
     this.maxBlocks = options.maxBlocks ?? MAX_BLOCKS;
     this.codePages = new Uint8Array(Math.ceil(hart.ramSize / 4096));
-    hart.codePages = this.codePages;
-    hart.codeWritten = (page) => this.invalidatePage(page);
+    const shared = options.shared ?? null;
+    this.shared = shared;
+    if (shared === null) {
+      hart.codePages = this.codePages;
+      hart.codeWritten = (page) => this.invalidatePage(page);
+    } else {
+      // Stores to a page with any hart's code take the slow path, which tells those harts.
+      hart.codePages = shared.owners;
+      hart.codeWritten = (page) => {
+        shared.written(page, hart.hartId);
+        if (this.codePages[page] !== 0) this.invalidatePage(page);
+      };
+      this.sharedEpoch = shared.epoch();
+      this.sharedStale = shared.staleCount(hart.hartId);
+    }
     hart.bus.onExternalWrite((off, length) => {
       if (this.hart.translator === this) this.invalidateRange(off, length);
     });
@@ -260,8 +278,20 @@ export class Jit implements Translator {
       this.hot[slot] = -2;
       return null;
     }
-    const { source, exits } = generate(insns, off >>> 12);
-    const factory = new Function("h", "x", "ram8", "ram16", "ram32", "mulhu32", "codePages", source) as (
+    const { source, exits } = generate(insns, off >>> 12, this.shared !== null);
+    const factory = new Function(
+      "h",
+      "x",
+      "ram8",
+      "ram16",
+      "ram32",
+      "mulhu32",
+      "codePages",
+      "ramF64",
+      "pairF64",
+      "pairI32",
+      source,
+    ) as (
       h: Hart,
       x: Int32Array,
       ram8: Uint8Array,
@@ -269,9 +299,12 @@ export class Jit implements Translator {
       ram32: Int32Array,
       m: typeof mulhu32,
       codePages: Uint8Array,
+      ramF64: Float64Array,
+      pairF64: Float64Array,
+      pairI32: Int32Array,
     ) => BlockFn;
     const h = this.hart;
-    const fn = factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32, this.codePages);
+    const fn = factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32, this.codePages, h.ramF64, h.pairF64, h.pairI32);
     const blk = new Block(pc, off, insns.length, fn, exits);
     blk.sourceBytes = source.length;
     this.sourceBytes += source.length;
@@ -286,6 +319,7 @@ export class Jit implements Translator {
     if (this.codePages[page] === 0) {
       this.codePages[page] = 1;
       h.purgeWriteTlb(page);
+      this.shared?.claim(h.hartId, page);
     }
     this.translateMs += performance.now() - t0;
     return blk;
@@ -323,6 +357,7 @@ export class Jit implements Translator {
   /** A store is about to change a page that holds translated code: drop its blocks. */
   invalidatePage(page: number): void {
     this.codePages[page] = 0;
+    this.shared?.release(this.hart.hartId, page);
     const list = this.pageBlocks.get(page);
     if (list === undefined) return;
     this.pageBlocks.delete(page);
@@ -343,9 +378,36 @@ export class Jit implements Translator {
     for (let page = off >>> 12; page <= last; page++) if (this.codePages[page] !== 0) this.invalidatePage(page);
   }
 
+  /**
+   * SMP, at a slice boundary: drops this hart's code on pages other harts or devices wrote, and its
+   * write TLB when some hart started translating a page (so stores to that page take the slow path).
+   */
+  syncShared(): void {
+    const shared = this.shared;
+    if (shared === null) return;
+    const epoch = shared.epoch();
+    if (epoch !== this.sharedEpoch) {
+      this.sharedEpoch = epoch;
+      this.hart.flushWriteTlb();
+    }
+    const me = this.hart.hartId;
+    const stale = shared.staleCount(me);
+    if (stale !== this.sharedStale) {
+      this.sharedStale = stale;
+      shared.takeStale(me, (page) => {
+        if (this.codePages[page] !== 0) this.invalidatePage(page);
+      });
+    }
+  }
+
+  fenceI(): void {
+    if (this.shared !== null) this.syncShared();
+  }
+
   /** Drops every block (the cache is full, or a caller wants a clean slate). */
   flush(): void {
     for (const list of this.pageBlocks.values()) for (const b of list) b.valid = false;
+    if (this.shared !== null) for (const page of this.pageBlocks.keys()) this.shared.release(this.hart.hartId, page);
     this.blocks.clear();
     this.pageBlocks.clear();
     this.codePages.fill(0);
@@ -485,7 +547,7 @@ function registersOf(insn: number): { reads: number[]; writes: number[] } {
  * budget (`end`, exact as everywhere) and while its page still holds translated code (a store to
  * the page drops the block, and the interpreter would see the new code too).
  */
-export function generate(insns: Insn[], page = 0): { source: string; exits: number } {
+export function generate(insns: Insn[], page = 0, sharedRam = false): { source: string; exits: number } {
   let exits = 0;
   const start = insns[0].pc;
   const used = new Set<number>();
@@ -751,7 +813,10 @@ export function generate(insns: Insn[], page = 0): { source: string; exits: numb
             slowHi = "v >> 31";
             break;
           case 3:
-            fast = `${o} v = ram32[o >> 2]; w = ram32[(o >> 2) + 1];`;
+            // Shared RAM: one 8-byte access (see Hart.sharedRam).
+            fast = sharedRam
+              ? `${o} pairF64[0] = ramF64[o >> 3]; v = pairI32[0]; w = pairI32[1];`
+              : `${o} v = ram32[o >> 2]; w = ram32[(o >> 2) + 1];`;
             slowLo = "h.loadSlow(t, u, 8)";
             slowHi = "h.hi";
             break;
@@ -799,7 +864,9 @@ export function generate(insns: Insn[], page = 0): { source: string; exits: numb
             fast = `${o} ram32[o >> 2] = ${b};`;
             break;
           default:
-            fast = `${o} ram32[o >> 2] = ${b}; ram32[(o >> 2) + 1] = ${bh};`;
+            fast = sharedRam
+              ? `${o} pairI32[0] = ${b}; pairI32[1] = ${bh}; ramF64[o >> 3] = pairF64[0];`
+              : `${o} ram32[o >> 2] = ${b}; ram32[(o >> 2) + 1] = ${bh};`;
             break;
         }
         emit(
@@ -808,7 +875,8 @@ export function generate(insns: Insn[], page = 0): { source: string; exits: numb
         break;
       }
       case 0x0f:
-        if (f3 === 1) emit(exit(next, k + 1, EXIT_NOLINK)); // fence.i: code after it is fetched afresh
+        // fence.i: drop what other harts wrote (SMP); code after it is fetched afresh.
+        if (f3 === 1) emit(`h.translator.fenceI(); ${exit(next, k + 1, EXIT_NOLINK)}`);
         break;
       default: {
         // AMO and F/D: the hart's own code, with state made precise first; rd may change.

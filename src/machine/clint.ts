@@ -18,28 +18,64 @@ export interface ClintState {
   mtimeOffset: number;
 }
 
-/** SiFive CLINT / ACLINT MSWI + MTIMER pair, as on QEMU virt. */
+/**
+ * SiFive CLINT / ACLINT MSWI + MTIMER pair, as on QEMU virt.
+ *
+ * Its registers live in one buffer: with harts on several threads (SMP) each thread has a Clint
+ * over the same SharedArrayBuffer (from `Clint.allocate`), so that a hart's own timer and software
+ * interrupt are served in its thread, and `harts` stands for the other threads' harts by targets
+ * that only wake them.
+ */
 export class Clint implements MmioDevice, Persistent<ClintState> {
   readonly name = "clint";
   private readonly harts: InterruptTarget[];
   private readonly clock: Clock;
-  private readonly msip: Uint8Array;
+  /** [mtimeOffset] (mtime = clock.now() + mtimeOffset) */
+  private readonly offset: Float64Array;
   private readonly cmpLo: Uint32Array;
   private readonly cmpHi: Uint32Array;
-  private mtimeOffset = 0;
+  private readonly msip: Uint8Array;
   /** High half of mtime captured by a low-half read, so a split 64-bit load cannot tear. */
   private latchedHi = 0;
   private hiLatched = false;
 
-  constructor(harts: InterruptTarget[], clock: Clock) {
+  /** Registers of `harts` harts in their reset state, in memory that threads can share. */
+  static allocate(harts: number, shared = true): ArrayBuffer | SharedArrayBuffer {
+    const bytes = 8 + 8 * harts + harts;
+    const buffer = shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
+    new Uint32Array(buffer, 8, 2 * harts).fill(0xffff_ffff);
+    return buffer;
+  }
+
+  constructor(harts: InterruptTarget[], clock: Clock, registers?: ArrayBuffer | SharedArrayBuffer) {
     this.harts = harts;
     this.clock = clock;
     const n = harts.length;
-    this.msip = new Uint8Array(n);
-    this.cmpLo = new Uint32Array(n).fill(0xffff_ffff);
-    this.cmpHi = new Uint32Array(n).fill(0xffff_ffff);
-    for (let h = 0; h < n; h++) harts[h].setPending(MIP_MSIP, false);
+    const buffer = registers ?? Clint.allocate(n, false);
+    if (buffer.byteLength !== 8 + 9 * n) throw new Error(`CLINT registers for ${n} harts expected`);
+    this.offset = new Float64Array(buffer, 0, 1);
+    this.cmpLo = new Uint32Array(buffer, 8, n);
+    this.cmpHi = new Uint32Array(buffer, 8 + 4 * n, n);
+    this.msip = new Uint8Array(buffer, 8 + 8 * n, n);
+    for (let h = 0; h < n; h++) harts[h].setPending(MIP_MSIP, this.msip[h] === 1);
     this.update();
+  }
+
+  private get mtimeOffset(): number {
+    return this.offset[0];
+  }
+  private set mtimeOffset(v: number) {
+    this.offset[0] = v;
+  }
+
+  /** Hart `hart`'s software-interrupt bit (SMP: read by the hart's own thread). */
+  softwarePending(hart: number): boolean {
+    return this.msip[hart] === 1;
+  }
+
+  /** Whether hart `hart`'s timer has fired (mtime >= mtimecmp). */
+  timerPending(hart: number): boolean {
+    return this.mtime() >= this.cmpHi[hart] * TWO32 + this.cmpLo[hart];
   }
 
   /** Current mtime in ticks. */
@@ -95,7 +131,7 @@ export class Clint implements MmioDevice, Persistent<ClintState> {
       const t = this.mtime();
       this.latchedHi = Math.floor(t / TWO32) >>> 0;
       this.hiLatched = true;
-      return t % TWO32 >>> 0;
+      return (t % TWO32) >>> 0;
     }
     if (off === MTIME + 4 && this.hiLatched) {
       this.hiLatched = false;
@@ -115,7 +151,7 @@ export class Clint implements MmioDevice, Persistent<ClintState> {
     }
     if (off === MTIME || off === MTIME + 4) {
       const t = this.mtime();
-      return off === MTIME ? t % TWO32 >>> 0 : Math.floor(t / TWO32) >>> 0;
+      return off === MTIME ? (t % TWO32) >>> 0 : Math.floor(t / TWO32) >>> 0;
     }
     return 0;
   }
@@ -138,7 +174,7 @@ export class Clint implements MmioDevice, Persistent<ClintState> {
     }
     if (off === MTIME || off === MTIME + 4) {
       const t = this.mtime();
-      let lo = t % TWO32 >>> 0;
+      let lo = (t % TWO32) >>> 0;
       let hi = Math.floor(t / TWO32) >>> 0;
       if (off === MTIME) lo = value;
       else hi = value;

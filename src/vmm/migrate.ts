@@ -311,7 +311,7 @@ export async function migrateTo(
     if (cancel?.aborted && !released) e = new MigrationError("migration cancelled; the VM runs on here");
     if (released && saved) {
       // The old machine is closed and stopped; its RAM buffer moves to the new one.
-      await monitor.takeBack(machine.bus.ramBuffer as ArrayBuffer, saved);
+      await monitor.takeBack(machine.bus.ramBuffer, saved);
     } else {
       machine.stopDirtyLog();
       if (machine.isPaused) machine.resume();
@@ -373,7 +373,9 @@ export async function receiveMigration(
   }
   opts.onStage?.("connected", `from ${socket.remoteAddress}:${socket.remotePort}`);
   // The machine is built now, over the RAM the pages arrive in; only its disks and network wait.
-  const ramBuffer = new ArrayBuffer(spec.memoryMiB * 1024 * 1024);
+  // Pages land straight in the machine's RAM, which an SMP machine's hart threads share.
+  const ramBytes = spec.memoryMiB * 1024 * 1024;
+  const ramBuffer = spec.cpus > 1 ? new SharedArrayBuffer(ramBytes) : new ArrayBuffer(ramBytes);
   const ram = new Uint8Array(ramBuffer);
   const totalPages = ram.length / PAGE;
   let incoming: ReturnType<typeof VmMonitor.prepareIncoming>;

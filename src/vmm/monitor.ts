@@ -220,7 +220,7 @@ export class VmMonitor {
   static prepareIncoming(
     spec: VmSpec,
     opts: MonitorOptions,
-    ram: ArrayBuffer,
+    ram: ArrayBuffer | SharedArrayBuffer,
   ): {
     monitor: VmMonitor;
     complete: (final: VmSpec, state: MachineState) => Promise<string[]>;
@@ -243,7 +243,7 @@ export class VmMonitor {
     return { monitor: m, complete, abandon: () => machine.close() };
   }
 
-  private async build(ram?: ArrayBuffer): Promise<string[]> {
+  private async build(ram?: ArrayBuffer | SharedArrayBuffer): Promise<string[]> {
     const { machine, notes } = await buildMachine(this.spec, {
       ram,
       netDir: this.opts.netDir,
@@ -308,7 +308,7 @@ export class VmMonitor {
   }
 
   private keepMetrics(m: VirtMachine): void {
-    this.pastInstret += m.hart.instret;
+    this.pastInstret += m.metrics().instret;
     this.pastBusyMs += m.busyMs;
     this.pastIdleMs += m.idleMs;
   }
@@ -522,7 +522,7 @@ export class VmMonitor {
    * The destination failed after this side let go of its disks and network: build the machine
    * again here and load what it was (RAM and state), then let it run on.
    */
-  async takeBack(ram: ArrayBuffer, state: MachineState): Promise<void> {
+  async takeBack(ram: ArrayBuffer | SharedArrayBuffer, state: MachineState): Promise<void> {
     const old = this.current;
     await this.build(ram);
     this.machine.restoreState(state);

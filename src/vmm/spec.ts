@@ -94,7 +94,7 @@ export interface BuildOptions {
   output: VirtConfig["output"];
   log?: VirtConfig["log"];
   /** RAM contents to start from (see VirtConfig.ram). */
-  ram?: ArrayBuffer;
+  ram?: ArrayBuffer | SharedArrayBuffer;
 }
 
 /** The machine of a spec, from its boot files and its opened (or stand-in) disks and network. */
@@ -112,6 +112,7 @@ function newMachine(
     firmwareKind: boot.firmware ? "dynamic" : "none",
     append: spec.append,
     memoryMiB: spec.memoryMiB,
+    cpus: spec.cpus,
     engine: spec.engine,
     output: opts.output,
     log: opts.log,
@@ -159,7 +160,7 @@ export async function buildMachine(
  */
 export function buildDeferred(
   spec: VmSpec,
-  opts: BuildOptions & { ram: ArrayBuffer },
+  opts: BuildOptions & { ram: ArrayBuffer | SharedArrayBuffer },
 ): { machine: VirtMachine; plug: (final: VmSpec) => Promise<string[]> } {
   const kernel = readInput(spec.kernel, "kernel", true);
   const initrd = spec.initrd ? readInput(spec.initrd, "initrd", true) : undefined;

@@ -10,6 +10,7 @@ import { Bus, type MmioDevice } from "../cpu/bus.js";
 import { Hart, type HartClock } from "../cpu/hart.js";
 import { saveHart, restoreHart, checkHartState, type HartState } from "../cpu/state.js";
 import { Jit } from "../cpu/jit.js";
+import { MAX_SMP_HARTS, SharedCodeMap } from "../cpu/smp.js";
 import { MIP_MTIP } from "../cpu/csr.js";
 import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
 import { Plic, PLIC_BASE, PLIC_SIZE } from "../machine/plic.js";
@@ -34,6 +35,10 @@ import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
+import { VmClock } from "./clock.js";
+import { HartThreads } from "./smp.js";
+
+export { VmClock };
 
 export const RAM_BASE = 0x8000_0000;
 export const ISA_STRING = "rv64imafdc_zicntr_zicsr_zifencei";
@@ -50,6 +55,11 @@ export interface VirtConfig {
   firmwareKind: FirmwareKind;
   append: string;
   memoryMiB: number;
+  /**
+   * vCPUs (default 1). One hart runs in this thread; with more, each hart runs on a thread of its
+   * own over shared RAM (SMP) and this thread keeps the devices. SMP boots through OpenSBI.
+   */
+  cpus?: number;
   /** The timebase (default: host time). Lockstep runs give each machine a clock of its own instret. */
   clock?: HartClock;
   /** Wall clock of the RTC in ns since the epoch (default: the host's), and the virtio-rng's
@@ -78,7 +88,7 @@ export interface VirtConfig {
    * RAM to start from (a snapshot or a migration, whose state restoreState() then loads): the
    * firmware, kernel, initrd and device tree are not loaded into it.
    */
-  ram?: ArrayBuffer;
+  ram?: ArrayBuffer | SharedArrayBuffer;
 }
 
 /** A disk image file for a virtio-blk slot. */
@@ -114,42 +124,13 @@ export interface PowerOff {
   code: number;
 }
 
-/**
- * The machine's timebase, shared by the hart's `time` CSR, the CLINT and the SBI timer: host time
- * while the VM runs, frozen while it is paused, and set on restore so that guest time goes on from
- * where the snapshot left it.
- */
-export class VmClock implements HartClock {
-  /** performance.now() at which the guest's time was 0 (ms), while running. */
-  private origin = performance.now();
-  /** The guest's time while paused (ticks), or null while running. */
-  private frozen: number | null = null;
-  now(): number {
-    if (this.frozen !== null) return this.frozen;
-    return Math.floor((performance.now() - this.origin) * (TIMEBASE_HZ / 1000));
-  }
-  get paused(): boolean {
-    return this.frozen !== null;
-  }
-  pause(): void {
-    if (this.frozen === null) this.frozen = this.now();
-  }
-  resume(): void {
-    if (this.frozen === null) return;
-    this.origin = performance.now() - this.frozen / (TIMEBASE_HZ / 1000);
-    this.frozen = null;
-  }
-  /** Sets the current time (ticks), keeping the paused or running state. */
-  set(ticks: number): void {
-    if (this.frozen !== null) this.frozen = ticks;
-    else this.origin = performance.now() - ticks / (TIMEBASE_HZ / 1000);
-  }
-}
-
 /** Everything of a machine but its RAM and its disks' contents, as plain data. */
 export interface MachineState {
   clock: number;
+  /** Hart 0. */
   hart: HartState;
+  /** Every hart, when the machine has more than one. */
+  harts?: HartState[];
   clint: ReturnType<Clint["save"]>;
   plic: ReturnType<Plic["save"]>;
   uart: ReturnType<Uart16550["save"]>;
@@ -189,7 +170,17 @@ const NET_ACTIVE_MS = 100;
 
 export class VirtMachine {
   readonly bus: Bus;
+  /**
+   * Hart 0. With one vCPU it runs in this thread; with more (SMP) every hart runs on its own thread
+   * and this object only held hart 0's power-on state: use metrics() and saveState() instead.
+   */
   readonly hart: Hart;
+  readonly cpus: number;
+  /** SMP: the hart threads. */
+  private readonly threads: HartThreads | null = null;
+  private readonly codeMap: SharedCodeMap | null = null;
+  /** The dirty-page log (snapshots, migration), or null when off. */
+  private dirtyLog: Uint8Array | null = null;
   readonly clint: Clint;
   readonly plic: Plic;
   readonly uart: Uart16550;
@@ -223,6 +214,9 @@ export class VirtMachine {
   /** Times the guest went to sleep in WFI. */
   wfiExits = 0;
   private paused = false;
+  /** SMP: run() is serving the hart threads (they run unless paused). */
+  private running = false;
+  private lastYield = 0;
   private resumeWaiter: (() => void) | null = null;
   /** The CPU cap: at most this fraction of a host core (Infinity: none), and its budget (ms). */
   private cpuCap = Infinity;
@@ -238,21 +232,47 @@ export class VirtMachine {
    */
   constructor(config: VirtConfig) {
     this.config = config;
+    const cpus = config.cpus ?? 1;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_SMP_HARTS) {
+      throw new Error(`a machine has 1 to ${MAX_SMP_HARTS} vCPUs, not ${cpus}`);
+    }
+    const smp = cpus > 1;
+    if (smp && !config.firmware) {
+      throw new Error(`${cpus} vCPUs need the OpenSBI firmware: the hypervisor's own SBI (--firmware none) runs one`);
+    }
+    if (smp && config.clock) throw new Error("an SMP machine keeps its own clock");
+    this.cpus = cpus;
     this.clock = config.clock ?? new VmClock();
     const ramSize = config.memoryMiB * 1024 * 1024;
-    this.bus = new Bus(RAM_BASE, ramSize, false, config.ram);
+    let ram = config.ram;
+    if (smp && ram !== undefined && !(ram instanceof SharedArrayBuffer)) {
+      // Harts on other threads need RAM they can share.
+      const shared = new SharedArrayBuffer(ram.byteLength);
+      new Uint8Array(shared).set(new Uint8Array(ram));
+      ram = shared;
+    }
+    this.bus = new Bus(RAM_BASE, ramSize, smp, ram);
     const loading = config.ram === undefined;
     this.hart = new Hart(this.bus, 0, this.clock);
-    this.jit = (config.engine ?? "jit") === "jit" ? new Jit(this.hart) : null;
-    // Device (DMA) and loader writes to RAM: the translator hears of them itself; the dirty-page
-    // log of snapshots and migration is kept here.
+    this.jit = !smp && (config.engine ?? "jit") === "jit" ? new Jit(this.hart) : null;
+    if (smp) this.codeMap = new SharedCodeMap(SharedCodeMap.allocate(ramSize, cpus));
+    // Device (DMA) and loader writes to RAM: the translator hears of them itself (SMP: the hart
+    // threads, through the shared code map); the dirty-page log is kept here.
     this.bus.onExternalWrite((off, len) => {
-      const dirty = this.hart.dirtyPages;
+      this.codeMap?.writtenRange(off, len);
+      const dirty = this.dirtyLog;
       if (dirty === null || len <= 0) return;
       for (let p = off >>> 12, last = (off + len - 1) >>> 12; p <= last; p++) dirty[p] = 1;
     });
-    this.clint = new Clint([this.hart], this.clock);
-    this.plic = new Plic([this.hart]);
+    // SMP: the interrupt controllers here reach the harts through the hart threads (made last).
+    const targets = smp
+      ? Array.from({ length: cpus }, (_, h) => ({
+          setPending: (bit: number, level: boolean) => this.threads?.targets[h].setPending(bit, level),
+        }))
+      : [this.hart];
+    const clintRegisters = smp ? Clint.allocate(cpus, true) : undefined;
+    this.clint = new Clint(targets, this.clock, clintRegisters);
+    this.plic = new Plic(targets);
     this.uart = new Uart16550(
       (level) => this.plic.setLevel(UART_IRQ, level),
       (b) => this.putByte(b),
@@ -352,7 +372,7 @@ export class VirtMachine {
     this.rng = place(new VirtioRng(this.bus, irqLine(slots.length), { log, entropy: config.entropy }));
 
     const dtb = buildVirtDeviceTree({
-      harts: 1,
+      harts: cpus,
       isa: ISA_STRING,
       mmu: "sv39",
       ramBase: RAM_BASE,
@@ -364,6 +384,34 @@ export class VirtMachine {
     });
     if (dtb.length > 1024 * 1024) throw new Error("device tree too large");
     if (loading) this.bus.load(this.layout.dtbAddr, dtb);
+
+    if (smp) {
+      // Every hart starts in the firmware with its id in a0 (OpenSBI picks the boot hart); they
+      // reach the devices here through every window but the CLINT's, which each serves itself.
+      const boot = saveHart(hart);
+      const states = Array.from({ length: cpus }, (_, h) => {
+        const s: HartState = { ...boot, hartId: h, x: [...boot.x] };
+        s.x[20] = h;
+        return s;
+      });
+      const log = config.log ?? ((line: string) => process.stderr.write(line + "\n"));
+      this.threads = new HartThreads({
+        engine: config.engine ?? "jit",
+        bus: this.bus,
+        clint: clintRegisters as SharedArrayBuffer,
+        clock: (this.clock as VmClock).buffer,
+        code: this.codeMap!.buffers,
+        windows: [
+          { base: 0, size: CLINT_BASE },
+          { base: CLINT_BASE + CLINT_SIZE, size: RAM_BASE - CLINT_BASE - CLINT_SIZE },
+        ],
+        states,
+        onFailure: (message) => {
+          log(`yun: ${message}`);
+          this.powerEvent({ kind: "fail", code: 1 });
+        },
+      });
+    }
   }
 
   /** The backend as the network card sees it: every frame either way notes the time. */
@@ -394,6 +442,7 @@ export class VirtMachine {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.threads?.terminate();
     let first: unknown = null;
     for (const d of this.diskBackends) {
       try {
@@ -424,6 +473,7 @@ export class VirtMachine {
   input(bytes: Uint8Array): void {
     for (const b of bytes) this.inputQueue.push(b);
     this.wake?.();
+    this.threads?.ring();
   }
 
   /** Asks the machine to stop as if powered off (host-side quit). */
@@ -433,6 +483,7 @@ export class VirtMachine {
 
   private powerEvent(e: PowerOff): void {
     if (!this.power) this.power = e;
+    this.threads?.ring();
     this.hart.stopRequested = true;
     this.hart.attention = true;
     this.wake?.();
@@ -492,6 +543,7 @@ export class VirtMachine {
   pause(): void {
     if (this.paused) return;
     this.paused = true;
+    this.threads?.pause();
     if (this.clock instanceof VmClock) this.clock.pause();
     this.hart.stopRequested = true;
     this.hart.attention = true;
@@ -502,6 +554,7 @@ export class VirtMachine {
     if (!this.paused) return;
     this.paused = false;
     if (this.clock instanceof VmClock) this.clock.resume();
+    if (this.threads && this.running) this.threads.resume();
     this.hart.attention = true;
     this.resumeWaiter?.();
   }
@@ -513,12 +566,17 @@ export class VirtMachine {
   /** Limits the guest to `fraction` of a host core (Infinity: no limit). */
   setCpuCap(fraction: number): void {
     this.cpuCap = fraction > 0 ? fraction : Infinity;
+    this.threads?.setCpuCap(this.cpuCap);
     this.capBudgetMs = 0;
     this.capStamp = performance.now();
     this.capCpuStamp = processCpuMicros();
   }
 
   metrics(): MachineMetrics {
+    if (this.threads) {
+      const t = this.threads.totals();
+      return { instret: t.instret, busyMs: t.busyMs, idleMs: t.idleMs, mmioExits: t.mmioExits, wfiExits: t.wfiExits };
+    }
     return {
       instret: this.hart.instret,
       busyMs: this.busyMs,
@@ -530,9 +588,11 @@ export class VirtMachine {
 
   /** The machine's state but RAM. Take it while paused (or from a stopped slice) for a consistent picture. */
   saveState(): MachineState {
+    const harts = this.threads?.save();
     return {
       clock: this.clock.now(),
-      hart: saveHart(this.hart),
+      hart: harts ? harts[0] : saveHart(this.hart),
+      ...(harts ? { harts } : {}),
       clint: this.clint.save(),
       plic: this.plic.save(),
       uart: this.uart.save(),
@@ -554,6 +614,12 @@ export class VirtMachine {
   restoreState(s: MachineState): void {
     const bad = checkHartState(s.hart);
     if (bad) throw new Error(`snapshot: ${bad}`);
+    const cpus = s.harts === undefined ? 1 : Array.isArray(s.harts) ? s.harts.length : -1;
+    if (cpus !== this.cpus) throw new Error(`snapshot: the machine had ${cpus} vCPUs, this one has ${this.cpus}`);
+    for (const h of s.harts ?? []) {
+      const why = checkHartState(h);
+      if (why) throw new Error(`snapshot: ${why}`);
+    }
     if (s.disks.length !== this.disks.length) {
       throw new Error(`snapshot: the machine had ${s.disks.length} disks, this one has ${this.disks.length}`);
     }
@@ -561,7 +627,8 @@ export class VirtMachine {
       throw new Error("snapshot: network card present in only one of the machines");
     if ((s.sbi === null) !== (this.sbi === null)) throw new Error("snapshot: firmware kind differs");
     if (this.clock instanceof VmClock) this.clock.set(s.clock);
-    restoreHart(this.hart, s.hart);
+    if (this.threads) this.threads.restore(s.harts!);
+    else restoreHart(this.hart, s.hart);
     this.clint.restore(s.clint);
     this.plic.restore(s.plic);
     this.uart.restore(s.uart);
@@ -582,15 +649,24 @@ export class VirtMachine {
    * marked. Returns the log of the pages marked since the previous call (null the first time).
    */
   takeDirtyLog(): Uint8Array | null {
-    const previous = this.hart.dirtyPages;
-    this.hart.dirtyPages = new Uint8Array(this.bus.ramSize / 4096);
-    this.hart.flushWriteTlb();
+    const previous = this.dirtyLog;
+    if (this.threads) {
+      const buffer = new SharedArrayBuffer(this.bus.ramSize / 4096);
+      this.dirtyLog = new Uint8Array(buffer);
+      this.threads.setDirtyLog(buffer);
+    } else {
+      this.dirtyLog = new Uint8Array(this.bus.ramSize / 4096);
+      this.hart.dirtyPages = this.dirtyLog;
+      this.hart.flushWriteTlb();
+    }
     return previous;
   }
 
   /** Stops the dirty-page log. */
   stopDirtyLog(): void {
-    this.hart.dirtyPages = null;
+    this.dirtyLog = null;
+    if (this.threads) this.threads.setDirtyLog(null);
+    else this.hart.dirtyPages = null;
   }
 
   /** How the machine stopped, or null while it runs. */
@@ -600,6 +676,7 @@ export class VirtMachine {
 
   /** Runs the guest until it powers off, resets or fails. */
   async run(): Promise<PowerOff> {
+    if (this.threads) return this.runThreads(this.threads);
     const hart = this.hart;
     let lastYield = performance.now();
     while (this.power === null) {
@@ -677,6 +754,50 @@ export class VirtMachine {
         lastYield = performance.now();
       }
     }
+    this.flushOutput();
+    this.close();
+    return this.power;
+  }
+
+  /**
+   * SMP: the harts run on their threads; this thread serves their device accesses, console I/O and
+   * timers until the machine stops.
+   */
+  private async runThreads(threads: HartThreads): Promise<PowerOff> {
+    this.running = true;
+    if (!this.paused) threads.resume();
+    let lastService = 0;
+    while (this.power === null) {
+      let seen = threads.doorbell();
+      let served = threads.serve();
+      // A hart that just made a device access often makes the next right away (a console line, a
+      // virtqueue notification and its interrupt claim): answer those without a trip through the
+      // event loop (a futex wake-up costs tens of µs in a nested VM), spinning a few µs for each.
+      for (let spin = 0; served > 0 && served < 256 && spin < 2000; spin++) {
+        const bell = threads.doorbell();
+        if (bell === seen) continue;
+        seen = bell;
+        const more = threads.serve();
+        served += more;
+        if (more > 0) spin = 0;
+      }
+      const now = performance.now();
+      if (served > 0 || now - lastService > 5) {
+        lastService = now;
+        this.feedInput();
+        this.rtc.update();
+        this.flushOutput();
+      }
+      if (this.power !== null) break;
+      if (served === 0) await threads.waitAsync(seen, 10);
+      else if (now - this.lastYield > YIELD_EVERY_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        this.lastYield = performance.now();
+      }
+    }
+    this.running = false;
+    this.flushOutput();
+    await threads.exit();
     this.flushOutput();
     this.close();
     return this.power;

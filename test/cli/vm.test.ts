@@ -23,7 +23,7 @@ function yun(...args: string[]) {
 
 test("yun run: monitor flags are checked before anything starts", () => {
   const cases: [string[], RegExp][] = [
-    [["--cpus", "2"], /--cpus 2: this Yun runs 1 vCPU per VM \(SMP is not built yet\)/],
+    [["--cpus", "2", "--firmware", "none"], /--cpus 2 needs the OpenSBI firmware/],
     [["--cpus", "9"], /--cpus takes a vCPU count 1-8, got "9"/],
     [["--cpu-cap", "0"], /--cpu-cap takes a fraction of a host core/],
     [["--cpu-cap", "1.5"], /at most --cpus \(1\)/],

@@ -1,8 +1,9 @@
 // Shared by the end-to-end tests: drive the real `yun` CLI as a child process and watch its console.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
+import { openConsole } from "../../src/vmm/client.js";
 
 /** Repository root (this file runs from dist/test/e2e/). */
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
@@ -248,4 +249,63 @@ export class ConsoleSession {
   close(): void {
     this.socket.destroy();
   }
+}
+
+/** `yun ARGS` to completion: exit code, stdout, stderr. */
+export function yunSync(...args: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, [YUN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** `yun vm ARGS`'s JSON answer (the command must succeed). */
+export function vmJson<T>(...args: string[]): T {
+  const r = yunSync("vm", ...args);
+  assert.equal(r.code, 0, `yun vm ${args.join(" ")} failed: ${r.err}`);
+  return JSON.parse(r.out) as T;
+}
+
+/** Starts `yun run --headless --name NAME ARGS` (added to `children`) and waits until its control socket answers. */
+export async function headless(
+  children: Yun[],
+  name: string,
+  ...args: string[]
+): Promise<{ yun: Yun; socket: string }> {
+  const y = new Yun(["run", "--headless", "--name", name, ...args]);
+  children.push(y);
+  for (let i = 0; i < 600; i++) {
+    const list = JSON.parse(yunSync("vm", "list", "--json").out) as { name: string; apiSocket: string }[];
+    const e = list.find((v) => v.name === name);
+    if (e) return { yun: y, socket: e.apiSocket };
+    if (!y.running) assert.fail(`yun run ${args.join(" ")} exited: ${y.console}`);
+    await sleep(100);
+  }
+  assert.fail(`VM ${name} never registered: ${y.console}`);
+}
+
+/** A console session on a VM's control socket, with its output history. */
+export async function attach(socket: string): Promise<ConsoleSession> {
+  return new ConsoleSession(await openConsole(socket, true));
+}
+
+/** The guest counter the lifecycle tests keep in /tmp/c. */
+export const counter = async (c: ConsoleSession): Promise<number> => Number((await c.sh("cat /tmp/c")).trim());
+
+/** Starts a `yun run --headless --incoming 0` destination (added to `children`); resolves with it and its port. */
+export async function incoming(children: Yun[]): Promise<{ dest: Yun; port: string }> {
+  const dest = new Yun(["run", "--headless", "--incoming", "0"]);
+  children.push(dest);
+  await dest.waitFor("the destination to listen", (s) => /waiting for a migration on 127\.0\.0\.1:\d+/.test(s), 30_000);
+  return { dest, port: /127\.0\.0\.1:(\d+)/.exec(dest.console)![1] };
+}
+
+/** The control socket of VM `name` once process `pid` runs it (a migration's destination registers late). */
+export async function socketOf(name: string, pid: number): Promise<string> {
+  for (let i = 0; i < 100; i++) {
+    const e = (
+      JSON.parse(yunSync("vm", "list", "--json").out) as { name: string; apiSocket: string; pid: number }[]
+    ).find((v) => v.name === name);
+    if (e && e.pid === pid) return e.apiSocket;
+    await sleep(100);
+  }
+  assert.fail(`VM ${name} is not listed with pid ${pid}`);
 }

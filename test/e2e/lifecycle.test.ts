@@ -7,45 +7,25 @@ import assert from "node:assert/strict";
 import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { spawnSync } from "node:child_process";
-import { Yun, YUN, ROOT, ConsoleSession, sleep, TEST_TIMEOUT } from "./harness.js";
-import { openConsole } from "../../src/vmm/client.js";
+import {
+  Yun,
+  sleep,
+  TEST_TIMEOUT,
+  yunSync,
+  vmJson,
+  headless as headlessVm,
+  attach,
+  counter,
+  incoming,
+  socketOf,
+} from "./harness.js";
 
 const tag = `lc${process.pid}`;
 const dir = mkdtempSync(join(tmpdir(), "yun-lifecycle-"));
 const children: Yun[] = [];
 
-/** `yun ARGS` to completion: exit code, stdout, stderr. */
-function yun(...args: string[]) {
-  const r = spawnSync(process.execPath, [YUN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-function vmJson<T>(...args: string[]): T {
-  const r = yun("vm", ...args);
-  assert.equal(r.code, 0, `yun vm ${args.join(" ")} failed: ${r.err}`);
-  return JSON.parse(r.out) as T;
-}
-
-/** Starts `yun run --headless ARGS` and waits until its control socket answers. */
-async function headless(name: string, ...args: string[]): Promise<{ yun: Yun; socket: string }> {
-  const y = new Yun(["run", "--headless", "--name", name, ...args]);
-  children.push(y);
-  for (let i = 0; i < 600; i++) {
-    const list = JSON.parse(yun("vm", "list", "--json").out) as { name: string; apiSocket: string }[];
-    const e = list.find((v) => v.name === name);
-    if (e) return { yun: y, socket: e.apiSocket };
-    if (!y.running) assert.fail(`yun run ${args.join(" ")} exited: ${y.console}`);
-    await sleep(100);
-  }
-  assert.fail(`VM ${name} never registered: ${y.console}`);
-}
-
-async function attach(socket: string): Promise<ConsoleSession> {
-  return new ConsoleSession(await openConsole(socket, true));
-}
-
-const counter = async (c: ConsoleSession): Promise<number> => Number((await c.sh("cat /tmp/c")).trim());
+const yun = yunSync;
+const headless = (name: string, ...args: string[]) => headlessVm(children, name, ...args);
 
 /** CPU time (s) the process has used so far (user + system). */
 function cpuSeconds(pid: number): number {
@@ -153,14 +133,7 @@ test(
       });
 
       await t.test("live migration between two processes while the counter runs", async () => {
-        const dest = new Yun(["run", "--headless", "--incoming", "0"]);
-        children.push(dest);
-        await dest.waitFor(
-          "the destination to listen",
-          (s) => /waiting for a migration on 127\.0\.0\.1:\d+/.test(s),
-          30_000,
-        );
-        const port = /127\.0\.0\.1:(\d+)/.exec(dest.console)![1];
+        const { dest, port } = await incoming(children);
         const before = await counter(await attach(b.socket));
         const r = vmJson<{ downtimeMs: number; totalMs: number; rounds: number }>("migrate", `${tag}-b`, port);
         assert.ok(r.downtimeMs < 300, `downtime ${r.downtimeMs} ms`);
@@ -168,15 +141,7 @@ test(
         const exit = await b.yun.exited;
         assert.equal(exit.code, 0, "the source exits once the VM left");
         // The destination registers under the same name once the source is gone.
-        let socket = "";
-        for (let i = 0; i < 100 && !socket; i++) {
-          const e = (
-            JSON.parse(yun("vm", "list", "--json").out) as { name: string; apiSocket: string; pid: number }[]
-          ).find((v) => v.name === `${tag}-b`);
-          if (e && e.pid === dest.child.pid) socket = e.apiSocket;
-          else await sleep(100);
-        }
-        assert.ok(socket, "the migrated VM is listed");
+        const socket = await socketOf(`${tag}-b`, dest.child.pid!);
         const cd = await attach(socket);
         const v = await counter(cd);
         assert.ok(v >= before, `counter ${v} on the destination (was ${before})`);

@@ -1,0 +1,296 @@
+/**
+ * One hart of an SMP machine, on a thread of its own (a worker) over the machine's shared RAM.
+ *
+ * The hart runs slices of guest code as the single-hart machine does. Its CLINT registers (its
+ * timer and its software interrupt) are served here, from memory all harts share; every other
+ * device window goes to the VM's thread as a request in the control block, which the hart waits
+ * for. Between slices it takes in its interrupt lines, drops code other harts or devices wrote,
+ * and answers the VM thread's control requests. In WFI it sleeps on its wake word until an
+ * interrupt, an IPI or a control request, or its timer deadline.
+ */
+import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from "node:worker_threads";
+import { Bus, type MmioDevice } from "../cpu/bus.js";
+import { Hart } from "../cpu/hart.js";
+import { Jit } from "../cpu/jit.js";
+import { SharedCodeMap } from "../cpu/smp.js";
+import { restoreHart, saveHart } from "../cpu/state.js";
+import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
+import { MIP_MEIP, MIP_MSIP, MIP_MTIP, MIP_SEIP, TIMEBASE_HZ, type InterruptTarget } from "../machine/interrupts.js";
+import { VmClock } from "./clock.js";
+import {
+  ACK,
+  CTL,
+  CTL_EXIT,
+  CTL_PAUSE,
+  DOORBELL,
+  EXT,
+  HART_STATS,
+  MAIL,
+  REQ_ADDR,
+  REQ_KIND,
+  REQ_READ,
+  REQ_SEQ,
+  REQ_SIZE,
+  REQ_VALUE,
+  REQ_WRITE,
+  RESP_OK,
+  RESP_SEQ,
+  RESP_VALUE,
+  STAT_BUSY_MS,
+  STAT_IDLE_MS,
+  STAT_INSTRET,
+  STAT_MMIO,
+  STAT_WFI,
+  STATE,
+  STATE_EXITED,
+  STATE_FAILED,
+  STATE_PAUSED,
+  STATE_RUNNING,
+  STATE_WAITING,
+  WAKE,
+  hartBase,
+  type HartAnswer,
+  type HartCommand,
+  type HartWorkerData,
+} from "./smp-channel.js";
+
+/** Guest instructions between two looks at interrupts and control: IPI latency is about one slice. */
+const SLICE_INSTRUCTIONS = 50_000;
+/** Spins on an MMIO answer before sleeping: a futex wake-up costs tens of µs in a nested VM. */
+const ANSWER_SPINS = 20_000;
+
+const data = workerData as HartWorkerData & { port: MessagePort };
+const me = data.hartId;
+const control = new Int32Array(data.control);
+const base = hartBase(me);
+const stats = new Float64Array(data.stats, me * HART_STATS * 8, HART_STATS);
+
+function wakeHart(hart: number): void {
+  const at = hartBase(hart) + WAKE;
+  Atomics.add(control, at, 1);
+  Atomics.notify(control, at);
+}
+
+function ringDoorbell(): void {
+  Atomics.add(control, DOORBELL, 1);
+  Atomics.notify(control, DOORBELL);
+}
+
+/** A device window of the VM thread: each access is a request there, answered while the hart waits. */
+class RemoteWindow implements MmioDevice {
+  readonly name = "vm-thread device";
+  private static seq = 0;
+  constructor(private readonly windowBase: number) {}
+
+  private request(kind: number, offset: number, value: number, size: number): number | undefined {
+    const seq = (RemoteWindow.seq = (RemoteWindow.seq + 1) | 0);
+    control[base + REQ_KIND] = kind;
+    control[base + REQ_ADDR] = this.windowBase + offset;
+    control[base + REQ_SIZE] = size;
+    control[base + REQ_VALUE] = value;
+    Atomics.store(control, base + REQ_SEQ, seq);
+    ringDoorbell();
+    let spins = 0;
+    while (Atomics.load(control, base + RESP_SEQ) !== seq) {
+      if (++spins > ANSWER_SPINS) Atomics.wait(control, base + RESP_SEQ, Atomics.load(control, base + RESP_SEQ), 50);
+    }
+    return control[base + RESP_OK] === 1 ? control[base + RESP_VALUE] >>> 0 : undefined;
+  }
+
+  read(offset: number, size: 1 | 2 | 4): number {
+    const v = this.request(REQ_READ, offset, 0, size);
+    if (v === undefined) throw new AccessFault();
+    return v;
+  }
+
+  write(offset: number, value: number, size: 1 | 2 | 4): void {
+    if (this.request(REQ_WRITE, offset, value, size) === undefined) throw new AccessFault();
+  }
+}
+
+/** Nothing answered at that address in the VM thread: the bus reports an access fault. */
+class AccessFault extends Error {}
+
+/** A bus whose device windows may answer "nothing here" from the other side. */
+class WorkerBus extends Bus {
+  override mmioRead(pa: number, size: 1 | 2 | 4): number | undefined {
+    try {
+      return super.mmioRead(pa, size);
+    } catch (e) {
+      if (e instanceof AccessFault) return undefined;
+      throw e;
+    }
+  }
+  override mmioWrite(pa: number, value: number, size: 1 | 2 | 4): boolean {
+    try {
+      return super.mmioWrite(pa, value, size);
+    } catch (e) {
+      if (e instanceof AccessFault) return false;
+      throw e;
+    }
+  }
+}
+
+const clock = new VmClock(data.clock);
+const bus = new WorkerBus(data.ramBase, data.ram.byteLength, true, data.ram);
+const hart = new Hart(bus, me, clock);
+const jit = data.engine === "jit" ? new Jit(hart, { shared: new SharedCodeMap(data.code) }) : null;
+// This thread's CLINT: its own hart is a real target; the others are woken and read their bits themselves.
+const targets: InterruptTarget[] = [];
+for (let h = 0; h < data.harts; h++) {
+  targets.push(
+    h === me
+      ? hart
+      : {
+          setPending: (bit, level) => {
+            if (level && bit === MIP_MSIP) wakeHart(h);
+          },
+        },
+  );
+}
+const clint = new Clint(targets, clock, data.clint);
+bus.map(CLINT_BASE, CLINT_SIZE, clint);
+for (const w of data.windows) bus.map(w.base, w.size, new RemoteWindow(w.base));
+restoreHart(hart, data.state);
+if (data.dirty) hart.dirtyPages = new Uint8Array(data.dirty);
+let cpuCap = data.cpuCap;
+let capBudgetMs = 0;
+
+const port = data.port;
+let mailSeen = 0;
+
+function answer(a: HartAnswer): void {
+  port.postMessage(a);
+  Atomics.add(control, base + ACK, 1);
+  ringDoorbell();
+}
+
+function handle(cmd: HartCommand): HartAnswer {
+  switch (cmd.op) {
+    case "save":
+      return { ok: true, state: saveHart(hart) };
+    case "restore":
+      restoreHart(hart, cmd.state);
+      jit?.flush();
+      return { ok: true };
+    case "dirty-log":
+      hart.dirtyPages = cmd.buffer ? new Uint8Array(cmd.buffer) : null;
+      hart.flushWriteTlb();
+      return { ok: true };
+    case "cpu-cap":
+      cpuCap = cmd.fraction;
+      capBudgetMs = 0;
+      return { ok: true };
+    case "flush-code":
+      jit?.flush();
+      hart.flushAllTlbs();
+      return { ok: true };
+  }
+}
+
+function readMail(): void {
+  const mail = Atomics.load(control, base + MAIL);
+  if (mail === mailSeen) return;
+  mailSeen = mail;
+  for (;;) {
+    const m = receiveMessageOnPort(port);
+    if (m === undefined) break;
+    let a: HartAnswer;
+    try {
+      a = handle(m.message as HartCommand);
+    } catch (e) {
+      a = { ok: false, error: e instanceof Error ? e.message : String(e) };
+    }
+    answer(a);
+  }
+}
+
+/** Takes in the interrupt lines that other threads drive. */
+function syncInterrupts(): void {
+  const ext = Atomics.load(control, base + EXT);
+  hart.setPending(MIP_MEIP, (ext & (1 << MIP_MEIP)) !== 0);
+  hart.setPending(MIP_SEIP, (ext & (1 << MIP_SEIP)) !== 0);
+  hart.setPending(MIP_MSIP, clint.softwarePending(me));
+  hart.setPending(MIP_MTIP, clint.timerPending(me));
+}
+
+function publishStats(): void {
+  stats[STAT_INSTRET] = hart.instret;
+  stats[STAT_MMIO] = bus.mmioAccesses;
+}
+
+function sleep(ms: number): void {
+  const wake = Atomics.load(control, base + WAKE);
+  const t0 = performance.now();
+  Atomics.wait(control, base + WAKE, wake, ms);
+  stats[STAT_IDLE_MS] += performance.now() - t0;
+}
+
+function main(): void {
+  for (;;) {
+    readMail();
+    const ctl = Atomics.load(control, base + CTL);
+    if (ctl === CTL_EXIT) break;
+    if (ctl === CTL_PAUSE) {
+      const wake = Atomics.load(control, base + WAKE);
+      if (Atomics.load(control, base + STATE) !== STATE_PAUSED) {
+        publishStats();
+        Atomics.store(control, base + STATE, STATE_PAUSED);
+        ringDoorbell();
+      }
+      if (Atomics.load(control, base + CTL) === CTL_PAUSE && Atomics.load(control, base + MAIL) === mailSeen) {
+        Atomics.wait(control, base + WAKE, wake, 1000);
+      }
+      continue;
+    }
+    // Read before looking at the interrupt lines: a wake-up after this read is not missed.
+    const wake = Atomics.load(control, base + WAKE);
+    syncInterrupts();
+    jit?.syncShared();
+    if (hart.waiting) {
+      if (hart.hasWakeup()) {
+        hart.waiting = false;
+        hart.attention = true;
+      } else {
+        if (Atomics.load(control, base + STATE) !== STATE_WAITING) {
+          publishStats();
+          Atomics.store(control, base + STATE, STATE_WAITING);
+        }
+        const deadline = clint.nextDeadline(me);
+        const ms = Math.min(1000, Math.max(0, (deadline - clock.now()) / (TIMEBASE_HZ / 1000)));
+        const t0 = performance.now();
+        if (ms > 0) Atomics.wait(control, base + WAKE, wake, ms);
+        stats[STAT_IDLE_MS] += performance.now() - t0;
+        continue;
+      }
+    }
+    Atomics.store(control, base + STATE, STATE_RUNNING);
+    const t0 = performance.now();
+    hart.run(SLICE_INSTRUCTIONS);
+    const t1 = performance.now();
+    stats[STAT_BUSY_MS] += t1 - t0;
+    if (hart.waiting) stats[STAT_WFI]++;
+    publishStats();
+    if (cpuCap !== Infinity) {
+      // This hart's share of the VM's cap, as a token bucket over the time it runs guest code.
+      capBudgetMs = Math.min(capBudgetMs + (t1 - t0) * (cpuCap - 1), 20);
+      if (capBudgetMs < 0) {
+        const ms = -capBudgetMs / cpuCap;
+        sleep(ms);
+        capBudgetMs += ms * cpuCap;
+      }
+    }
+  }
+  publishStats();
+  Atomics.store(control, base + STATE, STATE_EXITED);
+  ringDoorbell();
+}
+
+try {
+  main();
+} catch (e) {
+  const message = e instanceof Error ? (e.stack ?? e.message) : String(e);
+  parentPort?.postMessage({ failed: message });
+  Atomics.store(control, base + STATE, STATE_FAILED);
+  ringDoorbell();
+}
