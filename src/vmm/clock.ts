@@ -55,3 +55,9 @@ export class VmClock implements HartClock {
     else this.words[0] = this.hostMs() - ticks / TICKS_PER_MS;
   }
 }
+
+/** CPU time this process has used so far, user and system, all threads, in µs (CPU caps). */
+export function processCpuMicros(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}

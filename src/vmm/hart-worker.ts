@@ -16,7 +16,7 @@ import { SharedCodeMap } from "../cpu/smp.js";
 import { restoreHart, saveHart } from "../cpu/state.js";
 import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
 import { MIP_MEIP, MIP_MSIP, MIP_MTIP, MIP_SEIP, TIMEBASE_HZ, type InterruptTarget } from "../machine/interrupts.js";
-import { VmClock } from "./clock.js";
+import { VmClock, processCpuMicros } from "./clock.js";
 import {
   ACK,
   CTL,
@@ -153,8 +153,11 @@ bus.map(CLINT_BASE, CLINT_SIZE, clint);
 for (const w of data.windows) bus.map(w.base, w.size, new RemoteWindow(w.base));
 restoreHart(hart, data.state);
 if (data.dirty) hart.dirtyPages = new Uint8Array(data.dirty);
+/** This hart's share of the VM's CPU cap (a fraction of a host core; Infinity: none), and its budget. */
 let cpuCap = data.cpuCap;
 let capBudgetMs = 0;
+let capStamp = performance.now();
+let capCpuStamp = processCpuMicros();
 
 const port = data.port;
 let mailSeen = 0;
@@ -180,6 +183,8 @@ function handle(cmd: HartCommand): HartAnswer {
     case "cpu-cap":
       cpuCap = cmd.fraction;
       capBudgetMs = 0;
+      capStamp = performance.now();
+      capCpuStamp = processCpuMicros();
       return { ok: true };
     case "flush-code":
       jit?.flush();
@@ -272,13 +277,14 @@ function main(): void {
     if (hart.waiting) stats[STAT_WFI]++;
     publishStats();
     if (cpuCap !== Infinity) {
-      // This hart's share of the VM's cap, as a token bucket over the time it runs guest code.
-      capBudgetMs = Math.min(capBudgetMs + (t1 - t0) * (cpuCap - 1), 20);
-      if (capBudgetMs < 0) {
-        const ms = -capBudgetMs / cpuCap;
-        sleep(ms);
-        capBudgetMs += ms * cpuCap;
-      }
+      // A token bucket per hart: its share of the cap earns budget with wall time, and its share of
+      // the process's CPU time (every hart, the VM thread, V8's compilers and GC) spends it, so the
+      // whole VM uses what its cap says.
+      const cpu = processCpuMicros();
+      capBudgetMs = Math.min(capBudgetMs + (t1 - capStamp) * cpuCap - (cpu - capCpuStamp) / 1000 / data.harts, 20);
+      capStamp = t1;
+      capCpuStamp = cpu;
+      if (capBudgetMs < 0) sleep(-capBudgetMs / cpuCap);
     }
   }
   publishStats();

@@ -35,7 +35,7 @@ import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
-import { VmClock } from "./clock.js";
+import { VmClock, processCpuMicros } from "./clock.js";
 import { HartThreads } from "./smp.js";
 
 export { VmClock };
@@ -155,11 +155,6 @@ export interface MachineMetrics {
   wfiExits: number;
 }
 
-/** CPU time this process has used so far, user and system, in µs. */
-function processCpuMicros(): number {
-  const u = process.cpuUsage();
-  return u.user + u.system;
-}
 
 const SLICE_INSTRUCTIONS = 200_000;
 /** A busy guest hands the event loop a turn this often (ms), so host I/O and timers are served... */

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openConsole } from "../../src/vmm/client.js";
 
@@ -308,4 +309,10 @@ export async function socketOf(name: string, pid: number): Promise<string> {
     await sleep(100);
   }
   assert.fail(`VM ${name} is not listed with pid ${pid}`);
+}
+
+/** CPU time (s) process `pid` has used so far (user + system, all threads). */
+export function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }

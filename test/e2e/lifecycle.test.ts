@@ -18,6 +18,7 @@ import {
   counter,
   incoming,
   socketOf,
+  cpuSeconds,
 } from "./harness.js";
 
 const tag = `lc${process.pid}`;
@@ -26,12 +27,6 @@ const children: Yun[] = [];
 
 const yun = yunSync;
 const headless = (name: string, ...args: string[]) => headlessVm(children, name, ...args);
-
-/** CPU time (s) the process has used so far (user + system). */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 
 test(
   "a VM's life: control API, snapshot and restore, live migration, CPU cap, bad snapshots",

@@ -1,6 +1,7 @@
 // SMP end to end, on one Debian boot with 2 vCPUs: the guest sees two CPUs and runs two processes
 // on both at once; the VM pauses, snapshots and restores in a new process with both harts where
-// they were, and migrates live to another process, its counter going on each time.
+// they were, and migrates live to another process, its counter going on each time; a CPU cap
+// holds both vCPUs together to their share.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -17,6 +18,7 @@ import {
   counter,
   incoming,
   socketOf,
+  cpuSeconds,
 } from "./harness.js";
 
 const tag = `smp${process.pid}`;
@@ -106,6 +108,23 @@ test(
         await sleep(2000);
         assert.ok((await counter(cb)) > v, "the counter runs on");
         cb.close();
+      });
+
+      await t.test("a 2-vCPU guest capped at half a core, both vCPUs busy, uses half a core", async () => {
+        const c = await headless(`${tag}-c`, "--restore", snap, "--cpu-cap", "0.5");
+        const cc = await attach(c.socket);
+        await cc.sh("while :; do :; done & while :; do :; done &");
+        await sleep(3000); // translation and warm-up
+        const pid = c.yun.child.pid!;
+        const c0 = cpuSeconds(pid);
+        const t0 = performance.now();
+        await sleep(10_000);
+        const share = (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
+        t.diagnostic(`capped 2-vCPU guest used ${(share * 100).toFixed(1)} % of a core`);
+        assert.ok(share > 0.45 && share < 0.55, `share ${share.toFixed(3)}`);
+        cc.close();
+        vmJson("stop", `${tag}-c`);
+        await c.yun.exited;
       });
 
       await t.test("live migration of the 2-vCPU guest", async () => {
