@@ -311,6 +311,32 @@ export async function socketOf(name: string, pid: number): Promise<string> {
   assert.fail(`VM ${name} is not listed with pid ${pid}`);
 }
 
+/**
+ * Restores snapshot `snap` as VM `name` with `--cpu-cap cap`, starts `loops` busy loops in it and
+ * returns the share of a host core its process used over 10 s (after 3 s of warm-up).
+ */
+export async function cappedShare(
+  children: Yun[],
+  name: string,
+  snap: string,
+  cap: number,
+  loops: number,
+): Promise<number> {
+  const c = await headless(children, name, "--restore", snap, "--cpu-cap", String(cap));
+  const cc = await attach(c.socket);
+  await cc.sh(Array.from({ length: loops }, () => "while :; do :; done &").join(" "));
+  await sleep(3000); // translation and warm-up
+  const pid = c.yun.child.pid!;
+  const c0 = cpuSeconds(pid);
+  const t0 = performance.now();
+  await sleep(10_000);
+  const share = (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
+  cc.close();
+  vmJson("stop", name);
+  await c.yun.exited;
+  return share;
+}
+
 /** CPU time (s) process `pid` has used so far (user + system, all threads). */
 export function cpuSeconds(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");

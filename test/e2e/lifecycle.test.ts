@@ -18,7 +18,7 @@ import {
   counter,
   incoming,
   socketOf,
-  cpuSeconds,
+  cappedShare,
 } from "./harness.js";
 
 const tag = `lc${process.pid}`;
@@ -148,20 +148,9 @@ test(
       });
 
       await t.test("a CPU cap of 0.25 holds a busy guest to a quarter of a core", async () => {
-        const c = await headless(`${tag}-c`, "--restore", full, "--cpu-cap", "0.25");
-        const cc = await attach(c.socket);
-        await cc.sh("while :; do :; done &");
-        await sleep(3000); // translation and warm-up
-        const pid = c.yun.child.pid!;
-        const c0 = cpuSeconds(pid);
-        const t0 = performance.now();
-        await sleep(10_000);
-        const share = (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
+        const share = await cappedShare(children, `${tag}-c`, full, 0.25, 1);
         t.diagnostic(`capped guest used ${(share * 100).toFixed(1)} % of a core`);
         assert.ok(share > 0.2 && share < 0.3, `share ${share.toFixed(3)}`);
-        cc.close();
-        vmJson("stop", `${tag}-c`);
-        await c.yun.exited;
       });
     } finally {
       for (const c of children) c.kill();
