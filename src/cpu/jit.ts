@@ -401,7 +401,7 @@ export class Jit implements Translator {
   }
 
   fenceI(): void {
-    if (this.shared !== null) this.syncShared();
+    this.syncShared();
   }
 
   /** Drops every block (the cache is full, or a caller wants a clean slate). */

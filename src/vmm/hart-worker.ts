@@ -17,63 +17,25 @@ import { restoreHart, saveHart } from "../cpu/state.js";
 import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
 import { MIP_MEIP, MIP_MSIP, MIP_MTIP, MIP_SEIP, TIMEBASE_HZ, type InterruptTarget } from "../machine/interrupts.js";
 import { VmClock, processCpuMicros } from "./clock.js";
-import {
-  ACK,
-  CTL,
-  CTL_EXIT,
-  CTL_PAUSE,
-  DOORBELL,
-  EXT,
-  HART_STATS,
-  MAIL,
-  REQ_ADDR,
-  REQ_KIND,
-  REQ_READ,
-  REQ_SEQ,
-  REQ_SIZE,
-  REQ_VALUE,
-  REQ_WRITE,
-  RESP_OK,
-  RESP_SEQ,
-  RESP_VALUE,
-  STAT_BUSY_MS,
-  STAT_IDLE_MS,
-  STAT_INSTRET,
-  STAT_MMIO,
-  STAT_WFI,
-  STATE,
-  STATE_EXITED,
-  STATE_FAILED,
-  STATE_PAUSED,
-  STATE_RUNNING,
-  STATE_WAITING,
-  WAKE,
-  hartBase,
-  type HartAnswer,
-  type HartCommand,
-  type HartWorkerData,
-} from "./smp-channel.js";
+import * as ch from "./smp-channel.js";
 
 /** Guest instructions between two looks at interrupts and control: IPI latency is about one slice. */
 const SLICE_INSTRUCTIONS = 50_000;
 /** Spins on an MMIO answer before sleeping: a futex wake-up costs tens of µs in a nested VM. */
 const ANSWER_SPINS = 20_000;
 
-const data = workerData as HartWorkerData & { port: MessagePort };
+const data = workerData as ch.HartWorkerData & { port: MessagePort };
 const me = data.hartId;
 const control = new Int32Array(data.control);
-const base = hartBase(me);
-const stats = new Float64Array(data.stats, me * HART_STATS * 8, HART_STATS);
+const base = ch.hartBase(me);
+const stats = new Float64Array(data.stats, me * ch.HART_STATS * 8, ch.HART_STATS);
 
 function wakeHart(hart: number): void {
-  const at = hartBase(hart) + WAKE;
-  Atomics.add(control, at, 1);
-  Atomics.notify(control, at);
+  ch.bump(control, ch.hartBase(hart) + ch.WAKE);
 }
 
 function ringDoorbell(): void {
-  Atomics.add(control, DOORBELL, 1);
-  Atomics.notify(control, DOORBELL);
+  ch.bump(control, ch.DOORBELL);
 }
 
 /** A device window of the VM thread: each access is a request there, answered while the hart waits. */
@@ -84,27 +46,28 @@ class RemoteWindow implements MmioDevice {
 
   private request(kind: number, offset: number, value: number, size: number): number | undefined {
     const seq = (RemoteWindow.seq = (RemoteWindow.seq + 1) | 0);
-    control[base + REQ_KIND] = kind;
-    control[base + REQ_ADDR] = this.windowBase + offset;
-    control[base + REQ_SIZE] = size;
-    control[base + REQ_VALUE] = value;
-    Atomics.store(control, base + REQ_SEQ, seq);
+    control[base + ch.REQ_KIND] = kind;
+    control[base + ch.REQ_ADDR] = this.windowBase + offset;
+    control[base + ch.REQ_SIZE] = size;
+    control[base + ch.REQ_VALUE] = value;
+    Atomics.store(control, base + ch.REQ_SEQ, seq);
     ringDoorbell();
     let spins = 0;
-    while (Atomics.load(control, base + RESP_SEQ) !== seq) {
-      if (++spins > ANSWER_SPINS) Atomics.wait(control, base + RESP_SEQ, Atomics.load(control, base + RESP_SEQ), 50);
+    while (Atomics.load(control, base + ch.RESP_SEQ) !== seq) {
+      if (++spins > ANSWER_SPINS)
+        Atomics.wait(control, base + ch.RESP_SEQ, Atomics.load(control, base + ch.RESP_SEQ), 50);
     }
-    return control[base + RESP_OK] === 1 ? control[base + RESP_VALUE] >>> 0 : undefined;
+    return control[base + ch.RESP_OK] === 1 ? control[base + ch.RESP_VALUE] >>> 0 : undefined;
   }
 
   read(offset: number, size: 1 | 2 | 4): number {
-    const v = this.request(REQ_READ, offset, 0, size);
+    const v = this.request(ch.REQ_READ, offset, 0, size);
     if (v === undefined) throw new AccessFault();
     return v;
   }
 
   write(offset: number, value: number, size: 1 | 2 | 4): void {
-    if (this.request(REQ_WRITE, offset, value, size) === undefined) throw new AccessFault();
+    if (this.request(ch.REQ_WRITE, offset, value, size) === undefined) throw new AccessFault();
   }
 }
 
@@ -162,13 +125,13 @@ let capCpuStamp = processCpuMicros();
 const port = data.port;
 let mailSeen = 0;
 
-function answer(a: HartAnswer): void {
+function answer(a: ch.HartAnswer): void {
   port.postMessage(a);
-  Atomics.add(control, base + ACK, 1);
+  Atomics.add(control, base + ch.ACK, 1);
   ringDoorbell();
 }
 
-function handle(cmd: HartCommand): HartAnswer {
+function handle(cmd: ch.HartCommand): ch.HartAnswer {
   switch (cmd.op) {
     case "save":
       return { ok: true, state: saveHart(hart) };
@@ -194,15 +157,15 @@ function handle(cmd: HartCommand): HartAnswer {
 }
 
 function readMail(): void {
-  const mail = Atomics.load(control, base + MAIL);
+  const mail = Atomics.load(control, base + ch.MAIL);
   if (mail === mailSeen) return;
   mailSeen = mail;
   for (;;) {
     const m = receiveMessageOnPort(port);
     if (m === undefined) break;
-    let a: HartAnswer;
+    let a: ch.HartAnswer;
     try {
-      a = handle(m.message as HartCommand);
+      a = handle(m.message as ch.HartCommand);
     } catch (e) {
       a = { ok: false, error: e instanceof Error ? e.message : String(e) };
     }
@@ -212,7 +175,7 @@ function readMail(): void {
 
 /** Takes in the interrupt lines that other threads drive. */
 function syncInterrupts(): void {
-  const ext = Atomics.load(control, base + EXT);
+  const ext = Atomics.load(control, base + ch.EXT);
   hart.setPending(MIP_MEIP, (ext & (1 << MIP_MEIP)) !== 0);
   hart.setPending(MIP_SEIP, (ext & (1 << MIP_SEIP)) !== 0);
   hart.setPending(MIP_MSIP, clint.softwarePending(me));
@@ -220,36 +183,36 @@ function syncInterrupts(): void {
 }
 
 function publishStats(): void {
-  stats[STAT_INSTRET] = hart.instret;
-  stats[STAT_MMIO] = bus.mmioAccesses;
+  stats[ch.STAT_INSTRET] = hart.instret;
+  stats[ch.STAT_MMIO] = bus.mmioAccesses;
 }
 
 function sleep(ms: number): void {
-  const wake = Atomics.load(control, base + WAKE);
+  const wake = Atomics.load(control, base + ch.WAKE);
   const t0 = performance.now();
-  Atomics.wait(control, base + WAKE, wake, ms);
-  stats[STAT_IDLE_MS] += performance.now() - t0;
+  Atomics.wait(control, base + ch.WAKE, wake, ms);
+  stats[ch.STAT_IDLE_MS] += performance.now() - t0;
 }
 
 function main(): void {
   for (;;) {
     readMail();
-    const ctl = Atomics.load(control, base + CTL);
-    if (ctl === CTL_EXIT) break;
-    if (ctl === CTL_PAUSE) {
-      const wake = Atomics.load(control, base + WAKE);
-      if (Atomics.load(control, base + STATE) !== STATE_PAUSED) {
+    const ctl = Atomics.load(control, base + ch.CTL);
+    if (ctl === ch.CTL_EXIT) break;
+    if (ctl === ch.CTL_PAUSE) {
+      const wake = Atomics.load(control, base + ch.WAKE);
+      if (Atomics.load(control, base + ch.STATE) !== ch.STATE_PAUSED) {
         publishStats();
-        Atomics.store(control, base + STATE, STATE_PAUSED);
+        Atomics.store(control, base + ch.STATE, ch.STATE_PAUSED);
         ringDoorbell();
       }
-      if (Atomics.load(control, base + CTL) === CTL_PAUSE && Atomics.load(control, base + MAIL) === mailSeen) {
-        Atomics.wait(control, base + WAKE, wake, 1000);
+      if (Atomics.load(control, base + ch.CTL) === ch.CTL_PAUSE && Atomics.load(control, base + ch.MAIL) === mailSeen) {
+        Atomics.wait(control, base + ch.WAKE, wake, 1000);
       }
       continue;
     }
     // Read before looking at the interrupt lines: a wake-up after this read is not missed.
-    const wake = Atomics.load(control, base + WAKE);
+    const wake = Atomics.load(control, base + ch.WAKE);
     syncInterrupts();
     jit?.syncShared();
     if (hart.waiting) {
@@ -257,24 +220,24 @@ function main(): void {
         hart.waiting = false;
         hart.attention = true;
       } else {
-        if (Atomics.load(control, base + STATE) !== STATE_WAITING) {
+        if (Atomics.load(control, base + ch.STATE) !== ch.STATE_WAITING) {
           publishStats();
-          Atomics.store(control, base + STATE, STATE_WAITING);
+          Atomics.store(control, base + ch.STATE, ch.STATE_WAITING);
         }
         const deadline = clint.nextDeadline(me);
         const ms = Math.min(1000, Math.max(0, (deadline - clock.now()) / (TIMEBASE_HZ / 1000)));
         const t0 = performance.now();
-        if (ms > 0) Atomics.wait(control, base + WAKE, wake, ms);
-        stats[STAT_IDLE_MS] += performance.now() - t0;
+        if (ms > 0) Atomics.wait(control, base + ch.WAKE, wake, ms);
+        stats[ch.STAT_IDLE_MS] += performance.now() - t0;
         continue;
       }
     }
-    Atomics.store(control, base + STATE, STATE_RUNNING);
+    Atomics.store(control, base + ch.STATE, ch.STATE_RUNNING);
     const t0 = performance.now();
     hart.run(SLICE_INSTRUCTIONS);
     const t1 = performance.now();
-    stats[STAT_BUSY_MS] += t1 - t0;
-    if (hart.waiting) stats[STAT_WFI]++;
+    stats[ch.STAT_BUSY_MS] += t1 - t0;
+    if (hart.waiting) stats[ch.STAT_WFI]++;
     publishStats();
     if (cpuCap !== Infinity) {
       // A token bucket per hart: its share of the cap earns budget with wall time, and its share of
@@ -288,7 +251,7 @@ function main(): void {
     }
   }
   publishStats();
-  Atomics.store(control, base + STATE, STATE_EXITED);
+  Atomics.store(control, base + ch.STATE, ch.STATE_EXITED);
   ringDoorbell();
 }
 
@@ -297,6 +260,6 @@ try {
 } catch (e) {
   const message = e instanceof Error ? (e.stack ?? e.message) : String(e);
   parentPort?.postMessage({ failed: message });
-  Atomics.store(control, base + STATE, STATE_FAILED);
+  Atomics.store(control, base + ch.STATE, ch.STATE_FAILED);
   ringDoorbell();
 }

@@ -59,6 +59,12 @@ export function hartBase(hart: number): number {
   return GLOBAL_WORDS + hart * HART_WORDS;
 }
 
+/** Bumps a counter word and wakes whoever waits on it (a hart's WAKE word, the DOORBELL). */
+export function bump(control: Int32Array, index: number): void {
+  Atomics.add(control, index, 1);
+  Atomics.notify(control, index);
+}
+
 /** What a hart thread starts from. */
 export interface HartWorkerData {
   hartId: number;

@@ -13,42 +13,8 @@ import type { SharedCodeBuffers } from "../cpu/smp.js";
 import type { HartState } from "../cpu/state.js";
 import type { InterruptTarget } from "../machine/interrupts.js";
 import { MIP_MSIP } from "../machine/interrupts.js";
-import {
-  ACK,
-  CTL,
-  CTL_EXIT,
-  CTL_PAUSE,
-  CTL_RUN,
-  DOORBELL,
-  EXT,
-  HART_STATS,
-  MAIL,
-  REQ_ADDR,
-  REQ_KIND,
-  REQ_SEQ,
-  REQ_SIZE,
-  REQ_VALUE,
-  REQ_WRITE,
-  RESP_OK,
-  RESP_SEQ,
-  RESP_VALUE,
-  STAT_BUSY_MS,
-  STAT_IDLE_MS,
-  STAT_INSTRET,
-  STAT_MMIO,
-  STAT_WFI,
-  STATE,
-  STATE_EXITED,
-  STATE_FAILED,
-  STATE_PAUSED,
-  WAKE,
-  controlWords,
-  hartBase,
-  type HartAnswer,
-  type HartCommand,
-  type HartWorkerData,
-} from "./smp-channel.js";
-import type { Engine } from "./virt.js";
+import * as ch from "./smp-channel.js";
+import type { Engine, MachineMetrics } from "./virt.js";
 
 /** Atomics.waitAsync (ES2024; in Node since 16), which this project's TypeScript lib does not declare. */
 const waitAsync = (
@@ -79,14 +45,6 @@ export interface HartThreadsConfig {
   onFailure: (message: string) => void;
 }
 
-export interface HartThreadStats {
-  instret: number;
-  busyMs: number;
-  idleMs: number;
-  wfiExits: number;
-  mmioExits: number;
-}
-
 export class HartThreads {
   readonly count: number;
   private readonly control: Int32Array;
@@ -106,10 +64,10 @@ export class HartThreads {
     this.count = n;
     this.bus = config.bus;
     this.onFailure = config.onFailure;
-    this.control = new Int32Array(new SharedArrayBuffer(4 * controlWords(n)));
-    this.stats = new Float64Array(new SharedArrayBuffer(8 * HART_STATS * n));
+    this.control = new Int32Array(new SharedArrayBuffer(4 * ch.controlWords(n)));
+    this.stats = new Float64Array(new SharedArrayBuffer(8 * ch.HART_STATS * n));
     this.served = new Int32Array(n);
-    for (let h = 0; h < n; h++) this.control[hartBase(h) + CTL] = CTL_PAUSE;
+    for (let h = 0; h < n; h++) this.control[ch.hartBase(h) + ch.CTL] = ch.CTL_PAUSE;
     this.targets = config.states.map((_, h) => ({
       setPending: (bit: number, level: boolean) => this.setPending(h, bit, level),
     }));
@@ -117,7 +75,7 @@ export class HartThreads {
     if (!(ram instanceof SharedArrayBuffer)) throw new Error("SMP needs RAM in a SharedArrayBuffer");
     for (let h = 0; h < n; h++) {
       const channel = new MessageChannel();
-      const data: HartWorkerData & { port: MessagePort } = {
+      const data: ch.HartWorkerData & { port: MessagePort } = {
         hartId: h,
         harts: n,
         engine: config.engine,
@@ -155,13 +113,12 @@ export class HartThreads {
   }
 
   private word(h: number, w: number): number {
-    return hartBase(h) + w;
+    return ch.hartBase(h) + w;
   }
 
   /** Wakes hart `h` from WFI or a pause so that it looks at its lines and its mail. */
   wake(h: number): void {
-    Atomics.add(this.control, this.word(h, WAKE), 1);
-    Atomics.notify(this.control, this.word(h, WAKE));
+    ch.bump(this.control, this.word(h, ch.WAKE));
   }
 
   /** An interrupt line of hart `h` as the VM thread's PLIC (MEIP, SEIP) or CLINT (MSIP) drives it. */
@@ -172,7 +129,7 @@ export class HartThreads {
       return;
     }
     if (bit !== 9 && bit !== 11) return;
-    const at = this.word(h, EXT);
+    const at = this.word(h, ch.EXT);
     const mask = 1 << bit;
     const old = level ? Atomics.or(this.control, at, mask) : Atomics.and(this.control, at, ~mask);
     if (((old & mask) !== 0) !== level) this.wake(h);
@@ -183,17 +140,17 @@ export class HartThreads {
     let done = 0;
     const c = this.control;
     for (let h = 0; h < this.count; h++) {
-      const seq = Atomics.load(c, this.word(h, REQ_SEQ));
+      const seq = Atomics.load(c, this.word(h, ch.REQ_SEQ));
       if (seq === this.served[h]) continue;
       this.served[h] = seq;
-      const kind = c[this.word(h, REQ_KIND)];
-      const pa = c[this.word(h, REQ_ADDR)] >>> 0;
-      const size = c[this.word(h, REQ_SIZE)] as 1 | 2 | 4;
+      const kind = c[this.word(h, ch.REQ_KIND)];
+      const pa = c[this.word(h, ch.REQ_ADDR)] >>> 0;
+      const size = c[this.word(h, ch.REQ_SIZE)] as 1 | 2 | 4;
       let ok = 1;
       let value = 0;
       try {
-        if (kind === REQ_WRITE) {
-          if (!this.bus.mmioWrite(pa, c[this.word(h, REQ_VALUE)] >>> 0, size)) ok = 0;
+        if (kind === ch.REQ_WRITE) {
+          if (!this.bus.mmioWrite(pa, c[this.word(h, ch.REQ_VALUE)] >>> 0, size)) ok = 0;
         } else {
           const v = this.bus.mmioRead(pa, size);
           if (v === undefined) ok = 0;
@@ -203,10 +160,10 @@ export class HartThreads {
         ok = 0;
         this.fail(`device error at 0x${pa.toString(16)}: ${e instanceof Error ? e.message : String(e)}`);
       }
-      c[this.word(h, RESP_VALUE)] = value | 0;
-      c[this.word(h, RESP_OK)] = ok;
-      Atomics.store(c, this.word(h, RESP_SEQ), seq);
-      Atomics.notify(c, this.word(h, RESP_SEQ));
+      c[this.word(h, ch.RESP_VALUE)] = value | 0;
+      c[this.word(h, ch.RESP_OK)] = ok;
+      Atomics.store(c, this.word(h, ch.RESP_SEQ), seq);
+      Atomics.notify(c, this.word(h, ch.RESP_SEQ));
       done++;
     }
     return done;
@@ -214,18 +171,17 @@ export class HartThreads {
 
   /** The doorbell's value: pass it to waitAsync or waitSync. */
   doorbell(): number {
-    return Atomics.load(this.control, DOORBELL);
+    return Atomics.load(this.control, ch.DOORBELL);
   }
 
   /** Rings the doorbell from this thread: a waitAsync() returns now. */
   ring(): void {
-    Atomics.add(this.control, DOORBELL, 1);
-    Atomics.notify(this.control, DOORBELL);
+    ch.bump(this.control, ch.DOORBELL);
   }
 
   /** Resolves when a hart rings (or after `ms`). */
   async waitAsync(seen: number, ms: number): Promise<void> {
-    const r = waitAsync(this.control, DOORBELL, seen, ms);
+    const r = waitAsync(this.control, ch.DOORBELL, seen, ms);
     if (r.async) await r.value;
   }
 
@@ -244,24 +200,24 @@ export class HartThreads {
         this.fail(`a hart did not answer "${what}" within ${CONTROL_TIMEOUT_MS / 1000} s`);
         throw new Error(`cannot ${what}: a hart does not answer`);
       }
-      Atomics.wait(this.control, DOORBELL, seen, 5);
+      Atomics.wait(this.control, ch.DOORBELL, seen, 5);
     }
   }
 
   private state(h: number): number {
-    return Atomics.load(this.control, this.word(h, STATE));
+    return Atomics.load(this.control, this.word(h, ch.STATE));
   }
 
   /** Stops every hart at its next slice boundary and returns when all have. */
   pause(): void {
     for (let h = 0; h < this.count; h++) {
-      Atomics.store(this.control, this.word(h, CTL), CTL_PAUSE);
+      Atomics.store(this.control, this.word(h, ch.CTL), ch.CTL_PAUSE);
       this.wake(h);
     }
     this.waitUntil(() => {
       for (let h = 0; h < this.count; h++) {
         const s = this.state(h);
-        if (s !== STATE_PAUSED && s !== STATE_EXITED) return false;
+        if (s !== ch.STATE_PAUSED && s !== ch.STATE_EXITED) return false;
       }
       return true;
     }, "pause the harts");
@@ -270,27 +226,27 @@ export class HartThreads {
   /** Lets every hart run. */
   resume(): void {
     for (let h = 0; h < this.count; h++) {
-      Atomics.store(this.control, this.word(h, CTL), CTL_RUN);
+      Atomics.store(this.control, this.word(h, ch.CTL), ch.CTL_RUN);
       this.wake(h);
     }
   }
 
   /** Posts a command to hart `h` and returns its answer. */
-  private call(h: number, cmd: HartCommand): HartAnswer {
-    const acked = Atomics.load(this.control, this.word(h, ACK));
+  private call(h: number, cmd: ch.HartCommand): ch.HartAnswer {
+    const acked = Atomics.load(this.control, this.word(h, ch.ACK));
     this.ports[h].postMessage(cmd);
-    Atomics.add(this.control, this.word(h, MAIL), 1);
+    Atomics.add(this.control, this.word(h, ch.MAIL), 1);
     this.wake(h);
-    this.waitUntil(() => Atomics.load(this.control, this.word(h, ACK)) !== acked, cmd.op);
+    this.waitUntil(() => Atomics.load(this.control, this.word(h, ch.ACK)) !== acked, cmd.op);
     const m = receiveMessageOnPort(this.ports[h]);
     if (m === undefined) throw new Error(`hart ${h} answered "${cmd.op}" with nothing`);
-    const a = m.message as HartAnswer;
+    const a = m.message as ch.HartAnswer;
     if (!a.ok) throw new Error(`hart ${h}: ${a.error}`);
     return a;
   }
 
-  private callAll(cmd: HartCommand): HartAnswer[] {
-    const out: HartAnswer[] = [];
+  private callAll(cmd: ch.HartCommand): ch.HartAnswer[] {
+    const out: ch.HartAnswer[] = [];
     for (let h = 0; h < this.count; h++) out.push(this.call(h, cmd));
     return out;
   }
@@ -324,15 +280,16 @@ export class HartThreads {
     this.callAll({ op: "flush-code" });
   }
 
-  totals(): HartThreadStats {
-    const t: HartThreadStats = { instret: 0, busyMs: 0, idleMs: 0, wfiExits: 0, mmioExits: 0 };
+  /** What the harts have done, summed over them. */
+  totals(): MachineMetrics {
+    const t: MachineMetrics = { instret: 0, busyMs: 0, idleMs: 0, wfiExits: 0, mmioExits: 0 };
     for (let h = 0; h < this.count; h++) {
-      const s = h * HART_STATS;
-      t.instret += this.stats[s + STAT_INSTRET];
-      t.busyMs += this.stats[s + STAT_BUSY_MS];
-      t.idleMs += this.stats[s + STAT_IDLE_MS];
-      t.wfiExits += this.stats[s + STAT_WFI];
-      t.mmioExits += this.stats[s + STAT_MMIO];
+      const s = h * ch.HART_STATS;
+      t.instret += this.stats[s + ch.STAT_INSTRET];
+      t.busyMs += this.stats[s + ch.STAT_BUSY_MS];
+      t.idleMs += this.stats[s + ch.STAT_IDLE_MS];
+      t.wfiExits += this.stats[s + ch.STAT_WFI];
+      t.mmioExits += this.stats[s + ch.STAT_MMIO];
     }
     return t;
   }
@@ -342,7 +299,7 @@ export class HartThreads {
     if (this.exited) return;
     this.exited = true;
     for (let h = 0; h < this.count; h++) {
-      Atomics.store(this.control, this.word(h, CTL), CTL_EXIT);
+      Atomics.store(this.control, this.word(h, ch.CTL), ch.CTL_EXIT);
       this.wake(h);
     }
     for (const w of this.workers) void w.terminate();
@@ -354,7 +311,7 @@ export class HartThreads {
     if (this.exited) return;
     this.exited = true;
     for (let h = 0; h < this.count; h++) {
-      Atomics.store(this.control, this.word(h, CTL), CTL_EXIT);
+      Atomics.store(this.control, this.word(h, ch.CTL), ch.CTL_EXIT);
       this.wake(h);
     }
     // A hart inside an MMIO access gets its answer (the devices still exist) and then sees EXIT.
@@ -364,7 +321,7 @@ export class HartThreads {
       let all = true;
       for (let h = 0; h < this.count; h++) {
         const s = this.state(h);
-        if (s !== STATE_EXITED && s !== STATE_FAILED) all = false;
+        if (s !== ch.STATE_EXITED && s !== ch.STATE_FAILED) all = false;
       }
       if (all || performance.now() > limit) break;
       await this.waitAsync(this.doorbell(), 5);

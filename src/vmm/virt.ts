@@ -155,7 +155,6 @@ export interface MachineMetrics {
   wfiExits: number;
 }
 
-
 const SLICE_INSTRUCTIONS = 200_000;
 /** A busy guest hands the event loop a turn this often (ms), so host I/O and timers are served... */
 const YIELD_EVERY_MS = 25;
@@ -568,10 +567,7 @@ export class VirtMachine {
   }
 
   metrics(): MachineMetrics {
-    if (this.threads) {
-      const t = this.threads.totals();
-      return { instret: t.instret, busyMs: t.busyMs, idleMs: t.idleMs, mmioExits: t.mmioExits, wfiExits: t.wfiExits };
-    }
+    if (this.threads) return this.threads.totals();
     return {
       instret: this.hart.instret,
       busyMs: this.busyMs,
