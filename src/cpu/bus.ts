@@ -19,10 +19,75 @@ interface Window {
   device: MmioDevice;
 }
 
+/**
+ * Per-hart state that translated WebAssembly code reads and writes, laid out in the memory after
+ * RAM (offsets from the area's start): the integer registers, exchange slots, the TLB sets.
+ */
+export const HART_AREA = {
+  /** x0..x31 as little-endian int64 (the Int32Array pairs of Hart.x). */
+  regs: 0,
+  /** f64: the pc a translated block exits with (or faulted at). */
+  pc: 512,
+  /** i32: instructions the block retired (exit) or retired before the current one (slow call). */
+  count: 520,
+  /** i32: high word of a slow load's value. */
+  hi: 524,
+  /** i32: 1 when a slow access raised attention (an interrupt may be pending). */
+  attention: 528,
+  /** i32: the id of the block that exited (translated blocks chain into each other). */
+  block: 532,
+  /** i32: the hart's fetchKey while translated code runs (links between pages hold under one key). */
+  fetchKey: 536,
+  /** i32: the table index of the block a chaining exit names (the hub calls it next). */
+  next: 540,
+  /** Three TLB sets (M, S, U), TLB_SET_BYTES each. */
+  tlb: 1024,
+  bytes: 1024 + 3 * 9216,
+} as const;
+/** One TLB set: read, write and fetch tags (f64 × 256 each), then their RAM offsets (i32 × 256 each). */
+export const TLB_SET_BYTES = 9216;
+const WASM_PAGE = 65536;
+/** The largest memory V8 gives WebAssembly (memory32): 4 GiB. */
+const WASM_MAX_BYTES = 65536 * WASM_PAGE;
+
+/** Where RAM lives: a plain buffer, or a WebAssembly memory that translated code can address. */
+export type RamStorage = ArrayBuffer | SharedArrayBuffer | WebAssembly.Memory;
+
+/** Link slots between translated WebAssembly blocks (jit.ts): 24 bytes each, after the code-page marks. */
+export const LINK_SLOTS = 1 << 18;
+export const LINK_SLOT_BYTES = 24;
+
+/** Bytes of a WebAssembly memory holding `ramSize` bytes of RAM, the hart area, the code-page marks and link slots. */
+function wasmBytes(ramSize: number): number {
+  const bytes = ramSize + HART_AREA.bytes + ramSize / 4096 + 8 + LINK_SLOTS * LINK_SLOT_BYTES;
+  return Math.ceil(bytes / WASM_PAGE) * WASM_PAGE;
+}
+
+/**
+ * Allocates RAM: as a WebAssembly memory (RAM at address 0, then one hart's state area and the
+ * translator's code-page marks) when it fits, so that the translator can emit WebAssembly;
+ * otherwise a plain buffer. `shared` (SMP) is always a plain SharedArrayBuffer.
+ */
+export function allocateRam(ramSize: number, shared = false): RamStorage {
+  if (shared) return new SharedArrayBuffer(ramSize);
+  const bytes = wasmBytes(ramSize);
+  if (bytes > WASM_MAX_BYTES) return new ArrayBuffer(ramSize);
+  return new WebAssembly.Memory({ initial: bytes / WASM_PAGE, maximum: bytes / WASM_PAGE });
+}
+
 export class Bus {
   readonly ramBase: number;
   readonly ramSize: number;
+  /** The buffer RAM lives in: RAM is its first `ramSize` bytes (a WebAssembly memory holds more after it). */
   readonly ramBuffer: ArrayBuffer | SharedArrayBuffer;
+  /** The WebAssembly memory RAM lives in, when it does (see allocateRam). */
+  readonly ramMemory: WebAssembly.Memory | null;
+  /** Offset of the hart state area in `ramBuffer` (-1: none, RAM is a plain buffer). */
+  readonly hartArea: number;
+  /** Offset of the code-page marks (one byte per RAM page) in `ramBuffer` (-1: none). */
+  readonly codePagesArea: number;
+  /** Offset of the translator's link slots (LINK_SLOTS × LINK_SLOT_BYTES, 8-aligned) in `ramBuffer` (-1: none). */
+  readonly linkArea: number;
   readonly ram: Uint8Array;
   readonly ram16: Uint16Array;
   readonly ram32: Int32Array;
@@ -31,16 +96,40 @@ export class Bus {
   /** MMIO accesses so far (each one an exit from guest code to a device model). */
   mmioAccesses = 0;
 
-  /** `buffer`: RAM contents to start from (a snapshot, a migration), of exactly `ramSize` bytes. */
-  constructor(ramBase: number, ramSize: number, shared = false, buffer?: ArrayBuffer | SharedArrayBuffer) {
+  /**
+   * `storage`: RAM to use (from allocateRam) or contents to start from (a snapshot, a migration):
+   * a plain buffer of exactly `ramSize` bytes, or a memory from allocateRam(ramSize).
+   */
+  constructor(ramBase: number, ramSize: number, shared = false, storage?: RamStorage) {
     if (ramSize % 4096 !== 0) throw new Error("RAM size must be a multiple of 4 KiB");
-    if (buffer && buffer.byteLength !== ramSize) throw new Error(`RAM buffer of ${buffer.byteLength} bytes for ${ramSize} bytes of RAM`);
+    storage ??= allocateRam(ramSize, shared);
+    if (storage instanceof WebAssembly.Memory) {
+      if (storage.buffer.byteLength !== wasmBytes(ramSize))
+        throw new Error(`RAM memory of ${storage.buffer.byteLength} bytes for ${ramSize} bytes of RAM`);
+      this.ramMemory = storage;
+      this.ramBuffer = storage.buffer;
+      this.hartArea = ramSize;
+      this.codePagesArea = ramSize + HART_AREA.bytes;
+      this.linkArea = Math.ceil((this.codePagesArea + ramSize / 4096) / 8) * 8;
+    } else {
+      if (storage.byteLength !== ramSize)
+        throw new Error(`RAM buffer of ${storage.byteLength} bytes for ${ramSize} bytes of RAM`);
+      this.ramMemory = null;
+      this.ramBuffer = storage;
+      this.hartArea = -1;
+      this.codePagesArea = -1;
+      this.linkArea = -1;
+    }
     this.ramBase = ramBase;
     this.ramSize = ramSize;
-    this.ramBuffer = buffer ?? (shared ? new SharedArrayBuffer(ramSize) : new ArrayBuffer(ramSize));
-    this.ram = new Uint8Array(this.ramBuffer);
-    this.ram16 = new Uint16Array(this.ramBuffer);
-    this.ram32 = new Int32Array(this.ramBuffer);
+    this.ram = new Uint8Array(this.ramBuffer, 0, ramSize);
+    this.ram16 = new Uint16Array(this.ramBuffer, 0, ramSize >>> 1);
+    this.ram32 = new Int32Array(this.ramBuffer, 0, ramSize >>> 2);
+  }
+
+  /** RAM and whatever else its storage holds, for handing it to a new Bus (a rebuilt machine). */
+  get ramStorage(): RamStorage {
+    return this.ramMemory ?? this.ramBuffer;
   }
 
   map(base: number, size: number, device: MmioDevice): void {

@@ -10,7 +10,7 @@
  * A trap is raised by `throw TRAP` (one preallocated object) after the trap state has been set
  * up, so the hot path never checks for faults after a memory access.
  */
-import { Bus } from "./bus.js";
+import { Bus, HART_AREA, TLB_SET_BYTES } from "./bus.js";
 import { COMPRESSED_TABLE } from "./compressed.js";
 import { executeFp } from "./fpu.js";
 import {
@@ -47,13 +47,30 @@ const defaultClock: HartClock = {
 };
 
 /** One TLB set: the translations valid for one effective privilege level. */
-class TlbSet {
-  readonly readTag = new Float64Array(TLB_SIZE).fill(NaN);
-  readonly readOff = new Int32Array(TLB_SIZE);
-  readonly writeTag = new Float64Array(TLB_SIZE).fill(NaN);
-  readonly writeOff = new Int32Array(TLB_SIZE);
-  readonly fetchTag = new Float64Array(TLB_SIZE).fill(NaN);
-  readonly fetchOff = new Int32Array(TLB_SIZE);
+export class TlbSet {
+  readonly readTag: Float64Array;
+  readonly writeTag: Float64Array;
+  readonly fetchTag: Float64Array;
+  readonly readOff: Int32Array;
+  readonly writeOff: Int32Array;
+  readonly fetchOff: Int32Array;
+  /**
+   * Where the set lives in the WebAssembly memory (translated WebAssembly code reads it there), or
+   * -1 for a set of its own. Layout: TLB_SET_BYTES, see bus.ts.
+   */
+  readonly base: number;
+  constructor(buffer?: ArrayBuffer | SharedArrayBuffer, base = -1) {
+    const b = buffer ?? new ArrayBuffer(TLB_SET_BYTES);
+    const at = buffer ? base : 0;
+    this.base = buffer ? base : -1;
+    this.readTag = new Float64Array(b, at, TLB_SIZE);
+    this.writeTag = new Float64Array(b, at + 8 * TLB_SIZE, TLB_SIZE);
+    this.fetchTag = new Float64Array(b, at + 16 * TLB_SIZE, TLB_SIZE);
+    this.readOff = new Int32Array(b, at + 24 * TLB_SIZE, TLB_SIZE);
+    this.writeOff = new Int32Array(b, at + 28 * TLB_SIZE, TLB_SIZE);
+    this.fetchOff = new Int32Array(b, at + 32 * TLB_SIZE, TLB_SIZE);
+    this.flush();
+  }
   flush(): void {
     this.readTag.fill(NaN);
     this.writeTag.fill(NaN);
@@ -85,7 +102,8 @@ export class Hart {
   readonly clock: HartClock;
 
   // architectural state
-  readonly x = new Int32Array(64);
+  /** In the WebAssembly memory's hart area when RAM is there (hart 0), so translated code reaches it. */
+  readonly x: Int32Array;
   readonly f = new Int32Array(64);
   pc = 0;
   priv = PRIV_M;
@@ -142,7 +160,7 @@ export class Hart {
 
   // MMU: one TLB set per effective privilege (M/bare, S, U). The members below without `private`
   // are read by the translator (jit.ts), which inlines the TLB fast paths into generated code.
-  private readonly tlbSets = [new TlbSet(), new TlbSet(), new TlbSet()];
+  private readonly tlbSets: TlbSet[];
   dataSet: TlbSet;
   fetchSet: TlbSet;
   private fetchPageVa = NaN;
@@ -210,7 +228,13 @@ export class Hart {
     this.ramSize = bus.ramSize;
     this.ram64 = bus.ramBuffer instanceof SharedArrayBuffer ? new BigInt64Array(bus.ramBuffer) : null;
     this.sharedRam = this.ram64 !== null;
-    this.ramF64 = new Float64Array(bus.ramBuffer);
+    this.ramF64 = new Float64Array(bus.ramBuffer, 0, bus.ramSize >>> 3);
+    // Hart 0 keeps its registers and TLB in the memory's hart area, where translated WebAssembly reads them.
+    const area = hartId === 0 ? bus.hartArea : -1;
+    this.x = area >= 0 ? new Int32Array(bus.ramBuffer, area + HART_AREA.regs, 64) : new Int32Array(64);
+    this.tlbSets = [0, 1, 2].map((i) =>
+      area >= 0 ? new TlbSet(bus.ramBuffer, area + HART_AREA.tlb + i * TLB_SET_BYTES) : new TlbSet(),
+    );
     this.dataSet = this.tlbSets[0];
     this.fetchSet = this.tlbSets[0];
     this.instret = 0; // +0, in the double field (see instret)

@@ -33,27 +33,55 @@
  * everything is dropped (as QEMU's tb_flush) and hot code is translated again.
  */
 import { COMPRESSED_TABLE } from "./compressed.js";
+import { HART_AREA, LINK_SLOT_BYTES, LINK_SLOTS } from "./bus.js";
 import { HOT_BITS, HOT_MASK, mulhu32, type Hart, type Translator } from "./hart.js";
+import {
+  blockFunction,
+  ByteWriter,
+  exitBound,
+  hubBytes,
+  LINK_INDEX,
+  LINK_KEY,
+  LINK_LENGTH,
+  LINK_PC,
+  moduleBytes,
+  SLOW_FENCE_I,
+  SLOW_HELPER,
+  SLOW_STORE,
+  type WasmLayout,
+} from "./wasm.js";
 import type { SharedCodeMap } from "./smp.js";
+import {
+  bImm,
+  classify,
+  EXIT_INTERP,
+  EXIT_NOLINK,
+  iImm,
+  jImm,
+  KIND_BRANCH,
+  KIND_END,
+  KIND_STOP,
+  MAX_BLOCK,
+  MAX_SIDE_EXITS,
+  registersOf,
+  sImm,
+  type Insn,
+} from "./block.js";
 
-const MAX_BLOCK = 64;
 export const COMPILE_THRESHOLD = 20_000;
+/** Runs before a block becomes WebAssembly (compiling it costs far less than JavaScript's Turbofan). */
+export const WASM_THRESHOLD = 200;
+/** Blocks compiled into one WebAssembly module. */
+const WASM_BATCH = 32;
+/** Instructions a queued block may wait for its batch to fill before the batch is compiled anyway. */
+const WASM_QUEUE_WAIT = 500_000;
+/** The hotness mark of a leader queued for translation: the interpreter runs it meanwhile. */
+const HOT_QUEUED = -3;
 const MAX_BLOCKS = 40_000;
 const MAX_SOURCE_BYTES = 96 * 1024 * 1024;
 
-/**
- * Exit codes of a translated block: 0..exits-1 name its linkable exits (each direct branch target,
- * the fall-through, an indirect jump); the negative ones are not linked.
- */
-/** Leave, then interpret the instruction at pc (one the block could not express). */
-const EXIT_INTERP = -1;
-/** Leave without linking (after an MMIO access raised attention, or after fence.i). */
-const EXIT_NOLINK = -2;
-/**
- * Conditional branches a block may pass through (not taken) before the one that ends it. Longer
- * superblocks mean fewer trips through the dispatcher (measured: 8 beat 3 on gzip -9 and on boot).
- */
-const MAX_SIDE_EXITS = 8;
+/** The code translated blocks become. */
+export type Backend = "wasm" | "js";
 
 /** A translated block; `end` is the instret it must not pass (a looping block checks it per iteration). */
 type BlockFn = (end: number) => number;
@@ -67,6 +95,12 @@ class Block {
   readonly linkPcs: Float64Array;
   linkKey = -1;
   sourceBytes = 0;
+  /** WebAssembly: the block's index in the function table (0: a JavaScript block). */
+  id = 0;
+  /** WebAssembly: address of its first link slot (one per linkable exit). */
+  linkSlots = 0;
+  /** WebAssembly: addresses of the link slots that lead to this block (cleared when it is dropped). */
+  incoming: number[] | null = null;
   constructor(
     readonly vpc: number,
     readonly off: number,
@@ -92,13 +126,6 @@ export interface TranslatorStats {
   invalidations: number;
   /** Guest instructions executed inside translated code (the rest were interpreted). */
   translatedInstructions: number;
-}
-
-/** Decoded facts about one instruction of a block. */
-interface Insn {
-  pc: number;
-  insn: number;
-  len: number;
 }
 
 export class Jit implements Translator {
@@ -129,13 +156,37 @@ export class Jit implements Translator {
   private sharedEpoch = 0;
   private sharedStale = 0;
 
-  constructor(hart: Hart, options: { threshold?: number; maxBlocks?: number; shared?: SharedCodeMap } = {}) {
+  /** What blocks become: WebAssembly when RAM is a WebAssembly memory with this hart's area, else JavaScript. */
+  readonly backend: Backend;
+  private readonly wasm: WasmBackend | null;
+  /** Blocks compiled into one WebAssembly module. */
+  private readonly batch: number;
+  /** Blocks waiting to be compiled to WebAssembly: (pc, RAM offset) pairs. */
+  private queue: number[] = [];
+  /** The hart's instret when the first block of the queue was queued. */
+  private queuedAt = 0;
+
+  constructor(
+    hart: Hart,
+    options: { threshold?: number; maxBlocks?: number; shared?: SharedCodeMap; backend?: Backend; batch?: number } = {},
+  ) {
     this.hart = hart;
     this.jitInstret = 0;
-    this.threshold = options.threshold ?? COMPILE_THRESHOLD;
-    this.maxBlocks = options.maxBlocks ?? MAX_BLOCKS;
-    this.codePages = new Uint8Array(Math.ceil(hart.ramSize / 4096));
     const shared = options.shared ?? null;
+    const bus = hart.bus;
+    const wasmCapable = shared === null && bus.ramMemory !== null && hart.hartId === 0;
+    this.backend = options.backend ?? (wasmCapable ? "wasm" : "js");
+    if (this.backend === "wasm" && !wasmCapable)
+      throw new Error("WebAssembly translation needs RAM in a WebAssembly memory");
+    this.threshold = options.threshold ?? (this.backend === "wasm" ? WASM_THRESHOLD : COMPILE_THRESHOLD);
+    this.maxBlocks = options.maxBlocks ?? MAX_BLOCKS;
+    // Translating at once (threshold 0, as the tests do) means one block per module.
+    this.batch = options.batch ?? (this.threshold === 0 ? 1 : WASM_BATCH);
+    this.codePages =
+      bus.codePagesArea >= 0
+        ? new Uint8Array(bus.ramBuffer, bus.codePagesArea, Math.ceil(hart.ramSize / 4096)).fill(0)
+        : new Uint8Array(Math.ceil(hart.ramSize / 4096));
+    this.wasm = this.backend === "wasm" ? new WasmBackend(hart) : null;
     this.shared = shared;
     if (shared === null) {
       hart.codePages = this.codePages;
@@ -183,6 +234,7 @@ export class Jit implements Translator {
   /** Runs guest code until instret reaches `end` (or the hart stops, waits, or traps out). */
   execute(end: number): void {
     const h = this.hart;
+    if (this.queue.length !== 0 && h.instret - this.queuedAt > WASM_QUEUE_WAIT) this.compileQueue();
     const hot = this.hot;
     let blk: Block | null = null;
     while (h.instret < end) {
@@ -223,7 +275,9 @@ export class Jit implements Translator {
       const before = h.instret;
       let exit: number;
       for (;;) {
-        exit = blk.fn(end);
+        exit = blk.fn(this.singleStep ? h.instret + blk.length : end);
+        // WebAssembly blocks chain among themselves: continue from the one that left.
+        if (blk.id !== 0) blk = this.wasm!.exited();
         if (exit < 0 || h.attention || this.singleStep) break;
         const linked: Block | null = blk.links[exit];
         if (linked === null || blk.linkKey !== h.fetchKey || blk.linkPcs[exit] !== h.pc) break;
@@ -252,6 +306,7 @@ export class Jit implements Translator {
       const next = this.find(pc, h.fetchOffset(pc));
       if (next !== null) {
         blk.links[exit] = next;
+        if (next.id !== 0 && blk.id !== 0) this.wasm!.link(blk, exit, next, pc, key);
         blk.linkPcs[exit] = pc;
       }
       blk = next;
@@ -270,10 +325,24 @@ export class Jit implements Translator {
 
   /** Translates the block at pc; null (and the leader marked untranslatable) when it has no instructions. */
   private translate(pc: number, off: number): Block | null {
-    if (this.translatedCount >= this.maxBlocks || this.sourceBytes >= MAX_SOURCE_BYTES) this.flush();
+    if (
+      this.translatedCount >= this.maxBlocks ||
+      this.sourceBytes >= MAX_SOURCE_BYTES ||
+      (this.wasm !== null && !this.wasm.room(this.batch))
+    )
+      this.flush();
+    const slot = (off >>> 1) & HOT_MASK;
+    if (this.wasm !== null) {
+      // Compiled in batches: a module costs ~0.2 ms to compile and instantiate whatever it holds.
+      this.hot[slot] = HOT_QUEUED;
+      if (this.queue.length === 0) this.queuedAt = this.hart.instret;
+      this.queue.push(pc, off);
+      if (this.queue.length < 2 * this.batch) return null;
+      this.compileQueue();
+      return this.find(pc, off);
+    }
     const t0 = performance.now();
     const insns = this.decode(pc, off);
-    const slot = (off >>> 1) & HOT_MASK;
     if (insns.length === 0) {
       this.hot[slot] = -2;
       return null;
@@ -307,11 +376,40 @@ export class Jit implements Translator {
     const fn = factory(h, h.x, h.ram8, h.ram16, h.ram32, mulhu32, this.codePages, h.ramF64, h.pairF64, h.pairI32);
     const blk = new Block(pc, off, insns.length, fn, exits);
     blk.sourceBytes = source.length;
-    this.sourceBytes += source.length;
+    this.register(blk);
+    this.translateMs += performance.now() - t0;
+    return blk;
+  }
+
+  /** Compiles the queued blocks into one WebAssembly module. */
+  private compileQueue(): void {
+    const t0 = performance.now();
+    const queue = this.queue;
+    this.queue = [];
+    const todo: { pc: number; off: number; insns: Insn[] }[] = [];
+    for (let i = 0; i < queue.length; i += 2) {
+      const pc = queue[i],
+        off = queue[i + 1];
+      if (this.find(pc, off) !== null) continue;
+      const insns = this.decode(pc, off);
+      if (insns.length === 0) this.hot[(off >>> 1) & HOT_MASK] = -2;
+      else todo.push({ pc, off, insns });
+    }
+    if (todo.length > 0) {
+      for (const blk of this.wasm!.compile(todo)) this.register(blk);
+    }
+    this.translateMs += performance.now() - t0;
+  }
+
+  /** Enters a new block in the cache and marks its page as holding code. */
+  private register(blk: Block): void {
+    const h = this.hart;
+    const off = blk.off;
+    this.sourceBytes += blk.sourceBytes;
     this.translatedCount++;
     blk.alias = this.blocks.get(off) ?? null;
     this.blocks.set(off, blk);
-    this.hot[slot] = -1;
+    this.hot[(off >>> 1) & HOT_MASK] = -1;
     const page = off >>> 12;
     let list = this.pageBlocks.get(page);
     if (list === undefined) this.pageBlocks.set(page, (list = []));
@@ -321,8 +419,6 @@ export class Jit implements Translator {
       h.purgeWriteTlb(page);
       this.shared?.claim(h.hartId, page);
     }
-    this.translateMs += performance.now() - t0;
-    return blk;
   }
 
   /** Reads the block's instructions (stopping where translation must stop). */
@@ -368,6 +464,7 @@ export class Jit implements Translator {
       this.translatedCount--;
       this.blocks.delete(b.off);
       this.hot[(b.off >>> 1) & HOT_MASK] = 0;
+      if (b.incoming !== null) this.wasm!.unlink(b);
     }
   }
 
@@ -412,68 +509,11 @@ export class Jit implements Translator {
     this.pageBlocks.clear();
     this.codePages.fill(0);
     this.hot.fill(0);
+    this.queue = [];
+    this.wasm?.reset();
     this.sourceBytes = 0;
     this.translatedCount = 0;
     this.flushes++;
-  }
-}
-
-// ------------------------------------------------------------------------------------------------
-// Classification
-
-const KIND_NEXT = 0; // translated, the block goes on
-const KIND_END = 1; // translated, the block ends after it
-const KIND_STOP = 2; // not translated: the block ends before it (the interpreter runs it)
-const KIND_BRANCH = 3; // a conditional branch: a side exit when taken, the block may go on
-
-function classify(insn: number): number {
-  const f3 = (insn >> 12) & 7;
-  const f7 = insn >>> 25;
-  switch (insn & 0x7f) {
-    case 0x13:
-      if (f3 === 1) return insn >>> 26 === 0 ? KIND_NEXT : KIND_STOP;
-      if (f3 === 5) return insn >>> 26 === 0 || insn >>> 26 === 0x10 ? KIND_NEXT : KIND_STOP;
-      return KIND_NEXT;
-    case 0x33:
-      if (f7 === 0 || f7 === 1) return KIND_NEXT;
-      if (f7 === 0x20) return f3 === 0 || f3 === 5 ? KIND_NEXT : KIND_STOP;
-      return KIND_STOP;
-    case 0x1b:
-      if (f3 === 0) return KIND_NEXT;
-      if (f3 === 1) return f7 === 0 ? KIND_NEXT : KIND_STOP;
-      if (f3 === 5) return f7 === 0 || f7 === 0x20 ? KIND_NEXT : KIND_STOP;
-      return KIND_STOP;
-    case 0x3b:
-      if (f7 === 0) return f3 === 0 || f3 === 1 || f3 === 5 ? KIND_NEXT : KIND_STOP;
-      if (f7 === 0x20) return f3 === 0 || f3 === 5 ? KIND_NEXT : KIND_STOP;
-      if (f7 === 1) return f3 === 0 || f3 >= 4 ? KIND_NEXT : KIND_STOP;
-      return KIND_STOP;
-    case 0x37:
-    case 0x17:
-      return KIND_NEXT;
-    case 0x6f:
-      return KIND_END;
-    case 0x67:
-      return f3 === 0 ? KIND_END : KIND_STOP;
-    case 0x63:
-      return f3 === 2 || f3 === 3 ? KIND_STOP : KIND_BRANCH;
-    case 0x03:
-      return f3 === 7 ? KIND_STOP : KIND_NEXT;
-    case 0x23:
-      return f3 <= 3 ? KIND_NEXT : KIND_STOP;
-    case 0x0f:
-      return f3 === 0 ? KIND_NEXT : f3 === 1 ? KIND_END : KIND_STOP;
-    case 0x2f:
-    case 0x07:
-    case 0x27:
-    case 0x53:
-    case 0x43:
-    case 0x47:
-    case 0x4b:
-    case 0x4f:
-      return KIND_NEXT; // through Hart.executeHelper, which checks the encoding
-    default:
-      return KIND_STOP;
   }
 }
 
@@ -486,55 +526,6 @@ const hiOf = (v: number): number => Math.floor(v / TWO32) | 0;
 /** JS source of a register's low / high word inside a block. */
 const L = (r: number): string => (r === 0 ? "0" : `r${r}l`);
 const H = (r: number): string => (r === 0 ? "0" : `r${r}h`);
-
-function iImm(insn: number): number {
-  return insn >> 20;
-}
-function sImm(insn: number): number {
-  return ((insn >> 25) << 5) | ((insn >> 7) & 0x1f);
-}
-function bImm(insn: number): number {
-  return ((insn >> 31) << 12) | (((insn >> 7) & 1) << 11) | (((insn >> 25) & 0x3f) << 5) | (((insn >> 8) & 0xf) << 1);
-}
-function jImm(insn: number): number {
-  return (
-    ((insn >> 31) << 20) | (((insn >> 12) & 0xff) << 12) | (((insn >> 20) & 1) << 11) | (((insn >> 21) & 0x3ff) << 1)
-  );
-}
-
-/** Registers an instruction reads and writes (integer file), for loads at entry and write-backs. */
-function registersOf(insn: number): { reads: number[]; writes: number[] } {
-  const rd = (insn >> 7) & 31,
-    rs1 = (insn >> 15) & 31,
-    rs2 = (insn >> 20) & 31;
-  switch (insn & 0x7f) {
-    case 0x13:
-    case 0x1b:
-    case 0x03:
-    case 0x67:
-      return { reads: [rs1], writes: [rd] };
-    case 0x33:
-    case 0x3b:
-      return { reads: [rs1, rs2], writes: [rd] };
-    case 0x37:
-    case 0x17:
-    case 0x6f:
-      return { reads: [], writes: [rd] };
-    case 0x63:
-    case 0x23:
-      return { reads: [rs1, rs2], writes: [] };
-    case 0x07:
-      return { reads: [rs1], writes: [] };
-    case 0x27:
-      return { reads: [rs1], writes: [] };
-    case 0x2f:
-      return { reads: [rs1, rs2], writes: [rd] };
-    case 0x53:
-      return { reads: [rs1], writes: [rd] }; // fmv.x, fcvt.x, fclass, compares write rd
-    default:
-      return { reads: [], writes: [] };
-  }
-}
 
 /**
  * Generates the source of a block factory: `return function block(end) {...}` closing over the
@@ -905,4 +896,150 @@ export function generate(insns: Insn[], page = 0, sharedRam = false): { source: 
   const code = loops ? `for (;;) {\n${body.join("\n")}\n}` : body.join("\n");
   const source = `"use strict";\nreturn function block(end) {\n${head.filter((l) => l).join("\n")}\n${code}\n};`;
   return { source, exits };
+}
+
+// ------------------------------------------------------------------------------------------------
+// WebAssembly
+
+/** Function table entries (block ids); ids are not reused before a flush. */
+const WASM_TABLE_SIZE = 65536;
+
+/**
+ * Compiles blocks to WebAssembly over the hart's memory (wasm.ts) and wraps each as a BlockFn:
+ * the wrapper passes the budget and the data TLB set, and takes the pc and retired count from the
+ * hart area's slots. Blocks sit in one function table, so that they tail-call each other through
+ * their link slots (wasm.ts, blockFunction) without coming back here.
+ */
+class WasmBackend {
+  private readonly layout: WasmLayout;
+  private readonly imports: WebAssembly.Imports;
+  private readonly table: WebAssembly.Table;
+  private readonly slotPc: Float64Array;
+  /** count, hi, attention, block, fetchKey (HART_AREA from `count`). */
+  private readonly slots: Int32Array;
+  /** The link area: f64 view (pc) and i32 view (index, length, key), indexed by byte address / 8 and / 4. */
+  private readonly linkF64: Float64Array;
+  private readonly linkI32: Int32Array;
+  private readonly linkArea: number;
+  /** Blocks by table index (dropped ones too: one may be the last to exit, having overwritten its own page). */
+  private byId: (Block | null)[] = [null];
+  private nextSlot = 0;
+  private readonly code = new ByteWriter();
+  /** The hub's entry: runs block `id` and the blocks it chains to (wasm.ts, hubBytes). */
+  private readonly run: (budget: number, tlb: number, id: number) => number;
+  private readonly module = new ByteWriter();
+
+  constructor(private readonly hart: Hart) {
+    const bus = hart.bus;
+    const memory = bus.ramMemory!;
+    this.layout = {
+      memoryPages: memory.buffer.byteLength / 65536,
+      hartArea: bus.hartArea,
+      codePagesArea: bus.codePagesArea,
+    };
+    this.slotPc = new Float64Array(bus.ramBuffer, bus.hartArea + HART_AREA.pc, 1);
+    this.slots = new Int32Array(bus.ramBuffer, bus.hartArea + HART_AREA.count, 5);
+    this.linkArea = bus.linkArea;
+    this.linkF64 = new Float64Array(bus.ramBuffer);
+    this.linkI32 = new Int32Array(bus.ramBuffer);
+    this.table = new WebAssembly.Table({ element: "anyfunc", initial: WASM_TABLE_SIZE });
+    const h = hart;
+    const slots = this.slots;
+    const slotPc = this.slotPc;
+    // The state is precise here (the block wrote registers, pc and the count back): as the
+    // interpreter at this instruction. A trap thrown below unwinds the blocks.
+    const slow = (op: number, a: number, b: number, c: number, d: number): number => {
+      h.pc = slotPc[0];
+      const k = slots[0];
+      h.instret += k;
+      let r = 0;
+      if (op < SLOW_STORE) {
+        r = h.loadSlow(a, b, 1 << op);
+        slots[1] = h.hi;
+      } else if (op < SLOW_HELPER) h.storeSlow(a, b, 1 << (op - SLOW_STORE), c, d);
+      else if (op === SLOW_HELPER) h.executeHelper(a);
+      else if (op === SLOW_FENCE_I) h.translator!.fenceI();
+      h.instret -= k;
+      slots[2] = h.attention ? 1 : 0;
+      return r;
+    };
+    this.imports = { e: { slow, mem: memory } };
+    const hub = new WebAssembly.Instance(new WebAssembly.Module(hubBytes(this.layout, WASM_TABLE_SIZE)), {
+      e: { mem: memory, table: this.table },
+    });
+    this.run = hub.exports.run as (budget: number, tlb: number, id: number) => number;
+  }
+
+  /** Whether `blocks` more blocks fit the table and the link slots. */
+  room(blocks: number): boolean {
+    return this.byId.length + blocks < WASM_TABLE_SIZE && this.nextSlot + blocks * (MAX_BLOCK + 1) <= LINK_SLOTS;
+  }
+
+  /** Compiles blocks into one module and returns them as Blocks. */
+  compile(todo: { pc: number; off: number; insns: Insn[] }[]): Block[] {
+    const bodies: Uint8Array[] = [];
+    const made: { id: number; slots: number; exits: number }[] = [];
+    for (const t of todo) {
+      const id = this.byId.length + made.length;
+      const slots = this.linkArea + this.nextSlot * LINK_SLOT_BYTES;
+      this.nextSlot += exitBound(t.insns);
+      this.code.length = 0;
+      const exits = blockFunction(this.code, t.insns, t.off >>> 12, this.layout, id, slots);
+      bodies.push(this.code.slice());
+      made.push({ id, slots, exits });
+    }
+    const bytes = moduleBytes(this.module, bodies, this.layout);
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), this.imports);
+    const h = this.hart;
+    const slots = this.slots;
+    const slotPc = this.slotPc;
+    const overhead = (bytes.length - bodies.reduce((n, b) => n + b.length, 0)) / bodies.length;
+    const run = this.run;
+    return todo.map((t, i) => {
+      const id = made[i].id;
+      this.table.set(id, instance.exports[`b${i}`] as () => number);
+      const fn = (end: number): number => {
+        slots[4] = h.fetchKey;
+        const exit = run(end - h.instret, h.dataSet.base, id);
+        h.instret += slots[0];
+        h.pc = slotPc[0];
+        return exit;
+      };
+      const blk = new Block(t.pc, t.off, t.insns.length, fn, made[i].exits);
+      blk.id = made[i].id;
+      blk.linkSlots = made[i].slots;
+      blk.incoming = [];
+      blk.sourceBytes = Math.ceil(bodies[i].length + overhead);
+      this.byId.push(blk);
+      return blk;
+    });
+  }
+
+  /** The block whose exit ended the last call (blocks chain inside WebAssembly). */
+  exited(): Block {
+    return this.byId[this.slots[3]]!;
+  }
+
+  /** Links `from`'s exit to `to`, made for target pc and the fetchKey now in force. */
+  link(from: Block, exit: number, to: Block, pc: number, key: number): void {
+    const at = from.linkSlots + exit * LINK_SLOT_BYTES;
+    this.linkF64[(at + LINK_PC) / 8] = pc;
+    this.linkI32[(at + LINK_LENGTH) >>> 2] = to.length;
+    this.linkI32[(at + LINK_KEY) >>> 2] = key;
+    this.linkI32[(at + LINK_INDEX) >>> 2] = to.id;
+    if (to.incoming !== null) to.incoming.push(at);
+  }
+
+  /** `blk` is dropped: no link leads to it any more. */
+  unlink(blk: Block): void {
+    for (const at of blk.incoming!) this.linkI32[(at + LINK_INDEX) >>> 2] = 0;
+    blk.incoming = null;
+  }
+
+  /** Every block is dropped (a flush). */
+  reset(): void {
+    this.linkI32.fill(0, this.linkArea >>> 2, (this.linkArea + this.nextSlot * LINK_SLOT_BYTES) >>> 2);
+    this.nextSlot = 0;
+    this.byId = [null];
+  }
 }

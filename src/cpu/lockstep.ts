@@ -19,8 +19,16 @@ export interface Divergence {
 
 /** CSRs compared after every step (the ones traps, xRET and the MMU touch). */
 const COMPARED_CSRS: [string, number][] = [
-  ["mstatus", 0x300], ["mie", 0x304], ["mip", 0x344], ["mepc", 0x341], ["mcause", 0x342], ["mtval", 0x343],
-  ["sepc", 0x141], ["scause", 0x142], ["stval", 0x143], ["satp", 0x180],
+  ["mstatus", 0x300],
+  ["mie", 0x304],
+  ["mip", 0x344],
+  ["mepc", 0x341],
+  ["mcause", 0x342],
+  ["mtval", 0x343],
+  ["sepc", 0x141],
+  ["scause", 0x142],
+  ["stval", 0x143],
+  ["satp", 0x180],
 ];
 
 const hex = (v: bigint | number): string => "0x" + BigInt.asUintN(64, BigInt(v)).toString(16);
@@ -29,9 +37,11 @@ const hex = (v: bigint | number): string => "0x" + BigInt.asUintN(64, BigInt(v))
 export function compareHarts(a: Hart, b: Hart): Omit<Divergence, "instret" | "stepPc"> | null {
   if (a.pc !== b.pc) return { what: "pc", translated: hex(a.pc), interpreted: hex(b.pc) };
   if (a.priv !== b.priv) return { what: "privilege", translated: String(a.priv), interpreted: String(b.priv) };
-  if (a.instret !== b.instret) return { what: "instret", translated: String(a.instret), interpreted: String(b.instret) };
+  if (a.instret !== b.instret)
+    return { what: "instret", translated: String(a.instret), interpreted: String(b.instret) };
   for (let i = 0; i < 64; i++) {
-    if (a.x[i] !== b.x[i]) return { what: `x${i >> 1}`, translated: hex(a.getX(i >> 1)), interpreted: hex(b.getX(i >> 1)) };
+    if (a.x[i] !== b.x[i])
+      return { what: `x${i >> 1}`, translated: hex(a.getX(i >> 1)), interpreted: hex(b.getX(i >> 1)) };
   }
   for (let i = 0; i < 64; i++) {
     if (a.f[i] !== b.f[i]) return { what: `f${i >> 1}`, translated: String(a.f[i]), interpreted: String(b.f[i]) };
@@ -43,9 +53,11 @@ export function compareHarts(a: Hart, b: Hart): Omit<Divergence, "instret" | "st
   if (a.reservationValid !== b.reservationValid) {
     return { what: "reservation", translated: String(a.reservationValid), interpreted: String(b.reservationValid) };
   }
-  const sa = a.priv, sb = b.priv;
+  const sa = a.priv,
+    sb = b.priv;
   for (const [name, n] of COMPARED_CSRS) {
-    const va = a.getCsr(n), vb = b.getCsr(n);
+    const va = a.getCsr(n),
+      vb = b.getCsr(n);
     if (va !== vb) return { what: name, translated: hex(va), interpreted: hex(vb) };
   }
   if (a.priv !== sa || b.priv !== sb) throw new Error("lockstep: reading CSRs changed privilege");
@@ -63,7 +75,9 @@ export class Lockstep {
     options: { threshold?: number } = {},
   ) {
     if (reference.translator !== null) throw new Error("lockstep: the reference hart must interpret");
-    this.jit = translated.translator instanceof Jit ? translated.translator : new Jit(translated, options);
+    // One block per WebAssembly module: blocks run translated from their threshold on, not a batch later.
+    this.jit =
+      translated.translator instanceof Jit ? translated.translator : new Jit(translated, { batch: 1, ...options });
     this.jit.singleStep = true;
   }
 
@@ -72,7 +86,8 @@ export class Lockstep {
    * budget ran out or both harts wait (WFI) or stop.
    */
   run(budget: number): Divergence | null {
-    const t = this.translated, r = this.reference;
+    const t = this.translated,
+      r = this.reference;
     const end = t.instret + budget;
     while (t.instret < end) {
       const stepPc = t.pc;
@@ -91,7 +106,8 @@ export class Lockstep {
 
   /** First differing RAM word offset (bytes), or -1 when both memories are equal. */
   static compareMemory(a: Hart, b: Hart): number {
-    const wa = a.ram32, wb = b.ram32;
+    const wa = a.ram32,
+      wb = b.ram32;
     for (let i = 0; i < wa.length; i++) if (wa[i] !== wb[i]) return i * 4;
     return -1;
   }

@@ -55,7 +55,9 @@ function machine(program: number[], options: { jit?: boolean; threshold?: number
   hart.setCsr(CSR_MTVEC, BigInt(MTRAP));
   hart.pc = CODE;
   const jit =
-    options.jit === false ? null : new Jit(hart, { threshold: options.threshold ?? 0, maxBlocks: options.maxBlocks });
+    options.jit === false
+      ? null
+      : new Jit(hart, { threshold: options.threshold ?? 0, maxBlocks: options.maxBlocks, batch: 1 });
   return { bus, hart, jit, dv };
 }
 
