@@ -342,7 +342,7 @@ export function formatCpuTable(rows: CpuRow[]): string {
   const t = rows.filter((r) => r.translator && r.workload !== "sha256 kernel").pop()?.translator;
   if (t) {
     lines.push(
-      `translation cache (last guest run): ${t.translated} blocks, ${(t.sourceBytes / 1e6).toFixed(1)} MB source, ~${(t.estimatedBytes / 1e6).toFixed(1)} MB estimated, ${t.flushes} flushes, ${t.invalidations} invalidations`,
+      `translation cache (last guest run): ${t.translated} blocks, ${(t.sourceBytes / 1e6).toFixed(1)} MB of ${t.backend === "wasm" ? "WebAssembly" : "JavaScript source"}, ~${(t.estimatedBytes / 1e6).toFixed(1)} MB estimated, ${t.flushes} flushes, ${t.invalidations} invalidations`,
     );
   }
   return lines.join("\n");

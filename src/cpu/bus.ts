@@ -75,6 +75,11 @@ export function allocateRam(ramSize: number, shared = false): RamStorage {
   return new WebAssembly.Memory({ initial: bytes / WASM_PAGE, maximum: bytes / WASM_PAGE });
 }
 
+/** The RAM bytes of a storage (the first `ramSize` bytes of its buffer). */
+export function ramView(storage: RamStorage, ramSize: number): Uint8Array {
+  return new Uint8Array(storage instanceof WebAssembly.Memory ? storage.buffer : storage, 0, ramSize);
+}
+
 export class Bus {
   readonly ramBase: number;
   readonly ramSize: number;

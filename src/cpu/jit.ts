@@ -115,10 +115,11 @@ class Block {
 }
 
 export interface TranslatorStats {
+  backend: Backend;
   /** Blocks seen (interpreted or translated) and translated. */
   blocks: number;
   translated: number;
-  /** Bytes of generated JavaScript source currently cached. */
+  /** Bytes of generated code currently cached (JavaScript source or WebAssembly). */
   sourceBytes: number;
   /** Estimated memory held by the cache (source, V8 code and metadata). */
   estimatedBytes: number;
@@ -220,11 +221,14 @@ export class Jit implements Translator {
 
   stats(): TranslatorStats {
     return {
+      backend: this.backend,
       blocks: this.translatedCount,
       translated: this.translatedCount,
       sourceBytes: this.sourceBytes,
-      // V8 keeps the source string, bytecode and (for hot blocks) machine code: about 4x the source.
-      estimatedBytes: this.sourceBytes * 4 + this.blocks.size * 160,
+      // JavaScript: V8 keeps the source string, bytecode and (for hot blocks) machine code, about
+      // 4x the source. WebAssembly: Liftoff's machine code (about 4x the bytecode, which V8 keeps
+      // too) and the Block objects with their link slots.
+      estimatedBytes: this.sourceBytes * (this.backend === "wasm" ? 5 : 4) + this.blocks.size * 160,
       flushes: this.flushes,
       invalidations: this.invalidations,
       translatedInstructions: this.jitInstret,

@@ -5,7 +5,7 @@
  * equal. The first difference is reported with the pc and instret where it appeared.
  */
 import type { Hart } from "./hart.js";
-import { Jit } from "./jit.js";
+import { Jit, type Backend } from "./jit.js";
 
 export interface Divergence {
   /** instret of both harts when the difference was seen. */
@@ -72,7 +72,7 @@ export class Lockstep {
   constructor(
     readonly translated: Hart,
     readonly reference: Hart,
-    options: { threshold?: number } = {},
+    options: { threshold?: number; backend?: Backend } = {},
   ) {
     if (reference.translator !== null) throw new Error("lockstep: the reference hart must interpret");
     // One block per WebAssembly module: blocks run translated from their threshold on, not a batch later.

@@ -14,6 +14,7 @@
  * Frames: type (u8), payload length (u32 LE), payload. JSON frames for control, PAGES frames as
  * count (u32), page numbers (u32 each), then the pages.
  */
+import { allocateRam, ramView } from "../cpu/bus.js";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { renameSync } from "node:fs";
 import { existsSync } from "node:fs";
@@ -311,7 +312,7 @@ export async function migrateTo(
     if (cancel?.aborted && !released) e = new MigrationError("migration cancelled; the VM runs on here");
     if (released && saved) {
       // The old machine is closed and stopped; its RAM buffer moves to the new one.
-      await monitor.takeBack(machine.bus.ramBuffer, saved);
+      await monitor.takeBack(machine.bus.ramStorage, saved);
     } else {
       machine.stopDirtyLog();
       if (machine.isPaused) machine.resume();
@@ -375,12 +376,12 @@ export async function receiveMigration(
   // The machine is built now, over the RAM the pages arrive in; only its disks and network wait.
   // Pages land straight in the machine's RAM, which an SMP machine's hart threads share.
   const ramBytes = spec.memoryMiB * 1024 * 1024;
-  const ramBuffer = spec.cpus > 1 ? new SharedArrayBuffer(ramBytes) : new ArrayBuffer(ramBytes);
-  const ram = new Uint8Array(ramBuffer);
+  const ramStorage = allocateRam(ramBytes, spec.cpus > 1);
+  const ram = ramView(ramStorage, ramBytes);
   const totalPages = ram.length / PAGE;
   let incoming: ReturnType<typeof VmMonitor.prepareIncoming>;
   try {
-    incoming = VmMonitor.prepareIncoming(spec, { ...opts }, ramBuffer);
+    incoming = VmMonitor.prepareIncoming(spec, { ...opts }, ramStorage);
   } catch (e) {
     return await refuse((e as Error).message);
   }

@@ -5,6 +5,7 @@
  * stop, reset, metrics, snapshot, migrate. Everything runs on the event loop between slices of
  * guest code, so an operation always sees the machine between two instructions.
  */
+import type { RamStorage } from "../cpu/bus.js";
 import { closeSync, copyFileSync, fsyncSync, openSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { PowerOff, VirtMachine, MachineState } from "./virt.js";
@@ -220,7 +221,7 @@ export class VmMonitor {
   static prepareIncoming(
     spec: VmSpec,
     opts: MonitorOptions,
-    ram: ArrayBuffer | SharedArrayBuffer,
+    ram: RamStorage,
   ): {
     monitor: VmMonitor;
     complete: (final: VmSpec, state: MachineState) => Promise<string[]>;
@@ -243,7 +244,7 @@ export class VmMonitor {
     return { monitor: m, complete, abandon: () => machine.close() };
   }
 
-  private async build(ram?: ArrayBuffer | SharedArrayBuffer): Promise<string[]> {
+  private async build(ram?: RamStorage): Promise<string[]> {
     const { machine, notes } = await buildMachine(this.spec, {
       ram,
       netDir: this.opts.netDir,
@@ -470,7 +471,7 @@ export class VmMonitor {
       this.current?.close();
       for (const p of made) rmSync(p, { force: true });
       this.spec = oldSpec;
-      await this.build(old.bus.ramBuffer as ArrayBuffer);
+      await this.build(old.bus.ramStorage);
       this.machine.restoreState(saved);
       if (wasPaused) this.machine.pause();
       old.stop("poweroff", 0);
@@ -522,7 +523,7 @@ export class VmMonitor {
    * The destination failed after this side let go of its disks and network: build the machine
    * again here and load what it was (RAM and state), then let it run on.
    */
-  async takeBack(ram: ArrayBuffer | SharedArrayBuffer, state: MachineState): Promise<void> {
+  async takeBack(ram: RamStorage, state: MachineState): Promise<void> {
     const old = this.current;
     await this.build(ram);
     this.machine.restoreState(state);

@@ -27,6 +27,7 @@ import {
 import { join, resolve } from "node:path";
 import type { MachineState } from "./virt.js";
 import { checkSpec, type VmSpec } from "./spec.js";
+import { allocateRam, ramView, type RamStorage } from "../cpu/bus.js";
 
 export const SNAPSHOT_FORMAT = "yun-snapshot";
 export const SNAPSHOT_VERSION = 1;
@@ -259,9 +260,9 @@ export function loadSnapshot(dir: string): LoadedSnapshot {
 }
 
 /** The RAM a loaded chain describes: a fresh buffer (zero pages are left out of full snapshots). */
-export function snapshotRam(loaded: LoadedSnapshot): ArrayBuffer {
-  const buffer = new ArrayBuffer(loaded.body.memory.totalPages * PAGE);
-  const ram = new Uint8Array(buffer);
+export function snapshotRam(loaded: LoadedSnapshot): RamStorage {
+  const storage = allocateRam(loaded.body.memory.totalPages * PAGE);
+  const ram = ramView(storage, loaded.body.memory.totalPages * PAGE);
   for (const link of loaded.chain) {
     const pages = link.pages;
     // Runs of consecutive pages are one copy each.
@@ -273,5 +274,5 @@ export function snapshotRam(loaded: LoadedSnapshot): ArrayBuffer {
       i = j;
     }
   }
-  return buffer;
+  return storage;
 }

@@ -3,6 +3,7 @@
  * records and what a live migration sends ahead, so that another process can build the same
  * machine. `buildMachine` turns it into a VirtMachine with its disks and network card attached.
  */
+import type { RamStorage } from "../cpu/bus.js";
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { VirtMachine, type Engine, type VirtConfig } from "./virt.js";
 import type { BlockBackend } from "../devices/block.js";
@@ -94,7 +95,7 @@ export interface BuildOptions {
   output: VirtConfig["output"];
   log?: VirtConfig["log"];
   /** RAM contents to start from (see VirtConfig.ram). */
-  ram?: ArrayBuffer | SharedArrayBuffer;
+  ram?: RamStorage;
 }
 
 /** The machine of a spec, from its boot files and its opened (or stand-in) disks and network. */
@@ -160,7 +161,7 @@ export async function buildMachine(
  */
 export function buildDeferred(
   spec: VmSpec,
-  opts: BuildOptions & { ram: ArrayBuffer | SharedArrayBuffer },
+  opts: BuildOptions & { ram: RamStorage },
 ): { machine: VirtMachine; plug: (final: VmSpec) => Promise<string[]> } {
   const kernel = readInput(spec.kernel, "kernel", true);
   const initrd = spec.initrd ? readInput(spec.initrd, "initrd", true) : undefined;

@@ -6,7 +6,7 @@
  * power events are served, and host sleep while the guest waits in WFI (until a timer, console
  * input or a device such as the network card wakes it).
  */
-import { Bus, type MmioDevice } from "../cpu/bus.js";
+import { Bus, ramView, type MmioDevice, type RamStorage } from "../cpu/bus.js";
 import { Hart, type HartClock } from "../cpu/hart.js";
 import { saveHart, restoreHart, checkHartState, type HartState } from "../cpu/state.js";
 import { Jit } from "../cpu/jit.js";
@@ -88,7 +88,7 @@ export interface VirtConfig {
    * RAM to start from (a snapshot or a migration, whose state restoreState() then loads): the
    * firmware, kernel, initrd and device tree are not loaded into it.
    */
-  ram?: ArrayBuffer | SharedArrayBuffer;
+  ram?: RamStorage;
 }
 
 /** A disk image file for a virtio-blk slot. */
@@ -241,8 +241,8 @@ export class VirtMachine {
     let ram = config.ram;
     if (smp && ram !== undefined && !(ram instanceof SharedArrayBuffer)) {
       // Harts on other threads need RAM they can share.
-      const shared = new SharedArrayBuffer(ram.byteLength);
-      new Uint8Array(shared).set(new Uint8Array(ram));
+      const shared = new SharedArrayBuffer(ramSize);
+      new Uint8Array(shared).set(ramView(ram, ramSize));
       ram = shared;
     }
     this.bus = new Bus(RAM_BASE, ramSize, smp, ram);

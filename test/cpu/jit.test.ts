@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Bus, type MmioDevice } from "../../src/cpu/bus.js";
 import { Hart } from "../../src/cpu/hart.js";
-import { Jit } from "../../src/cpu/jit.js";
+import { Jit, type Backend } from "../../src/cpu/jit.js";
 import { Lockstep } from "../../src/cpu/lockstep.js";
 import * as A from "../support/rv-asm.js";
 
@@ -43,7 +43,10 @@ class DoorBell implements MmioDevice {
   }
 }
 
-function machine(program: number[], options: { jit?: boolean; threshold?: number; maxBlocks?: number } = {}) {
+function machine(
+  program: number[],
+  options: { jit?: boolean; threshold?: number; maxBlocks?: number; backend?: Backend } = {},
+) {
   const bus = new Bus(RAM_BASE, 1 << 20);
   const bell = new DoorBell();
   bus.map(DEVICE, 0x1000, bell);
@@ -57,7 +60,12 @@ function machine(program: number[], options: { jit?: boolean; threshold?: number
   const jit =
     options.jit === false
       ? null
-      : new Jit(hart, { threshold: options.threshold ?? 0, maxBlocks: options.maxBlocks, batch: 1 });
+      : new Jit(hart, {
+          threshold: options.threshold ?? 0,
+          maxBlocks: options.maxBlocks,
+          batch: 1,
+          backend: options.backend,
+        });
   return { bus, hart, jit, dv };
 }
 
@@ -90,113 +98,116 @@ function selfModifying(): number[] {
   return p;
 }
 
-test("self-modifying code: a store over translated code and fence.i run the new instruction", () => {
-  for (const threshold of [0, 5]) {
-    const m = machine(selfModifying(), { threshold });
+// Both backends: WebAssembly (the default) and JavaScript (RAM in a plain buffer, SMP).
+for (const backend of ["wasm", "js"] as const) {
+  test(`self-modifying code: a store over translated code and fence.i run the new instruction (${backend})`, () => {
+    for (const threshold of [0, 5]) {
+      const m = machine(selfModifying(), { threshold, backend });
+      runToWfi(m.hart);
+      assert.equal(m.hart.getX(A0), 100n + 100n * 100n, `threshold ${threshold}`);
+      assert.ok(m.jit!.stats().invalidations >= 1, "the patched page was invalidated");
+      assert.ok(m.jit!.stats().translatedInstructions > 500, "the loops ran translated");
+    }
+  });
+
+  test(`code written by DMA (Bus.externalWrite) replaces translated code (${backend})`, () => {
+    const m = machine([A.addi(A0, A0, 1), WFI], { backend });
     runToWfi(m.hart);
-    assert.equal(m.hart.getX(A0), 100n + 100n * 100n, `threshold ${threshold}`);
-    assert.ok(m.jit!.stats().invalidations >= 1, "the patched page was invalidated");
-    assert.ok(m.jit!.stats().translatedInstructions > 500, "the loops ran translated");
-  }
-});
+    assert.equal(m.hart.getX(A0), 1n);
+    m.dv.setUint32(CODE - RAM_BASE, A.addi(A0, A0, 7), true);
+    m.bus.externalWrite(CODE - RAM_BASE, 4);
+    m.hart.waiting = false;
+    m.hart.pc = CODE;
+    runToWfi(m.hart, 100);
+    assert.equal(m.hart.getX(A0), 8n);
+  });
 
-test("code written by DMA (Bus.externalWrite) replaces translated code", () => {
-  const m = machine([A.addi(A0, A0, 1), WFI]);
-  runToWfi(m.hart);
-  assert.equal(m.hart.getX(A0), 1n);
-  m.dv.setUint32(CODE - RAM_BASE, A.addi(A0, A0, 7), true);
-  m.bus.externalWrite(CODE - RAM_BASE, 4);
-  m.hart.waiting = false;
-  m.hart.pc = CODE;
-  runToWfi(m.hart, 100);
-  assert.equal(m.hart.getX(A0), 8n);
-});
+  test(`a fault in the middle of a block is precise: pc, registers and instret as the interpreter's (${backend})`, () => {
+    const program = [A.addi(A0, 0, 5), A.addi(A1, 0, 7), A.ld(A2, 0, T0), A.addi(A3, 0, 9), WFI];
+    const m = machine(program, { backend });
+    m.hart.setX(T0, 0x1000n); // no RAM, no device: load access fault
+    m.hart.run(3); // two addi, the faulting ld, then one instruction of the handler
+    assert.equal(m.hart.getCsr(CSR_MCAUSE), 5n);
+    assert.equal(Number(m.hart.getCsr(CSR_MEPC)), CODE + 8);
+    assert.equal(m.hart.getX(A0), 5n);
+    assert.equal(m.hart.getX(A1), 7n);
+    assert.equal(m.hart.getX(A3), 0n);
+    assert.equal(m.hart.instret, 3);
+    assert.equal(m.hart.pc, MTRAP);
+    assert.ok(m.jit!.stats().translated >= 1);
+  });
 
-test("a fault in the middle of a block is precise: pc, registers and instret as the interpreter's", () => {
-  const program = [A.addi(A0, 0, 5), A.addi(A1, 0, 7), A.ld(A2, 0, T0), A.addi(A3, 0, 9), WFI];
-  const m = machine(program);
-  m.hart.setX(T0, 0x1000n); // no RAM, no device: load access fault
-  m.hart.run(3); // two addi, the faulting ld, then one instruction of the handler
-  assert.equal(m.hart.getCsr(CSR_MCAUSE), 5n);
-  assert.equal(Number(m.hart.getCsr(CSR_MEPC)), CODE + 8);
-  assert.equal(m.hart.getX(A0), 5n);
-  assert.equal(m.hart.getX(A1), 7n);
-  assert.equal(m.hart.getX(A3), 0n);
-  assert.equal(m.hart.instret, 3);
-  assert.equal(m.hart.pc, MTRAP);
-  assert.ok(m.jit!.stats().translated >= 1);
-});
-
-test("an MMIO write that raises an interrupt is taken right after that instruction", () => {
-  const program = [A.addi(A0, 0, 1), A.sw(A0, 0, T0), A.addi(A1, 0, 1), A.addi(A2, 0, 1), WFI];
-  const m = machine(program);
-  m.hart.setX(T0, BigInt(DEVICE));
-  m.hart.setCsr(CSR_MIE, 1n << 3n);
-  m.hart.setCsr(CSR_MSTATUS, m.hart.getCsr(CSR_MSTATUS) | 8n); // MIE
-  m.hart.run(10);
-  assert.equal(BigInt.asUintN(64, m.hart.getCsr(CSR_MCAUSE)), (1n << 63n) | 3n);
-  assert.equal(Number(m.hart.getCsr(CSR_MEPC)), CODE + 8);
-  assert.equal(m.hart.getX(A1), 0n);
-});
-
-test("the translation cache is bounded: past its limit it is flushed and code is translated again", () => {
-  // 40 blocks (jal chains), run 30 times around.
-  const p: number[] = [A.addi(T1, 0, 30)];
-  for (let i = 0; i < 40; i++) p.push(A.addi(A0, A0, 1), A.jal(0, 4));
-  p.push(A.addi(T1, T1, -1), A.bne(T1, 0, -(4 * 80 + 4)), WFI);
-  const m = machine(p, { maxBlocks: 8 });
-  runToWfi(m.hart);
-  assert.equal(m.hart.getX(A0), 1200n);
-  const s = m.jit!.stats();
-  assert.ok(s.flushes > 10, `flushes ${s.flushes}`);
-  assert.ok(s.translated <= 8);
-  assert.ok(s.estimatedBytes > 0 && s.sourceBytes > 0);
-});
-
-test("a loop runs inside its block and stops exactly at the budget, as the interpreter", () => {
-  const program = [
-    A.addi(T1, 0, 1000), // 0
-    A.jal(0, 8), // 4
-    A.addi(A1, A1, 99), // 8: jumped over
-    A.addi(A0, A0, 3), // 12: the loop: a block that branches back to itself
-    A.sd(A0, 0, T0), // 16
-    A.addi(T1, T1, -1), // 20
-    A.bne(T1, 0, -12), // 24
-    WFI, // 28
-  ];
-  const jit = machine(program);
-  const ref = machine(program, { jit: false });
-  for (const m of [jit, ref]) m.hart.setX(T0, BigInt(RAM_BASE + 0x8000));
-  // Odd slices end mid-iteration: the loop must stop where the interpreter stops.
-  while (!ref.hart.waiting) {
-    jit.hart.run(37);
-    ref.hart.run(37);
-    assert.equal(jit.hart.instret, ref.hart.instret);
-    assert.equal(jit.hart.pc, ref.hart.pc, `pc at instret ${ref.hart.instret}`);
-    for (const r of [A0, A1, T1])
-      assert.equal(jit.hart.getX(r), ref.hart.getX(r), `x${r} at instret ${ref.hart.instret}`);
-  }
-  assert.ok(jit.hart.waiting);
-  assert.equal(jit.hart.getX(A0), 3000n);
-  assert.equal(jit.hart.getX(A1), 0n);
-  assert.equal(jit.dv.getUint32(0x8000, true), 3000);
-  assert.ok(jit.jit!.stats().translatedInstructions > 3500, "the loop ran translated");
-});
-
-test("lockstep: translator and interpreter agree after every block of a program with loops, faults and interrupts", () => {
-  const build = () => {
-    const m = machine(selfModifying(), { jit: false });
+  test(`an MMIO write that raises an interrupt is taken right after that instruction (${backend})`, () => {
+    const program = [A.addi(A0, 0, 1), A.sw(A0, 0, T0), A.addi(A1, 0, 1), A.addi(A2, 0, 1), WFI];
+    const m = machine(program, { backend });
     m.hart.setX(T0, BigInt(DEVICE));
-    return m;
-  };
-  const a = build(),
-    b = build();
-  const ls = new Lockstep(a.hart, b.hart, { threshold: 3 });
-  assert.equal(ls.run(100_000), null);
-  assert.equal(a.hart.getX(A0), 10100n);
-  assert.ok(ls.steps > 100);
-  assert.equal(Lockstep.compareMemory(a.hart, b.hart), -1);
-});
+    m.hart.setCsr(CSR_MIE, 1n << 3n);
+    m.hart.setCsr(CSR_MSTATUS, m.hart.getCsr(CSR_MSTATUS) | 8n); // MIE
+    m.hart.run(10);
+    assert.equal(BigInt.asUintN(64, m.hart.getCsr(CSR_MCAUSE)), (1n << 63n) | 3n);
+    assert.equal(Number(m.hart.getCsr(CSR_MEPC)), CODE + 8);
+    assert.equal(m.hart.getX(A1), 0n);
+  });
+
+  test(`the translation cache is bounded: past its limit it is flushed and code is translated again (${backend})`, () => {
+    // 40 blocks (jal chains), run 30 times around.
+    const p: number[] = [A.addi(T1, 0, 30)];
+    for (let i = 0; i < 40; i++) p.push(A.addi(A0, A0, 1), A.jal(0, 4));
+    p.push(A.addi(T1, T1, -1), A.bne(T1, 0, -(4 * 80 + 4)), WFI);
+    const m = machine(p, { maxBlocks: 8, backend });
+    runToWfi(m.hart);
+    assert.equal(m.hart.getX(A0), 1200n);
+    const s = m.jit!.stats();
+    assert.ok(s.flushes > 10, `flushes ${s.flushes}`);
+    assert.ok(s.translated <= 8);
+    assert.ok(s.estimatedBytes > 0 && s.sourceBytes > 0);
+  });
+
+  test(`a loop runs inside its block and stops exactly at the budget, as the interpreter (${backend})`, () => {
+    const program = [
+      A.addi(T1, 0, 1000), // 0
+      A.jal(0, 8), // 4
+      A.addi(A1, A1, 99), // 8: jumped over
+      A.addi(A0, A0, 3), // 12: the loop: a block that branches back to itself
+      A.sd(A0, 0, T0), // 16
+      A.addi(T1, T1, -1), // 20
+      A.bne(T1, 0, -12), // 24
+      WFI, // 28
+    ];
+    const jit = machine(program, { backend });
+    const ref = machine(program, { jit: false });
+    for (const m of [jit, ref]) m.hart.setX(T0, BigInt(RAM_BASE + 0x8000));
+    // Odd slices end mid-iteration: the loop must stop where the interpreter stops.
+    while (!ref.hart.waiting) {
+      jit.hart.run(37);
+      ref.hart.run(37);
+      assert.equal(jit.hart.instret, ref.hart.instret);
+      assert.equal(jit.hart.pc, ref.hart.pc, `pc at instret ${ref.hart.instret}`);
+      for (const r of [A0, A1, T1])
+        assert.equal(jit.hart.getX(r), ref.hart.getX(r), `x${r} at instret ${ref.hart.instret}`);
+    }
+    assert.ok(jit.hart.waiting);
+    assert.equal(jit.hart.getX(A0), 3000n);
+    assert.equal(jit.hart.getX(A1), 0n);
+    assert.equal(jit.dv.getUint32(0x8000, true), 3000);
+    assert.ok(jit.jit!.stats().translatedInstructions > 3500, "the loop ran translated");
+  });
+
+  test(`lockstep: translator and interpreter agree after every block of a program with loops, faults and interrupts (${backend})`, () => {
+    const build = () => {
+      const m = machine(selfModifying(), { jit: false });
+      m.hart.setX(T0, BigInt(DEVICE));
+      return m;
+    };
+    const a = build(),
+      b = build();
+    const ls = new Lockstep(a.hart, b.hart, { threshold: 3, backend });
+    assert.equal(ls.run(100_000), null);
+    assert.equal(a.hart.getX(A0), 10100n);
+    assert.ok(ls.steps > 100);
+    assert.equal(Lockstep.compareMemory(a.hart, b.hart), -1);
+  });
+}
 
 test("lockstep reports a divergence with where it happened", () => {
   const a = machine([A.addi(A0, 0, 1), A.addi(A0, A0, 1), WFI], { jit: false });
