@@ -70,9 +70,9 @@ import {
 
 export const COMPILE_THRESHOLD = 20_000;
 /** Runs before a block becomes WebAssembly (compiling it costs far less than JavaScript's Turbofan). */
-export const WASM_THRESHOLD = 200;
+export const WASM_THRESHOLD = 1000;
 /** Blocks compiled into one WebAssembly module. */
-const WASM_BATCH = 32;
+const WASM_BATCH = 64;
 /** Instructions a queued block may wait for its batch to fill before the batch is compiled anyway. */
 const WASM_QUEUE_WAIT = 500_000;
 /** The hotness mark of a leader queued for translation: the interpreter runs it meanwhile. */
