@@ -134,3 +134,16 @@ export function registersOf(insn: number): { reads: number[]; writes: number[] }
       return { reads: [], writes: [] };
   }
 }
+
+/** How a block ends after its last instruction: */
+export const FALL_NONE = 0; // it does not: the last instruction jumps or branches (its own exits)
+export const FALL_INTERP = 1; // before an instruction the block cannot express: the interpreter runs it
+export const FALL_LINKED = 2; // at the page end or the length limit: a linkable exit to the next instruction
+
+export function fallThrough(insns: Insn[]): number {
+  const last = insns[insns.length - 1];
+  const kind = classify(last.insn);
+  if (kind === KIND_END || kind === KIND_BRANCH) return FALL_NONE;
+  const next = last.pc + last.len;
+  return insns.length < MAX_BLOCK && (next & 0xfff) !== 0 ? FALL_INTERP : FALL_LINKED;
+}

@@ -1,36 +1,42 @@
 /**
- * The translator: hot guest code becomes JavaScript that V8 compiles to machine code.
+ * The translator: hot guest code becomes WebAssembly (wasm.ts) or JavaScript (here) that V8
+ * compiles to machine code; this file is the dispatcher, the cache and the JavaScript backend.
  *
- * Unit of translation is a block: straight-line guest instructions within one 4 KiB page, ending
- * at a branch or jump, at an instruction the block cannot express (SYSTEM: CSRs, ecall, mret, wfi,
- * sfence.vma; fence.i; reserved encodings), at the page end, or after MAX_BLOCK instructions.
- * Blocks are found by the RAM offset of their first instruction (physical address) and the virtual
- * pc they were translated at (the code embeds pc-relative constants); nothing else about the CPU
- * state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
+ * Unit of translation is a block (block.ts): straight-line guest instructions within one 4 KiB
+ * page, ending at a branch or jump, at an instruction the block cannot express (SYSTEM: CSRs,
+ * ecall, mret, wfi, sfence.vma; fence.i; reserved encodings), at the page end, or after MAX_BLOCK
+ * instructions. Blocks are found by the RAM offset of their first instruction (physical address)
+ * and the virtual pc they were translated at (the code embeds pc-relative constants); nothing else
+ * about the CPU state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
  *
- * Tiers: a new block is interpreted (the interpreter is the reference) until it has run
- * COMPILE_THRESHOLD times; then it is translated. Cold code never pays for compilation.
+ * Tiers: a new block is interpreted (the interpreter is the reference) until it has run the
+ * threshold's number of times (WASM_THRESHOLD, or COMPILE_THRESHOLD for JavaScript, which V8
+ * optimizes much later); then it is translated (WebAssembly: queued, and compiled in batches).
+ * Cold code never pays for compilation. The backend is WebAssembly when RAM is a WebAssembly
+ * memory with this hart's area (bus.ts), JavaScript otherwise (SMP: RAM shared between threads).
  *
- * Inside a translated block, guest registers live in JS locals (int32 lo/hi pairs), loaded at
- * entry and written back at every exit. Loads and stores test the hart's TLB inline and leave
- * through one slow-path call on a miss; before that call the block writes back the registers it
- * changed, sets pc and instret to the faulting instruction's, so a trap is precise: same pc, same
- * registers, same instret as the interpreter. A slow access that raised `attention` (an MMIO write
- * that made an interrupt pending) ends the block right after that instruction, as the interpreter
- * would take the interrupt there.
+ * Inside a translated block, guest registers live in locals (JavaScript: int32 lo/hi pairs;
+ * WebAssembly: i64), loaded at entry and written back at every exit. Loads and stores test the
+ * hart's TLB inline and leave through one slow-path call on a miss; before that call the block
+ * writes back the registers it changed, sets pc and instret to the faulting instruction's, so a
+ * trap is precise: same pc, same registers, same instret as the interpreter. A slow access that
+ * raised `attention` (an MMIO write that made an interrupt pending) ends the block right after that
+ * instruction, as the interpreter would take the interrupt there.
  *
  * Chaining: each block remembers the block it went to through each exit (fall-through, taken,
  * indirect) together with the target pc and the hart's fetchKey; the dispatcher follows a link
- * without any lookup while both still match. A block that branches back to its own start (a
- * tight loop) loops inside its JS function, registers in locals, while the budget allows.
+ * without any lookup while both still match (WebAssembly blocks also follow links among
+ * themselves, see WasmBackend). A block that branches back to its own start (a tight loop) loops
+ * inside its function, registers in locals, while the budget allows.
  *
  * Self-modifying code: a page with translated code is marked in `hart.codePages` and dropped from
  * the write TLB, so the first store to it (from any privilege or through any alias) reaches
  * `invalidatePage` before it lands. DMA writes call `invalidateRange`. fence.i ends a block, so
  * code after it is fetched afresh.
  *
- * The cache is bounded: past MAX_BLOCKS translated blocks or MAX_SOURCE_BYTES of generated source,
- * everything is dropped (as QEMU's tb_flush) and hot code is translated again.
+ * The cache is bounded: past MAX_BLOCKS translated blocks, MAX_SOURCE_BYTES of JavaScript or
+ * MAX_WASM_BYTES of WebAssembly, or a full function table, everything is dropped (as QEMU's
+ * tb_flush) and hot code is translated again.
  */
 import { COMPRESSED_TABLE } from "./compressed.js";
 import { HART_AREA, LINK_SLOT_BYTES, LINK_SLOTS } from "./bus.js";
@@ -52,6 +58,9 @@ import {
 } from "./wasm.js";
 import type { SharedCodeMap } from "./smp.js";
 import {
+  fallThrough,
+  FALL_INTERP,
+  FALL_NONE,
   bImm,
   classify,
   EXIT_INTERP,
@@ -78,7 +87,9 @@ const WASM_QUEUE_WAIT = 500_000;
 /** The hotness mark of a leader queued for translation: the interpreter runs it meanwhile. */
 const HOT_QUEUED = -3;
 const MAX_BLOCKS = 40_000;
+/** Generated code the cache may hold: JavaScript source, or WebAssembly (whose machine code is larger). */
 const MAX_SOURCE_BYTES = 96 * 1024 * 1024;
+const MAX_WASM_BYTES = 48 * 1024 * 1024;
 
 /** The code translated blocks become. */
 export type Backend = "wasm" | "js";
@@ -331,7 +342,7 @@ export class Jit implements Translator {
   private translate(pc: number, off: number): Block | null {
     if (
       this.translatedCount >= this.maxBlocks ||
-      this.sourceBytes >= MAX_SOURCE_BYTES ||
+      this.sourceBytes >= (this.wasm !== null ? MAX_WASM_BYTES : MAX_SOURCE_BYTES) ||
       (this.wasm !== null && !this.wasm.room(this.batch))
     )
       this.flush();
@@ -882,13 +893,10 @@ export function generate(insns: Insn[], page = 0, sharedRam = false): { source: 
       }
     }
   }
-  const last = insns[insns.length - 1];
-  const lastKind = classify(last.insn);
-  if (lastKind !== KIND_END && lastKind !== KIND_BRANCH) {
-    // The block stopped at a page end, its length limit, or before an instruction it cannot express.
-    const next = last.pc + last.len;
-    const decodedEnd = insns.length < MAX_BLOCK && (next & 0xfff) !== 0;
-    body.push(exit(next, insns.length, decodedEnd ? EXIT_INTERP : exits++));
+  const tail = fallThrough(insns);
+  if (tail !== FALL_NONE) {
+    const last = insns[insns.length - 1];
+    body.push(exit(last.pc + last.len, insns.length, tail === FALL_INTERP ? EXIT_INTERP : exits++));
   }
   const regs = [...used].sort((p, q) => p - q);
   const decl = regs.map((r) => `r${r}l = x[${2 * r}], r${r}h = x[${2 * r + 1}]`);
@@ -1042,6 +1050,8 @@ class WasmBackend {
 
   /** Every block is dropped (a flush). */
   reset(): void {
+    // The table holds the functions (and so their modules) alive until their entries are overwritten.
+    for (let id = 1; id < this.byId.length; id++) this.table.set(id, null);
     this.linkI32.fill(0, this.linkArea >>> 2, (this.linkArea + this.nextSlot * LINK_SLOT_BYTES) >>> 2);
     this.nextSlot = 0;
     this.byId = [null];

@@ -20,15 +20,14 @@
  * through the WebAssembly frames to the hart's run loop.
  */
 import {
+  fallThrough,
+  FALL_INTERP,
+  FALL_LINKED,
   bImm,
-  classify,
   EXIT_INTERP,
   EXIT_NOLINK,
   iImm,
   jImm,
-  KIND_BRANCH,
-  KIND_END,
-  MAX_BLOCK,
   registersOf,
   sImm,
   type Insn,
@@ -217,6 +216,18 @@ const F64_U8 = new Uint8Array(F64_BYTES.buffer);
 
 // ------------------------------------------------------------------------------------------------
 // Code generation
+
+/** OP-IMM and OP by funct3: add, sll, slt, sltu, xor, srl, or, and (SUB and SRA are picked apart by funct7). */
+const ALU: readonly number[][] = [
+  [OP.i64Add],
+  [OP.i64Shl],
+  [OP.i64LtS, OP.i64ExtendI32U],
+  [OP.i64LtU, OP.i64ExtendI32U],
+  [OP.i64Xor],
+  [OP.i64ShrU],
+  [OP.i64Or],
+  [OP.i64And],
+];
 
 /** Parameters: budget, tlb, n (instructions retired in this call before the block); then fixed locals. */
 const L_BUDGET = 0;
@@ -480,43 +491,12 @@ export function blockFunction(
     };
     switch (insn & 0x7f) {
       case 0x13: {
-        const imm = iImm(insn);
         if (rd === 0) break;
+        const imm = iImm(insn);
         reg(rs1);
-        switch (f3) {
-          case 0:
-            i64(imm);
-            op(OP.i64Add);
-            break;
-          case 1:
-            i64(imm & 63);
-            op(OP.i64Shl);
-            break;
-          case 2:
-            i64(imm);
-            op(OP.i64LtS, OP.i64ExtendI32U);
-            break;
-          case 3:
-            i64(imm);
-            op(OP.i64LtU, OP.i64ExtendI32U);
-            break;
-          case 4:
-            i64(imm);
-            op(OP.i64Xor);
-            break;
-          case 5:
-            i64(imm & 63);
-            op(insn >>> 26 === 0x10 ? OP.i64ShrS : OP.i64ShrU);
-            break;
-          case 6:
-            i64(imm);
-            op(OP.i64Or);
-            break;
-          default:
-            i64(imm);
-            op(OP.i64And);
-            break;
-        }
+        // Shift amounts are the immediate's low six bits (the rest selects SRAI).
+        i64(f3 === 1 || f3 === 5 ? imm & 63 : imm);
+        op(...(f3 === 5 && insn >>> 26 === 0x10 ? [OP.i64ShrS] : ALU[f3]));
         setRd(rd);
         break;
       }
@@ -530,34 +510,7 @@ export function blockFunction(
         reg(rs1);
         reg(rs2);
         if (f7 === 0x20) op(f3 === 0 ? OP.i64Sub : OP.i64ShrS);
-        else {
-          switch (f3) {
-            case 0:
-              op(OP.i64Add);
-              break;
-            case 1:
-              op(OP.i64Shl);
-              break;
-            case 2:
-              op(OP.i64LtS, OP.i64ExtendI32U);
-              break;
-            case 3:
-              op(OP.i64LtU, OP.i64ExtendI32U);
-              break;
-            case 4:
-              op(OP.i64Xor);
-              break;
-            case 5:
-              op(OP.i64ShrU);
-              break;
-            case 6:
-              op(OP.i64Or);
-              break;
-            default:
-              op(OP.i64And);
-              break;
-          }
-        }
+        else op(...ALU[f3]);
         setRd(rd);
         break;
       }
@@ -745,15 +698,10 @@ export function blockFunction(
       }
     }
   }
-  const last = insns[insns.length - 1];
-  const lastKind = classify(last.insn);
-  if (lastKind !== KIND_END && lastKind !== KIND_BRANCH) {
-    // The block stopped at a page end, its length limit, or before an instruction it cannot express.
-    const next = last.pc + last.len;
-    const decodedEnd = insns.length < MAX_BLOCK && (next & 0xfff) !== 0;
-    if (decodedEnd) exit(constPc(next), insns.length, EXIT_INTERP);
-    else to(next, insns.length, exits++);
-  }
+  const tail = fallThrough(insns);
+  const after = insns[insns.length - 1].pc + insns[insns.length - 1].len;
+  if (tail === FALL_INTERP) exit(constPc(after), insns.length, EXIT_INTERP);
+  else if (tail === FALL_LINKED) to(after, insns.length, exits++);
   if (loops) close();
   op(OP.unreachable, OP.end);
   return exits;
