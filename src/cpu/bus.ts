@@ -53,26 +53,42 @@ const WASM_MAX_BYTES = 65536 * WASM_PAGE;
 /** Where RAM lives: a plain buffer, or a WebAssembly memory that translated code can address. */
 export type RamStorage = ArrayBuffer | SharedArrayBuffer | WebAssembly.Memory;
 
-/** Link slots between translated WebAssembly blocks (jit.ts): 24 bytes each, after the code-page marks. */
+/** Link slots between translated WebAssembly blocks (jit.ts): 24 bytes each, per hart. */
 export const LINK_SLOTS = 1 << 18;
 export const LINK_SLOT_BYTES = 24;
 
-/** Bytes of a WebAssembly memory holding `ramSize` bytes of RAM, the hart area, the code-page marks and link slots. */
-function wasmBytes(ramSize: number): number {
-  const bytes = ramSize + HART_AREA.bytes + ramSize / 4096 + 8 + LINK_SLOTS * LINK_SLOT_BYTES;
+/**
+ * Bytes of each hart's region after RAM: its state area, its translator's code-page marks (one
+ * byte per RAM page) and its link slots (8-aligned).
+ */
+function hartRegionBytes(ramSize: number): number {
+  return Math.ceil((HART_AREA.bytes + ramSize / 4096) / 8) * 8 + LINK_SLOTS * LINK_SLOT_BYTES;
+}
+
+/** Bytes of a WebAssembly memory holding `ramSize` bytes of RAM and the regions of `harts` harts. */
+function wasmBytes(ramSize: number, harts: number): number {
+  const bytes = ramSize + harts * hartRegionBytes(ramSize);
   return Math.ceil(bytes / WASM_PAGE) * WASM_PAGE;
 }
 
 /**
- * Allocates RAM: as a WebAssembly memory (RAM at address 0, then one hart's state area and the
- * translator's code-page marks) when it fits, so that the translator can emit WebAssembly;
- * otherwise a plain buffer. `shared` (SMP) is always a plain SharedArrayBuffer.
+ * Allocates RAM for a machine of `harts` harts: as a WebAssembly memory (RAM at address 0, then
+ * each hart's region) when it fits, so that the translator can emit WebAssembly, shared between
+ * threads when there are several harts; otherwise a plain (Shared)ArrayBuffer.
  */
-export function allocateRam(ramSize: number, shared = false): RamStorage {
-  if (shared) return new SharedArrayBuffer(ramSize);
-  const bytes = wasmBytes(ramSize);
-  if (bytes > WASM_MAX_BYTES) return new ArrayBuffer(ramSize);
-  return new WebAssembly.Memory({ initial: bytes / WASM_PAGE, maximum: bytes / WASM_PAGE });
+export function allocateRam(ramSize: number, harts = 1): RamStorage {
+  const bytes = wasmBytes(ramSize, harts);
+  if (bytes > WASM_MAX_BYTES) return harts > 1 ? new SharedArrayBuffer(ramSize) : new ArrayBuffer(ramSize);
+  return new WebAssembly.Memory({ initial: bytes / WASM_PAGE, maximum: bytes / WASM_PAGE, shared: harts > 1 });
+}
+
+/** Whether a storage can serve as RAM for `harts` harts: shared when there are several, with a region each. */
+export function ramFits(storage: RamStorage, ramSize: number, harts: number): boolean {
+  if (storage instanceof WebAssembly.Memory) {
+    const shared = storage.buffer instanceof SharedArrayBuffer;
+    return shared === harts > 1 && storage.buffer.byteLength >= wasmBytes(ramSize, harts);
+  }
+  return storage.byteLength === ramSize && storage instanceof SharedArrayBuffer === harts > 1;
 }
 
 /** The RAM bytes of a storage (the first `ramSize` bytes of its buffer). */
@@ -87,12 +103,8 @@ export class Bus {
   readonly ramBuffer: ArrayBuffer | SharedArrayBuffer;
   /** The WebAssembly memory RAM lives in, when it does (see allocateRam). */
   readonly ramMemory: WebAssembly.Memory | null;
-  /** Offset of the hart state area in `ramBuffer` (-1: none, RAM is a plain buffer). */
-  readonly hartArea: number;
-  /** Offset of the code-page marks (one byte per RAM page) in `ramBuffer` (-1: none). */
-  readonly codePagesArea: number;
-  /** Offset of the translator's link slots (LINK_SLOTS × LINK_SLOT_BYTES, 8-aligned) in `ramBuffer` (-1: none). */
-  readonly linkArea: number;
+  /** Harts with a region in the WebAssembly memory (0: RAM is a plain buffer). */
+  readonly harts: number;
   readonly ram: Uint8Array;
   readonly ram16: Uint16Array;
   readonly ram32: Int32Array;
@@ -107,29 +119,45 @@ export class Bus {
    */
   constructor(ramBase: number, ramSize: number, shared = false, storage?: RamStorage) {
     if (ramSize % 4096 !== 0) throw new Error("RAM size must be a multiple of 4 KiB");
-    storage ??= allocateRam(ramSize, shared);
+    storage ??= shared ? new SharedArrayBuffer(ramSize) : allocateRam(ramSize);
     if (storage instanceof WebAssembly.Memory) {
-      if (storage.buffer.byteLength !== wasmBytes(ramSize))
-        throw new Error(`RAM memory of ${storage.buffer.byteLength} bytes for ${ramSize} bytes of RAM`);
+      const bytes = storage.buffer.byteLength;
+      // Regions are far larger than the 64 KiB rounding: the count is exact.
+      const harts = Math.floor((bytes - ramSize) / hartRegionBytes(ramSize));
+      if (harts < 1 || bytes !== wasmBytes(ramSize, harts))
+        throw new Error(`RAM memory of ${bytes} bytes for ${ramSize} bytes of RAM`);
       this.ramMemory = storage;
       this.ramBuffer = storage.buffer;
-      this.hartArea = ramSize;
-      this.codePagesArea = ramSize + HART_AREA.bytes;
-      this.linkArea = Math.ceil((this.codePagesArea + ramSize / 4096) / 8) * 8;
+      this.harts = harts;
     } else {
       if (storage.byteLength !== ramSize)
         throw new Error(`RAM buffer of ${storage.byteLength} bytes for ${ramSize} bytes of RAM`);
       this.ramMemory = null;
       this.ramBuffer = storage;
-      this.hartArea = -1;
-      this.codePagesArea = -1;
-      this.linkArea = -1;
+      this.harts = 0;
     }
     this.ramBase = ramBase;
     this.ramSize = ramSize;
     this.ram = new Uint8Array(this.ramBuffer, 0, ramSize);
     this.ram16 = new Uint16Array(this.ramBuffer, 0, ramSize >>> 1);
     this.ram32 = new Int32Array(this.ramBuffer, 0, ramSize >>> 2);
+  }
+
+  /** Offset of a hart's state area (HART_AREA) in `ramBuffer`, or -1 when it has none. */
+  hartArea(hartId: number): number {
+    return hartId < this.harts ? this.ramSize + hartId * hartRegionBytes(this.ramSize) : -1;
+  }
+
+  /** Offset of a hart's code-page marks (one byte per RAM page), or -1. */
+  codePagesArea(hartId: number): number {
+    return hartId < this.harts ? this.hartArea(hartId) + HART_AREA.bytes : -1;
+  }
+
+  /** Offset of a hart's link slots (LINK_SLOTS × LINK_SLOT_BYTES, 8-aligned), or -1. */
+  linkArea(hartId: number): number {
+    return hartId < this.harts
+      ? this.hartArea(hartId) + hartRegionBytes(this.ramSize) - LINK_SLOTS * LINK_SLOT_BYTES
+      : -1;
   }
 
   /** RAM and whatever else its storage holds, for handing it to a new Bus (a rebuilt machine). */

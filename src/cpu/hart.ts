@@ -229,8 +229,8 @@ export class Hart {
     this.ram64 = bus.ramBuffer instanceof SharedArrayBuffer ? new BigInt64Array(bus.ramBuffer) : null;
     this.sharedRam = this.ram64 !== null;
     this.ramF64 = new Float64Array(bus.ramBuffer, 0, bus.ramSize >>> 3);
-    // Hart 0 keeps its registers and TLB in the memory's hart area, where translated WebAssembly reads them.
-    const area = hartId === 0 ? bus.hartArea : -1;
+    // Registers and TLB live in the hart's area of the WebAssembly memory, where translated code reads them.
+    const area = bus.hartArea(hartId);
     this.x = area >= 0 ? new Int32Array(bus.ramBuffer, area + HART_AREA.regs, 64) : new Int32Array(64);
     this.tlbSets = [0, 1, 2].map((i) =>
       area >= 0 ? new TlbSet(bus.ramBuffer, area + HART_AREA.tlb + i * TLB_SET_BYTES) : new TlbSet(),

@@ -186,7 +186,7 @@ export class Jit implements Translator {
     this.jitInstret = 0;
     const shared = options.shared ?? null;
     const bus = hart.bus;
-    const wasmCapable = shared === null && bus.ramMemory !== null && hart.hartId === 0;
+    const wasmCapable = bus.ramMemory !== null && bus.hartArea(hart.hartId) >= 0;
     this.backend = options.backend ?? (wasmCapable ? "wasm" : "js");
     if (this.backend === "wasm" && !wasmCapable)
       throw new Error("WebAssembly translation needs RAM in a WebAssembly memory");
@@ -194,9 +194,10 @@ export class Jit implements Translator {
     this.maxBlocks = options.maxBlocks ?? MAX_BLOCKS;
     // Translating at once (threshold 0, as the tests do) means one block per module.
     this.batch = options.batch ?? (this.threshold === 0 ? 1 : WASM_BATCH);
+    const marks = bus.codePagesArea(hart.hartId);
     this.codePages =
-      bus.codePagesArea >= 0
-        ? new Uint8Array(bus.ramBuffer, bus.codePagesArea, Math.ceil(hart.ramSize / 4096)).fill(0)
+      marks >= 0
+        ? new Uint8Array(bus.ramBuffer, marks, Math.ceil(hart.ramSize / 4096)).fill(0)
         : new Uint8Array(Math.ceil(hart.ramSize / 4096));
     this.wasm = this.backend === "wasm" ? new WasmBackend(hart) : null;
     this.shared = shared;
@@ -944,14 +945,16 @@ class WasmBackend {
   constructor(private readonly hart: Hart) {
     const bus = hart.bus;
     const memory = bus.ramMemory!;
+    const area = bus.hartArea(hart.hartId);
     this.layout = {
       memoryPages: memory.buffer.byteLength / 65536,
-      hartArea: bus.hartArea,
-      codePagesArea: bus.codePagesArea,
+      shared: bus.ramBuffer instanceof SharedArrayBuffer,
+      hartArea: area,
+      codePagesArea: bus.codePagesArea(hart.hartId),
     };
-    this.slotPc = new Float64Array(bus.ramBuffer, bus.hartArea + HART_AREA.pc, 1);
-    this.slots = new Int32Array(bus.ramBuffer, bus.hartArea + HART_AREA.count, 5);
-    this.linkArea = bus.linkArea;
+    this.slotPc = new Float64Array(bus.ramBuffer, area + HART_AREA.pc, 1);
+    this.slots = new Int32Array(bus.ramBuffer, area + HART_AREA.count, 5);
+    this.linkArea = bus.linkArea(hart.hartId);
     this.linkF64 = new Float64Array(bus.ramBuffer);
     this.linkI32 = new Int32Array(bus.ramBuffer);
     this.table = new WebAssembly.Table({ element: "anyfunc", initial: WASM_TABLE_SIZE });

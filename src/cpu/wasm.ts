@@ -47,6 +47,8 @@ export const SLOW_FENCE_I = 9;
 export interface WasmLayout {
   /** Pages (64 KiB) of the memory, which is imported with exactly this size. */
   memoryPages: number;
+  /** A shared memory (SMP: the harts' threads run on the same RAM). */
+  shared: boolean;
   /** Offset of the hart area (bus.hartArea). */
   hartArea: number;
   /** Offset of the code-page marks (bus.codePagesArea). */
@@ -204,6 +206,14 @@ function section(out: ByteWriter, id: number, body: ByteWriter): void {
   out.push(id);
   uleb(out, body.length);
   out.append(body.bytes.subarray(0, body.length));
+}
+
+/** An imported memory's type: exactly `memoryPages` pages, shared when the layout says so. */
+function memoryType(out: ByteWriter, layout: WasmLayout): void {
+  out.push(0x02);
+  out.push(layout.shared ? 0x03 : 0x01);
+  uleb(out, layout.memoryPages);
+  uleb(out, layout.memoryPages);
 }
 
 function name(out: ByteWriter, s: string): void {
@@ -930,10 +940,7 @@ export function moduleBytes(out: ByteWriter, bodies: Uint8Array[], layout: WasmL
   sec.push(0);
   name(sec, "e");
   name(sec, "mem");
-  sec.push(0x02);
-  sec.push(0x01);
-  uleb(sec, layout.memoryPages);
-  uleb(sec, layout.memoryPages);
+  memoryType(sec, layout);
   section(out, 2, sec);
   sec.length = 0;
   uleb(sec, bodies.length);
@@ -974,10 +981,7 @@ export function hubBytes(layout: WasmLayout, tableSize: number): Uint8Array<Arra
   uleb(sec, 2);
   name(sec, "e");
   name(sec, "mem");
-  sec.push(0x02);
-  sec.push(0x01);
-  uleb(sec, layout.memoryPages);
-  uleb(sec, layout.memoryPages);
+  memoryType(sec, layout);
   name(sec, "e");
   name(sec, "table");
   sec.push(0x01);

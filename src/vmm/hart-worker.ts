@@ -95,7 +95,7 @@ class WorkerBus extends Bus {
 }
 
 const clock = new VmClock(data.clock);
-const bus = new WorkerBus(data.ramBase, data.ram.byteLength, true, data.ram);
+const bus = new WorkerBus(data.ramBase, data.ramSize, true, data.ram);
 const hart = new Hart(bus, me, clock);
 const jit = data.engine === "jit" ? new Jit(hart, { shared: new SharedCodeMap(data.code) }) : null;
 // This thread's CLINT: its own hart is a real target; the others are woken and read their bits themselves.

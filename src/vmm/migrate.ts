@@ -376,7 +376,7 @@ export async function receiveMigration(
   // The machine is built now, over the RAM the pages arrive in; only its disks and network wait.
   // Pages land straight in the machine's RAM, which an SMP machine's hart threads share.
   const ramBytes = spec.memoryMiB * 1024 * 1024;
-  const ramStorage = allocateRam(ramBytes, spec.cpus > 1);
+  const ramStorage = allocateRam(ramBytes, spec.cpus);
   const ram = ramView(ramStorage, ramBytes);
   const totalPages = ram.length / PAGE;
   let incoming: ReturnType<typeof VmMonitor.prepareIncoming>;

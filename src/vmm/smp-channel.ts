@@ -71,7 +71,9 @@ export interface HartWorkerData {
   harts: number;
   engine: Engine;
   ramBase: number;
-  ram: SharedArrayBuffer;
+  ramSize: number;
+  /** Shared RAM: a shared WebAssembly memory (so the hart translates to WebAssembly) or a buffer. */
+  ram: SharedArrayBuffer | WebAssembly.Memory;
   control: SharedArrayBuffer;
   stats: SharedArrayBuffer;
   clint: SharedArrayBuffer;

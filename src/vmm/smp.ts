@@ -71,8 +71,8 @@ export class HartThreads {
     this.targets = config.states.map((_, h) => ({
       setPending: (bit: number, level: boolean) => this.setPending(h, bit, level),
     }));
-    const ram = config.bus.ramBuffer;
-    if (!(ram instanceof SharedArrayBuffer)) throw new Error("SMP needs RAM in a SharedArrayBuffer");
+    const ram = config.bus.ramStorage;
+    if (!(config.bus.ramBuffer instanceof SharedArrayBuffer)) throw new Error("SMP needs RAM the threads can share");
     for (let h = 0; h < n; h++) {
       const channel = new MessageChannel();
       const data: ch.HartWorkerData & { port: MessagePort } = {
@@ -80,7 +80,8 @@ export class HartThreads {
         harts: n,
         engine: config.engine,
         ramBase: config.bus.ramBase,
-        ram,
+        ramSize: config.bus.ramSize,
+        ram: ram as SharedArrayBuffer | WebAssembly.Memory,
         control: this.control.buffer as SharedArrayBuffer,
         stats: this.stats.buffer as SharedArrayBuffer,
         clint: config.clint,

@@ -6,7 +6,7 @@
  * power events are served, and host sleep while the guest waits in WFI (until a timer, console
  * input or a device such as the network card wakes it).
  */
-import { Bus, ramView, type MmioDevice, type RamStorage } from "../cpu/bus.js";
+import { allocateRam, Bus, ramFits, ramView, type MmioDevice, type RamStorage } from "../cpu/bus.js";
 import { Hart, type HartClock } from "../cpu/hart.js";
 import { saveHart, restoreHart, checkHartState, type HartState } from "../cpu/state.js";
 import { Jit } from "../cpu/jit.js";
@@ -239,14 +239,16 @@ export class VirtMachine {
     this.clock = config.clock ?? new VmClock();
     const ramSize = config.memoryMiB * 1024 * 1024;
     let ram = config.ram;
-    if (smp && ram !== undefined && !(ram instanceof SharedArrayBuffer)) {
-      // Harts on other threads need RAM they can share.
-      const shared = new SharedArrayBuffer(ramSize);
-      new Uint8Array(shared).set(ramView(ram, ramSize));
+    if (smp && ram !== undefined && !ramFits(ram, ramSize, cpus)) {
+      // Harts on other threads need RAM they can share (a snapshot's RAM is not).
+      const shared = allocateRam(ramSize, cpus);
+      ramView(shared, ramSize).set(ramView(ram, ramSize));
       ram = shared;
     }
-    this.bus = new Bus(RAM_BASE, ramSize, smp, ram);
+    this.bus = new Bus(RAM_BASE, ramSize, smp, ram ?? allocateRam(ramSize, cpus));
     const loading = config.ram === undefined;
+    // SMP: this hart only lays out the power-on state (the hart threads run the harts); it shares
+    // hart 0's area in the memory until hart 0's thread starts, and is not run or written after.
     this.hart = new Hart(this.bus, 0, this.clock);
     this.jit = !smp && (config.engine ?? "jit") === "jit" ? new Jit(this.hart) : null;
     if (smp) this.codeMap = new SharedCodeMap(SharedCodeMap.allocate(ramSize, cpus));
