@@ -44,6 +44,7 @@ import { HOT_BITS, HOT_MASK, mulhu32, type Hart, type Translator } from "./hart.
 import {
   blockFunction,
   ByteWriter,
+  JUMP_CACHE_ENTRIES,
   exitBound,
   hubBytes,
   LINK_INDEX,
@@ -110,8 +111,11 @@ class Block {
   id = 0;
   /** WebAssembly: address of its first link slot (one per linkable exit). */
   linkSlots = 0;
-  /** WebAssembly: addresses of the link slots that lead to this block (cleared when it is dropped). */
-  incoming: number[] | null = null;
+  /**
+   * WebAssembly: addresses of the link slots that lead to this block (cleared when it is dropped);
+   * a set, since an indirect exit is linked again whenever its target changes.
+   */
+  incoming: Set<number> | null = null;
   constructor(
     readonly vpc: number,
     readonly off: number,
@@ -265,6 +269,7 @@ export class Jit implements Translator {
         const pc = h.pc;
         const off = h.fetchOffset(pc);
         blk = this.find(pc, off);
+        if (blk !== null && blk.id !== 0) this.wasm!.remember(blk, h.fetchKey);
         if (blk === null) {
           const slot = (off >>> 1) & HOT_MASK;
           const count = hot[slot];
@@ -320,6 +325,7 @@ export class Jit implements Translator {
       }
       const pc = h.pc;
       const next = this.find(pc, h.fetchOffset(pc));
+      if (next !== null && next.id !== 0) this.wasm!.remember(next, key);
       if (next !== null) {
         blk.links[exit] = next;
         if (next.id !== 0 && blk.id !== 0) this.wasm!.link(blk, exit, next, pc, key);
@@ -936,7 +942,8 @@ class WasmBackend {
   private readonly linkArea: number;
   /** Blocks by table index (dropped ones too: one may be the last to exit, having overwritten its own page). */
   private byId: (Block | null)[] = [null];
-  private nextSlot = 0;
+  /** The next free link slot (the jump cache takes the first ones). */
+  private nextSlot = JUMP_CACHE_ENTRIES;
   private readonly code = new ByteWriter();
   /** The hub's entry: runs block `id` and the blocks it chains to (wasm.ts, hubBytes). */
   private readonly run: (budget: number, tlb: number, id: number) => number;
@@ -951,6 +958,7 @@ class WasmBackend {
       shared: bus.ramBuffer instanceof SharedArrayBuffer,
       hartArea: area,
       codePagesArea: bus.codePagesArea(hart.hartId),
+      jumpCache: bus.linkArea(hart.hartId),
     };
     this.slotPc = new Float64Array(bus.ramBuffer, area + HART_AREA.pc, 1);
     this.slots = new Int32Array(bus.ramBuffer, area + HART_AREA.count, 5);
@@ -1023,7 +1031,7 @@ class WasmBackend {
       const blk = new Block(t.pc, t.off, t.insns.length, fn, made[i].exits);
       blk.id = made[i].id;
       blk.linkSlots = made[i].slots;
-      blk.incoming = [];
+      blk.incoming = new Set();
       blk.sourceBytes = Math.ceil(bodies[i].length + overhead);
       this.byId.push(blk);
       return blk;
@@ -1042,12 +1050,27 @@ class WasmBackend {
     this.linkI32[(at + LINK_LENGTH) >>> 2] = to.length;
     this.linkI32[(at + LINK_KEY) >>> 2] = key;
     this.linkI32[(at + LINK_INDEX) >>> 2] = to.id;
-    if (to.incoming !== null) to.incoming.push(at);
+    if (to.incoming !== null) to.incoming.add(at);
+  }
+
+  /** Notes in the jump cache that `blk` runs at its pc under fetchKey `key` (for indirect jumps). */
+  remember(blk: Block, key: number): void {
+    const at = this.jumpCacheEntry(blk.vpc);
+    this.linkF64[(at + LINK_PC) / 8] = blk.vpc;
+    this.linkI32[(at + LINK_LENGTH) >>> 2] = blk.length;
+    this.linkI32[(at + LINK_KEY) >>> 2] = key;
+    this.linkI32[(at + LINK_INDEX) >>> 2] = blk.id;
+  }
+
+  private jumpCacheEntry(pc: number): number {
+    return this.linkArea + (((pc | 0) >>> 1) & (JUMP_CACHE_ENTRIES - 1)) * LINK_SLOT_BYTES;
   }
 
   /** `blk` is dropped: no link leads to it any more. */
   unlink(blk: Block): void {
     for (const at of blk.incoming!) this.linkI32[(at + LINK_INDEX) >>> 2] = 0;
+    const cached = this.jumpCacheEntry(blk.vpc);
+    if (this.linkI32[(cached + LINK_INDEX) >>> 2] === blk.id) this.linkI32[(cached + LINK_INDEX) >>> 2] = 0;
     blk.incoming = null;
   }
 
@@ -1056,7 +1079,7 @@ class WasmBackend {
     // The table holds the functions (and so their modules) alive until their entries are overwritten.
     for (let id = 1; id < this.byId.length; id++) this.table.set(id, null);
     this.linkI32.fill(0, this.linkArea >>> 2, (this.linkArea + this.nextSlot * LINK_SLOT_BYTES) >>> 2);
-    this.nextSlot = 0;
+    this.nextSlot = JUMP_CACHE_ENTRIES;
     this.byId = [null];
   }
 }

@@ -37,6 +37,12 @@ import { HART_AREA, LINK_SLOT_BYTES } from "./bus.js";
 /** A block's exit to the block named in the hub's `next` slot, which the hub (hubBytes) calls next. */
 export const EXIT_CHAIN = -3;
 
+/**
+ * Entries of a hart's jump cache (pc -> block, for indirect jumps; as QEMU's tb_jmp_cache): the
+ * first link slots of its link area, indexed by (pc >> 1) & (JUMP_CACHE_ENTRIES - 1).
+ */
+export const JUMP_CACHE_ENTRIES = 4096;
+
 /** Operations of the imported `slow` function. */
 export const SLOW_LOAD = 0; // + log2(size): a = address lo, b = address hi; returns the low word (high word in the hi slot)
 export const SLOW_STORE = 4; // + log2(size): a, b = address, c, d = value
@@ -53,6 +59,8 @@ export interface WasmLayout {
   hartArea: number;
   /** Offset of the code-page marks (bus.codePagesArea). */
   codePagesArea: number;
+  /** Offset of the jump cache (the start of bus.linkArea). */
+  jumpCache: number;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -376,47 +384,77 @@ export function blockFunction(
     count(k);
     mem(OP.i32Store, 2, area + HART_AREA.count);
   };
-  /** Leaves through exit `code` to `pc` after `k` instructions of this pass; a linkable exit first tries its link. */
+  /**
+   * Chains to the block a link slot names, if the link holds: the slot's address is `base()` +
+   * `offset`; `checkPc`/`checkKey`: whether the slot's target pc and fetchKey must be compared
+   * (a direct jump within the block's own page needs neither).
+   */
+  const tryChain = (
+    base: () => void,
+    offset: number,
+    pc: () => void,
+    k: number,
+    checkPc: boolean,
+    checkKey: boolean,
+  ) => {
+    base();
+    mem(OP.i32Load, 2, offset + LINK_INDEX);
+    op(OP.localTee, L_LINK);
+    i32(0);
+    op(OP.i32Ne);
+    if (checkPc) {
+      pc();
+      base();
+      mem(OP.f64Load, 3, offset + LINK_PC);
+      op(OP.f64Eq, OP.i32And);
+    }
+    if (checkKey) {
+      base();
+      mem(OP.i32Load, 2, offset + LINK_KEY);
+      i32(0);
+      mem(OP.i32Load, 2, area + HART_AREA.fetchKey);
+      op(OP.i32Eq, OP.i32And);
+    }
+    count(k);
+    base();
+    mem(OP.i32Load, 2, offset + LINK_LENGTH);
+    op(OP.i32Add);
+    get(L_BUDGET);
+    op(OP.i32LeS, OP.i32And);
+    open(OP.if, VOID);
+    i32(0);
+    get(L_LINK);
+    mem(OP.i32Store, 2, area + HART_AREA.next);
+    i32(0);
+    count(k);
+    mem(OP.i32Store, 2, area + HART_AREA.count);
+    i32(EXIT_CHAIN);
+    op(OP.return);
+    close();
+  };
+  /**
+   * Leaves through exit `code` to `pc` after `k` instructions of this pass. A linkable exit first
+   * tries its link; an indirect one (`pcKnown` -1, the target in L_V) then the jump cache, where
+   * the dispatcher notes every block it finds by its pc.
+   */
   const exit = (pc: () => void, k: number, code: number, pcKnown = -1): void => {
     writeback();
     if (code >= 0) {
-      const slot = links + code * LINK_SLOT_BYTES;
-      i32(0);
-      mem(OP.i32Load, 2, slot + LINK_INDEX);
-      op(OP.localTee, L_LINK);
-      i32(0);
-      op(OP.i32Ne);
-      // A direct jump within the page needs no pc or fetchKey check.
       const samePage = pcKnown !== -1 && Math.floor(pcKnown / 4096) === Math.floor(start / 4096);
+      const zero = (): void => i32(0);
+      tryChain(zero, links + code * LINK_SLOT_BYTES, pc, k, pcKnown === -1, !samePage);
       if (pcKnown === -1) {
-        pc();
-        i32(0);
-        mem(OP.f64Load, 3, slot + LINK_PC);
-        op(OP.f64Eq, OP.i32And);
+        get(L_V);
+        op(OP.i32WrapI64);
+        i32(1);
+        op(OP.i32ShrU);
+        i32(JUMP_CACHE_ENTRIES - 1);
+        op(OP.i32And);
+        i32(LINK_SLOT_BYTES);
+        op(OP.i32Mul);
+        set(L_IDX);
+        tryChain(() => get(L_IDX), layout.jumpCache, pc, k, true, true);
       }
-      if (!samePage) {
-        i32(0);
-        mem(OP.i32Load, 2, slot + LINK_KEY);
-        i32(0);
-        mem(OP.i32Load, 2, area + HART_AREA.fetchKey);
-        op(OP.i32Eq, OP.i32And);
-      }
-      count(k);
-      i32(0);
-      mem(OP.i32Load, 2, slot + LINK_LENGTH);
-      op(OP.i32Add);
-      get(L_BUDGET);
-      op(OP.i32LeS, OP.i32And);
-      open(OP.if, VOID);
-      i32(0);
-      get(L_LINK);
-      mem(OP.i32Store, 2, area + HART_AREA.next);
-      i32(0);
-      count(k);
-      mem(OP.i32Store, 2, area + HART_AREA.count);
-      i32(EXIT_CHAIN);
-      op(OP.return);
-      close();
     }
     slots(pc, k);
     i32(0);
