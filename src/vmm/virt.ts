@@ -759,38 +759,46 @@ export class VirtMachine {
   private async runThreads(threads: HartThreads): Promise<PowerOff> {
     this.running = true;
     if (!this.paused) threads.resume();
-    let lastService = 0;
-    while (this.power === null) {
-      let seen = threads.doorbell();
-      let served = threads.serve();
-      // A hart that just made a device access often makes the next right away (a console line, a
-      // virtqueue notification and its interrupt claim): answer those without a trip through the
-      // event loop (a futex wake-up costs tens of µs in a nested VM), spinning a few µs for each.
-      for (let spin = 0; served > 0 && served < 256 && spin < 2000; spin++) {
-        const bell = threads.doorbell();
-        if (bell === seen) continue;
-        seen = bell;
-        const more = threads.serve();
-        served += more;
-        if (more > 0) spin = 0;
+    // Atomics.waitAsync keeps no handle on Node's event loop (and the hart workers are unref'd): a
+    // running VM holds the process open itself until its threads are gone, as the single-hart
+    // loop's timers do.
+    const keepAlive = setInterval(() => {}, 1 << 30);
+    try {
+      let lastService = 0;
+      while (this.power === null) {
+        let seen = threads.doorbell();
+        let served = threads.serve();
+        // A hart that just made a device access often makes the next right away (a console line, a
+        // virtqueue notification and its interrupt claim): answer those without a trip through the
+        // event loop (a futex wake-up costs tens of µs in a nested VM), spinning a few µs for each.
+        for (let spin = 0; served > 0 && served < 256 && spin < 2000; spin++) {
+          const bell = threads.doorbell();
+          if (bell === seen) continue;
+          seen = bell;
+          const more = threads.serve();
+          served += more;
+          if (more > 0) spin = 0;
+        }
+        const now = performance.now();
+        if (served > 0 || now - lastService > 5) {
+          lastService = now;
+          this.feedInput();
+          this.rtc.update();
+          this.flushOutput();
+        }
+        if (this.power !== null) break;
+        if (served === 0) await threads.waitAsync(seen, 10);
+        else if (now - this.lastYield > YIELD_EVERY_MS) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          this.lastYield = performance.now();
+        }
       }
-      const now = performance.now();
-      if (served > 0 || now - lastService > 5) {
-        lastService = now;
-        this.feedInput();
-        this.rtc.update();
-        this.flushOutput();
-      }
-      if (this.power !== null) break;
-      if (served === 0) await threads.waitAsync(seen, 10);
-      else if (now - this.lastYield > YIELD_EVERY_MS) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        this.lastYield = performance.now();
-      }
+      this.running = false;
+      this.flushOutput();
+      await threads.exit();
+    } finally {
+      clearInterval(keepAlive);
     }
-    this.running = false;
-    this.flushOutput();
-    await threads.exit();
     this.flushOutput();
     this.close();
     return this.power;

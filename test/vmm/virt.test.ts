@@ -5,6 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -148,4 +149,48 @@ test("run() ends when the guest powers off, and closes the disks and the network
   }
   assert.equal(disk.closed, 2);
   assert.equal(net.closed, 2);
+});
+
+test("an SMP machine runs to power-off when nothing else holds the process open", () => {
+  // A firmware in which hart 0 counts to 50 million and powers off, and the other hart parks in WFI.
+  const A0 = 10;
+  const T2 = 7;
+  const code = [
+    A.bne(A0, 0, 32), // 0: not hart 0: park
+    A.lui(T2, 0x2faf), // 4: t2 = 50 000 000 (0x2faf080)
+    A.addi(T2, T2, 0x080), // 8
+    A.addi(T2, T2, -1), // 12: count down
+    A.bne(T2, 0, -4), // 16
+    A.lui(T0, 0x100), // 20: syscon
+    A.lui(T1, 0x5), // 24
+    A.jal(0, 12), // 28: to the store at 40
+    0x10500073, // 32: park: wfi
+    A.jal(0, -4), // 36
+    A.addi(T1, T1, 0x555), // 40
+    A.sw(T1, 0, T0), // 44: power off
+    A.jal(0, 0), // 48
+  ];
+  const firmware = new Uint8Array(4 * code.length);
+  code.forEach((w, i) => new DataView(firmware.buffer).setUint32(4 * i, w >>> 0, true));
+  const dir = mkdtempSync(join(tmpdir(), "yun-smp-"));
+  try {
+    writeFileSync(join(dir, "kernel"), powerOffKernel());
+    writeFileSync(join(dir, "firmware"), firmware);
+    // A script of its own: a test runner keeps its own handles open, which would hide the fault.
+    const virt = new URL("../../src/vmm/virt.js", import.meta.url).href;
+    const script = `
+      import { readFileSync } from "node:fs";
+      const { VirtMachine } = await import(${JSON.stringify(virt)});
+      const m = new VirtMachine({ kernel: readFileSync(${JSON.stringify(join(dir, "kernel"))}),
+        firmware: readFileSync(${JSON.stringify(join(dir, "firmware"))}), firmwareKind: "dynamic",
+        append: "", memoryMiB: 64, cpus: 2, output: () => {}, log: (l) => console.error(l) });
+      const power = await m.run();
+      console.log(JSON.stringify(power));`;
+    writeFileSync(join(dir, "run.mjs"), script);
+    const r = spawnSync(process.execPath, [join(dir, "run.mjs")], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(r.status, 0, `exit ${r.status}: ${r.stderr}`);
+    assert.deepEqual(JSON.parse(r.stdout.trim()), { kind: "poweroff", code: 0 }, r.stderr);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
