@@ -1046,20 +1046,21 @@ class WasmBackend {
   /** Links `from`'s exit to `to`, made for target pc and the fetchKey now in force. */
   link(from: Block, exit: number, to: Block, pc: number, key: number): void {
     const at = from.linkSlots + exit * LINK_SLOT_BYTES;
-    this.linkF64[(at + LINK_PC) / 8] = pc;
-    this.linkI32[(at + LINK_LENGTH) >>> 2] = to.length;
-    this.linkI32[(at + LINK_KEY) >>> 2] = key;
-    this.linkI32[(at + LINK_INDEX) >>> 2] = to.id;
+    this.writeSlot(at, pc, to, key);
     if (to.incoming !== null) to.incoming.add(at);
   }
 
   /** Notes in the jump cache that `blk` runs at its pc under fetchKey `key` (for indirect jumps). */
   remember(blk: Block, key: number): void {
-    const at = this.jumpCacheEntry(blk.vpc);
-    this.linkF64[(at + LINK_PC) / 8] = blk.vpc;
-    this.linkI32[(at + LINK_LENGTH) >>> 2] = blk.length;
+    this.writeSlot(this.jumpCacheEntry(blk.vpc), blk.vpc, blk, key);
+  }
+
+  /** A link slot or jump-cache entry at `at` leads to `to`, for target pc and fetchKey `key`. */
+  private writeSlot(at: number, pc: number, to: Block, key: number): void {
+    this.linkF64[(at + LINK_PC) / 8] = pc;
+    this.linkI32[(at + LINK_LENGTH) >>> 2] = to.length;
     this.linkI32[(at + LINK_KEY) >>> 2] = key;
-    this.linkI32[(at + LINK_INDEX) >>> 2] = blk.id;
+    this.linkI32[(at + LINK_INDEX) >>> 2] = to.id;
   }
 
   private jumpCacheEntry(pc: number): number {
