@@ -917,10 +917,11 @@ const events: Noun = {
         const c = ctx.client();
         const items = await c.events({ limit: int(ctx, "limit", 1), after: int(ctx, "after", 0) });
         const names = ctx.json ? new Map<string, string>() : await projectNames(c);
-        list(ctx, items, ["ID", "AT", "USER", "PROJECT", "ACTION", "RESOURCE", "OUTCOME"], (e) => [
+        list(ctx, items, ["ID", "AT", "USER", "USER-ID", "PROJECT", "ACTION", "RESOURCE", "OUTCOME"], (e) => [
           e.id,
           shortTime(e.at),
           e.user,
+          e.userId ?? "-",
           names.get(e.project) ?? e.project,
           e.action,
           e.resource,
@@ -956,7 +957,7 @@ async function attachConsole(ctx: Ctx): Promise<number> {
   const c = ctx.client();
   const name = ctx.args[0]!;
   const inst = await c.getInstance(name); // a clear 404 before the WebSocket
-  const ws = new WebSocket(c.consoleUrl(inst.id, false), c.consoleProtocols());
+  const ws = new WebSocket(c.consoleUrl(inst.id), c.consoleProtocols());
   const stdin = process.stdin;
   const tty = stdin.isTTY === true;
   return new Promise<number>((resolve) => {

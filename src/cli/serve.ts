@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { Cloud } from "../cloud/cloud.js";
 import { MonitorDriver } from "../cloud/compute.js";
 import { listen } from "../cloud/server.js";
+import { isLoopback, readTlsFiles, type TlsFiles } from "../cloud/security.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
 import { yunHome } from "../images/paths.js";
 
@@ -23,7 +24,14 @@ written to $YUN_HOME/cloud/admin.token (mode 0600).
 Options:
   --port N          TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
   --listen ADDR     address to listen on (default 127.0.0.1)
+  --tls-cert FILE   serve HTTPS (and WSS consoles) with this PEM certificate (chain)
+  --tls-key FILE    ... and this PEM private key
+  --insecure        allow plain HTTP on an address other than loopback (tokens then cross the
+                    network in clear text); without it such a --listen needs --tls-cert/--tls-key
   -h, --help        show this help
+
+Clients of an HTTPS server use YUN_SERVER=https://HOST:PORT; a certificate not signed by a
+public authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's or the certificate's PEM).
 
 Stopping the server leaves running VMs running; the next start re-attaches to them.
 `;
@@ -38,6 +46,9 @@ export async function serveCommand(args: string[]): Promise<number> {
       options: {
         port: { type: "string" },
         listen: { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        insecure: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -58,6 +69,25 @@ export async function serveCommand(args: string[]): Promise<number> {
     port = Number(v.port);
   }
   const host = v.listen ?? "127.0.0.1";
+  if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
+    process.stderr.write("yun serve: --tls-cert and --tls-key go together (the certificate and its key)\n");
+    return 2;
+  }
+  let tls: TlsFiles | undefined;
+  if (v["tls-cert"] !== undefined && v["tls-key"] !== undefined) {
+    try {
+      tls = readTlsFiles(v["tls-cert"], v["tls-key"]);
+    } catch (e) {
+      process.stderr.write(`yun serve: ${(e as Error).message}\n`);
+      return 2;
+    }
+  } else if (!isLoopback(host) && v.insecure !== true) {
+    process.stderr.write(
+      `yun serve: --listen ${host} is reachable from other machines, and tokens would cross the network in clear text; ` +
+        "give --tls-cert FILE --tls-key FILE to serve HTTPS, or --insecure to serve plain HTTP anyway\n",
+    );
+    return 2;
+  }
   const home = yunHome();
   let cloud: Cloud;
   try {
@@ -79,7 +109,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stdout.write(`yun serve: stopped ${rec.orphans.length} VM(s) that no instance owned\n`);
   let running;
   try {
-    running = await listen(cloud, host, port);
+    running = await listen(cloud, host, port, { tls });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why =
@@ -87,13 +117,16 @@ export async function serveCommand(args: string[]): Promise<number> {
         ? `port ${port} on ${host} is in use (another yun serve?); choose one with --port`
         : code === "EADDRNOTAVAIL"
           ? `${host} is not an address of this machine`
-          : (e as Error).message;
+          : tls !== undefined && /key|cert|PEM|asn1/i.test((e as Error).message)
+            ? `the TLS certificate and key cannot be used: ${(e as Error).message}`
+            : (e as Error).message;
     process.stderr.write(`yun serve: ${why}\n`);
     cloud.close();
     return 1;
   }
   const shown = host.includes(":") ? `[${host}]` : host;
-  process.stdout.write(`yun serve: listening on http://${shown}:${running.port}/ (API /api/v1, dashboard /)\n`);
+  const scheme = tls ? "https" : "http";
+  process.stdout.write(`yun serve: listening on ${scheme}://${shown}:${running.port}/ (API /api/v1, dashboard /)\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => {
       for (const s of ["SIGINT", "SIGTERM"] as const) process.off(s, stop);

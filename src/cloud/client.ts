@@ -250,12 +250,11 @@ export class YunClient {
     return this.request("GET", `/api/v1/instances/${enc(id)}/console/log`, { query: { bytes } });
   }
   /**
-   * The console WebSocket's URL (ws: or wss:), with the token in ?token=. In a browser prefer
-   * `new WebSocket(client.consoleUrl(id, false), client.consoleProtocols())` to keep the token
-   * out of the URL.
+   * The console WebSocket's URL (ws: or wss:). The token is not in it (the server refuses tokens
+   * in URLs): open it with `new WebSocket(client.consoleUrl(id), client.consoleProtocols())`.
    */
-  consoleUrl(id: string, withToken = true): string {
-    const u = new URL(this.url(`/api/v1/instances/${enc(id)}/console`, withToken ? { token: this.token } : {}));
+  consoleUrl(id: string): string {
+    const u = new URL(this.url(`/api/v1/instances/${enc(id)}/console`));
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     return u.toString();
   }

@@ -32,6 +32,7 @@ import { immediate, newId, openDatabase, randomB32, type DB } from "./db.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering.js";
+import { parseSshPublicKey, type SshPublicKey } from "./sshkey.js";
 import { NetworkServices } from "./netsvc.js";
 import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, unauthorized } from "./errors.js";
 import type {
@@ -81,6 +82,22 @@ export interface Principal {
   /** An admin of the admin project: may act in every project. */
   admin: boolean;
 }
+
+/** Who an audit event names: a user (id and name), or the daemon itself (SYSTEM, no id). */
+export interface Actor {
+  id: string | null;
+  name: string;
+}
+
+/** "it cannot be started": the instance actions in refusals. */
+const PAST: Record<InstanceAction, string> = {
+  start: "started",
+  stop: "stopped",
+  reboot: "rebooted",
+  pause: "paused",
+  resume: "resumed",
+  resize: "resized",
+};
 
 /** The system itself (reconciliation, VM exits) in the audit log. */
 const SYSTEM = "system";
@@ -465,11 +482,14 @@ export class Cloud {
     return this.userView(this.userRow(p, id));
   }
 
+  /**
+   * Users and their roles are the admins' to manage: a member who could create users could not
+   * give them a token (members manage only their own), and one who could delete users could
+   * take other members' access away.
+   */
   createUser(p: Principal, req: { name: string; role: Role; project?: string }): User {
-    this.requireWrite(p);
+    if (!p.admin) throw forbidden("only an admin may create users");
     const projectId = req.project === undefined ? p.projectId : this.actingProject(p, req.project);
-    if (req.role === "admin" && !p.admin) throw forbidden("only an admin may create admin users");
-    if (!p.admin && p.role !== "member") throw forbidden("only members and admins may create users");
     const id = newId("usr");
     immediate(this.db, () => {
       if (this.db.prepare("SELECT 1 FROM users WHERE project_id = ? AND name = ?").get(projectId, req.name))
@@ -480,8 +500,8 @@ export class Cloud {
   }
 
   deleteUser(p: Principal, id: string): void {
-    this.requireWrite(p);
     const u = this.userRow(p, id);
+    if (!p.admin) throw forbidden("only an admin may delete users");
     if (u.id === p.userId) throw conflict("you cannot delete yourself");
     immediate(this.db, () => {
       this.db.prepare("DELETE FROM tokens WHERE user_id = ?").run(u.id);
@@ -493,15 +513,22 @@ export class Cloud {
     const u = this.tokenOwner(p, userId, "issue tokens for");
     const token = newToken();
     const hash = hashToken(token);
-    this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hash, u.id, this.iso());
+    immediate(this.db, () => {
+      if (!this.db.prepare("SELECT 1 FROM users WHERE id = ?").get(u.id)) throw notFound(`no user ${userId}`);
+      this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hash, u.id, this.iso());
+    });
     return { token, user: u.id, id: tokenId(hash) };
   }
 
-  /** The user whose tokens `p` may see and manage: themselves, or (writers) their project's users. */
-  private tokenOwner(p: Principal, userId: string, what: string): { id: string; role: string } {
+  /**
+   * The user whose tokens `p` may see and manage: every user may manage their own, admins
+   * everyone's. Another user of the caller's project is visible (GET /users lists them), so
+   * touching their tokens is 403; a user of another project is 404 like any other resource.
+   */
+  private tokenOwner(p: Principal, userId: string, what: string): { id: string; name: string } {
     const u = this.userRow(p, userId);
-    if (u.id !== p.userId) this.requireWrite(p);
-    if (u.role === "admin" && !p.admin && u.id !== p.userId) throw forbidden(`only an admin may ${what} an admin`);
+    if (u.id !== p.userId && !p.admin)
+      throw forbidden(`only an admin may ${what} another user (${u.name}); users manage their own tokens`);
     return u;
   }
 
@@ -774,19 +801,19 @@ export class Cloud {
   createKeyPair(p: Principal, req: { name: string; publicKey: string }, projectQuery?: string): KeyPair {
     this.requireWrite(p);
     const projectId = this.actingProject(p, projectQuery);
-    const m = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521))\s+([A-Za-z0-9+/]+={0,2})(\s+.*)?$/.exec(
-      req.publicKey.trim(),
-    );
-    if (!m) throw badRequest("publicKey must be an OpenSSH public key line (ssh-ed25519 AAAA... comment)");
-    const blob = Buffer.from(m[2], "base64");
-    const fingerprint = "SHA256:" + createHash("sha256").update(blob).digest("base64").replace(/=+$/, "");
+    let key: SshPublicKey;
+    try {
+      key = parseSshPublicKey(req.publicKey);
+    } catch (e) {
+      throw badRequest(`publicKey ${(e as Error).message}`);
+    }
     const id = newId("key");
     immediate(this.db, () => {
       if (this.db.prepare("SELECT 1 FROM keypairs WHERE project_id = ? AND name = ?").get(projectId, req.name))
         throw conflict(`a key pair named ${req.name} already exists`);
       this.db
         .prepare("INSERT INTO keypairs VALUES (?, ?, ?, ?, ?, ?)")
-        .run(id, req.name, projectId, req.publicKey.trim(), fingerprint, this.iso());
+        .run(id, req.name, projectId, key.line, key.fingerprint, this.iso());
     });
     return this.keyView(this.scoped(p, "keypairs", "key pair", id));
   }
@@ -1134,8 +1161,16 @@ export class Cloud {
     projectQuery?: string,
   ): Promise<Instance> {
     this.requireWrite(p);
-    const id = this.instanceRow(p, idOrName, projectQuery).id;
-    await this.withLock(id, async () => {
+    const found = this.instanceRow(p, idOrName, projectQuery);
+    const id = found.id;
+    // The answer is read under the lock too: read after it, a delete queued behind this action
+    // could already have moved the instance to deleting (the action would answer 200 "deleting").
+    return this.withLock(id, async () => {
+      // A delete that took the lock first leaves the instance deleting or gone: this action lost
+      // the race (409), whatever state the instance had when the request arrived.
+      const cur = this.rowById(id);
+      if (!cur || cur.state === "deleting")
+        throw conflict(`instance ${found.name} is being deleted; it cannot be ${PAST[action]}`);
       switch (action) {
         case "start":
           this.transition(id, ["stopped", "error"], "building", "started", () =>
@@ -1169,8 +1204,8 @@ export class Cloud {
           await this.resize(id, flavorName);
           break;
       }
+      return this.getInstance(p, id);
     });
-    return this.getInstance(p, id);
   }
 
   private checkState(id: string, from: InstanceState[], verb: string): InstanceRow {
@@ -1550,19 +1585,21 @@ export class Cloud {
     return r?.p ?? undefined;
   }
 
+  /** Records one event; `actor` is a user ({ id, name }) or a bare name for the daemon ("system"). */
   audit(
-    user: string,
+    actor: Actor | string,
     projectId: string,
     action: string,
     resource: string,
     outcome: string,
     message?: string | null,
   ): void {
+    const who = typeof actor === "string" ? { id: null, name: actor } : actor;
     this.db
       .prepare(
-        "INSERT INTO events (at, user_name, project_id, action, resource, outcome, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (at, user_id, user_name, project_id, action, resource, outcome, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       )
-      .run(this.iso(), user, projectId, action, resource, outcome, message ?? null);
+      .run(this.iso(), who.id, who.name, projectId, action, resource, outcome, message ?? null);
   }
 
   events(p: Principal, q: { limit?: number; after?: number }, projectQuery?: string): AuditEvent[] {
@@ -1578,6 +1615,7 @@ export class Cloud {
     ) as {
       id: number;
       at: string;
+      user_id: string | null;
       user_name: string;
       project_id: string;
       action: string;
@@ -1589,6 +1627,7 @@ export class Cloud {
       id: r.id,
       at: r.at,
       user: r.user_name,
+      userId: r.user_id,
       project: r.project_id,
       action: r.action,
       resource: r.resource,

@@ -74,6 +74,22 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX events_project ON events (project_id, id);
   `,
+  // 2: the actor's user id in the audit log (names are unique only within a project, and a user
+  // deleted and created again under the same name is someone else). Older events get the id where
+  // the name still means exactly one user of the event's project or the admin project (admins act
+  // across projects); the others keep only the name (user_id NULL), as do the daemon's own.
+  `
+  ALTER TABLE events ADD COLUMN user_id TEXT;
+  UPDATE events SET user_id = (
+    SELECT u.id FROM users u JOIN projects p ON p.id = u.project_id
+    WHERE u.name = events.user_name AND (u.project_id = events.project_id OR (p.name = 'admin' AND u.role = 'admin'))
+  )
+  WHERE user_name != 'system' AND (
+    SELECT count(*) FROM users u JOIN projects p ON p.id = u.project_id
+    WHERE u.name = events.user_name AND (u.project_id = events.project_id OR (p.name = 'admin' AND u.role = 'admin'))
+  ) = 1;
+  CREATE INDEX events_user ON events (user_id, id);
+  `,
 ];
 
 /** The schema version this code expects. */

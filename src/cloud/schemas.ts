@@ -4,6 +4,8 @@
  */
 import { z } from "@hono/zod-openapi";
 
+/** Paths take an id or a name, so a name may not look like an id (ins-k2j4m9q0ab). */
+const ID_LIKE = /^[a-z]{3}-[a-z2-7]{10}$/;
 const name = (what: string) =>
   z
     .string()
@@ -11,6 +13,7 @@ const name = (what: string) =>
       /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
       `${what} names use 1-63 letters, digits, '.', '-' or '_', starting with a letter or digit`,
     )
+    .refine((s) => !ID_LIKE.test(s), `a ${what} name may not look like an id (xyz- and 10 letters or digits)`)
     .openapi({ example: "web1" });
 
 export const ErrorSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) }).openapi("Error");
@@ -245,7 +248,13 @@ export const AuditEvent = z
   .object({
     id: z.number(),
     at: z.string(),
-    user: z.string(),
+    user: z.string().openapi({ description: "the actor's name, for display" }),
+    userId: z
+      .string()
+      .nullable()
+      .openapi({
+        description: "the actor's user id; null for the daemon (system) and older events of ambiguous names",
+      }),
     project: z.string(),
     action: z.string(),
     resource: z.string(),

@@ -3,7 +3,8 @@
  * and documents each request; /api/openapi.json), the console WebSocket (ws, on the same server),
  * and the dashboard's static files.
  */
-import { createServer, type IncomingMessage, type Server } from "node:http";
+import { STATUS_CODES, createServer, type IncomingMessage, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { Duplex } from "node:stream";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { extname, join, normalize, resolve, sep } from "node:path";
@@ -17,6 +18,7 @@ import { ApiError, notFound, unauthorized } from "./errors.js";
 import type { Cloud, Principal } from "./cloud.js";
 import { usageCsv } from "./metering.js";
 import * as S from "./schemas.js";
+import { SECURITY_HEADERS, securityHeaders, upgradeOriginAllowed, type TlsFiles } from "./security.js";
 
 type Env = {
   Variables: {
@@ -32,6 +34,8 @@ const REPO = resolve(fileURLToPath(import.meta.url), "../../../..");
 export interface ServerOptions {
   /** Directory of the dashboard's built files (default: <repo>/dist/src/web/static). */
   staticDir?: string;
+  /** Serve HTTPS (and WSS) with this certificate chain and key. */
+  tls?: TlsFiles;
 }
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } });
@@ -46,12 +50,21 @@ const ERRORS = {
   404: json(S.ErrorSchema, "not_found (also for other projects' resources)"),
   409: json(S.ErrorSchema, "conflict: the state machine or a name refuses"),
 };
+/** Routes with a JSON body also refuse other content types. */
+const UNSUPPORTED_MEDIA_TYPE = {
+  415: json(S.ErrorSchema, "unsupported_media_type: the body must be sent with Content-Type: application/json"),
+};
 const body = <T extends z.ZodTypeAny>(schema: T) => ({
   body: { content: { "application/json": { schema } }, required: true },
 });
 
 function def<R extends RouteConfig>(r: R): R {
-  return createRoute({ security: [{ bearer: [] }], ...r, responses: { ...ERRORS, ...r.responses } }) as R;
+  const jsonBody = r.request?.body?.content["application/json"] !== undefined;
+  return createRoute({
+    security: [{ bearer: [] }],
+    ...r,
+    responses: { ...ERRORS, ...(jsonBody ? UNSUPPORTED_MEDIA_TYPE : {}), ...r.responses },
+  }) as R;
 }
 
 /** The Hono app: the API under /api/v1, the OpenAPI document, the dashboard. */
@@ -69,6 +82,8 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
     },
   });
 
+  app.use("*", securityHeaders());
+
   app.onError((err, c) => {
     let status = 500;
     let code = "internal";
@@ -77,6 +92,17 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
       status = err.status;
       code = err.code;
       message = err.message;
+    } else if (err instanceof HTTPException && err.status === 415) {
+      // The JSON validator refuses a body sent without Content-Type: application/json.
+      status = 415;
+      code = "unsupported_media_type";
+      const sent = c.req.header("content-type");
+      message = `the request body must be JSON sent with Content-Type: application/json${sent ? ` (got ${sent.split(";")[0]})` : " (none was sent)"}`;
+    } else if ((err as { code?: unknown }).code === "SQLITE_CONSTRAINT_UNIQUE") {
+      // The schema's UNIQUE constraints back the checks made in each create's transaction.
+      status = 409;
+      code = "conflict";
+      message = "a resource with that name already exists";
     } else if (err instanceof HTTPException) {
       status = err.status;
       code = err.status === 400 ? "invalid_request" : "error";
@@ -125,7 +151,8 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
       } catch {}
       project = before ?? cloud.projectOf(a.resource) ?? project;
     }
-    cloud.audit(p.userName, project, a.action, a.resource, code ?? "ok", c.get("errorMessage") ?? null);
+    const actor = { id: p.userId, name: p.userName };
+    cloud.audit(actor, project, a.action, a.resource, code ?? "ok", c.get("errorMessage") ?? null);
   });
   const audit = (
     c: { set: (k: "audit", v: { action: string; resource: string }) => void },
@@ -473,7 +500,7 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
     path: "/api/v1/instances/{id}/console",
     summary: "The serial console as a WebSocket",
     description:
-      "Upgrade to WebSocket; the token goes in ?token= or the subprotocol bearer.<token>. Raw console bytes both ways; the last output is replayed first.",
+      "Upgrade to WebSocket; the token goes in the subprotocol bearer.<token> (or an Authorization header), never in the URL. A browser's Origin must be this server. Raw console bytes both ways; the last output is replayed first.",
     request: { params: S.IdParam },
     responses: { 101: { description: "switching to the console" }, ...ERRORS },
   });
@@ -808,16 +835,25 @@ function serveStatic(urlPath: string, staticDir: string): Response {
 
 function rejectUpgrade(socket: Duplex, status: number, code: string, message: string): void {
   const bodyText = JSON.stringify(errorBody(code, message));
+  const reason = STATUS_CODES[status] ?? "Error";
+  const extra = Object.entries(SECURITY_HEADERS)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join("");
   socket.end(
-    `HTTP/1.1 ${status} ${status === 401 ? "Unauthorized" : status === 404 ? "Not Found" : status === 403 ? "Forbidden" : "Conflict"}\r\n` +
-      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(bodyText)}\r\nConnection: close\r\n\r\n${bodyText}`,
+    `HTTP/1.1 ${status} ${reason}\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(bodyText)}\r\n` +
+      `Cache-Control: no-store\r\n${extra}Connection: close\r\n\r\n${bodyText}`,
   );
 }
 
 const CONSOLE_PATH = /^\/api\/v1\/instances\/([^/]+)\/console$/;
 
-/** Handles console WebSocket upgrades: auth, per-project authorization, then bytes both ways. */
-function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
+/**
+ * Handles console WebSocket upgrades: the Origin (a browser's must be this server's), the token
+ * (only in the bearer.<token> subprotocol or the Authorization header: never in the URL, where logs
+ * and histories keep it), per-project authorization, then bytes both ways.
+ */
+function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean): WebSocketServer {
   const wss = new WebSocketServer({
     noServer: true,
     handleProtocols: (protocols) => {
@@ -830,17 +866,28 @@ function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
     const url = new URL(req.url ?? "/", "http://localhost");
     const m = CONSOLE_PATH.exec(url.pathname);
     if (!m) return rejectUpgrade(socket, 404, "not_found", `no WebSocket at ${url.pathname}`);
+    if (!upgradeOriginAllowed(req, secure))
+      return rejectUpgrade(
+        socket,
+        403,
+        "forbidden",
+        `a console may only be opened from this server's own pages, not from ${req.headers.origin}`,
+      );
     let p: Principal;
     let id: string;
     try {
+      if (url.searchParams.has("token"))
+        throw unauthorized(
+          "a token in the URL is not accepted (URLs end up in logs); send the subprotocol bearer.<token> or an Authorization header",
+        );
       const protos = String(req.headers["sec-websocket-protocol"] ?? "")
         .split(",")
         .map((s) => s.trim());
       const bearer = protos.find((s) => s.startsWith("bearer."));
-      const token = url.searchParams.get("token") ?? bearer?.slice("bearer.".length);
+      const token = bearer?.slice("bearer.".length);
       if (token) p = cloud.principalForToken(token);
       else if (req.headers.authorization) p = cloud.authenticate(req.headers.authorization);
-      else throw unauthorized("the console needs a token: ?token= or the subprotocol bearer.<token>");
+      else throw unauthorized("the console needs a token: the subprotocol bearer.<token> or an Authorization header");
       id = cloud.consoleTarget(p, decodeURIComponent(m[1]), url.searchParams.get("project") ?? undefined);
     } catch (e) {
       const err = e instanceof ApiError ? e : notFound("no such instance");
@@ -850,7 +897,8 @@ function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
       .console(id, true)
       .then(({ socket: vm, rest }) => {
         wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
-          cloud.audit(p.userName, cloud.projectOf(id) ?? p.projectId, "instance.console", id, "ok", null);
+          const actor = { id: p.userId, name: p.userName };
+          cloud.audit(actor, cloud.projectOf(id) ?? p.projectId, "instance.console", id, "ok", null);
           bridge(ws, vm, rest);
         });
       })
@@ -882,11 +930,14 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** Listens on host:port (port 0: any free one). */
+/** Listens on host:port (port 0: any free one); with opts.tls, HTTPS and WSS. */
 export function listen(cloud: Cloud, host: string, port: number, opts: ServerOptions = {}): Promise<RunningServer> {
   const app = createApp(cloud, opts);
-  const server = createServer(getRequestListener(app.fetch));
-  const wss = attachConsoleServer(server, cloud);
+  const handler = getRequestListener(app.fetch);
+  const server: Server = opts.tls
+    ? (createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handler) as unknown as Server)
+    : createServer(handler);
+  const wss = attachConsoleServer(server, cloud, opts.tls !== undefined);
   return new Promise((resolveListen, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {

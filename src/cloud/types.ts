@@ -177,7 +177,10 @@ export interface Usage {
 export interface AuditEvent {
   id: number;
   at: string;
+  /** The actor's name (for display; names are unique only within a project). */
   user: string;
+  /** The actor's user id (usr-…); null for the daemon itself ("system") and for older events whose name was ambiguous. */
+  userId: string | null;
   project: string;
   action: string;
   resource: string;

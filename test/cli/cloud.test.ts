@@ -390,8 +390,10 @@ test("usage, events and the CSV export", async () => {
 
   r = await yun("events", "--limit", "50");
   assert.equal(r.code, 0, r.err);
-  assert.match(r.out, /^ID +AT +USER +PROJECT +ACTION +RESOURCE +OUTCOME$/m);
-  assert.match(r.out, /admin +admin +instance\.create +\S+ +ok$/m);
+  assert.match(r.out, /^ID +AT +USER +USER-ID +PROJECT +ACTION +RESOURCE +OUTCOME$/m);
+  // The actor by name and by id (names are unique only within a project).
+  const adminId = cloud.db.prepare("SELECT id FROM users WHERE name = 'admin'").get() as { id: string };
+  assert.match(r.out, new RegExp(`admin +${adminId.id} +admin +instance\\.create +\\S+ +ok$`, "m"));
   assert.match(r.out, /instance\.pause +\S+ +conflict$/m);
   r = await yun("events", "--json", "--limit", "1");
   assert.equal((JSON.parse(r.out) as { items: unknown[] }).items.length, 1);

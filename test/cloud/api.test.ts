@@ -178,7 +178,7 @@ test("project isolation: instances (list, read, stop, delete, console) of projec
   // Console: B's token is refused with 404 before any WebSocket opens; A's own gets 409 (stopped).
   const consoleStatus = (token: string) =>
     new Promise<number>((resolve) => {
-      const ws = new WebSocket(`${t.url.replace("http", "ws")}/api/v1/instances/${vm.id}/console?token=${token}`);
+      const ws = new WebSocket(`${t.url.replace("http", "ws")}/api/v1/instances/${vm.id}/console`, [`bearer.${token}`]);
       ws.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
       ws.on("open", () => {
         ws.close();
@@ -423,12 +423,14 @@ test("the audit log records who did what to which resource, refusals included", 
   await A.member.deleteNetwork(net.id);
   const events = await A.member.events({ limit: 10 });
   const mine = events.filter((e) => e.resource === net.id);
+  const memberId = (await A.member.whoami()).user.id;
+  const readerId = (await A.reader.whoami()).user.id;
   assert.deepEqual(
-    mine.map((e) => [e.user, e.action, e.outcome]),
+    mine.map((e) => [e.user, e.userId, e.action, e.outcome]),
     [
-      ["audit-member", "network.delete", "ok"],
-      ["audit-reader", "network.delete", "forbidden"],
-      ["audit-member", "network.create", "ok"],
+      ["audit-member", memberId, "network.delete", "ok"],
+      ["audit-reader", readerId, "network.delete", "forbidden"],
+      ["audit-member", memberId, "network.create", "ok"],
     ],
   );
   assert.ok(
@@ -483,7 +485,7 @@ test("usage exports as JSON and CSV; the schema is versioned in schema_migration
   const bad = await refusal(() => A.member.usage({ from: "yesterday" }));
   assert.equal(bad.status, 400);
   const versions = t.cloud.db.prepare("SELECT version FROM schema_migrations").all();
-  assert.deepEqual(versions, [{ version: 1 }]);
+  assert.deepEqual(versions, [{ version: 1 }, { version: 2 }]);
   // A database from a newer yun is refused with a clear message, untouched.
   const { mkdtempSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");

@@ -65,7 +65,7 @@ function monitorPids(home: string): Map<number, string> {
 
 /** A console session: collects output; `run` types a command and waits for a marker. */
 async function openConsole(client: YunClient, id: string) {
-  const ws = new WebSocket(client.consoleUrl(id, false), client.consoleProtocols());
+  const ws = new WebSocket(client.consoleUrl(id), client.consoleProtocols());
   let out = "";
   ws.on("message", (d: Buffer) => (out += d.toString("utf8")));
   await new Promise<void>((res, rej) => {

@@ -111,6 +111,8 @@ export interface ApiEvent {
   id: string | number;
   at: string;
   user?: Ref;
+  /** The actor's user id; null for the server itself and for old events of ambiguous names. */
+  userId?: string | null;
   project?: Ref;
   action: string;
   resource?: string;

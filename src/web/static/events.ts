@@ -28,7 +28,12 @@ export const eventsView: View = (main, session) => {
           ["Time", "User", "Project", "Action", "Resource", "Outcome", "Detail"],
           items.map((e) => [
             formatTime(e.at),
-            nameOf(e.user),
+            // The name to read; the id (names are unique only within a project) on hover.
+            h(
+              "span",
+              { class: "actor", title: e.userId ?? "the server itself", "data-user-id": e.userId ?? "" },
+              nameOf(e.user),
+            ),
             projectName(nameOf(e.project)),
             h("code", null, e.action),
             e.resource ?? "",
