@@ -1158,7 +1158,10 @@ export async function cloudCommand(name: string, args: string[]): Promise<number
       return 2;
     }
     if (e instanceof YunApiError) {
-      const hint = e.code === "unreachable" ? " (is yun serve running? --server or YUN_SERVER picks another)" : "";
+      const hint =
+        e.code === "unreachable" && !/NODE_EXTRA_CA_CERTS/.test(e.message)
+          ? " (is yun serve running? --server or YUN_SERVER picks another)"
+          : "";
       io.err(`yun: ${e.message.replace(/\s*\n\s*/g, " ")}${hint}\n`);
       return 1;
     }

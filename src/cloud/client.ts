@@ -110,7 +110,13 @@ export class YunClient {
       if (opts.raw !== undefined && typeof (opts.raw as ReadableStream).getReader === "function") init.duplex = "half";
       res = await this.fetchImpl(this.url(path, opts.query), init);
     } catch (e) {
-      throw new YunApiError(0, "unreachable", `cannot reach the Yun server at ${this.server}: ${(e as Error).message}`);
+      // fetch says only "fetch failed"; the cause says why (refused, unknown host, certificate).
+      const cause = (e as Error & { cause?: Error }).cause;
+      const why = cause?.message ? `${(e as Error).message}: ${cause.message}` : (e as Error).message;
+      const hint = /certificate|self.signed|CERT/i.test(why)
+        ? " (for a private CA, set NODE_EXTRA_CA_CERTS to its PEM file)"
+        : "";
+      throw new YunApiError(0, "unreachable", `cannot reach the Yun server at ${this.server}: ${why}${hint}`);
     }
     const text = await res.text();
     const isJson = (res.headers.get("content-type") ?? "").includes("application/json");
