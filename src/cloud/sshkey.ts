@@ -77,7 +77,7 @@ export function parseSshPublicKey(input: string): SshPublicKey {
   const [, type, b64, comment] = m;
   if (!KNOWN_TYPES.includes(type))
     throw new Error(
-      `its type ${JSON.stringify(type)} is not one of ${KNOWN_TYPES.join(", ")} (options before the key are not accepted)`,
+      `must be an OpenSSH public key line, and its type ${JSON.stringify(type)} is not one of ${KNOWN_TYPES.join(", ")} (options before the key are not accepted)`,
     );
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64) || b64.length % 4 !== 0) throw new Error("its key data is not base64");
   if (comment !== undefined && /[\x00-\x1f\x7f]/.test(comment)) throw new Error("its comment has control characters");
