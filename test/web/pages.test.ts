@@ -45,10 +45,14 @@ after(async () => {
   rmSync(profile, { recursive: true, force: true });
 });
 
-/** A new tab that fails the test on any script error or failed asset request. */
-async function tab(): Promise<Page> {
+/** A new tab that fails the test on any script error, failed asset request or blocked resource
+ *  (the server's Content-Security-Policy must let the whole dashboard work). */
+async function tab(opts: { probesCsp?: boolean } = {}): Promise<Page> {
   const page = await context.newPage();
   page.on("pageerror", (e) => assert.fail(`dashboard error: ${e.message}`));
+  page.on("console", (m) => {
+    if (!opts.probesCsp && /Content Security Policy/i.test(m.text())) assert.fail(`blocked by the CSP: ${m.text()}`);
+  });
   page.on("response", (r) => {
     const u = new URL(r.url());
     if (!u.pathname.startsWith("/api/") && u.pathname !== "/favicon.ico" && r.status() >= 400) {
@@ -96,6 +100,48 @@ test("the dashboard and its vendored libraries load; login, session and logout",
   await page.reload();
   await page.waitForSelector("#login");
   assert.equal(await page.evaluate<string | null>(`sessionStorage.getItem("yun.token")`), null);
+  await page.close();
+});
+
+test("the dashboard runs under its Content-Security-Policy; the activity log names actors with their ids", async () => {
+  const page = await tab({ probesCsp: true });
+  const violations: string[] = [];
+  await page.exposeFunction("yunCspViolation", (v: string) => violations.push(v));
+  await page.addInitScript(
+    `document.addEventListener("securitypolicyviolation", (e) => window.yunCspViolation(e.violatedDirective + " " + e.blockedURI));`,
+  );
+  const res = await page.goto(base + "/");
+  const headers = res!.headers();
+  assert.match(headers["content-security-policy"], /script-src 'self'/);
+  assert.equal(headers["x-frame-options"], "DENY");
+  await login(page, token);
+  await page.waitForSelector('#instance-table tr[data-name="web0"]');
+  // xterm.js (console), uPlot (usage) and the activity page, each under the policy.
+  await page.locator('#instance-table tr[data-name="web0"] [data-action=console]').click();
+  await page.waitForSelector(".xterm");
+  await page.click("[data-nav=usage]");
+  await page.waitForFunction(`document.querySelectorAll("#usage-charts .uplot canvas").length === 3`);
+  await page.click("[data-nav=events]");
+  const actor = page.locator("#event-table .actor", { hasText: "admin" }).first();
+  await actor.waitFor();
+  const me = await api.whoami();
+  assert.equal(await actor.getAttribute("data-user-id"), me.user.id);
+  assert.equal(await actor.getAttribute("title"), me.user.id);
+  // An inline script injected into the page is refused: the policy is in force.
+  await page.evaluate(
+    `(() => { const s = document.createElement("script"); s.textContent = "window.yunInline = 1"; document.body.append(s); })()`,
+  );
+  await page.waitForTimeout(200);
+  assert.equal(await page.evaluate(`window.yunInline === undefined`), true);
+  assert.ok(
+    violations.some((v) => v.startsWith("script-src")),
+    violations.join(", "),
+  );
+  assert.deepEqual(
+    violations.filter((v) => !v.startsWith("script-src")),
+    [],
+    "nothing else was blocked",
+  );
   await page.close();
 });
 
