@@ -709,7 +709,7 @@ const user: Noun = {
   subs: {
     create: {
       usage: "NAME --role admin|member|reader [--in PROJECT]",
-      summary: "create a user (admins: in another project with --in)",
+      summary: "create a user (admins only; in another project with --in)",
       options: { role: { type: "string" }, in: { type: "string" } },
       arity: [1, 1],
       async run(ctx) {
@@ -739,7 +739,7 @@ const user: Noun = {
     },
     token: {
       usage: "USER",
-      summary: "issue a new API token for a user (printed once)",
+      summary: "issue a new API token (printed once): your own, or (admins) any user's",
       arity: [1, 1],
       async run(ctx) {
         const c = ctx.client();
@@ -772,7 +772,7 @@ const user: Noun = {
     },
     delete: {
       usage: "USER...",
-      summary: "delete users (their tokens stop working)",
+      summary: "delete users (admins only; their tokens stop working)",
       arity: [1, 99],
       run: (ctx) => deleteEach(ctx, async (c, n) => c.deleteUser(await resolveUser(c, n))),
     },
