@@ -57,15 +57,15 @@ export function securityHeaders(): MiddlewareHandler {
 export function upgradeOriginAllowed(req: IncomingMessage, secure: boolean): boolean {
   const origin = req.headers.origin;
   if (origin === undefined) return true;
-  let u: URL;
+  const scheme = secure ? "https:" : "http:";
   try {
-    u = new URL(origin);
+    const from = new URL(origin);
+    // Through URL both sides drop the scheme's default port and lower-case the host.
+    const self = new URL(`${scheme}//${req.headers.host ?? ""}`);
+    return from.protocol === scheme && from.host === self.host;
   } catch {
-    return false; // "null" (sandboxed frames, file:) and garbage
+    return false; // Origin "null" (sandboxed frames, file:), no Host, garbage
   }
-  const host = req.headers.host;
-  if (host === undefined) return false;
-  return u.protocol === (secure ? "https:" : "http:") && u.host === new URL(`http://${host}`).host;
 }
 
 /** True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost). */

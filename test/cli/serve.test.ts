@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { ROOT, YUN } from "../e2e/harness.js";
-import { isLoopback } from "../../src/cloud/security.js";
+import { isLoopback, upgradeOriginAllowed } from "../../src/cloud/security.js";
 
 let dir: string;
 let cert: string;
@@ -167,4 +167,19 @@ test("loopback addresses are told apart from the others", () => {
     assert.ok(isLoopback(h), h);
   for (const h of ["0.0.0.0", "::", "10.0.0.1", "192.168.1.2", "example.org", "128.0.0.1"])
     assert.ok(!isLoopback(h), h);
+});
+
+test("a WebSocket's Origin must be the server itself: scheme, host and port", () => {
+  const req = (origin: string | undefined, host: string | undefined) =>
+    ({ headers: { origin, host } }) as unknown as import("node:http").IncomingMessage;
+  assert.ok(upgradeOriginAllowed(req(undefined, "h:1"), false), "no Origin: not a browser");
+  assert.ok(upgradeOriginAllowed(req("http://h:1", "h:1"), false));
+  assert.ok(upgradeOriginAllowed(req("https://H", "h:443"), true), "default port and case");
+  assert.ok(upgradeOriginAllowed(req("http://h", "h:80"), false));
+  assert.ok(!upgradeOriginAllowed(req("http://h:1", "h:1"), true), "http page, https server");
+  assert.ok(!upgradeOriginAllowed(req("https://h:1", "h:1"), false));
+  assert.ok(!upgradeOriginAllowed(req("http://h:2", "h:1"), false));
+  assert.ok(!upgradeOriginAllowed(req("http://evil.example", "h:1"), false));
+  assert.ok(!upgradeOriginAllowed(req("null", "h:1"), false));
+  assert.ok(!upgradeOriginAllowed(req("http://h:1", undefined), false), "no Host");
 });
