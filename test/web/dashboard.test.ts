@@ -332,7 +332,8 @@ test("the admin creates, stops and deletes instances from the dashboard", { time
   await page.click("#create-instance");
   const web2 = page.locator('#instance-table tr[data-name="web2"]');
   await web2.waitFor({ timeout: 20_000 });
-  assert.match((await page.textContent("#instances-status"))!, /web2 created/);
+  // The list may show web2 (building) before the create answers, once its VM runs.
+  await page.waitForSelector("#instances-status :text('web2 created')", { timeout: 60_000 });
   assert.match((await web2.textContent())!, /tiny/);
   // A duplicate name gets the server's one-sentence refusal.
   await page.fill("#new-name", "web2");
