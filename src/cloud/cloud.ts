@@ -1008,7 +1008,13 @@ export class Cloud {
       this.setError(id, `its disk could not be created: ${(e as Error).message}`);
       return this.getInstance(p, id, projectId);
     }
-    if (start) await this.withLock(id, () => this.boot(id));
+    // Answered from under the lock, like the actions: a delete (by name) queued behind the boot
+    // would otherwise make a successful create answer 404.
+    if (start)
+      return this.withLock(id, async () => {
+        await this.boot(id);
+        return this.getInstance(p, id, projectId);
+      });
     return this.getInstance(p, id, projectId);
   }
 
@@ -1170,7 +1176,7 @@ export class Cloud {
       // the race (409), whatever state the instance had when the request arrived.
       const cur = this.rowById(id);
       if (!cur || cur.state === "deleting")
-        throw conflict(`instance ${found.name} is being deleted; it cannot be ${PAST[action]}`);
+        throw conflict(`instance ${found.name} ${cur ? "is being" : "was"} deleted; it cannot be ${PAST[action]}`);
       switch (action) {
         case "start":
           this.transition(id, ["stopped", "error"], "building", "started", () =>
