@@ -373,6 +373,34 @@ test("projects, quotas, users, tokens and tenancy", async () => {
 
   const c = new YunClient({ server: base, token: bob });
   assert.equal((await c.whoami()).role, "member");
+
+  // Tokens are their owner's (or an admin's): bob may issue his own, not rita's or another's.
+  r = await yun("user", "token", "bob", "--token", bob);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /^yun_[a-z2-7]{40}\n$/);
+  r = await yun("user", "create", "bob2", "--role", "member", "--in", "team-b");
+  r = await yun("user", "token", "bob2", "--token", bob);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /^yun: only an admin may issue tokens for another user \(bob2\)/);
+  r = await yun("user", "create", "carl", "--role", "reader", "--token", bob);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /^yun: only an admin may create users/);
+
+  // Two users named alice in two projects: names alone are ambiguous to the admin; --project or
+  // the id picks one, and the audit log tells them apart by id.
+  await yun("user", "create", "alice", "--role", "member");
+  await yun("user", "create", "alice", "--role", "member", "--in", "team-b");
+  r = await yun("user", "token", "alice");
+  assert.equal(r.code, 1);
+  assert.match(r.err, /^yun: 2 users are named alice \(in different projects\); give the ID or --project/);
+  r = await yun("user", "token", "alice", "--project", "team-b");
+  assert.equal(r.code, 0, r.err);
+  const aliceB = new YunClient({ server: base, token: r.out.trim() });
+  const me = await aliceB.whoami();
+  assert.equal(me.project.name, "team-b");
+  await aliceB.createNetwork({ name: "alices", cidr: "10.42.0.0/24" });
+  r = await yun("events", "--project", "team-b", "--limit", "5");
+  assert.match(r.out, new RegExp(` alice +${me.user.id} +team-b +network\\.create +net-\\S+ +ok$`, "m"));
 });
 
 test("usage, events and the CSV export", async () => {
