@@ -249,12 +249,9 @@ export const AuditEvent = z
     id: z.number(),
     at: z.string(),
     user: z.string().openapi({ description: "the actor's name, for display" }),
-    userId: z
-      .string()
-      .nullable()
-      .openapi({
-        description: "the actor's user id; null for the daemon (system) and older events of ambiguous names",
-      }),
+    userId: z.string().nullable().openapi({
+      description: "the actor's user id; null for the daemon (system) and older events of ambiguous names",
+    }),
     project: z.string(),
     action: z.string(),
     resource: z.string(),
