@@ -287,6 +287,18 @@ test("CSRF: a cross-site form POST is refused and changes nothing; a JSON API ne
     assert.equal(answer.error.code, "unauthorized");
   }
   assert.equal((await t.admin.listProjects()).length, before, "no project was created");
+  // A script on another site could send the header only after a CORS preflight, which no answer allows.
+  const preflight = await fetch(`${t.url}/api/v1/projects`, {
+    method: "OPTIONS",
+    headers: {
+      origin: "http://evil.example",
+      "access-control-request-method": "POST",
+      "access-control-request-headers": "authorization, content-type",
+    },
+  });
+  await preflight.arrayBuffer();
+  assert.equal(preflight.headers.get("access-control-allow-origin"), null);
+  assert.equal(preflight.headers.get("access-control-allow-headers"), null);
 
   // Even with the token, a body that is not declared JSON is refused in the documented shape.
   for (const type of ["text/plain", "application/x-www-form-urlencoded", undefined]) {
