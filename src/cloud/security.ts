@@ -38,6 +38,9 @@ export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
   "x-frame-options": "DENY",
   "x-content-type-options": "nosniff",
   "referrer-policy": "no-referrer",
+  // No other site may open the dashboard in a window it keeps a handle on, or embed its answers.
+  "cross-origin-opener-policy": "same-origin",
+  "cross-origin-resource-policy": "same-origin",
 };
 
 /** Sets the security headers on every answer; API answers are also never cached. */

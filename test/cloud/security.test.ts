@@ -201,6 +201,8 @@ const EXPECTED_HEADERS: Record<string, RegExp> = {
   "x-frame-options": /^DENY$/,
   "x-content-type-options": /^nosniff$/,
   "referrer-policy": /^no-referrer$/,
+  "cross-origin-opener-policy": /^same-origin$/,
+  "cross-origin-resource-policy": /^same-origin$/,
 };
 
 test("every answer carries the security headers; API answers are not cached", async () => {
