@@ -33,6 +33,7 @@ import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, 
 import { findImage } from "../images/store.js";
 import { pullDebianImage } from "../images/debian.js";
 import { yunHome } from "../images/paths.js";
+import { tightenTree } from "../storage/private.js";
 
 const HELP = `Usage: yun run [options]
 
@@ -253,7 +254,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     }
     cpus = Number(v.cpus);
     if (cpus > 1 && v.firmware === "none") {
-      throw new UsageError(`--cpus ${cpus} needs the OpenSBI firmware: the hypervisor's own SBI (--firmware none) runs one vCPU`);
+      throw new UsageError(
+        `--cpus ${cpus} needs the OpenSBI firmware: the hypervisor's own SBI (--firmware none) runs one vCPU`,
+      );
     }
   }
   let cpuCap: number | null = null;
@@ -439,6 +442,8 @@ export async function runCommand(args: string[]): Promise<number> {
   const home = yunHome();
   const vmsDir = join(home, "vms");
   const runDir = join(home, "run");
+  // Directories made by older versions (0755, disks 0644) become owner-only.
+  for (const d of [vmsDir, runDir]) tightenTree(d);
   const flags = opts.monitor;
   const interactive = !flags.headless && process.stdin.isTTY === true;
   const monitorOpts: MonitorOptions = {
