@@ -6,11 +6,14 @@
  * re-attaches to them (or marks stopped those that are gone, and stops monitors nobody owns).
  */
 import { parseArgs } from "node:util";
+import { join } from "node:path";
 import { Cloud } from "../cloud/cloud.js";
 import { MonitorDriver } from "../cloud/compute.js";
 import { listen } from "../cloud/server.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
 import { yunHome } from "../images/paths.js";
+import { tightenTree } from "../storage/private.js";
+import { DEFAULT_LIMITS, NO_RATE_LIMITS, type LimitSettings } from "../cloud/limits.js";
 
 const HELP = `Usage: yun serve [options]
 
@@ -23,7 +26,14 @@ written to $YUN_HOME/cloud/admin.token (mode 0600).
 Options:
   --port N          TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
   --listen ADDR     address to listen on (default 127.0.0.1)
+  --rate-limit N    API requests a second per token (default ${DEFAULT_LIMITS.apiRate}; 0 turns every rate limit off)
+  --rate-burst N    requests a token may send at once beyond the rate (default ${DEFAULT_LIMITS.apiBurst})
+  --login-failures N  failed logins a minute per client address before it must wait
+                    (default ${DEFAULT_LIMITS.loginFailuresPerMinute}, in bursts of ${DEFAULT_LIMITS.loginFailureBurst}; 0: no limit)
   -h, --help        show this help
+
+JSON request bodies may be at most ${DEFAULT_LIMITS.jsonBodyBytes / 1024 / 1024} MiB (413 beyond); a throttled client gets 429 with
+Retry-After. Files under $YUN_HOME are owner-only; older installs are tightened at start.
 
 Stopping the server leaves running VMs running; the next start re-attaches to them.
 `;
@@ -38,6 +48,9 @@ export async function serveCommand(args: string[]): Promise<number> {
       options: {
         port: { type: "string" },
         listen: { type: "string" },
+        "rate-limit": { type: "string" },
+        "rate-burst": { type: "string" },
+        "login-failures": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -58,7 +71,33 @@ export async function serveCommand(args: string[]): Promise<number> {
     port = Number(v.port);
   }
   const host = v.listen ?? "127.0.0.1";
+  const limits: Partial<LimitSettings> = {};
+  for (const [flag, value, set] of [
+    [
+      "--rate-limit",
+      v["rate-limit"],
+      (n: number) => (n === 0 ? Object.assign(limits, NO_RATE_LIMITS) : (limits.apiRate = n)),
+    ],
+    ["--rate-burst", v["rate-burst"], (n: number) => (limits.apiBurst = n)],
+    ["--login-failures", v["login-failures"], (n: number) => (limits.loginFailuresPerMinute = n)],
+  ] as const) {
+    if (value === undefined) continue;
+    if (!/^\d{1,9}$/.test(value)) {
+      process.stderr.write(`yun serve: ${flag} takes a whole number, got "${value}"\n`);
+      return 2;
+    }
+    set(Number(value));
+  }
+  if (limits.apiRate !== undefined && limits.apiRate > 0 && (limits.apiBurst ?? DEFAULT_LIMITS.apiBurst) < 1) {
+    process.stderr.write("yun serve: --rate-burst must be at least 1 while a rate limit is on\n");
+    return 2;
+  }
   const home = yunHome();
+  // Installs from before private files: tenant data 0644 in 0755 directories.
+  let tightened = 0;
+  for (const d of ["cloud", "vms", "run", "net"]) tightened += tightenTree(join(home, d));
+  if (tightened > 0)
+    process.stdout.write(`yun serve: made ${tightened} files and directories under ${home} owner-only\n`);
   let cloud: Cloud;
   try {
     cloud = new Cloud({ home, driver: new MonitorDriver(home) });
@@ -79,7 +118,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stdout.write(`yun serve: stopped ${rec.orphans.length} VM(s) that no instance owned\n`);
   let running;
   try {
-    running = await listen(cloud, host, port);
+    running = await listen(cloud, host, port, { limits });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why =

@@ -17,6 +17,7 @@ import { ApiError, notFound, unauthorized } from "./errors.js";
 import type { Cloud, Principal } from "./cloud.js";
 import { usageCsv } from "./metering.js";
 import * as S from "./schemas.js";
+import { RequestLimits, refusalResponse, type LimitSettings } from "./limits.js";
 
 type Env = {
   Variables: {
@@ -32,6 +33,8 @@ const REPO = resolve(fileURLToPath(import.meta.url), "../../../..");
 export interface ServerOptions {
   /** Directory of the dashboard's built files (default: <repo>/dist/src/web/static). */
   staticDir?: string;
+  /** Body size and rate limits (default DEFAULT_LIMITS; NO_RATE_LIMITS turns the rates off). */
+  limits?: Partial<LimitSettings>;
 }
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } });
@@ -45,9 +48,18 @@ const ERRORS = {
   403: json(S.ErrorSchema, "forbidden, or quota_exceeded (the message names the quota)"),
   404: json(S.ErrorSchema, "not_found (also for other projects' resources)"),
   409: json(S.ErrorSchema, "conflict: the state machine or a name refuses"),
+  413: json(S.ErrorSchema, "too_large: a JSON body over 1 MiB, or an upload over its cap"),
+  429: json(
+    S.ErrorSchema,
+    "rate_limited: too many requests for this token, or failed logins from this address; see Retry-After",
+  ),
 };
 const body = <T extends z.ZodTypeAny>(schema: T) => ({
-  body: { content: { "application/json": { schema } }, required: true },
+  body: {
+    content: { "application/json": { schema } },
+    required: true,
+    description: "a JSON object of at most 1 MiB (larger bodies answer 413 too_large)",
+  },
 });
 
 function def<R extends RouteConfig>(r: R): R {
@@ -55,7 +67,11 @@ function def<R extends RouteConfig>(r: R): R {
 }
 
 /** The Hono app: the API under /api/v1, the OpenAPI document, the dashboard. */
-export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<Env> {
+export function createApp(
+  cloud: Cloud,
+  opts: ServerOptions = {},
+  limits = new RequestLimits(opts.limits),
+): OpenAPIHono<Env> {
   const app = new OpenAPIHono<Env>({
     defaultHook: (result, c) => {
       if (!result.success) {
@@ -103,6 +119,8 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
     return serveStatic(c.req.path, opts.staticDir ?? join(REPO, "dist/src/web/static"));
   });
 
+  // Limits first: a refused request costs no authentication, parsing or audit record.
+  app.use("/api/v1/*", limits.middleware());
   // Authentication, then the audit record of every change (who, what, which resource, outcome).
   app.use("/api/v1/*", async (c, next) => {
     const p = cloud.authenticate(c.req.header("authorization"));
@@ -347,6 +365,7 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
         q.name,
         q.format,
         c.req.raw.body as WebReadableStream<Uint8Array> | null,
+        declaredLength(c.req.header("content-length")),
       );
       audit(c, "image.upload", img.id);
       return c.json(img, 201);
@@ -715,6 +734,11 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
   return app;
 }
 
+/** A request's Content-Length, when it gives one. */
+function declaredLength(header: string | undefined): number | undefined {
+  return header !== undefined && /^\d+$/.test(header) ? Number(header) : undefined;
+}
+
 /** instance.create, volume.attach, ...: for requests refused before their handler ran. */
 function defaultAudit(method: string, path: string): { action: string; resource: string } {
   const parts = path
@@ -815,11 +839,15 @@ function rejectUpgrade(socket: Duplex, status: number, code: string, message: st
 }
 
 const CONSOLE_PATH = /^\/api\/v1\/instances\/([^/]+)\/console$/;
+/** The largest console WebSocket message (keystrokes, a paste). */
+const CONSOLE_MAX_MESSAGE = 1024 * 1024;
 
 /** Handles console WebSocket upgrades: auth, per-project authorization, then bytes both ways. */
-function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
+function attachConsoleServer(server: Server, cloud: Cloud, limits: RequestLimits): WebSocketServer {
   const wss = new WebSocketServer({
     noServer: true,
+    // Keystrokes and pastes; ws would otherwise take messages of up to 100 MiB.
+    maxPayload: CONSOLE_MAX_MESSAGE,
     handleProtocols: (protocols) => {
       for (const p of protocols) if (p.startsWith("bearer.")) return p;
       return false;
@@ -832,18 +860,27 @@ function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
     if (!m) return rejectUpgrade(socket, 404, "not_found", `no WebSocket at ${url.pathname}`);
     let p: Principal;
     let id: string;
+    const address = req.socket.remoteAddress ?? "local";
+    let credential = "";
+    let admitted = false;
     try {
       const protos = String(req.headers["sec-websocket-protocol"] ?? "")
         .split(",")
         .map((s) => s.trim());
       const bearer = protos.find((s) => s.startsWith("bearer."));
       const token = url.searchParams.get("token") ?? bearer?.slice("bearer.".length);
+      credential = token ?? req.headers.authorization ?? "";
+      const refusal = limits.admitConsole(address, credential);
+      if (refusal) return socket.end(refusalResponse(refusal));
+      admitted = true;
       if (token) p = cloud.principalForToken(token);
       else if (req.headers.authorization) p = cloud.authenticate(req.headers.authorization);
       else throw unauthorized("the console needs a token: ?token= or the subprotocol bearer.<token>");
       id = cloud.consoleTarget(p, decodeURIComponent(m[1]), url.searchParams.get("project") ?? undefined);
     } catch (e) {
       const err = e instanceof ApiError ? e : notFound("no such instance");
+      if (admitted) limits.consoleClosed(credential);
+      if (err.status === 401 && credential) limits.loginFailed(address);
       return rejectUpgrade(socket, err.status, err.code, err.message);
     }
     cloud.driver
@@ -851,18 +888,29 @@ function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
       .then(({ socket: vm, rest }) => {
         wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
           cloud.audit(p.userName, cloud.projectOf(id) ?? p.projectId, "instance.console", id, "ok", null);
+          ws.once("close", () => limits.consoleClosed(credential));
           bridge(ws, vm, rest);
         });
       })
-      .catch((e: Error) => rejectUpgrade(socket, 409, "conflict", `the console is not available: ${e.message}`));
+      .catch((e: Error) => {
+        limits.consoleClosed(credential);
+        rejectUpgrade(socket, 409, "conflict", `the console is not available: ${e.message}`);
+      });
   });
   return wss;
 }
 
 function bridge(ws: WebSocket, vm: Duplex, rest: Buffer): void {
   if (rest.length) ws.send(rest);
+  // A client that reads slower than the guest writes holds the VM's stream (whose monitor then
+  // drops output for it) instead of growing the daemon's send buffer.
+  const resume = (): void => {
+    if (vm.isPaused() && ws.bufferedAmount < CONSOLE_MAX_MESSAGE) vm.resume();
+  };
   vm.on("data", (chunk: Buffer) => {
-    if (ws.readyState === ws.OPEN) ws.send(chunk);
+    if (ws.readyState !== ws.OPEN) return;
+    ws.send(chunk, resume);
+    if (ws.bufferedAmount >= CONSOLE_MAX_MESSAGE) vm.pause();
   });
   vm.on("close", () => ws.close(1000, "the VM's console closed"));
   vm.on("error", () => {});
@@ -884,9 +932,10 @@ export interface RunningServer {
 
 /** Listens on host:port (port 0: any free one). */
 export function listen(cloud: Cloud, host: string, port: number, opts: ServerOptions = {}): Promise<RunningServer> {
-  const app = createApp(cloud, opts);
+  const limits = new RequestLimits(opts.limits);
+  const app = createApp(cloud, opts, limits);
   const server = createServer(getRequestListener(app.fetch));
-  const wss = attachConsoleServer(server, cloud);
+  const wss = attachConsoleServer(server, cloud, limits);
   return new Promise((resolveListen, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
