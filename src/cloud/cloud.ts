@@ -620,7 +620,7 @@ export class Cloud {
     projectQuery: string | undefined,
     name: string,
     format: ImageFormat,
-    body: WebReadableStream<Uint8Array> | null,
+    body: Readable | WebReadableStream<Uint8Array> | null,
     declaredBytes?: number,
   ): Promise<Image> {
     this.requireWrite(p);
@@ -653,7 +653,11 @@ export class Cloud {
           else done(null, chunk);
         },
       });
-      await pipeline(Readable.fromWeb(body), limit, createWriteStream(partial, { flags: "wx", mode: 0o600 }));
+      await pipeline(
+        body instanceof Readable ? body : Readable.fromWeb(body),
+        limit,
+        createWriteStream(partial, { flags: "wx", mode: 0o600 }),
+      );
       renameSync(partial, path);
       const size = statSync(path).size;
       if (size === 0) throw badRequest("the uploaded image is empty");

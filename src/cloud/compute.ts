@@ -112,6 +112,9 @@ export class MonitorDriver implements ComputeDriver {
       spec.rootDisk,
       "--mac",
       spec.mac,
+      // The monitor caps its own log; stdout and stderr below still catch what Node prints itself.
+      "--log",
+      logPath,
     ];
     for (const d of spec.disks) args.push("--disk", d);
     if (spec.net.kind === "switch") args.push("--net", spec.net.name);

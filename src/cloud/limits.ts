@@ -8,6 +8,8 @@ import { createHash } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Context, MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { PassThrough, Readable } from "node:stream";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
 
 export interface LimitSettings {
   /** The largest JSON request body, in bytes (image uploads have their own cap). */
@@ -131,8 +133,7 @@ const seconds = (s: number): number => Math.max(1, Math.ceil(s));
 
 /** The address a request came from (the Node adapter's socket; "local" when called in-process). */
 export function clientAddress(c: Context): string {
-  const env = c.env as { incoming?: IncomingMessage } | undefined;
-  return env?.incoming?.socket?.remoteAddress ?? "local";
+  return nodeRequest(c)?.socket?.remoteAddress ?? "local";
 }
 
 export class RequestLimits {
@@ -172,15 +173,35 @@ export class RequestLimits {
    * after the request, a 401 counts as a failed login of its address.
    */
   middleware(): MiddlewareHandler {
-    const limitJson = bodyLimit({
-      maxSize: this.settings.jsonBodyBytes,
-      onError: (c) =>
-        refuse(c, {
-          status: 413,
-          code: "too_large",
-          message: `the request body is larger than ${describeBytes(this.settings.jsonBodyBytes)}, the most a JSON request may send`,
-        }),
-    });
+    const max = this.settings.jsonBodyBytes;
+    const tooLarge = (c: Context): Response =>
+      refuse(c, {
+        status: 413,
+        code: "too_large",
+        message: `the request body is larger than ${describeBytes(max)}, the most a JSON request may send`,
+      });
+    // In-process requests (app.request, no socket): Hono's own limit, which buffers up to max.
+    const inProcess = bodyLimit({ maxSize: max, onError: tooLarge });
+    const limitJson: MiddlewareHandler = async (c, next) => {
+      const incoming = nodeRequest(c);
+      if (!incoming) return inProcess(c, next);
+      const declared = incoming.headers["content-length"];
+      if (declared !== undefined && incoming.headers["transfer-encoding"] === undefined) {
+        // Refused unread: the Node adapter then discards what still arrives, so the client reads
+        // the answer, and a small excess even leaves the connection usable.
+        return Number(declared) > max ? tooLarge(c) : next();
+      }
+      if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+      const body = await readUpTo(incoming, max);
+      if (body === null) return tooLarge(c);
+      c.req.raw = new Request(c.req.raw.url, {
+        method: c.req.method,
+        headers: c.req.raw.headers,
+        // JSON is UTF-8 text; a string is a body every Request takes.
+        body: body.toString("utf8"),
+      });
+      return next();
+    };
     return async (c, next) => {
       const address = clientAddress(c);
       const blocked = this.loginBlock(address);
@@ -243,10 +264,58 @@ export class RequestLimits {
   }
 }
 
-/** The refusal as an API response; a 413 also closes the connection, so the client stops sending. */
+/** The Node request under a Hono context (none for in-process app.request calls). */
+function nodeRequest(c: Context): IncomingMessage | undefined {
+  return (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+}
+
+/**
+ * Reads a request body of at most `max` bytes; null once it grows past that. The rest then still
+ * flows and is dropped (never destroyed mid-body, which would reset the connection before the
+ * client could read the 413).
+ */
+function readUpTo(incoming: IncomingMessage, max: number): Promise<Buffer | null> {
+  return new Promise((resolveBody, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size <= max) return void chunks.push(chunk);
+      incoming.off("data", onData);
+      incoming.off("end", onEnd);
+      incoming.off("error", reject);
+      incoming.on("data", () => {});
+      resolveBody(null);
+    };
+    const onEnd = (): void => resolveBody(Buffer.concat(chunks, size));
+    incoming.on("data", onData);
+    incoming.once("end", onEnd);
+    incoming.once("error", reject);
+    // A client gone mid-body (after "end" this is a no-op).
+    incoming.once("close", () => reject(new Error("the client closed the connection before the body ended")));
+  });
+}
+
+/**
+ * A request's body as a Node stream, for uploads; destroy it when done. Destroying it (a quota
+ * refusal) leaves the request itself flowing to its end, so the client reads the answer.
+ */
+export function requestBody(c: Context): Readable | null {
+  const incoming = nodeRequest(c);
+  if (!incoming) return c.req.raw.body ? Readable.fromWeb(c.req.raw.body as WebReadableStream<Uint8Array>) : null;
+  if (c.req.method === "GET" || c.req.method === "HEAD") return null;
+  const pass = new PassThrough();
+  incoming.pipe(pass);
+  pass.once("close", () => {
+    incoming.unpipe(pass);
+    incoming.resume();
+  });
+  return pass;
+}
+
+/** The refusal as an API response. */
 export function refuse(c: Context, r: LimitRefusal): Response {
   if (r.retryAfter !== undefined) c.header("retry-after", String(r.retryAfter));
-  if (r.status === 413) c.header("connection", "close");
   return c.json({ error: { code: r.code, message: r.message } }, r.status);
 }
 

@@ -12,12 +12,11 @@ import { OpenAPIHono, createRoute, z, type RouteConfig } from "@hono/zod-openapi
 import { getRequestListener } from "@hono/node-server";
 import { HTTPException } from "hono/http-exception";
 import { WebSocketServer, type WebSocket } from "ws";
-import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { ApiError, notFound, unauthorized } from "./errors.js";
 import type { Cloud, Principal } from "./cloud.js";
 import { usageCsv } from "./metering.js";
 import * as S from "./schemas.js";
-import { RequestLimits, refusalResponse, type LimitSettings } from "./limits.js";
+import { RequestLimits, refusalResponse, requestBody, type LimitSettings } from "./limits.js";
 
 type Env = {
   Variables: {
@@ -359,14 +358,18 @@ export function createApp(
     async (c) => {
       const q = c.req.valid("query");
       audit(c, "image.upload", q.name);
-      const img = await cloud.uploadImage(
-        c.get("principal"),
-        q.project,
-        q.name,
-        q.format,
-        c.req.raw.body as WebReadableStream<Uint8Array> | null,
-        declaredLength(c.req.header("content-length")),
-      );
+      const source = requestBody(c);
+      // Given back when refused unread too, so the rest of the body is drained, not left hanging.
+      const img = await cloud
+        .uploadImage(
+          c.get("principal"),
+          q.project,
+          q.name,
+          q.format,
+          source,
+          declaredLength(c.req.header("content-length")),
+        )
+        .finally(() => source?.destroy());
       audit(c, "image.upload", img.id);
       return c.json(img, 201);
     },
