@@ -18,7 +18,7 @@ export class CappedLog {
     readonly path: string,
     readonly maxBytes = LOG_MAX_BYTES,
   ) {
-    this.fd = openSync(path, "a", PRIVATE_FILE_MODE);
+    this.fd = openSync(path, "a+", PRIVATE_FILE_MODE);
   }
 
   write(data: string | Uint8Array): void {

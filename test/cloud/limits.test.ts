@@ -3,70 +3,19 @@
 // token on the API and the console, failed logins per address.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { request } from "node:http";
 import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { WebSocket } from "ws";
 import { startCloud, tempHome, tenant, raw, refusal, type TestCloud } from "./helpers.js";
+import { serveProcess } from "./serve-process.js";
 import { NO_RATE_LIMITS, RequestLimits, TokenBuckets, type LimitSettings } from "../../src/cloud/limits.js";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { MonitorDriver } from "../../src/cloud/compute.js";
 import { listen } from "../../src/cloud/server.js";
 import { YunClient } from "../../src/cloud/client.js";
 
-const BIN = resolve(fileURLToPath(import.meta.url), "../../../../bin/yun.js");
 const MiB = 1024 * 1024;
-
-/** A `yun serve` process on a free port with a fresh YUN_HOME. */
-async function serveProcess(
-  extra: string[] = [],
-  home = tempHome(),
-): Promise<{
-  child: ChildProcess;
-  url: string;
-  token: string;
-  home: string;
-  out: () => string;
-  stop(): Promise<void>;
-}> {
-  const child = spawn(process.execPath, [BIN, "serve", "--port", "0", ...extra], {
-    env: { ...process.env, YUN_HOME: home },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-  const port = await new Promise<number>((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`yun serve did not start: ${out}`)), 30_000);
-    const check = (): void => {
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)\//.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        res(Number(m[1]));
-      }
-    };
-    child.stdout!.on("data", check);
-    child.once("exit", () => rej(new Error(`yun serve exited: ${out}`)));
-  });
-  const token = readFileSync(join(home, "cloud", "admin.token"), "utf8").trim();
-  return {
-    child,
-    url: `http://127.0.0.1:${port}`,
-    token,
-    home,
-    out: () => out,
-    stop: async () => {
-      if (child.exitCode === null) {
-        const gone = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        await gone;
-      }
-      rmSync(home, { recursive: true, force: true });
-    },
-  };
-}
 
 function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
