@@ -188,11 +188,29 @@ export class Cloud {
     this.driver = opts.driver;
     this.netsvc = new NetworkServices(opts.home);
     this.driver.onExit = (id) => void this.onVmExit(id);
+    this.settleImageStorage();
     const tick = opts.tickMs ?? 2000;
     if (tick > 0) {
       this.ticker = setInterval(() => this.meter.tick(), tick);
       this.ticker.unref();
     }
+  }
+
+  /**
+   * Uploads cut off by a daemon that died mid-stream leave `.part` files: removed. Images uploaded
+   * before images were metered are metered from now on.
+   */
+  private settleImageStorage(): void {
+    const dir = join(this.dir, "images");
+    for (const f of readdirSync(dir)) if (f.endsWith(".part")) rmSync(join(dir, f), { force: true });
+    immediate(this.db, () => {
+      const rows = this.db
+        .prepare("SELECT id, name, project_id, size_bytes FROM images WHERE project_id IS NOT NULL")
+        .all() as { id: string; name: string; project_id: string; size_bytes: number }[];
+      for (const r of rows)
+        if (!this.meter.isOpen(r.id, "disk"))
+          this.meter.open(r.project_id, r.id, r.name, "disk", Math.ceil(r.size_bytes / GiB));
+    });
   }
 
   private iso(): string {

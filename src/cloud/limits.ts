@@ -24,7 +24,7 @@ export interface LimitSettings {
   consoleBurst: number;
   /** Console connections a token may hold open at the same time. */
   consoleOpen: number;
-  /** Failed logins (unknown tokens) a minute per client address; 0: no limit. */
+  /** Failed logins (401: no token, an unknown or malformed one) a minute per address; 0: no limit. */
   loginFailuresPerMinute: number;
   /** Failed logins an address may make at once before it has to wait. */
   loginFailureBurst: number;
@@ -170,7 +170,7 @@ export class RequestLimits {
 
   /**
    * The API's gate, for /api/v1/*: failed-login block, the token's rate, the body's size; then,
-   * after the request, a 401 counts as a failed login of its address.
+   * after the request, a 401 (no token, or a bad one) counts as a failed login of its address.
    */
   middleware(): MiddlewareHandler {
     const max = this.settings.jsonBodyBytes;
@@ -220,7 +220,7 @@ export class RequestLimits {
       // Image uploads stream to disk with their own cap (the quota and MAX_UPLOAD_BYTES).
       const upload = c.req.method === "POST" && c.req.path === "/api/v1/images";
       const res = upload ? await next() : await limitJson(c, next);
-      if (c.res.status === 401 && auth) this.loginFailed(address);
+      if (c.res.status === 401) this.loginFailed(address);
       return res;
     };
   }

@@ -362,3 +362,47 @@ test("uploaded images are metered as disk GiB-hours from upload to delete", asyn
   }
   assert.ok(!existsSync(t.home));
 });
+
+test("at start: a cut-off upload's .part file is removed, and images uploaded before metering are metered", async () => {
+  const t = await startCloud();
+  const home = t.home;
+  let img;
+  try {
+    const A = await tenant(t, "imgs-old");
+    img = await A.member.uploadImage("old", "raw", new Uint8Array(MiB));
+  } finally {
+    await t.server.close();
+    t.cloud.close();
+  }
+  // An install from before: no interval for the image; a daemon killed mid-upload.
+  const { openDatabase } = await import("../../src/cloud/db.js");
+  const { writeFileSync } = await import("node:fs");
+  const db = openDatabase(join(home, "cloud", "yun.db"));
+  db.prepare("DELETE FROM usage_intervals WHERE resource_id = ?").run(img.id);
+  db.close();
+  writeFileSync(join(home, "cloud", "images", "img-cutoff.raw.part"), "partial");
+  const again = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
+  try {
+    assert.ok(again.meter.isOpen(img.id, "disk"));
+    assert.deepEqual(readdirSync(join(home, "cloud", "images")), [`${img.id}.raw`]);
+  } finally {
+    again.close();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test("yun serve's limit flags take whole numbers; a bad one exits 2 before anything starts", async () => {
+  const { main } = await import("../../src/cli/main.js");
+  const saved = process.stderr.write.bind(process.stderr);
+  let err = "";
+  process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write;
+  try {
+    assert.equal(await main(["serve", "--rate-limit", "fast"]), 2);
+    assert.equal(await main(["serve", "--login-failures", "-1"]), 2);
+    assert.equal(await main(["serve", "--rate-limit", "5", "--rate-burst", "0"]), 2);
+  } finally {
+    process.stderr.write = saved;
+  }
+  assert.match(err, /--rate-limit takes a whole number, got "fast"/);
+  assert.match(err, /--rate-burst must be at least 1/);
+});
