@@ -865,7 +865,6 @@ function attachConsoleServer(server: Server, cloud: Cloud, limits: RequestLimits
     let id: string;
     const address = req.socket.remoteAddress ?? "local";
     let credential = "";
-    let admitted = false;
     try {
       const protos = String(req.headers["sec-websocket-protocol"] ?? "")
         .split(",")
@@ -875,15 +874,15 @@ function attachConsoleServer(server: Server, cloud: Cloud, limits: RequestLimits
       credential = token ?? req.headers.authorization ?? "";
       const refusal = limits.admitConsole(address, credential);
       if (refusal) return socket.end(refusalResponse(refusal));
-      admitted = true;
+      // However the connection ends (refused below, upgrade failed, console closed).
+      socket.once("close", () => limits.consoleClosed(credential));
       if (token) p = cloud.principalForToken(token);
       else if (req.headers.authorization) p = cloud.authenticate(req.headers.authorization);
       else throw unauthorized("the console needs a token: ?token= or the subprotocol bearer.<token>");
       id = cloud.consoleTarget(p, decodeURIComponent(m[1]), url.searchParams.get("project") ?? undefined);
     } catch (e) {
       const err = e instanceof ApiError ? e : notFound("no such instance");
-      if (admitted) limits.consoleClosed(credential);
-      if (err.status === 401 && credential) limits.loginFailed(address);
+      if (err.status === 401) limits.loginFailed(address);
       return rejectUpgrade(socket, err.status, err.code, err.message);
     }
     cloud.driver
@@ -891,14 +890,10 @@ function attachConsoleServer(server: Server, cloud: Cloud, limits: RequestLimits
       .then(({ socket: vm, rest }) => {
         wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
           cloud.audit(p.userName, cloud.projectOf(id) ?? p.projectId, "instance.console", id, "ok", null);
-          ws.once("close", () => limits.consoleClosed(credential));
           bridge(ws, vm, rest);
         });
       })
-      .catch((e: Error) => {
-        limits.consoleClosed(credential);
-        rejectUpgrade(socket, 409, "conflict", `the console is not available: ${e.message}`);
-      });
+      .catch((e: Error) => rejectUpgrade(socket, 409, "conflict", `the console is not available: ${e.message}`));
   });
   return wss;
 }
