@@ -12,7 +12,7 @@ import { serveProcess } from "./serve-process.js";
 import { NO_RATE_LIMITS, RequestLimits, TokenBuckets, type LimitSettings } from "../../src/cloud/limits.js";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { MonitorDriver } from "../../src/cloud/compute.js";
-import { listen } from "../../src/cloud/server.js";
+import { createApp, listen } from "../../src/cloud/server.js";
 import { YunClient } from "../../src/cloud/client.js";
 
 const MiB = 1024 * 1024;
@@ -134,6 +134,14 @@ test("JSON bodies: 1 MiB passes the limit, one byte more answers 413 (declared o
     } as RequestInit);
     assert.equal(res.status, 413);
     assert.equal(((await res.json()) as { error: { code: string } }).error.code, "too_large");
+    // In-process requests (app.request, as the API fuzzer makes them) have the same limit.
+    const app = createApp(t.cloud, { limits: NO_RATE_LIMITS });
+    const inProcess = await app.request("/api/v1/projects", {
+      method: "POST",
+      headers: { authorization: `Bearer ${t.adminToken}`, "content-type": "application/json" },
+      body: padded(MiB + 1),
+    });
+    assert.equal(inProcess.status, 413);
     // Nothing was created by the refused requests, and they are not in the audit log.
     const names = (await t.admin.listProjects()).map((p) => p.name);
     assert.deepEqual(names.filter((n) => n === "padded").length, 1);
