@@ -191,7 +191,8 @@ export class RequestLimits {
         // the answer, and a small excess even leaves the connection usable.
         return Number(declared) > max ? tooLarge(c) : next();
       }
-      if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+      // Neither Content-Length nor Transfer-Encoding: HTTP/1.1 says there is no body.
+      if (incoming.headers["transfer-encoding"] === undefined) return next();
       const body = await readUpTo(incoming, max);
       if (body === null) return tooLarge(c);
       c.req.raw = new Request(c.req.raw.url, {

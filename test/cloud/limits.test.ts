@@ -134,6 +134,22 @@ test("JSON bodies: 1 MiB passes the limit, one byte more answers 413 (declared o
     } as RequestInit);
     assert.equal(res.status, 413);
     assert.equal(((await res.json()) as { error: { code: string } }).error.code, "too_large");
+    // A chunked body within the limit is read and used as sent.
+    const small = new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode('{"name":'));
+        c.enqueue(new TextEncoder().encode('"chunked"}'));
+        c.close();
+      },
+    });
+    const made = await fetch(`${t.url}/api/v1/projects`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${t.adminToken}`, "content-type": "application/json" },
+      body: small,
+      duplex: "half",
+    } as RequestInit);
+    assert.equal(made.status, 201, await made.clone().text());
+    assert.equal(((await made.json()) as { name: string }).name, "chunked");
     // In-process requests (app.request, as the API fuzzer makes them) have the same limit.
     const app = createApp(t.cloud, { limits: NO_RATE_LIMITS });
     const inProcess = await app.request("/api/v1/projects", {
@@ -145,6 +161,7 @@ test("JSON bodies: 1 MiB passes the limit, one byte more answers 413 (declared o
     // Nothing was created by the refused requests, and they are not in the audit log.
     const names = (await t.admin.listProjects()).map((p) => p.name);
     assert.deepEqual(names.filter((n) => n === "padded").length, 1);
+    assert.ok(names.includes("chunked"));
   } finally {
     await t.close();
   }
