@@ -3,6 +3,7 @@ import { runCommand } from "./run.js";
 import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
 import { vmCommand } from "./vm.js";
+import { PRIVATE_UMASK } from "../storage/private.js";
 import { CLOUD_HELP, CLOUD_NOUNS, cloudCommand, isCloudImageCommand } from "./cloud.js";
 
 const HELP = `Usage: yun <command> [options]
@@ -21,6 +22,9 @@ Run "yun <command> --help" for a command's options.
 
 export async function main(args: string[]): Promise<number> {
   const [command, ...rest] = args;
+  // What yun writes (disks, the cloud's state, snapshots, logs) is its user's alone; the image
+  // that `yun image pull` builds is public and its guest files keep their packages' modes.
+  if (command !== "image" || isCloudImageCommand(rest)) process.umask(PRIVATE_UMASK);
   switch (command) {
     case "run":
       return runCommand(rest);

@@ -33,6 +33,8 @@ import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, 
 import { findImage } from "../images/store.js";
 import { pullDebianImage } from "../images/debian.js";
 import { yunHome } from "../images/paths.js";
+import { tightenTree } from "../storage/private.js";
+import { CappedLog, redirectStderr } from "../vmm/logfile.js";
 
 const HELP = `Usage: yun run [options]
 
@@ -56,6 +58,8 @@ Monitor (see docs/vm-api.md; yun vm drives a running VM):
   --headless          no console here: output is kept for yun vm console; stdin is not read
   --api-socket PATH   the control socket (default: $YUN_HOME/vms/NAME/api.sock)
   --api-port N        also serve the control API as HTTP on 127.0.0.1:N (0: any free port)
+  --log FILE          write yun's messages (not the guest's console) to FILE, owner-only, keeping
+                      the newest 2 MiB there and the 2 MiB before them in FILE.1
   --restore DIR       start from the snapshot in DIR (taken with yun vm snapshot) instead of booting
                       (with --name and --cpu-cap, no machine flags: the snapshot has them)
   --incoming [ADDR:]PORT
@@ -132,6 +136,8 @@ export interface MonitorFlags {
   headless: boolean;
   apiSocket?: string;
   apiPort?: number;
+  /** Yun's own messages go to this file (capped, see src/vmm/logfile.ts) instead of stderr. */
+  log?: string;
   /** Start from this snapshot instead of booting. */
   restore?: string;
   /** Wait for a live migration on this address instead of booting. */
@@ -189,6 +195,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         headless: { type: "boolean" },
         "api-socket": { type: "string" },
         "api-port": { type: "string" },
+        log: { type: "string" },
         restore: { type: "string" },
         incoming: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -201,6 +208,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   if (v.help) return "help";
   const monitor: MonitorFlags = { headless: v.headless === true };
   if (v["api-socket"] !== undefined) monitor.apiSocket = resolvePath(v["api-socket"]);
+  if (v.log !== undefined) monitor.log = resolvePath(v.log);
   if (v["api-port"] !== undefined) {
     if (!/^\d{1,5}$/.test(v["api-port"]) || Number(v["api-port"]) > 65535) {
       throw new UsageError(`--api-port takes a port number 0-65535, got "${v["api-port"]}"`);
@@ -211,7 +219,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     // The VM comes from a snapshot or a migration: its machine is described there.
     const given = Object.keys(v).filter(
       (k) =>
-        !["restore", "incoming", "name", "headless", "api-socket", "api-port"].includes(k) &&
+        !["restore", "incoming", "name", "headless", "api-socket", "api-port", "log"].includes(k) &&
         !(k === "cpu-cap" && v.restore !== undefined),
     );
     if (v.restore !== undefined && v.incoming !== undefined)
@@ -253,7 +261,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     }
     cpus = Number(v.cpus);
     if (cpus > 1 && v.firmware === "none") {
-      throw new UsageError(`--cpus ${cpus} needs the OpenSBI firmware: the hypervisor's own SBI (--firmware none) runs one vCPU`);
+      throw new UsageError(
+        `--cpus ${cpus} needs the OpenSBI firmware: the hypervisor's own SBI (--firmware none) runs one vCPU`,
+      );
     }
   }
   let cpuCap: number | null = null;
@@ -436,9 +446,19 @@ export async function runCommand(args: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
+  if (opts.monitor.log !== undefined) {
+    try {
+      redirectStderr(new CappedLog(opts.monitor.log));
+    } catch (e) {
+      process.stderr.write(`yun run: cannot open the log ${opts.monitor.log}: ${(e as Error).message}\n`);
+      return 1;
+    }
+  }
   const home = yunHome();
   const vmsDir = join(home, "vms");
   const runDir = join(home, "run");
+  // Directories made by older versions (0755, disks 0644) become owner-only.
+  for (const d of [vmsDir, runDir]) tightenTree(d);
   const flags = opts.monitor;
   const interactive = !flags.headless && process.stdin.isTTY === true;
   const monitorOpts: MonitorOptions = {

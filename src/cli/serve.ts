@@ -6,12 +6,15 @@
  * re-attaches to them (or marks stopped those that are gone, and stops monitors nobody owns).
  */
 import { parseArgs } from "node:util";
+import { join } from "node:path";
 import { Cloud } from "../cloud/cloud.js";
 import { MonitorDriver } from "../cloud/compute.js";
 import { listen } from "../cloud/server.js";
 import { isLoopback, readTlsFiles, type TlsFiles } from "../cloud/security.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
 import { yunHome } from "../images/paths.js";
+import { tightenTree } from "../storage/private.js";
+import { DEFAULT_LIMITS, NO_RATE_LIMITS, type LimitSettings } from "../cloud/limits.js";
 
 const HELP = `Usage: yun serve [options]
 
@@ -28,7 +31,14 @@ Options:
   --tls-key FILE    ... and this PEM private key
   --insecure        allow plain HTTP on an address other than loopback (tokens then cross the
                     network in clear text); without it such a --listen needs --tls-cert/--tls-key
+  --rate-limit N    API requests a second per token (default ${DEFAULT_LIMITS.apiRate}; 0 turns every rate limit off)
+  --rate-burst N    requests a token may send at once beyond the rate (default ${DEFAULT_LIMITS.apiBurst})
+  --login-failures N  failed logins a minute per client address before it must wait
+                    (default ${DEFAULT_LIMITS.loginFailuresPerMinute}, in bursts of ${DEFAULT_LIMITS.loginFailureBurst}; 0: no limit)
   -h, --help        show this help
+
+JSON request bodies may be at most ${DEFAULT_LIMITS.jsonBodyBytes / 1024 / 1024} MiB (413 beyond); a throttled client gets 429 with
+Retry-After. Files under $YUN_HOME are owner-only; older installs are tightened at start.
 
 Clients of an HTTPS server use YUN_SERVER=https://HOST:PORT; a certificate not signed by a
 public authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's or the certificate's PEM).
@@ -49,6 +59,9 @@ export async function serveCommand(args: string[]): Promise<number> {
         "tls-cert": { type: "string" },
         "tls-key": { type: "string" },
         insecure: { type: "boolean" },
+        "rate-limit": { type: "string" },
+        "rate-burst": { type: "string" },
+        "login-failures": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -69,6 +82,27 @@ export async function serveCommand(args: string[]): Promise<number> {
     port = Number(v.port);
   }
   const host = v.listen ?? "127.0.0.1";
+  const limits: Partial<LimitSettings> = {};
+  for (const [flag, value, set] of [
+    [
+      "--rate-limit",
+      v["rate-limit"],
+      (n: number) => (n === 0 ? Object.assign(limits, NO_RATE_LIMITS) : (limits.apiRate = n)),
+    ],
+    ["--rate-burst", v["rate-burst"], (n: number) => (limits.apiBurst = n)],
+    ["--login-failures", v["login-failures"], (n: number) => (limits.loginFailuresPerMinute = n)],
+  ] as const) {
+    if (value === undefined) continue;
+    if (!/^\d{1,9}$/.test(value)) {
+      process.stderr.write(`yun serve: ${flag} takes a whole number, got "${value}"\n`);
+      return 2;
+    }
+    set(Number(value));
+  }
+  if (limits.apiRate !== undefined && limits.apiRate > 0 && (limits.apiBurst ?? DEFAULT_LIMITS.apiBurst) < 1) {
+    process.stderr.write("yun serve: --rate-burst must be at least 1 while a rate limit is on\n");
+    return 2;
+  }
   if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
     process.stderr.write("yun serve: --tls-cert and --tls-key go together (the certificate and its key)\n");
     return 2;
@@ -89,6 +123,11 @@ export async function serveCommand(args: string[]): Promise<number> {
     return 2;
   }
   const home = yunHome();
+  // Installs from before private files: tenant data 0644 in 0755 directories.
+  let tightened = 0;
+  for (const d of ["cloud", "vms", "run", "net"]) tightened += tightenTree(join(home, d));
+  if (tightened > 0)
+    process.stdout.write(`yun serve: made ${tightened} files and directories under ${home} owner-only\n`);
   let cloud: Cloud;
   try {
     cloud = new Cloud({ home, driver: new MonitorDriver(home) });
@@ -109,7 +148,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stdout.write(`yun serve: stopped ${rec.orphans.length} VM(s) that no instance owned\n`);
   let running;
   try {
-    running = await listen(cloud, host, port, { tls });
+    running = await listen(cloud, host, port, { tls, limits });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why =

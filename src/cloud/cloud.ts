@@ -12,7 +12,6 @@ import {
   chmodSync,
   createWriteStream,
   existsSync,
-  mkdirSync,
   readdirSync,
   renameSync,
   rmSync,
@@ -28,6 +27,7 @@ import { stableMac } from "../net/ethernet.js";
 import { maxDisks } from "../vmm/virt.js";
 import { findImage } from "../images/store.js";
 import { buildExt4 } from "../images/ext4.js";
+import { PRIVATE_FILE_MODE, makePrivateDir } from "../storage/private.js";
 import { immediate, newId, openDatabase, randomB32, type DB } from "./db.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute.js";
 import { processAlive as alive } from "../vmm/registry.js";
@@ -198,19 +198,36 @@ export class Cloud {
 
   constructor(private readonly opts: CloudOptions) {
     this.dir = join(opts.home, "cloud");
-    for (const d of ["", "instances", "images", "volumes", "snapshots"])
-      mkdirSync(join(this.dir, d), { recursive: true });
+    for (const d of ["", "instances", "images", "volumes", "snapshots"]) makePrivateDir(join(this.dir, d));
     this.db = openDatabase(join(this.dir, "yun.db"));
     this.now = opts.now ?? Date.now;
     this.meter = new Meter(this.db, this.now);
     this.driver = opts.driver;
     this.netsvc = new NetworkServices(opts.home);
     this.driver.onExit = (id) => void this.onVmExit(id);
+    this.settleImageStorage();
     const tick = opts.tickMs ?? 2000;
     if (tick > 0) {
       this.ticker = setInterval(() => this.meter.tick(), tick);
       this.ticker.unref();
     }
+  }
+
+  /**
+   * Uploads cut off by a daemon that died mid-stream leave `.part` files: removed. Images uploaded
+   * before images were metered are metered from now on.
+   */
+  private settleImageStorage(): void {
+    const dir = join(this.dir, "images");
+    for (const f of readdirSync(dir)) if (f.endsWith(".part")) rmSync(join(dir, f), { force: true });
+    immediate(this.db, () => {
+      const rows = this.db
+        .prepare("SELECT id, name, project_id, size_bytes FROM images WHERE project_id IS NOT NULL")
+        .all() as { id: string; name: string; project_id: string; size_bytes: number }[];
+      for (const r of rows)
+        if (!this.meter.isOpen(r.id, "disk"))
+          this.meter.open(r.project_id, r.id, r.name, "disk", Math.ceil(r.size_bytes / GiB));
+    });
   }
 
   private iso(): string {
@@ -408,7 +425,11 @@ export class Cloud {
     const v = this.db
       .prepare("SELECT ifnull(sum(size_gib), 0) AS d FROM volumes WHERE project_id = ?")
       .get(projectId) as { d: number };
-    return { instances: i.n, vcpus: i.c, memoryMiB: i.m, diskGiB: i.d + v.d };
+    // Uploaded images count in whole GiB, as volumes do.
+    const img = this.db
+      .prepare(`SELECT ifnull(sum((size_bytes + ${GiB - 1}) / ${GiB}), 0) AS d FROM images WHERE project_id = ?`)
+      .get(projectId) as { d: number };
+    return { instances: i.n, vcpus: i.c, memoryMiB: i.m, diskGiB: i.d + v.d + img.d };
   }
 
   getQuotas(p: Principal, project: string): QuotaUsage {
@@ -634,13 +655,18 @@ export class Cloud {
     return this.imageView(this.imageRow(p, this.actingProject(p, projectQuery), id));
   }
 
-  /** Stores an uploaded disk image; checks it before registering it. */
+  /**
+   * Stores an uploaded disk image; checks it before registering it. Its bytes count in the
+   * project's disk quota (in whole GiB): an upload that cannot fit is refused from its declared
+   * length, or as soon as it streams past the room left, and leaves no file behind.
+   */
   async uploadImage(
     p: Principal,
     projectQuery: string | undefined,
     name: string,
     format: ImageFormat,
-    body: WebReadableStream<Uint8Array> | null,
+    body: Readable | WebReadableStream<Uint8Array> | null,
+    declaredBytes?: number,
   ): Promise<Image> {
     this.requireWrite(p);
     const projectId = this.actingProject(p, projectQuery);
@@ -648,19 +674,36 @@ export class Cloud {
     if (name === "debian") throw conflict("the name debian is reserved for the image from yun image pull debian");
     if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
       throw conflict(`an image named ${name} already exists`);
+    const project = this.projectRow(projectId);
+    const roomGiB = Math.max(0, project.q_disk_gib - this.used(projectId).diskGiB);
+    const overQuota = (bytes: number): ApiError =>
+      quotaExceeded(
+        `quota diskGiB (${project.q_disk_gib}) exceeded: project ${project.name} has ${roomGiB} GiB left and this image needs ${Math.ceil(bytes / GiB)}`,
+      );
+    const tooLarge = (): ApiError =>
+      new ApiError(413, "too_large", `an uploaded image may be at most ${MAX_UPLOAD_BYTES / GiB} GiB`);
+    if (declaredBytes !== undefined && declaredBytes > MAX_UPLOAD_BYTES) throw tooLarge();
+    if (declaredBytes !== undefined && declaredBytes > roomGiB * GiB) throw overQuota(declaredBytes);
     const id = newId("img");
     const path = join(this.dir, "images", `${id}.${format}`);
+    // Streamed under a name of its own until checked, so a cut-off upload is never an image.
+    const partial = `${path}.part`;
     try {
       let received = 0;
       const limit = new Transform({
         transform(chunk: Buffer, _enc, done) {
           received += chunk.length;
-          if (received > MAX_UPLOAD_BYTES)
-            done(new ApiError(413, "too_large", `an uploaded image may be at most ${MAX_UPLOAD_BYTES / GiB} GiB`));
+          if (received > MAX_UPLOAD_BYTES) done(tooLarge());
+          else if (received > roomGiB * GiB) done(overQuota(received));
           else done(null, chunk);
         },
       });
-      await pipeline(Readable.fromWeb(body), limit, createWriteStream(path, { flags: "wx" }));
+      await pipeline(
+        body instanceof Readable ? body : Readable.fromWeb(body),
+        limit,
+        createWriteStream(partial, { flags: "wx", mode: 0o600 }),
+      );
+      renameSync(partial, path);
       const size = statSync(path).size;
       if (size === 0) throw badRequest("the uploaded image is empty");
       if (format === "qcow2") {
@@ -675,11 +718,15 @@ export class Cloud {
       immediate(this.db, () => {
         if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
           throw conflict(`an image named ${name} already exists`);
+        // Checked again: other uploads and creates may have used the room meanwhile.
+        this.checkQuota(projectId, { diskGiB: Math.ceil(size / GiB) });
         this.db
           .prepare("INSERT INTO images VALUES (?, ?, ?, ?, ?, 'upload', 'available', ?, NULL, NULL, NULL, ?)")
           .run(id, name, projectId, format, size, path, this.iso());
+        this.meter.open(projectId, id, name, "disk", Math.ceil(size / GiB));
       });
     } catch (e) {
+      rmSync(partial, { force: true });
       rmSync(path, { force: true });
       if (e instanceof ApiError) throw e;
       throw badRequest(`the uploaded image is not a valid ${format} image: ${(e as Error).message}`);
@@ -695,6 +742,7 @@ export class Cloud {
       if (this.db.prepare("SELECT 1 FROM instances WHERE image_id = ?").get(r.id))
         throw conflict(`image ${r.name} is in use by instances (their disks are copy-on-write over it)`);
       this.db.prepare("DELETE FROM images WHERE id = ?").run(r.id);
+      this.meter.close(r.id, ["disk"]);
     });
     rmSync(r.path, { force: true });
   }
@@ -996,7 +1044,7 @@ export class Cloud {
       return this.rowById(id)!;
     });
     try {
-      mkdirSync(dir, { recursive: true });
+      makePrivateDir(dir);
       const base = image.path;
       const baseSize = statSync(base).size;
       createQcow2(join(dir, "root.qcow2"), {
@@ -1041,15 +1089,17 @@ export class Cloud {
    */
   private async writeSeed(r: InstanceRow, keyId: string | null): Promise<void> {
     const seed = join(r.dir, "seed");
-    mkdirSync(seed, { recursive: true });
+    makePrivateDir(seed);
     const key = keyId
       ? (this.db.prepare("SELECT public_key FROM keypairs WHERE id = ?").get(keyId) as
           { public_key: string } | undefined)
       : undefined;
-    writeFileSync(join(seed, "meta-data"), `instance-id: ${r.id}\nlocal-hostname: ${r.name}\n`);
-    writeFileSync(join(seed, "user-data"), r.user_data ?? "");
-    if (key) writeFileSync(join(seed, "authorized_keys"), key.public_key + "\n");
+    const mode = PRIVATE_FILE_MODE;
+    writeFileSync(join(seed, "meta-data"), `instance-id: ${r.id}\nlocal-hostname: ${r.name}\n`, { mode });
+    writeFileSync(join(seed, "user-data"), r.user_data ?? "", { mode });
+    if (key) writeFileSync(join(seed, "authorized_keys"), key.public_key + "\n", { mode });
     await buildExt4({ source: seed, dest: join(r.dir, SEED_DISK), sizeBytes: 16 << 20, label: "cidata" });
+    chmodSync(join(r.dir, SEED_DISK), mode);
   }
 
   private setError(id: string, message: string): void {

@@ -11,6 +11,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { MonitorConnection, MonitorError, openStream } from "../vmm/client.js";
 import { processAlive as alive } from "../vmm/registry.js";
+import { PRIVATE_FILE_MODE } from "../storage/private.js";
 
 export interface LaunchSpec {
   /** The instance id: also the VM's --name (unique among running VMs). */
@@ -111,11 +112,14 @@ export class MonitorDriver implements ComputeDriver {
       spec.rootDisk,
       "--mac",
       spec.mac,
+      // The monitor caps its own log; stdout and stderr below still catch what Node prints itself.
+      "--log",
+      logPath,
     ];
     for (const d of spec.disks) args.push("--disk", d);
     if (spec.net.kind === "switch") args.push("--net", spec.net.name);
     else if (spec.net.kind === "none") args.push("--no-net");
-    const log = openSync(logPath, "a");
+    const log = openSync(logPath, "a", PRIVATE_FILE_MODE);
     let child;
     try {
       child = spawn(process.execPath, args, {

@@ -5,6 +5,7 @@
  */
 import Database from "better-sqlite3";
 import { randomBytes } from "node:crypto";
+import { closeSync, openSync } from "node:fs";
 
 export type DB = Database.Database;
 
@@ -97,6 +98,8 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
 
 /** Opens (creating if needed) the database at `path` and brings its schema up to date. */
 export function openDatabase(path: string): DB {
+  // SQLite creates the -wal and -shm files with the database file's mode.
+  closeSync(openSync(path, "a", 0o600));
   const db = new Database(path);
   db.pragma("journal_mode = WAL");
   db.pragma("synchronous = NORMAL");

@@ -13,12 +13,12 @@ import { OpenAPIHono, createRoute, z, type RouteConfig } from "@hono/zod-openapi
 import { getRequestListener } from "@hono/node-server";
 import { HTTPException } from "hono/http-exception";
 import { WebSocketServer, type WebSocket } from "ws";
-import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { ApiError, notFound, unauthorized } from "./errors.js";
 import type { Cloud, Principal } from "./cloud.js";
 import { usageCsv } from "./metering.js";
 import * as S from "./schemas.js";
 import { SECURITY_HEADERS, securityHeaders, upgradeOriginAllowed, type TlsFiles } from "./security.js";
+import { RequestLimits, refusalResponse, requestBody, type LimitSettings } from "./limits.js";
 
 type Env = {
   Variables: {
@@ -36,6 +36,8 @@ export interface ServerOptions {
   staticDir?: string;
   /** Serve HTTPS (and WSS) with this certificate chain and key. */
   tls?: TlsFiles;
+  /** Body size and rate limits (default DEFAULT_LIMITS; NO_RATE_LIMITS turns the rates off). */
+  limits?: Partial<LimitSettings>;
 }
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } });
@@ -49,13 +51,22 @@ const ERRORS = {
   403: json(S.ErrorSchema, "forbidden, or quota_exceeded (the message names the quota)"),
   404: json(S.ErrorSchema, "not_found (also for other projects' resources)"),
   409: json(S.ErrorSchema, "conflict: the state machine or a name refuses"),
+  413: json(S.ErrorSchema, "too_large: a JSON body over 1 MiB, or an upload over its cap"),
+  429: json(
+    S.ErrorSchema,
+    "rate_limited: too many requests for this token, or failed logins from this address; see Retry-After",
+  ),
 };
 /** Routes with a JSON body also refuse other content types. */
 const UNSUPPORTED_MEDIA_TYPE = {
   415: json(S.ErrorSchema, "unsupported_media_type: the body must be sent with Content-Type: application/json"),
 };
 const body = <T extends z.ZodTypeAny>(schema: T) => ({
-  body: { content: { "application/json": { schema } }, required: true },
+  body: {
+    content: { "application/json": { schema } },
+    required: true,
+    description: "a JSON object of at most 1 MiB (larger bodies answer 413 too_large)",
+  },
 });
 
 function def<R extends RouteConfig>(r: R): R {
@@ -68,7 +79,11 @@ function def<R extends RouteConfig>(r: R): R {
 }
 
 /** The Hono app: the API under /api/v1, the OpenAPI document, the dashboard. */
-export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<Env> {
+export function createApp(
+  cloud: Cloud,
+  opts: ServerOptions = {},
+  limits = new RequestLimits(opts.limits),
+): OpenAPIHono<Env> {
   const app = new OpenAPIHono<Env>({
     defaultHook: (result, c) => {
       if (!result.success) {
@@ -129,6 +144,8 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
     return serveStatic(c.req.path, opts.staticDir ?? join(REPO, "dist/src/web/static"));
   });
 
+  // Limits first: a refused request costs no authentication, parsing or audit record.
+  app.use("/api/v1/*", limits.middleware());
   // Authentication, then the audit record of every change (who, what, which resource, outcome).
   app.use("/api/v1/*", async (c, next) => {
     const p = cloud.authenticate(c.req.header("authorization"));
@@ -368,13 +385,18 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
     async (c) => {
       const q = c.req.valid("query");
       audit(c, "image.upload", q.name);
-      const img = await cloud.uploadImage(
-        c.get("principal"),
-        q.project,
-        q.name,
-        q.format,
-        c.req.raw.body as WebReadableStream<Uint8Array> | null,
-      );
+      const source = requestBody(c);
+      // Given back when refused unread too, so the rest of the body is drained, not left hanging.
+      const img = await cloud
+        .uploadImage(
+          c.get("principal"),
+          q.project,
+          q.name,
+          q.format,
+          source,
+          declaredLength(c.req.header("content-length")),
+        )
+        .finally(() => source?.destroy());
       audit(c, "image.upload", img.id);
       return c.json(img, 201);
     },
@@ -742,6 +764,11 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
   return app;
 }
 
+/** A request's Content-Length, when it gives one. */
+function declaredLength(header: string | undefined): number | undefined {
+  return header !== undefined && /^\d+$/.test(header) ? Number(header) : undefined;
+}
+
 /** instance.create, volume.attach, ...: for requests refused before their handler ran. */
 function defaultAudit(method: string, path: string): { action: string; resource: string } {
   const parts = path
@@ -847,15 +874,19 @@ function rejectUpgrade(socket: Duplex, status: number, code: string, message: st
 }
 
 const CONSOLE_PATH = /^\/api\/v1\/instances\/([^/]+)\/console$/;
+/** The largest console WebSocket message (keystrokes, a paste). */
+const CONSOLE_MAX_MESSAGE = 1024 * 1024;
 
 /**
  * Handles console WebSocket upgrades: the Origin (a browser's must be this server's), the token
  * (only in the bearer.<token> subprotocol or the Authorization header: never in the URL, where logs
  * and histories keep it), per-project authorization, then bytes both ways.
  */
-function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean): WebSocketServer {
+function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean, limits: RequestLimits): WebSocketServer {
   const wss = new WebSocketServer({
     noServer: true,
+    // Keystrokes and pastes; ws would otherwise take messages of up to 100 MiB.
+    maxPayload: CONSOLE_MAX_MESSAGE,
     handleProtocols: (protocols) => {
       for (const p of protocols) if (p.startsWith("bearer.")) return p;
       return false;
@@ -875,6 +906,8 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean): Web
       );
     let p: Principal;
     let id: string;
+    const address = req.socket.remoteAddress ?? "local";
+    let credential = "";
     try {
       if (url.searchParams.has("token"))
         throw unauthorized(
@@ -885,12 +918,18 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean): Web
         .map((s) => s.trim());
       const bearer = protos.find((s) => s.startsWith("bearer."));
       const token = bearer?.slice("bearer.".length);
+      credential = token ?? req.headers.authorization ?? "";
+      const refusal = limits.admitConsole(address, credential);
+      if (refusal) return socket.end(refusalResponse(refusal));
+      // However the connection ends (refused below, upgrade failed, console closed).
+      socket.once("close", () => limits.consoleClosed(credential));
       if (token) p = cloud.principalForToken(token);
       else if (req.headers.authorization) p = cloud.authenticate(req.headers.authorization);
       else throw unauthorized("the console needs a token: the subprotocol bearer.<token> or an Authorization header");
       id = cloud.consoleTarget(p, decodeURIComponent(m[1]), url.searchParams.get("project") ?? undefined);
     } catch (e) {
       const err = e instanceof ApiError ? e : notFound("no such instance");
+      if (err.status === 401) limits.loginFailed(address);
       return rejectUpgrade(socket, err.status, err.code, err.message);
     }
     cloud.driver
@@ -909,8 +948,15 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean): Web
 
 function bridge(ws: WebSocket, vm: Duplex, rest: Buffer): void {
   if (rest.length) ws.send(rest);
+  // A client that reads slower than the guest writes holds the VM's stream (whose monitor then
+  // drops output for it) instead of growing the daemon's send buffer.
+  const resume = (): void => {
+    if (vm.isPaused() && ws.bufferedAmount < CONSOLE_MAX_MESSAGE) vm.resume();
+  };
   vm.on("data", (chunk: Buffer) => {
-    if (ws.readyState === ws.OPEN) ws.send(chunk);
+    if (ws.readyState !== ws.OPEN) return;
+    ws.send(chunk, resume);
+    if (ws.bufferedAmount >= CONSOLE_MAX_MESSAGE) vm.pause();
   });
   vm.on("close", () => ws.close(1000, "the VM's console closed"));
   vm.on("error", () => {});
@@ -932,12 +978,13 @@ export interface RunningServer {
 
 /** Listens on host:port (port 0: any free one); with opts.tls, HTTPS and WSS. */
 export function listen(cloud: Cloud, host: string, port: number, opts: ServerOptions = {}): Promise<RunningServer> {
-  const app = createApp(cloud, opts);
+  const limits = new RequestLimits(opts.limits);
+  const app = createApp(cloud, opts, limits);
   const handler = getRequestListener(app.fetch);
   const server: Server = opts.tls
     ? (createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handler) as unknown as Server)
     : createServer(handler);
-  const wss = attachConsoleServer(server, cloud, opts.tls !== undefined);
+  const wss = attachConsoleServer(server, cloud, opts.tls !== undefined, limits);
   return new Promise((resolveListen, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {

@@ -22,6 +22,7 @@ import {
   type Qcow2Header,
 } from "./qcow2.js";
 import { acquireImageLock } from "./lock.js";
+import { PRIVATE_FILE_MODE } from "./private.js";
 
 export { DiskImageError } from "./layer.js";
 export type { DiskFormat, DiskImage } from "./layer.js";
@@ -218,7 +219,7 @@ export function createRaw(path: string, size: number): void {
   if (!Number.isSafeInteger(size) || size < 0) throw new DiskImageError(`${path}: bad disk size ${size}`);
   let fd: number;
   try {
-    fd = openSync(path, "wx");
+    fd = openSync(path, "wx", PRIVATE_FILE_MODE);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EEXIST")
       throw new DiskImageError(`${path} already exists; Yun will not overwrite it`);

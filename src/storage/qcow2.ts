@@ -32,6 +32,7 @@
  * allocate nothing; L2 tables and refcount blocks live in bounded caches (CLOCK replacement).
  */
 import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, unlinkSync, writeSync } from "node:fs";
+import { PRIVATE_FILE_MODE } from "./private.js";
 import { inflateRawSync } from "node:zlib";
 import { BlockIoError } from "../devices/block.js";
 import { DiskImageError, preadFull, pwriteFull, zeroBuffer, type DiskImage, type ImageLayer } from "./layer.js";
@@ -1434,7 +1435,7 @@ export function writeEmptyQcow2(path: string, opts: Qcow2CreateOptions): void {
 
   let fd: number;
   try {
-    fd = openSync(path, "wx");
+    fd = openSync(path, "wx", PRIVATE_FILE_MODE);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "EEXIST") throw new DiskImageError(`${path} already exists; Yun will not overwrite it`);

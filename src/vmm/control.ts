@@ -7,7 +7,7 @@ import { createServer as createNetServer, type Server, type Socket } from "node:
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { chmodSync, existsSync, rmSync } from "node:fs";
 import { timingSafeEqual } from "node:crypto";
-import { VmMonitor, StateError } from "./monitor.js";
+import { VmMonitor, StateError, CONSOLE_HISTORY_BYTES } from "./monitor.js";
 import { SnapshotError } from "./snapshot.js";
 import { migrateTo, MigrationError } from "./migrate.js";
 
@@ -197,8 +197,10 @@ export class ControlServer {
   /** Turns the connection into the console: output (history first if asked) out, keys in. */
   private attachRaw(socket: Socket, replay: boolean): void {
     if (replay) socket.write(this.monitor.history.contents());
+    // A client that does not keep up loses output rather than growing this process's buffers
+    // (the history keeps the newest CONSOLE_HISTORY_BYTES for a later replay).
     const detach = this.monitor.attachConsole((bytes) => {
-      if (socket.writable) socket.write(bytes);
+      if (socket.writable && socket.writableLength < CONSOLE_HISTORY_BYTES) socket.write(bytes);
     });
     socket.on("data", (chunk: Buffer) => this.monitor.input(chunk));
     socket.on("close", detach);

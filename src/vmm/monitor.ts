@@ -6,7 +6,8 @@
  * guest code, so an operation always sees the machine between two instructions.
  */
 import type { RamStorage } from "../cpu/bus.js";
-import { closeSync, copyFileSync, fsyncSync, openSync, rmSync } from "node:fs";
+import { chmodSync, closeSync, copyFileSync, fsyncSync, openSync, rmSync } from "node:fs";
+import { PRIVATE_FILE_MODE } from "../storage/private.js";
 import { join } from "node:path";
 import type { PowerOff, VirtMachine, MachineState } from "./virt.js";
 import { buildMachine, buildDeferred, type VmSpec } from "./spec.js";
@@ -413,6 +414,7 @@ export class VmMonitor {
         if (this.opts.ownedDir === null || !d.path.startsWith(this.opts.ownedDir + "/")) return null;
         const file = `disk${i}.qcow2`;
         copyFileSync(d.path, join(abs, file));
+        chmodSync(join(abs, file), PRIVATE_FILE_MODE);
         syncFile(join(abs, file));
         return file;
       });

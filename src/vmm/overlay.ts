@@ -3,7 +3,8 @@
  * qcow2 overlay in a directory of its own under the run directory, named after its process id so
  * that the directories of processes that died (killed, crashed) can be found and removed.
  */
-import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { makePrivateDir } from "../storage/private.js";
 import { basename, join } from "node:path";
 import { createQcow2, openDiskImage, type DiskFormat } from "../storage/image.js";
 import { processAlive } from "./registry.js";
@@ -27,7 +28,7 @@ export function removeStaleRunDirs(runDir: string): void {
 
 /** A directory of this process's own under `runDir`. */
 export function makeOwnedDir(runDir: string): string {
-  mkdirSync(runDir, { recursive: true });
+  makePrivateDir(runDir);
   removeStaleRunDirs(runDir);
   return mkdtempSync(join(runDir, `${process.pid}-`));
 }

@@ -3,7 +3,8 @@
  * control socket beside it by default) and removes the entry when it exits. An entry whose
  * process is gone is stale and is removed by whoever finds it.
  */
-import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from "node:fs";
+import { readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from "node:fs";
+import { makePrivateDir } from "../storage/private.js";
 import { join } from "node:path";
 
 export interface VmEntry {
@@ -67,15 +68,14 @@ export function claimName(vmsDir: string, name: string, successorOf?: number): s
     throw new RegistryError(`a VM named ${name} is already running (pid ${existing.pid})`);
   }
   // Owner-only: it holds the control socket and the HTTP API's token.
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  chmodSync(dir, 0o700);
-  return dir;
+  makePrivateDir(vmsDir);
+  return makePrivateDir(dir);
 }
 
 /** Publishes the entry (once the control socket listens). */
 export function register(vmsDir: string, entry: VmEntry): void {
   const dir = join(vmsDir, entry.name);
-  mkdirSync(dir, { recursive: true });
+  makePrivateDir(dir);
   const tmp = join(dir, `vm.json.${process.pid}`);
   writeFileSync(tmp, JSON.stringify(entry, null, 2) + "\n", { mode: 0o600 });
   renameSync(tmp, join(dir, "vm.json"));

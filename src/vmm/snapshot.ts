@@ -25,6 +25,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join, resolve } from "node:path";
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from "../storage/private.js";
 import type { MachineState } from "./virt.js";
 import { checkSpec, type VmSpec } from "./spec.js";
 import { allocateRam, ramView, type RamStorage } from "../cpu/bus.js";
@@ -88,7 +89,7 @@ export function writeMemoryFile(path: string, ram: Uint8Array, pages: Uint32Arra
   header.writeUInt32LE(pages.length, 16);
   const index = Buffer.from(pages.buffer, pages.byteOffset, pages.byteLength);
   const hash = createHash("sha256");
-  const fd = openSync(path, "w");
+  const fd = openSync(path, "w", PRIVATE_FILE_MODE);
   let bytes = 0;
   try {
     const put = (b: Uint8Array): void => {
@@ -161,7 +162,7 @@ export function snapshotId(): string {
 export function writeSnapshotJson(dir: string, body: SnapshotBody): void {
   const doc = { format: SNAPSHOT_FORMAT, version: SNAPSHOT_VERSION, checksum: checksum(body), body };
   const tmp = join(dir, "snapshot.json.tmp");
-  writeFileSync(tmp, JSON.stringify(doc));
+  writeFileSync(tmp, JSON.stringify(doc), { mode: PRIVATE_FILE_MODE });
   renameSync(tmp, join(dir, "snapshot.json"));
 }
 
@@ -177,7 +178,7 @@ export function prepareSnapshotDir(dir: string): string {
     }
     if (entries.length > 0) throw new SnapshotError(`snapshot directory ${abs} is not empty`);
   } else {
-    mkdirSync(abs, { recursive: true });
+    mkdirSync(abs, { recursive: true, mode: PRIVATE_DIR_MODE });
   }
   return abs;
 }
