@@ -152,8 +152,9 @@ export interface MonitorFlags {
   restore?: string;
   /** Wait for a live migration on this address instead of booting. */
   incoming?: { host: string; port: number };
-  /** The migration token's file (else a fresh token is printed). */
+  /** The migration token's file and the token it holds (else a fresh token is printed). */
   tokenFile?: string;
+  token?: string;
   /** Receive the migration over TLS with this certificate and key. */
   tls?: { cert: string; key: string };
 }
@@ -241,7 +242,14 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if ((v["incoming-tls-cert"] === undefined) !== (v["incoming-tls-key"] === undefined)) {
       throw new UsageError("--incoming-tls-cert and --incoming-tls-key go together");
     }
-    if (v["incoming-token-file"] !== undefined) monitor.tokenFile = resolvePath(v["incoming-token-file"]);
+    if (v["incoming-token-file"] !== undefined) {
+      monitor.tokenFile = resolvePath(v["incoming-token-file"]);
+      try {
+        monitor.token = readMigrationTokenFile(monitor.tokenFile);
+      } catch (e) {
+        throw new UsageError(`--incoming-token-file: ${(e as Error).message}`);
+      }
+    }
     if (v["incoming-tls-cert"] !== undefined) {
       monitor.tls = { cert: resolvePath(v["incoming-tls-cert"]), key: resolvePath(v["incoming-tls-key"]!) };
     }
@@ -477,12 +485,7 @@ async function receiveIncoming(
       throw new UsageError(`cannot read the TLS ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? e}`);
     }
   };
-  let token: string;
-  try {
-    token = flags.tokenFile !== undefined ? readMigrationTokenFile(flags.tokenFile) : newMigrationToken();
-  } catch (e) {
-    throw new UsageError(`--incoming-token-file: ${(e as Error).message}`);
-  }
+  const token = flags.token ?? newMigrationToken();
   const tls = flags.tls ? { cert: read(flags.tls.cert, "certificate"), key: read(flags.tls.key, "key") } : undefined;
   const machine: IncomingMachine = {
     name: opts.name,

@@ -23,23 +23,10 @@ import {
 import { SnapshotError } from "../../src/vmm/snapshot.js";
 import type { VmSpec } from "../../src/vmm/spec.js";
 import * as A from "../support/rv-asm.js";
+import { counter, counterKernel } from "../support/counter-kernel.js";
 
 const T0 = 5;
 const T1 = 6;
-const COUNTER_OFFSET = 0x100000; // from the kernel's load address (RAM_BASE + 2 MiB)
-
-/** A Linux Image header, then: t0 = pc + 1 MiB; forever { *t0 += 1 }. */
-function counterKernel(): Uint8Array {
-  const image = new Uint8Array(4096);
-  const dv = new DataView(image.buffer);
-  dv.setUint32(0, A.jal(0, 64), true);
-  image.set(new TextEncoder().encode("RISCV"), 0x30);
-  dv.setUint32(0x38, 0x05435352, true);
-  const code = [A.auipc(T0, COUNTER_OFFSET >> 12), A.lw(T1, 0, T0), A.addi(T1, T1, 1), A.sw(T1, 0, T0), A.jal(0, -12)];
-  code.forEach((w, i) => dv.setUint32(64 + 4 * i, w, true));
-  return image;
-}
-
 const dir = mkdtempSync(join(tmpdir(), "yun-monitor-"));
 const kernelPath = join(dir, "Image");
 writeFileSync(kernelPath, counterKernel());
@@ -66,12 +53,6 @@ const opts = (): MonitorOptions => ({
   log: () => {},
   echo: null,
 });
-
-/** The guest's counter: the word at kernel + 1 MiB + 64 (auipc is at offset 64). */
-function counter(m: VmMonitor): number {
-  const off = m.machine.layout.kernelAddr - m.machine.bus.ramBase + 64 + COUNTER_OFFSET;
-  return m.machine.bus.ram32[off >> 2];
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
