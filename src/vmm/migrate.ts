@@ -771,7 +771,7 @@ async function challenge(
   socket: Socket,
   token: string,
   timeoutMs: number,
-): Promise<{ reader: FrameReader; hello: Hello; body: Buffer; nonce: Buffer }> {
+): Promise<{ reader: FrameReader; body: Buffer; nonce: Buffer }> {
   const reader = new FrameReader(socket);
   const nonce = randomBytes(NONCE_BYTES);
   await sendJson(socket, T_CHALLENGE, { version: MIGRATION_VERSION, nonce: nonce.toString("base64") });
@@ -790,7 +790,7 @@ async function challenge(
   if (!timingSafeEqual(f.payload.subarray(0, MAC_BYTES), helloProof(token, nonce, body))) {
     throw new MigrationError("the migration token is wrong");
   }
-  return { reader, hello: parseHello(body), body, nonce };
+  return { reader, body, nonce };
 }
 
 /**
@@ -816,37 +816,34 @@ export async function receiveMigration(
   };
   const onTlsError = (e: Error, s: Socket): void => opts.onStage?.("refused", `${from(s)}: TLS: ${e.message}`);
   let onConnection: (s: Socket) => void = () => {};
-  const first = new Promise<{ socket: Socket; reader: FrameReader; hello: Hello; body: Buffer; nonce: Buffer }>(
-    (resolve) => {
-      onConnection = (socket: Socket): void => {
-        socket.on("error", () => {});
-        socket.setNoDelay(true);
-        if (chosen) return refused(socket, "a migration is already in progress");
-        if (pending.size >= MAX_PENDING_HANDSHAKES)
-          return refused(socket, "too many connections are in their handshake");
-        pending.add(socket);
-        challenge(socket, opts.token, listener.handshakeTimeoutMs).then(
-          (h) => {
-            pending.delete(socket);
-            if (chosen) return refused(socket, "a migration is already in progress");
-            chosen = true;
-            for (const p of pending) refuseConnection(p, "a migration is already in progress");
-            pending.clear();
-            resolve({ socket, ...h });
-          },
-          (e: unknown) => {
-            if (!pending.delete(socket)) return; // refused already
-            refused(socket, e instanceof MigrationError ? e.message : `protocol error: ${(e as Error).message}`);
-          },
-        );
-      };
-      server.on(event, onConnection);
-      if (listener.tls) server.on("tlsClientError", onTlsError);
-    },
-  );
-  const { socket, reader, hello, body, nonce } = await first;
+  const first = new Promise<{ socket: Socket; reader: FrameReader; body: Buffer; nonce: Buffer }>((resolve) => {
+    onConnection = (socket: Socket): void => {
+      socket.on("error", () => {});
+      socket.setNoDelay(true);
+      if (chosen) return refused(socket, "a migration is already in progress");
+      if (pending.size >= MAX_PENDING_HANDSHAKES) return refused(socket, "too many connections are in their handshake");
+      pending.add(socket);
+      challenge(socket, opts.token, listener.handshakeTimeoutMs).then(
+        (h) => {
+          pending.delete(socket);
+          if (chosen) return refused(socket, "a migration is already in progress");
+          chosen = true;
+          for (const p of pending) refuseConnection(p, "a migration is already in progress");
+          pending.clear();
+          resolve({ socket, ...h });
+        },
+        (e: unknown) => {
+          if (!pending.delete(socket)) return; // refused already
+          refused(socket, e instanceof MigrationError ? e.message : `protocol error: ${(e as Error).message}`);
+        },
+      );
+    };
+    server.on(event, onConnection);
+    if (listener.tls) server.on("tlsClientError", onTlsError);
+  });
+  const { socket, reader, body, nonce } = await first;
   try {
-    return await receive(socket, reader, hello, acceptProof(opts.token, nonce, body), opts);
+    return await receive(socket, reader, body, acceptProof(opts.token, nonce, body), opts);
   } finally {
     server.off(event, onConnection);
     server.off("tlsClientError", onTlsError);
@@ -858,7 +855,7 @@ export async function receiveMigration(
 async function receive(
   socket: Socket,
   reader: FrameReader,
-  hello: Hello,
+  body: Buffer,
   proof: string,
   opts: IncomingOptions,
 ): Promise<{ monitor: VmMonitor; notes: string[]; sourcePid: number }> {
@@ -868,8 +865,11 @@ async function receive(
     socket.end();
     throw new MigrationError(`refused the incoming VM: ${why}`);
   };
+  // The source proved it holds the token, which it has now spent: whatever it sends decides.
+  let hello: Hello;
   let plan: { spec: VmSpec; adopt: string | null };
   try {
+    hello = parseHello(body);
     plan = planIncoming(hello, opts);
   } catch (e) {
     return await refuse((e as Error).message);
