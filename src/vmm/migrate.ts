@@ -134,10 +134,18 @@ class FrameReader {
   private waiting: (() => void) | null = null;
   private ended: Error | null = null;
 
-  constructor(socket: Socket) {
+  /**
+   * Reading stops while this much is buffered, so a peer cannot grow the process: twice the largest
+   * frame taken (small until the peer has proved itself).
+   */
+  constructor(
+    private readonly socket: Socket,
+    private highWater = 2 * (MAX_FRAME + 5),
+  ) {
     socket.on("data", (b: Buffer) => {
       this.chunks.push(b);
       this.have += b.length;
+      if (this.have >= this.highWater) socket.pause();
       this.waiting?.();
     });
     const end = (e?: Error): void => {
@@ -149,6 +157,16 @@ class FrameReader {
     socket.on("error", (e) => end(new MigrationError(`connection failed: ${e.message}`)));
   }
 
+  /** Raises the buffer limit (the peer proved itself) and reads on. */
+  raiseHighWater(bytes: number): void {
+    this.highWater = bytes;
+    this.readOnIfRoom();
+  }
+
+  private readOnIfRoom(): void {
+    if (this.have < this.highWater && this.socket.isPaused()) this.socket.resume();
+  }
+
   /** Removes and returns the first n buffered bytes (n <= have), copying only what spans chunks. */
   private take(n: number): Buffer {
     const first = this.chunks[0];
@@ -156,6 +174,7 @@ class FrameReader {
       this.chunks[0] = first.subarray(n);
       if (this.chunks[0].length === 0) this.chunks.shift();
       this.have -= n;
+      this.readOnIfRoom();
       return first.subarray(0, n);
     }
     const out = Buffer.allocUnsafe(n);
@@ -169,6 +188,7 @@ class FrameReader {
       else this.chunks[0] = c.subarray(k);
     }
     this.have -= n;
+    this.readOnIfRoom();
     return out;
   }
 
@@ -758,6 +778,7 @@ function planIncoming(hello: Hello, opts: IncomingOptions): { spec: VmSpec; adop
 /** Sends an ERROR frame and closes the connection (destroyed soon after if the peer does not read). */
 function refuseConnection(socket: Socket, why: string): void {
   if (socket.destroyed) return;
+  socket.pause(); // nothing more is read from it
   void sendJson(socket, T_ERROR, { error: why }).catch(() => {});
   socket.end();
   setTimeout(() => socket.destroy(), 1000).unref();
@@ -772,7 +793,7 @@ async function challenge(
   token: string,
   timeoutMs: number,
 ): Promise<{ reader: FrameReader; body: Buffer; nonce: Buffer }> {
-  const reader = new FrameReader(socket);
+  const reader = new FrameReader(socket, 2 * (MAX_HANDSHAKE_FRAME + 5));
   const nonce = randomBytes(NONCE_BYTES);
   await sendJson(socket, T_CHALLENGE, { version: MIGRATION_VERSION, nonce: nonce.toString("base64") });
   let f;
@@ -860,6 +881,7 @@ async function receive(
   opts: IncomingOptions,
 ): Promise<{ monitor: VmMonitor; notes: string[]; sourcePid: number }> {
   opts.onStage?.("connected", `from ${socket.remoteAddress}:${socket.remotePort}`);
+  reader.raiseHighWater(2 * (MAX_FRAME + 5));
   const refuse = async (why: string): Promise<never> => {
     await sendJson(socket, T_ACCEPT, { ok: false, error: why }).catch(() => {});
     socket.end();
