@@ -28,10 +28,9 @@ import * as tls from "node:tls";
 import { createHash, createHmac, randomBytes, timingSafeEqual, X509Certificate } from "node:crypto";
 import { lstatSync, readFileSync, renameSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, resolve as resolvePath } from "node:path";
-import type { MachineState } from "./virt.js";
+import type { Engine, MachineState } from "./virt.js";
 import { checkSpec, type DiskGeometry, type DiskRef, type NetChoice, type VmSpec } from "./spec.js";
 import { adoptOwnedDir } from "./overlay.js";
-import type { Engine } from "./virt.js";
 import { selectPages } from "./snapshot.js";
 import { VmMonitor, StateError, type MonitorOptions } from "./monitor.js";
 import { parseMac } from "../net/ethernet.js";
@@ -59,7 +58,7 @@ const SMALL_ROUND_PAGES = 512;
 const MAX_ROUNDS = 30;
 const CONNECT_TIMEOUT_MS = 5000;
 /** How long a connection may take to prove itself before the destination closes it. */
-export const HANDSHAKE_TIMEOUT_MS = 5000;
+const HANDSHAKE_TIMEOUT_MS = 5000;
 /** How long the source waits for the destination's final answer. */
 const DONE_TIMEOUT_MS = 30_000;
 /** The destination's patience with an authenticated source that goes silent mid-migration. */
@@ -553,10 +552,14 @@ export interface IncomingOptions extends MonitorOptions {
   onStage?: (stage: "connected" | "refused" | "received", detail: string) => void;
 }
 
+/** A destination's listening socket, as receiveMigration takes it. */
 export interface MigrationListener {
   server: Server;
+  /** The port listened on (the one picked, when 0 was asked for). */
   port: number;
+  /** Connections are TLS (the handshake starts once TLS is up). */
   tls: boolean;
+  /** How long a connection may take to prove it holds the token. */
   handshakeTimeoutMs: number;
 }
 
