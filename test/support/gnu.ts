@@ -37,7 +37,7 @@ export function assemble(source: string): Uint8Array {
 /** Hex halfwords, for when objdump is unavailable. */
 function hexDump(bytes: Uint8Array, vma: number): string {
   const out: string[] = [];
-  for (let i = 0; i + 1 < bytes.length;) {
+  for (let i = 0; i + 1 < bytes.length; ) {
     const lo = bytes[i] | (bytes[i + 1] << 8);
     const len = (lo & 3) === 3 && i + 3 < bytes.length ? 4 : 2;
     const enc = len === 4 ? (lo | (bytes[i + 2] << 16) | (bytes[i + 3] << 24)) >>> 0 : lo;

@@ -236,11 +236,12 @@ export const amomaxu_d = amo(0x1c, 3);
 
 function csrOp(f3: number) {
   return (rd: Reg, csr: number, rs1: Reg) =>
-    ((uimm(csr, 12, "csr") << 20) | (reg(rs1) << 15) | (f3 << 12) | (reg(rd) << 7) | OP.SYSTEM) >>> 0;
+    (((uimm(csr, 12, "csr") << 20) | (reg(rs1) << 15) | (f3 << 12) | (reg(rd) << 7) | OP.SYSTEM) >>> 0);
 }
 function csrOpI(f3: number) {
   return (rd: Reg, csr: number, imm5: number) =>
-    ((uimm(csr, 12, "csr") << 20) | (uimm(imm5, 5, "csr uimm") << 15) | (f3 << 12) | (reg(rd) << 7) | OP.SYSTEM) >>> 0;
+    (((uimm(csr, 12, "csr") << 20) | (uimm(imm5, 5, "csr uimm") << 15) | (f3 << 12) | (reg(rd) << 7) | OP.SYSTEM) >>>
+      0);
 }
 export const csrrw = csrOp(1);
 export const csrrs = csrOp(2);
@@ -257,17 +258,13 @@ export const fsw = (rs2: Reg, imm: number, rs1: Reg) => sType(OP.STORE_FP, 2, rs
 export const fsd = (rs2: Reg, imm: number, rs1: Reg) => sType(OP.STORE_FP, 3, rs1, rs2, imm);
 
 /** fmt: 0 = S, 1 = D. */
-const fp3 =
-  (f5: number, fmt: number) =>
-  (rd: Reg, rs1: Reg, rs2: Reg, rm: number = RM.DYN) =>
-    rType(OP.OP_FP, rd, rm3(rm), rs1, rs2, (f5 << 2) | fmt);
+const fp3 = (f5: number, fmt: number) => (rd: Reg, rs1: Reg, rs2: Reg, rm: number = RM.DYN) =>
+  rType(OP.OP_FP, rd, rm3(rm), rs1, rs2, (f5 << 2) | fmt);
 const fpf3 = (f5: number, fmt: number, f3: number) => (rd: Reg, rs1: Reg, rs2: Reg) =>
   rType(OP.OP_FP, rd, f3, rs1, rs2, (f5 << 2) | fmt);
 /** Unary forms with a fixed rs2 selector. */
-const fp1 =
-  (f5: number, fmt: number, sel: number) =>
-  (rd: Reg, rs1: Reg, rm: number = RM.DYN) =>
-    rType(OP.OP_FP, rd, rm3(rm), rs1, sel, (f5 << 2) | fmt);
+const fp1 = (f5: number, fmt: number, sel: number) => (rd: Reg, rs1: Reg, rm: number = RM.DYN) =>
+  rType(OP.OP_FP, rd, rm3(rm), rs1, sel, (f5 << 2) | fmt);
 const fp1f3 = (f5: number, fmt: number, f3: number) => (rd: Reg, rs1: Reg) =>
   rType(OP.OP_FP, rd, f3, rs1, 0, (f5 << 2) | fmt);
 
@@ -323,10 +320,8 @@ export const fcvt_d_lu = fp1(0x1a, 1, 3);
 export const fcvt_s_d = fp1(0x08, 0, 1);
 export const fcvt_d_s = fp1(0x08, 1, 0);
 
-const fused =
-  (op: number, fmt: number) =>
-  (rd: Reg, rs1: Reg, rs2: Reg, rs3: Reg, rm: number = RM.DYN) =>
-    r4Type(op, rd, rm, rs1, rs2, rs3, fmt);
+const fused = (op: number, fmt: number) => (rd: Reg, rs1: Reg, rs2: Reg, rs3: Reg, rm: number = RM.DYN) =>
+  r4Type(op, rd, rm, rs1, rs2, rs3, fmt);
 export const fmadd_s = fused(OP.MADD, 0);
 export const fmsub_s = fused(OP.MSUB, 0);
 export const fnmsub_s = fused(OP.NMSUB, 0);
