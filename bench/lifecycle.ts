@@ -181,10 +181,14 @@ async function yunLifecycle(image: ImageInfo, dir: string, timeoutS: number): Pr
     "--api-socket",
     join(dir, "d.sock"),
   ]);
-  const port = Number((await dest.out.wait("the destination", /migration on 127\.0\.0\.1:(\d+)/, 30))[1]);
+  const waiting = await dest.out.wait(
+    "the destination",
+    /migration on 127\.0\.0\.1:(\d+) \(one-time token ([\w-]+)\)/,
+    30,
+  );
   const mig = await api.request<{ totalMs: number; downtimeMs: number }>(
     "migrate",
-    { host: "127.0.0.1", port },
+    { host: "127.0.0.1", port: Number(waiting[1]), token: waiting[2] },
     600_000,
   );
   api.close();

@@ -16,9 +16,9 @@
  * the VM's name, so it is the same at every boot of the same VM.
  */
 import { parseArgs } from "node:util";
-import { existsSync, statSync, rmSync, realpathSync } from "node:fs";
+import { existsSync, readFileSync, statSync, rmSync, realpathSync } from "node:fs";
 import { join, resolve as resolvePath } from "node:path";
-import { randomBytes } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { validateNetworkName } from "../net/hub.js";
@@ -27,7 +27,13 @@ import { parseMac, stableMac, formatMac } from "../net/ethernet.js";
 import { type DiskRef, type NetChoice, type VmSpec } from "../vmm/spec.js";
 import { VmMonitor, type MonitorOptions } from "../vmm/monitor.js";
 import { ControlServer } from "../vmm/control.js";
-import { listenForMigration, receiveMigration } from "../vmm/migrate.js";
+import {
+  listenForMigration,
+  newMigrationToken,
+  readMigrationTokenFile,
+  receiveMigration,
+  type IncomingMachine,
+} from "../vmm/migrate.js";
 import { createOverlay, makeOwnedDir } from "../vmm/overlay.js";
 import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, unregister } from "../vmm/registry.js";
 import { findImage } from "../images/store.js";
@@ -64,6 +70,16 @@ Monitor (see docs/vm-api.md; yun vm drives a running VM):
                       (with --name and --cpu-cap, no machine flags: the snapshot has them)
   --incoming [ADDR:]PORT
                       wait for a live migration (yun vm migrate) on ADDR:PORT (default 127.0.0.1)
+                      instead of booting. The machine flags describe what this process is willing
+                      to become: its boot files, --memory, --cpus, disks (--root, --disk; without
+                      them the VM's throwaway disk moves with it), network and --publish are its
+                      own, and a VM that does not fit them is refused
+  --incoming-token-file FILE
+                      the one-time token the source must prove it holds, from FILE (mode 0600);
+                      default: a fresh one, printed when listening
+  --incoming-tls-cert FILE, --incoming-tls-key FILE
+                      receive over TLS with this certificate and key (PEM); the source gives
+                      yun vm migrate --tls-ca or --tls-fingerprint
 
 Disks (virtio-blk; the root disk is /dev/vda, further disks /dev/vdb, /dev/vdc, ...):
   --root FILE         boot from the disk image FILE (raw or qcow2), read-write. Default: a fresh
@@ -142,6 +158,11 @@ export interface MonitorFlags {
   restore?: string;
   /** Wait for a live migration on this address instead of booting. */
   incoming?: { host: string; port: number };
+  /** The migration token's file and the token it holds (else a fresh token is printed). */
+  tokenFile?: string;
+  token?: string;
+  /** Receive the migration over TLS with this certificate and key. */
+  tls?: { cert: string; key: string };
 }
 
 function checkInput(path: string, what: string): string {
@@ -198,6 +219,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         log: { type: "string" },
         restore: { type: "string" },
         incoming: { type: "string" },
+        "incoming-token-file": { type: "string" },
+        "incoming-tls-cert": { type: "string" },
+        "incoming-tls-key": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -215,23 +239,39 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     }
     monitor.apiPort = Number(v["api-port"]);
   }
-  if (v.restore !== undefined || v.incoming !== undefined) {
-    // The VM comes from a snapshot or a migration: its machine is described there.
+  if (v.restore !== undefined && v.incoming !== undefined)
+    throw new UsageError("--restore and --incoming contradict each other");
+  if (v.incoming === undefined) {
+    const stray = ["incoming-token-file", "incoming-tls-cert", "incoming-tls-key"].find((k) => k in v);
+    if (stray) throw new UsageError(`--${stray} goes with --incoming`);
+  } else {
+    // The destination of a migration: the machine flags below describe what it will become.
+    monitor.incoming = parseIncoming(v.incoming);
+    if ((v["incoming-tls-cert"] === undefined) !== (v["incoming-tls-key"] === undefined)) {
+      throw new UsageError("--incoming-tls-cert and --incoming-tls-key go together");
+    }
+    if (v["incoming-token-file"] !== undefined) {
+      monitor.tokenFile = resolvePath(v["incoming-token-file"]);
+      try {
+        monitor.token = readMigrationTokenFile(monitor.tokenFile);
+      } catch (e) {
+        throw new UsageError(`--incoming-token-file: ${(e as Error).message}`);
+      }
+    }
+    if (v["incoming-tls-cert"] !== undefined) {
+      monitor.tls = { cert: resolvePath(v["incoming-tls-cert"]), key: resolvePath(v["incoming-tls-key"]!) };
+    }
+  }
+  if (v.restore !== undefined) {
+    // The VM comes from a snapshot: its machine is described there.
     const given = Object.keys(v).filter(
-      (k) =>
-        !["restore", "incoming", "name", "headless", "api-socket", "api-port", "log"].includes(k) &&
-        !(k === "cpu-cap" && v.restore !== undefined),
+      (k) => !["restore", "name", "headless", "api-socket", "api-port", "cpu-cap", "log"].includes(k),
     );
-    if (v.restore !== undefined && v.incoming !== undefined)
-      throw new UsageError("--restore and --incoming contradict each other");
     if (given.length > 0) {
-      throw new UsageError(
-        `--${given[0]} cannot go with --${v.restore !== undefined ? "restore" : "incoming"} (the VM brings its own configuration)`,
-      );
+      throw new UsageError(`--${given[0]} cannot go with --restore (the VM brings its own configuration)`);
     }
     if (v.name !== undefined && !NAME_RE.test(v.name)) throw new UsageError(`--name "${v.name}" is not a valid name`);
-    if (v.restore !== undefined) monitor.restore = resolvePath(v.restore);
-    else monitor.incoming = parseIncoming(v.incoming!);
+    monitor.restore = resolvePath(v.restore);
     let restoreCap: number | null = null;
     if (v["cpu-cap"] !== undefined) {
       restoreCap = Number(v["cpu-cap"]);
@@ -424,6 +464,73 @@ function macSeed(opts: RunOptions, disks: DiskRef[]): string {
   return disks.length ? `run:${disks[0].path}` : `run:${process.pid}`;
 }
 
+// -------------------------------------------------------------------------------------- incoming
+
+/** The disks this destination names (--root, --disk), each checked as an image; none is created. */
+function namedDisks(opts: RunOptions): DiskRef[] {
+  const given = opts.root.kind === "file" ? [opts.root.path, ...opts.disks] : opts.disks;
+  return given.map((path) => {
+    const img = openDiskImage(path, { readOnly: true, lock: false });
+    img.close();
+    return { path: resolvePath(path), format: img.format, readOnly: false };
+  });
+}
+
+/**
+ * Waits for a live migration on `at` (token and TLS from the flags) and builds the VM here, as the
+ * machine flags describe it; connections that fail the handshake are reported and the wait goes on.
+ */
+async function receiveIncoming(
+  opts: RunOptions,
+  at: { host: string; port: number },
+  monitorOpts: MonitorOptions,
+): Promise<{ monitor: VmMonitor; notes: string[]; sourcePid: number }> {
+  const flags = opts.monitor;
+  const read = (path: string, what: string): Buffer => {
+    try {
+      return readFileSync(path);
+    } catch (e) {
+      throw new UsageError(`cannot read the TLS ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+    }
+  };
+  const token = flags.token ?? newMigrationToken();
+  const tls = flags.tls ? { cert: read(flags.tls.cert, "certificate"), key: read(flags.tls.key, "key") } : undefined;
+  const machine: IncomingMachine = {
+    name: opts.name,
+    memoryMiB: opts.memoryMiB,
+    cpus: opts.cpus,
+    engine: opts.engine,
+    append: opts.append,
+    kernel: opts.kernel,
+    initrd: opts.initrd ?? null,
+    firmware: opts.firmware,
+    disks: namedDisks(opts),
+    net: opts.net,
+    mac: opts.mac,
+    cpuCap: opts.cpuCap,
+  };
+  const listener = await listenForMigration(at.host, at.port, { tls });
+  const where = `${at.host.includes(":") ? `[${at.host}]` : at.host}:${listener.port}`;
+  const how = tls ? `TLS, certificate SHA-256 ${new X509Certificate(tls.cert).fingerprint256}; ` : "";
+  say(
+    `waiting for a migration on ${where} (${how}` +
+      (flags.tokenFile !== undefined ? `token in ${flags.tokenFile})` : `one-time token ${token})`),
+  );
+  return receiveMigration(listener, {
+    ...monitorOpts,
+    token,
+    machine,
+    onStage: (stage, detail) =>
+      say(
+        stage === "connected"
+          ? `migration ${detail}`
+          : stage === "refused"
+            ? `refused a migration connection from ${detail}`
+            : `starting ${detail}`,
+      ),
+  });
+}
+
 // ------------------------------------------------------------------------------------------- run
 
 const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
@@ -488,13 +595,7 @@ export async function runCommand(args: string[]): Promise<number> {
       monitorOpts.ownedDir = r.ownedDir;
       notes.unshift(`restored ${monitor.spec.name} from ${flags.restore} in ${Math.round(performance.now() - t0)} ms`);
     } else if (flags.incoming !== undefined) {
-      const { server, port } = await listenForMigration(flags.incoming.host, flags.incoming.port);
-      say(`waiting for a migration on ${flags.incoming.host}:${port}`);
-      const r = await receiveMigration(server, {
-        ...monitorOpts,
-        name: opts.name,
-        onStage: (stage, detail) => say(stage === "connected" ? `migration ${detail}` : `starting ${detail}`),
-      });
+      const r = await receiveIncoming(opts, flags.incoming, monitorOpts);
       monitor = r.monitor;
       notes = r.notes;
       successorOf = r.sourcePid;

@@ -3,10 +3,12 @@
  * (docs/vm-api.md).
  */
 import { parseArgs } from "node:util";
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { MonitorConnection, MonitorError, openConsole } from "../vmm/client.js";
 import { findVm, listVms, type VmEntry } from "../vmm/registry.js";
 import { yunHome } from "../images/paths.js";
+import { checkMigrationToken, normalizeFingerprint, readMigrationTokenFile } from "../vmm/migrate.js";
 
 const HELP = `Usage: yun vm <command> [options]
 
@@ -21,7 +23,12 @@ Commands:
   reset NAME                         hardware reset: the guest boots again
   snapshot NAME DIR [--incremental]  save the VM to DIR; it runs on (restore: yun run --restore DIR)
   restore NAME DIR                   replace the running VM with the snapshot in DIR (same name, socket)
-  migrate NAME [HOST:]PORT           live-migrate to a yun run --incoming PORT (default host 127.0.0.1)
+  migrate NAME [HOST:]PORT --token T | --token-file F [--tls-ca F | --tls-fingerprint SHA256]
+                                     live-migrate to a yun run --incoming PORT (default host
+                                     127.0.0.1), proving the one-time token it printed (or the
+                                     token in F, mode 0600; prefer F: a command line is visible
+                                     to every local user); over TLS with --tls-ca (the PEM CA or
+                                     self-signed certificate to trust) or --tls-fingerprint
   cancel NAME                        cancel the VM's migration: it runs on here
   console NAME                       attach to the console (recent output first); Ctrl-] detaches
 
@@ -118,6 +125,49 @@ async function attach(socketPath: string): Promise<number> {
   });
 }
 
+/** The destination's token from --token or --token-file. */
+function migrationToken(v: { token?: string; "token-file"?: string }): string {
+  if (v.token !== undefined && v["token-file"] !== undefined) {
+    throw new UsageError("--token and --token-file contradict each other");
+  }
+  if (v["token-file"] !== undefined) {
+    try {
+      return readMigrationTokenFile(resolve(v["token-file"]));
+    } catch (e) {
+      throw new UsageError(`--token-file: ${(e as Error).message}`);
+    }
+  }
+  if (v.token === undefined) {
+    throw new UsageError("migrate needs the destination's one-time token: --token T or --token-file F");
+  }
+  const problem = checkMigrationToken(v.token);
+  if (problem) throw new UsageError(`--token: ${problem}`);
+  return v.token;
+}
+
+/** The `tls` argument of a migration from --tls-ca or --tls-fingerprint, or nothing (plain TCP). */
+function migrationTls(v: { "tls-ca"?: string; "tls-fingerprint"?: string }): {
+  tls?: { ca?: string; fingerprint?: string };
+} {
+  const ca = v["tls-ca"];
+  const fingerprint = v["tls-fingerprint"];
+  if (ca === undefined && fingerprint === undefined) return {};
+  if (ca !== undefined && fingerprint !== undefined) {
+    throw new UsageError("--tls-ca and --tls-fingerprint contradict each other");
+  }
+  if (fingerprint !== undefined) {
+    if (normalizeFingerprint(fingerprint) === null) {
+      throw new UsageError("--tls-fingerprint takes the certificate's SHA-256: 64 hex digits, colons allowed");
+    }
+    return { tls: { fingerprint } };
+  }
+  try {
+    return { tls: { ca: readFileSync(resolve(ca!), "utf8") } };
+  } catch (e) {
+    throw new UsageError(`--tls-ca: cannot read ${ca}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+  }
+}
+
 export async function vmCommand(args: string[]): Promise<number> {
   let parsed;
   try {
@@ -129,6 +179,10 @@ export async function vmCommand(args: string[]): Promise<number> {
         json: { type: "boolean" },
         incremental: { type: "boolean" },
         socket: { type: "string" },
+        token: { type: "string" },
+        "token-file": { type: "string" },
+        "tls-ca": { type: "string" },
+        "tls-fingerprint": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -152,6 +206,8 @@ export async function vmCommand(args: string[]): Promise<number> {
       reset: "reset",
       cancel: "cancel",
     };
+    const stray = ["token", "token-file", "tls-ca", "tls-fingerprint"].find((k) => k in v);
+    if (stray && command !== "migrate") throw new UsageError(`--${stray} goes with migrate`);
     if (command === "list") return await list(v.json === true);
     if (command === "console") return await attach(socketOf(name, v.socket));
     // The request, checked before the VM is looked up.
@@ -171,7 +227,7 @@ export async function vmCommand(args: string[]): Promise<number> {
       const m = extra === undefined ? null : /^(?:(.+):)?(\d{1,5})$/.exec(extra);
       if (!m || Number(m[2]) > 65535) throw new UsageError("migrate needs NAME and [HOST:]PORT");
       op = "migrate";
-      args = { host: m[1] ?? "127.0.0.1", port: Number(m[2]) };
+      args = { host: m[1] ?? "127.0.0.1", port: Number(m[2]), token: migrationToken(v), ...migrationTls(v) };
       timeoutMs = 3_600_000;
     } else {
       throw new UsageError(`unknown command "${command}"`);

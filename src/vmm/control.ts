@@ -9,7 +9,13 @@ import { chmodSync, existsSync, rmSync } from "node:fs";
 import { timingSafeEqual } from "node:crypto";
 import { VmMonitor, StateError, CONSOLE_HISTORY_BYTES } from "./monitor.js";
 import { SnapshotError } from "./snapshot.js";
-import { migrateTo, MigrationError } from "./migrate.js";
+import {
+  checkMigrationToken,
+  migrateTo,
+  MigrationError,
+  normalizeFingerprint,
+  type MigrationTarget,
+} from "./migrate.js";
 
 /** The operations, by name; each takes the request's arguments and answers a result or throws. */
 type Op = (args: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -55,10 +61,27 @@ export class ControlServer {
         if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
           throw new BadRequest(`"port" must be a port number 1-65535`);
         }
+        const token = stringArg(a, "token");
+        const problem = checkMigrationToken(token);
+        if (problem) throw new BadRequest(`"token": ${problem}`);
+        const target: MigrationTarget = { host, port, token };
+        if (a.tls !== undefined) {
+          const t = a.tls as Record<string, unknown> | null;
+          if (typeof t !== "object" || t === null || Array.isArray(t)) throw new BadRequest(`"tls" must be an object`);
+          const ca = t.ca === undefined ? undefined : stringArg(t, "ca");
+          const fingerprint = t.fingerprint === undefined ? undefined : stringArg(t, "fingerprint");
+          if (ca === undefined && fingerprint === undefined) {
+            throw new BadRequest(`"tls" needs "ca" (a PEM certificate) or "fingerprint" (SHA-256 of the certificate)`);
+          }
+          if (fingerprint !== undefined && normalizeFingerprint(fingerprint) === null) {
+            throw new BadRequest(`"tls.fingerprint" must be 64 hex digits (colons allowed)`);
+          }
+          target.tls = { ca, fingerprint };
+        }
         if (this.migration) throw new StateError("a migration is already running");
         this.migration = new AbortController();
         try {
-          return await migrateTo(m, host, port, this.migration.signal);
+          return await migrateTo(m, target, this.migration.signal);
         } finally {
           this.migration = null;
         }

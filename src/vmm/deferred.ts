@@ -22,6 +22,9 @@ export class DeferredDisk implements BlockBackend {
     if (target.size !== this.size) {
       throw new Error(`the disk is ${target.size} bytes here, ${this.size} bytes on the source`);
     }
+    if (target.readOnly !== this.readOnly) {
+      throw new Error(`the disk is ${target.readOnly ? "read-only" : "writable"} here, not on the source`);
+    }
     this.target = target;
   }
 

@@ -10,7 +10,7 @@ import { chmodSync, closeSync, copyFileSync, fsyncSync, openSync, rmSync } from 
 import { PRIVATE_FILE_MODE } from "../storage/private.js";
 import { join } from "node:path";
 import type { PowerOff, VirtMachine, MachineState } from "./virt.js";
-import { buildMachine, buildDeferred, type VmSpec } from "./spec.js";
+import { buildMachine, buildDeferred, type DiskGeometry, type VmSpec } from "./spec.js";
 import {
   snapshotRam,
   loadSnapshot,
@@ -216,11 +216,13 @@ export class VmMonitor {
 
   /**
    * The destination of a live migration: the machine is built at once over `ram` (where the pages
-   * land as they arrive) with stand-ins for its disks and network; `complete` plugs in the real
+   * land as they arrive) with stand-ins for its disks (of the source's `geometry`) and network;
+   * `complete` plugs in the real
    * ones (at `final`'s paths) and loads the state, `abandon` closes everything.
    */
   static prepareIncoming(
     spec: VmSpec,
+    geometry: DiskGeometry[],
     opts: MonitorOptions,
     ram: RamStorage,
   ): {
@@ -229,7 +231,7 @@ export class VmMonitor {
     abandon: () => void;
   } {
     const m = new VmMonitor(spec, opts);
-    const { machine, plug } = buildDeferred(spec, {
+    const { machine, plug } = buildDeferred(spec, geometry, {
       ram,
       netDir: opts.netDir,
       output: (bytes) => m.output(bytes),

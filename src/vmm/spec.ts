@@ -154,24 +154,27 @@ export async function buildMachine(
   }
 }
 
+/** What the guest knows of a disk: its size, whether it is read-only and its serial. */
+export interface DiskGeometry {
+  size: number;
+  readOnly: boolean;
+  serial: string;
+}
+
 /**
  * Builds the machine a spec describes over `ram` (RAM arriving by migration) with stand-ins for its
- * disks and network, so that it is ready before the disks are free to open. `plug` then opens the
- * real ones (at the paths of `final`, the same disks possibly moved) and connects them.
+ * disks (of the given geometry: nothing is opened) and network, so that it is ready before the disks
+ * are free to open. `plug` then opens the real ones (at the paths of `final`) and connects them.
  */
 export function buildDeferred(
   spec: VmSpec,
+  geometry: DiskGeometry[],
   opts: BuildOptions & { ram: RamStorage },
 ): { machine: VirtMachine; plug: (final: VmSpec) => Promise<string[]> } {
   const kernel = readInput(spec.kernel, "kernel", true);
   const initrd = spec.initrd ? readInput(spec.initrd, "initrd", true) : undefined;
   const firmware = spec.firmware ? readInput(spec.firmware, "firmware", true) : null;
-  const disks = spec.disks.map((d) => {
-    const img = openDiskImage(d.path, { readOnly: true, lock: false, format: d.format });
-    const stand = new DeferredDisk(img.size, d.readOnly, img.serial);
-    img.close();
-    return stand;
-  });
+  const disks = geometry.map((g) => new DeferredDisk(g.size, g.readOnly, g.serial));
   const net = spec.net.kind === "none" ? null : new DeferredNet();
   const machine = newMachine(spec, opts, { kernel, initrd, firmware }, disks, net);
   const plug = async (final: VmSpec): Promise<string[]> => {

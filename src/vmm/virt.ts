@@ -431,6 +431,11 @@ export class VirtMachine {
     this.console.input(bytes);
   }
 
+  /** What the guest knows of each disk (a migration's destination must offer the same). */
+  diskGeometry(): { size: number; readOnly: boolean; serial: string }[] {
+    return this.diskBackends.map((d) => ({ size: d.size, readOnly: d.readOnly, serial: d.serial }));
+  }
+
   /**
    * Flushes and closes every disk and closes the network backend. run() does this when the guest
    * stops; a machine that is never run must be closed by its owner. Safe to call more than once.

@@ -21,6 +21,12 @@ function yun(...args: string[]) {
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
+// Token files: one readable by other users, one too short to be a secret.
+const open = join(home, "open.token");
+writeFileSync(open, "x".repeat(43) + "\n", { mode: 0o644 });
+const short = join(home, "short.token");
+writeFileSync(short, "abc\n", { mode: 0o600 });
+
 test("yun run: monitor flags are checked before anything starts", () => {
   const cases: [string[], RegExp][] = [
     [["--cpus", "2", "--firmware", "none"], /--cpus 2 needs the OpenSBI firmware/],
@@ -31,6 +37,11 @@ test("yun run: monitor flags are checked before anything starts", () => {
     [["--incoming", "x:y"], /--incoming takes \[ADDR:\]PORT, got "x:y"/],
     [["--restore", "/tmp/x", "--memory", "512"], /--memory cannot go with --restore/],
     [["--restore", "/tmp/x", "--incoming", "1"], /--restore and --incoming contradict each other/],
+    [["--incoming-token-file", "/tmp/x"], /--incoming-token-file goes with --incoming/],
+    [["--incoming", "0", "--incoming-tls-cert", "/tmp/c"], /--incoming-tls-cert and --incoming-tls-key go together/],
+    [["--incoming", "0", "--incoming-token-file", open], /token file .* is open to other users \(chmod 600 /],
+    [["--incoming", "0", "--incoming-token-file", short], /at least 128 random bits/],
+    [["--incoming", "0", "--incoming-token-file", join(home, "none")], /cannot read token file .*: ENOENT/],
   ];
   for (const [args, message] of cases) {
     const r = yun("run", ...args);
@@ -63,6 +74,15 @@ test("yun vm: usage errors exit 2, a VM that is not running exits 1", () => {
   const cases: [string[], RegExp][] = [
     [["vm", "snapshot", "web"], /snapshot needs NAME and DIR/],
     [["vm", "migrate", "web", "notaport"], /migrate needs NAME and \[HOST:\]PORT/],
+    [["vm", "migrate", "web", "7000"], /migrate needs the destination's one-time token: --token T or --token-file F/],
+    [["vm", "migrate", "web", "7000", "--token", "short"], /--token: .*at least 128 random bits/],
+    [["vm", "migrate", "web", "7000", "--token-file", open], /is open to other users/],
+    [["vm", "migrate", "web", "7000", "--token", "x".repeat(43), "--tls-fingerprint", "ab:cd"], /64 hex digits/],
+    [
+      ["vm", "migrate", "web", "7000", "--token", "x".repeat(43), "--tls-ca", join(home, "none.pem")],
+      /--tls-ca: cannot read/,
+    ],
+    [["vm", "pause", "web", "--token", "x".repeat(43)], /--token goes with migrate/],
     [["vm", "frob", "web"], /unknown command "frob"/],
     [["vm", "pause"], /a VM NAME is required/],
     [["vm", "list", "--bogus"], /Unknown option '--bogus'/],

@@ -291,12 +291,20 @@ export async function attach(socket: string): Promise<ConsoleSession> {
 /** The guest counter the lifecycle tests keep in /tmp/c. */
 export const counter = async (c: ConsoleSession): Promise<number> => Number((await c.sh("cat /tmp/c")).trim());
 
-/** Starts a `yun run --headless --incoming 0` destination (added to `children`); resolves with it and its port. */
-export async function incoming(children: Yun[]): Promise<{ dest: Yun; port: string }> {
-  const dest = new Yun(["run", "--headless", "--incoming", "0"]);
+/**
+ * Starts a `yun run --headless --incoming 0 ARGS` destination (added to `children`); resolves with
+ * it, its port and the one-time token it printed.
+ */
+export async function incoming(
+  children: Yun[],
+  ...args: string[]
+): Promise<{ dest: Yun; port: string; token: string }> {
+  const dest = new Yun(["run", "--headless", "--incoming", "0", ...args]);
   children.push(dest);
-  await dest.waitFor("the destination to listen", (s) => /waiting for a migration on 127\.0\.0\.1:\d+/.test(s), 30_000);
-  return { dest, port: /127\.0\.0\.1:(\d+)/.exec(dest.console)![1] };
+  const wait = /waiting for a migration on 127\.0\.0\.1:(\d+) \(one-time token ([A-Za-z0-9_-]+)\)/;
+  await dest.waitFor("the destination to listen", (s) => wait.test(s), 30_000);
+  const m = wait.exec(dest.console)!;
+  return { dest, port: m[1], token: m[2] };
 }
 
 /** The control socket of VM `name` once process `pid` runs it (a migration's destination registers late). */

@@ -128,9 +128,21 @@ test(
       });
 
       await t.test("live migration between two processes while the counter runs", async () => {
-        const { dest, port } = await incoming(children);
+        const { dest, port, token } = await incoming(children);
         const before = await counter(await attach(b.socket));
-        const r = vmJson<{ downtimeMs: number; totalMs: number; rounds: number }>("migrate", `${tag}-b`, port);
+        // A wrong token is refused on both sides; the destination waits on for the real source.
+        const wrong = yun("vm", "migrate", `${tag}-b`, port, "--token", "x".repeat(43));
+        assert.equal(wrong.code, 1, wrong.err);
+        assert.match(wrong.err, /the destination refused: the migration token is wrong/);
+        await dest.waitFor("the refusal", (s) => /refused a migration connection from .*token is wrong/.test(s), 5000);
+        assert.equal(vmJson<{ state: string }>("describe", `${tag}-b`).state, "running", "the source runs on");
+        const r = vmJson<{ downtimeMs: number; totalMs: number; rounds: number }>(
+          "migrate",
+          `${tag}-b`,
+          port,
+          "--token",
+          token,
+        );
         assert.ok(r.downtimeMs < 300, `downtime ${r.downtimeMs} ms`);
         t.diagnostic(`migration: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${r.rounds} rounds`);
         const exit = await b.yun.exited;

@@ -117,9 +117,15 @@ test(
       });
 
       await t.test("live migration of the 2-vCPU guest", async () => {
-        const { dest, port } = await incoming(children);
+        const { dest, port, token } = await incoming(children, "--cpus", "2");
         const before = await counter(await attach(b.socket));
-        const r = vmJson<{ downtimeMs: number; totalMs: number; rounds: number }>("migrate", `${tag}-b`, port);
+        const r = vmJson<{ downtimeMs: number; totalMs: number; rounds: number }>(
+          "migrate",
+          `${tag}-b`,
+          port,
+          "--token",
+          token,
+        );
         t.diagnostic(`migration: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${r.rounds} rounds`);
         assert.ok(r.downtimeMs < 300, `downtime ${r.downtimeMs} ms`);
         assert.equal((await b.yun.exited).code, 0, "the source exits once the VM left");

@@ -12,27 +12,21 @@ import { connect } from "node:net";
 import { VmMonitor, ConsoleHistory, CONSOLE_HISTORY_BYTES, type MonitorOptions } from "../../src/vmm/monitor.js";
 import { ControlServer } from "../../src/vmm/control.js";
 import { MonitorConnection, MonitorError } from "../../src/vmm/client.js";
-import { listenForMigration, receiveMigration, migrateTo, MigrationError } from "../../src/vmm/migrate.js";
+import {
+  listenForMigration,
+  receiveMigration,
+  migrateTo,
+  MigrationError,
+  newMigrationToken,
+  type IncomingMachine,
+} from "../../src/vmm/migrate.js";
 import { SnapshotError } from "../../src/vmm/snapshot.js";
 import type { VmSpec } from "../../src/vmm/spec.js";
 import * as A from "../support/rv-asm.js";
+import { counter, counterKernel } from "../support/counter-kernel.js";
 
 const T0 = 5;
 const T1 = 6;
-const COUNTER_OFFSET = 0x100000; // from the kernel's load address (RAM_BASE + 2 MiB)
-
-/** A Linux Image header, then: t0 = pc + 1 MiB; forever { *t0 += 1 }. */
-function counterKernel(): Uint8Array {
-  const image = new Uint8Array(4096);
-  const dv = new DataView(image.buffer);
-  dv.setUint32(0, A.jal(0, 64), true);
-  image.set(new TextEncoder().encode("RISCV"), 0x30);
-  dv.setUint32(0x38, 0x05435352, true);
-  const code = [A.auipc(T0, COUNTER_OFFSET >> 12), A.lw(T1, 0, T0), A.addi(T1, T1, 1), A.sw(T1, 0, T0), A.jal(0, -12)];
-  code.forEach((w, i) => dv.setUint32(64 + 4 * i, w, true));
-  return image;
-}
-
 const dir = mkdtempSync(join(tmpdir(), "yun-monitor-"));
 const kernelPath = join(dir, "Image");
 writeFileSync(kernelPath, counterKernel());
@@ -59,12 +53,6 @@ const opts = (): MonitorOptions => ({
   log: () => {},
   echo: null,
 });
-
-/** The guest's counter: the word at kernel + 1 MiB + 64 (auipc is at offset 64). */
-function counter(m: VmMonitor): number {
-  const off = m.machine.layout.kernelAddr - m.machine.bus.ramBase + 64 + COUNTER_OFFSET;
-  return m.machine.bus.ram32[off >> 2];
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -147,14 +135,29 @@ test("bad snapshots are refused with a sentence before anything is built", async
   assert.throws(() => q.snapshot(join(dir, "p-full"), false), /is not empty/);
 });
 
+/** What a destination for spec(name) offers: the same machine, from its own "command line". */
+const machineFor = (s: VmSpec): IncomingMachine => ({
+  memoryMiB: s.memoryMiB,
+  cpus: s.cpus,
+  engine: s.engine,
+  append: s.append,
+  kernel: s.kernel,
+  initrd: s.initrd,
+  firmware: s.firmware,
+  disks: [],
+  net: s.net,
+  cpuCap: s.cpuCap,
+});
+
 test("live migration over loopback moves the running guest; a failed one leaves the source running", async () => {
   const { monitor: src } = await VmMonitor.boot(spec("mig"), opts());
   const runSrc = src.run();
   await sleep(100);
+  const token = newMigrationToken();
   // Nobody listening: the source runs on.
   const { server: closed, port: deadPort } = await listenForMigration("127.0.0.1", 0);
   closed.close();
-  await assert.rejects(migrateTo(src, "127.0.0.1", deadPort), MigrationError);
+  await assert.rejects(migrateTo(src, { host: "127.0.0.1", port: deadPort, token }), MigrationError);
   assert.equal(src.state, "running");
   const c0 = counter(src);
   await sleep(50);
@@ -163,20 +166,32 @@ test("live migration over loopback moves the running guest; a failed one leaves 
   // Cancelled once the destination heard from the source: both sides give up, the source runs on.
   const cancel = new AbortController();
   const l1 = await listenForMigration("127.0.0.1", 0);
-  const doomed = receiveMigration(l1.server, { ...opts(), onStage: () => cancel.abort() }).then(
+  const doomed = receiveMigration(l1, {
+    ...opts(),
+    token,
+    machine: machineFor(spec("mig")),
+    onStage: () => cancel.abort(),
+  }).then(
     () => null,
     (e: unknown) => e,
   );
-  await assert.rejects(migrateTo(src, "127.0.0.1", l1.port, cancel.signal), /migration cancelled; the VM runs on here/);
+  await assert.rejects(
+    migrateTo(src, { host: "127.0.0.1", port: l1.port, token }, cancel.signal),
+    /migration cancelled; the VM runs on here/,
+  );
   assert.ok((await doomed) instanceof MigrationError, "the destination gives up too");
   assert.equal(src.state, "running");
   const c1 = counter(src);
   await sleep(50);
   assert.ok(counter(src) > c1, "still running after the cancelled attempt");
 
-  const { server, port } = await listenForMigration("127.0.0.1", 0);
-  const incoming = receiveMigration(server, { ...opts(), name: "mig" });
-  const result = await migrateTo(src, "127.0.0.1", port);
+  const listener = await listenForMigration("127.0.0.1", 0);
+  const incoming = receiveMigration(listener, {
+    ...opts(),
+    token,
+    machine: { ...machineFor(spec("mig")), name: "mig" },
+  });
+  const result = await migrateTo(src, { host: "127.0.0.1", port: listener.port, token });
   await runSrc;
   assert.equal(src.state, "stopped");
   const { monitor: dst } = await incoming;
@@ -207,6 +222,11 @@ test("the control API: socket and HTTP, errors that keep the connection", async 
   );
   await assert.rejects(c.request("snapshot", {}), /"dir" must be a non-empty string/);
   await assert.rejects(c.request("migrate", { host: "127.0.0.1", port: 99999 }), /port number/);
+  await assert.rejects(c.request("migrate", { host: "127.0.0.1", port: 9 }), /"token" must be a non-empty string/);
+  await assert.rejects(
+    c.request("migrate", { host: "127.0.0.1", port: 9, token: "short" }),
+    /at least 128 random bits/,
+  );
   assert.equal((await c.request<{ state: string }>("resume")).state, "running", "the connection survived the errors");
   const metrics = await c.request<{ instret: number; exits: { mmio: number } }>("metrics");
   assert.ok(metrics.instret > 0);
