@@ -12,6 +12,7 @@ import {
   chmodSync,
   createWriteStream,
   existsSync,
+  openSync,
   readdirSync,
   renameSync,
   rmSync,
@@ -701,7 +702,9 @@ export class Cloud {
       await pipeline(
         body instanceof Readable ? body : Readable.fromWeb(body),
         limit,
-        createWriteStream(partial, { flags: "wx", mode: 0o600 }),
+        // Opened here, not by the stream: an open still pending when the pipeline fails would
+        // create the file after the cleanup below removed it.
+        createWriteStream("", { fd: openSync(partial, "wx", 0o600) }),
       );
       renameSync(partial, path);
       const size = statSync(path).size;
