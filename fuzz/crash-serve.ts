@@ -49,6 +49,8 @@ export interface ServeCrashReport {
   vmStarts: number;
   /** Cut-off requests without an event, and without an effect: the daemon died before reading them. */
   unreceived: number;
+  /** Restarts killed too (during their own start and reconcile) before the one that was checked. */
+  restartKills: number;
 }
 
 export interface Daemon {
@@ -86,6 +88,18 @@ export function startDaemon(home: string): Promise<Daemon> {
       reject(new Error(`yun serve exited (${code ?? signal}) before it listened: ${out}`));
     });
   });
+}
+
+/** Starts `yun serve` and SIGKILLs it after `ms`, wherever it is (its restart's reconcile, say). */
+async function startAndKill(home: string, ms: number): Promise<void> {
+  const child = spawn(process.execPath, [YUN, "serve", "--port", "0"], {
+    env: { ...process.env, YUN_HOME: home },
+    stdio: "ignore",
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  await sleep(ms);
+  child.kill("SIGKILL");
+  await exited;
 }
 
 export async function killDaemon(d: Daemon): Promise<void> {
@@ -132,6 +146,7 @@ export async function serveCrashRounds(opts: ServeCrashOptions): Promise<ServeCr
     reattached: 0,
     vmStarts: 0,
     unreceived: 0,
+    restartKills: 0,
   };
   const root = mkdtempSync(join(tmpdir(), "yun-crash-serve-"));
   const home = join(root, "home");
@@ -194,6 +209,12 @@ export async function serveCrashRounds(opts: ServeCrashOptions): Promise<ServeCr
       report.kills++;
       await Promise.allSettled(workers);
       const after = daemon.out();
+      // Now and then the restart is killed as well, in its own reconcile: recovery must be idempotent.
+      if (rng.bool(0.2)) {
+        await startAndKill(home, rng.int(100, 1500));
+        report.kills++;
+        report.restartKills++;
+      }
       daemon = await startDaemon(home);
       const re = /re-attached to (\d+) running VM/.exec(daemon.out());
       if (re) report.reattached += Number(re[1]);
