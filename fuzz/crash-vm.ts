@@ -53,7 +53,8 @@ export interface VmCrashReport {
 }
 
 export interface VmCrashOptions {
-  format: DiskFormat;
+  /** The disks' formats: one disk each (/dev/vdb, /dev/vdc, ...), round n writes to disk n mod count. */
+  formats: DiskFormat[];
   rounds: number;
   seed?: number;
   log?: (line: string) => void;
@@ -61,14 +62,14 @@ export interface VmCrashOptions {
   keepDir?: string;
 }
 
-/** The guest's writer loop: record i goes to block (a + i*b) mod SLOTS of /dev/vdb. */
-function writerScript(round: number, a: number, b: number, c: number): string {
+/** The guest's writer loop: record i goes to block (a + i*b) mod SLOTS of `dev`. */
+function writerScript(dev: string, round: number, a: number, b: number, c: number): string {
   const rec =
     `s=$(( (${a} + i*${b}) % ${SLOTS} )); printf 'yunrec ${round} %d %d\\n' $i $s | ` +
-    `dd of=/dev/vdb bs=${BLOCK} seek=$s count=1 oflag=direct conv=notrunc,sync,fsync 2>/dev/null && echo "durable $i"`;
+    `dd of=${dev} bs=${BLOCK} seek=$s count=1 oflag=direct conv=notrunc,sync,fsync 2>/dev/null && echo "durable $i"`;
   const noise =
     `n=$(( ${SLOTS} + (${c} + i*${b}) % ${SLOTS} )); printf 'yunnoise ${round} %d %d\\n' $i $n | ` +
-    `dd of=/dev/vdb bs=${BLOCK} seek=$n count=1 conv=notrunc,sync 2>/dev/null`;
+    `dd of=${dev} bs=${BLOCK} seek=$n count=1 conv=notrunc,sync 2>/dev/null`;
   return `i=0; while :; do ${rec}; ${noise}; i=$((i+1)); done\n`;
 }
 
@@ -123,7 +124,7 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
   const started = Date.now();
   const log = opts.log ?? (() => {});
   const rng = new Rng(opts.seed ?? 1);
-  const kind = `vm-${opts.format}`;
+  const kind = `vm-${opts.formats.join("+")}`;
   const report: VmCrashReport = {
     kind,
     rounds: 0,
@@ -136,19 +137,29 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
   const root = mkdtempSync(join(tmpdir(), `yun-crash-${kind}-`));
   const home = tempYunHome(root);
   const env = { ...process.env, YUN_HOME: home };
-  const disk = join(root, `vdb.${opts.format}`);
-  const pristine = join(root, `pristine.${opts.format}`);
+  const disks = opts.formats.map((format, i) => ({
+    format,
+    path: join(root, `disk${i}.${format}`),
+    pristine: join(root, `pristine${i}.${format}`),
+    dev: `/dev/vd${String.fromCharCode(98 + i)}`,
+  }));
   const snap = join(root, "snap");
-  const name = `crash-${opts.format}`;
+  const name = `crash-${opts.formats.join("-")}`;
   try {
-    if (opts.format === "qcow2") createQcow2(disk, { size: DISK_BYTES, clusterSize: CLUSTER });
-    else {
-      writeFileSync(disk, new Uint8Array(0));
-      truncateSync(disk, DISK_BYTES);
+    for (const d of disks) {
+      if (d.format === "qcow2") createQcow2(d.path, { size: DISK_BYTES, clusterSize: CLUSTER });
+      else {
+        writeFileSync(d.path, new Uint8Array(0));
+        truncateSync(d.path, DISK_BYTES);
+      }
     }
     // Boot once, to the prompt, and snapshot there: /dev/vdb is untouched (only probed), so any
     // fresh copy of the empty disk matches the snapshot's view of it.
-    const boot = new Yun(["run", "--name", name, "--memory", "128", "--disk", disk], 900_000, env);
+    const boot = new Yun(
+      ["run", "--name", name, "--memory", "128", ...disks.flatMap((d) => ["--disk", d.path])],
+      900_000,
+      env,
+    );
     try {
       await boot.prompt(840_000); // a loaded host has taken over 280 s
       const s = spawnSync(process.execPath, [YUN, "vm", "snapshot", name, snap], { env, encoding: "utf8" });
@@ -157,13 +168,16 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
       boot.kill();
       await boot.exited;
     }
-    copyFileSync(disk, pristine);
+    for (const d of disks) copyFileSync(d.path, d.pristine);
     log(`${kind}: booted and snapshotted in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
     for (let round = 1; round <= opts.rounds; round++) {
       const t0 = Date.now();
-      copyFileSync(pristine, disk);
-      rmSync(`${disk}.yun-lock`, { force: true });
+      for (const d of disks) {
+        copyFileSync(d.pristine, d.path);
+        rmSync(`${d.path}.yun-lock`, { force: true });
+      }
+      const { format, path: disk, dev } = disks[(round - 1) % disks.length];
       const a = rng.int(0, SLOTS - 1);
       const b = rng.pick([1, 7, 389, 1021, 2053, 4099]); // odd: i*b mod SLOTS never repeats within SLOTS
       const c = rng.int(0, SLOTS - 1);
@@ -172,7 +186,7 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
       const vm = new Yun(["run", "--restore", snap, "--name", name], 120_000, env);
       let console = "";
       try {
-        vm.child.stdin.write(writerScript(round, a, b, c));
+        vm.child.stdin.write(writerScript(dev, round, a, b, c));
         await vm.waitFor(`durable ${target}`, (t) => new RegExp(`^durable ${target}\\r?$`, "m").test(t), 90_000);
         await sleep(extraMs);
         if (!vm.running) throw new Error("yun run exited before it was killed");
@@ -189,17 +203,17 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
         continue;
       }
       const durable = [...console.matchAll(/^durable (\d+)\r?$/gm)].map((m) => Number(m[1]));
-      const problems = verifyDisk(opts.format, disk, root, round, durable, a, b, report);
+      const problems = verifyDisk(format, disk, root, round, durable, a, b, report);
       report.rounds++;
       if (problems.length > 0) {
         const keep = opts.keepDir ?? root;
         mkdirSync(keep, { recursive: true });
-        const kept = join(keep, `${kind}-round${round}.${opts.format}`);
+        const kept = join(keep, `${kind}-round${round}.${format}`);
         copyFileSync(disk, kept);
         for (const p of problems) report.violations.push(`${kind} round ${round} (disk kept as ${kept}): ${p}`);
       }
       log(
-        `${kind} round ${round}: killed after ${durable.length} durable records (+${extraMs} ms), ` +
+        `${kind} round ${round} (${format}): killed after ${durable.length} durable records (+${extraMs} ms), ` +
           `${problems.length === 0 ? "ok" : problems.length + " problem(s)"} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
       );
     }

@@ -43,7 +43,7 @@ export async function runCrashCampaign(opts: CrashCampaignOptions): Promise<Cras
       out.push({ kind, rounds, kills, violations, seconds, details });
     } else {
       const format = kind === "vm-qcow2" ? "qcow2" : "raw";
-      const r = await vmCrashRounds({ format, rounds: opts.rounds, seed, log: opts.log });
+      const r = await vmCrashRounds({ formats: [format], rounds: opts.rounds, seed, log: opts.log });
       const { rounds, kills, violations, seconds, kind: _k, ...details } = r;
       out.push({ kind, rounds, kills, violations, seconds, details });
     }

@@ -996,16 +996,25 @@ export class Cloud {
     throw conflict(`network ${cidr} has no free address left`);
   }
 
-  /** An instance's root disk (a qcow2 overlay on its image) and its seed disk if it has user data or a key. */
-  private async createDisks(r: InstanceRow, image: ImageRow): Promise<void> {
+  /**
+   * An instance's root disk (a qcow2 overlay on its image) and its seed disk if it has user data or
+   * a key. `finishing` (a create cut off by a crash): a root disk that opens is kept. Answers
+   * whether it created the root disk.
+   */
+  private async createDisks(r: InstanceRow, image: ImageRow, finishing = false): Promise<boolean> {
     mkdirSync(r.dir, { recursive: true });
     const root = join(r.dir, "root.qcow2");
-    rmSync(root, { force: true }); // a half-created one, when finishing a create after a crash
-    createQcow2(root, {
-      backing: { path: image.path, format: image.format },
-      size: Math.max(statSync(image.path).size, r.disk_gib * GiB),
-    });
+    const create = !finishing || !diskOpens(root);
+    if (create) {
+      rmSync(root, { force: true }); // a half-created one
+      createQcow2(root, {
+        backing: { path: image.path, format: image.format },
+        size: Math.max(statSync(image.path).size, r.disk_gib * GiB),
+      });
+    }
+    // The seed is derived from the record: built again whole, since a cut-off build may look whole.
     if (r.user_data !== null || r.keypair_id !== null) await this.writeSeed(r, r.keypair_id);
+    return create;
   }
 
   /**
@@ -1738,10 +1747,9 @@ export class Cloud {
     const image = this.db.prepare("SELECT * FROM images WHERE id = ?").get(r.image_id) as ImageRow | undefined;
     if (!image) return "";
     const seedNeeded = r.user_data !== null || r.keypair_id !== null;
-    if (diskOpens(join(r.dir, "root.qcow2")) && (!seedNeeded || diskOpens(join(r.dir, SEED_DISK)))) return "";
+    if (diskOpens(join(r.dir, "root.qcow2")) && !seedNeeded) return "";
     try {
-      await this.createDisks(r, image);
-      return "; its disks were created at the restart";
+      return (await this.createDisks(r, image, true)) ? "; its root disk was created at the restart" : "";
     } catch (e) {
       this.setError(id, `its disk could not be created: ${(e as Error).message}`);
       return "; its disks could not be created";

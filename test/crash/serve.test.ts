@@ -111,6 +111,41 @@ test("a snapshot cut off after its files moved is rolled back at the restart, an
   }
 });
 
+test("an instance create cut off before its disk was made is finished at the restart, and audited", async () => {
+  const home = tempHome();
+  let t = await startCloud({ home });
+  try {
+    const ten = await tenant(t, "p");
+    const i = await ten.member.createInstance({ name: "web", image: "debian", flavor: "tiny", start: false });
+    // What a kill right after the create's first transaction leaves: the row, its journal entry
+    // marked applied, no disk and no event.
+    const db = t.cloud.db;
+    db.prepare("DELETE FROM events WHERE action = 'instance.create'").run();
+    db.prepare(
+      "INSERT INTO operations (started_at, user_name, project_id, action, resource, applied) VALUES (?, 'p-member', ?, 'instance.create', 'web', 1)",
+    ).run(new Date().toISOString(), ten.project.id);
+    rmSync(join(home, "cloud", "instances", i.id), { recursive: true });
+    await t.close();
+
+    t = await startCloud({ home });
+    assert.ok(existsSync(join(home, "cloud", "instances", i.id, "root.qcow2")));
+    const e = events(home).find((x) => x.action === "instance.create")!;
+    assert.equal(e.outcome, "ok");
+    assert.equal(e.resource, i.id);
+    assert.equal(e.user_name, "p-member");
+    assert.equal(
+      e.message,
+      "the server stopped before it answered; its root disk was created at the restart; after the restart instance web is stopped",
+    );
+    const member = new YunClient({ server: t.url, token: ten.memberToken });
+    assert.equal((await member.getInstance(i.id)).state, "stopped");
+    assert.deepEqual(checkCloudInvariants(home), []);
+  } finally {
+    await t.close();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
 test("the restart sweeps files no record owns, but keeps a running VM's lock and a snapshot still in use", async () => {
   const home = tempHome();
   let t = await startCloud({ home });
