@@ -183,11 +183,11 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
       const c = rng.int(0, SLOTS - 1);
       const target = rng.int(0, 12); // kill after this many durable records...
       const extraMs = rng.int(0, 400); // ...plus this long, landing anywhere in a record's write
-      const vm = new Yun(["run", "--restore", snap, "--name", name], 120_000, env);
+      const vm = new Yun(["run", "--restore", snap, "--name", name], 600_000, env);
       let console = "";
       try {
         vm.child.stdin.write(writerScript(dev, round, a, b, c));
-        await vm.waitFor(`durable ${target}`, (t) => new RegExp(`^durable ${target}\\r?$`, "m").test(t), 90_000);
+        await vm.waitFor(`durable ${target}`, (t) => new RegExp(`^durable ${target}\\r?$`, "m").test(t), 480_000); // a loaded host is slow
         await sleep(extraMs);
         if (!vm.running) throw new Error("yun run exited before it was killed");
         vm.child.kill("SIGKILL");
@@ -268,7 +268,7 @@ function verifyDisk(
       const got = wholeLine(data.subarray(s * BLOCK, (s + 1) * BLOCK));
       if (got !== want) {
         problems.push(
-          `durable record ${i} (block ${s}) is missing: found ${JSON.stringify(got?.slice(0, 60) ?? "other bytes")}`,
+          `durable record ${i} (block ${s}) is missing: found ${zero(data.subarray(s * BLOCK, (s + 1) * BLOCK)) ? "zeros" : JSON.stringify(got?.slice(0, 60) ?? "other bytes")}`,
         );
         continue;
       }
