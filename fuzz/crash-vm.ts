@@ -203,7 +203,11 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
         continue;
       }
       const durable = [...console.matchAll(/^durable (\d+)\r?$/gm)].map((m) => Number(m[1]));
+      const leakedBefore = report.checks.leakedClusters;
       const problems = verifyDisk(format, disk, root, round, durable, a, b, report);
+      const leaked = report.checks.leakedClusters - leakedBefore;
+      const check =
+        format === "raw" ? "" : leaked > 0 ? `, qemu-img check: ${leaked} leaked clusters` : ", qemu-img check clean";
       report.rounds++;
       if (problems.length > 0) {
         const keep = opts.keepDir ?? root;
@@ -213,7 +217,7 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
         for (const p of problems) report.violations.push(`${kind} round ${round} (disk kept as ${kept}): ${p}`);
       }
       log(
-        `${kind} round ${round} (${format}): killed after ${durable.length} durable records (+${extraMs} ms), ` +
+        `${kind} round ${round} (${format}): killed after ${durable.length} durable records (+${extraMs} ms)${check}, ` +
           `${problems.length === 0 ? "ok" : problems.length + " problem(s)"} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
       );
     }
