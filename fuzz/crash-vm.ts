@@ -204,10 +204,17 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
       }
       const durable = [...console.matchAll(/^durable (\d+)\r?$/gm)].map((m) => Number(m[1]));
       const leakedBefore = report.checks.leakedClusters;
+      const corruptBefore = report.checks.corrupt;
       const problems = verifyDisk(format, disk, root, round, durable, a, b, report);
       const leaked = report.checks.leakedClusters - leakedBefore;
       const check =
-        format === "raw" ? "" : leaked > 0 ? `, qemu-img check: ${leaked} leaked clusters` : ", qemu-img check clean";
+        format === "raw"
+          ? ""
+          : report.checks.corrupt > corruptBefore
+            ? ", qemu-img check: CORRUPT"
+            : leaked > 0
+              ? `, qemu-img check: ${leaked} leaked clusters`
+              : ", qemu-img check clean";
       report.rounds++;
       if (problems.length > 0) {
         const keep = opts.keepDir ?? root;
