@@ -200,6 +200,7 @@ export async function vmCrashRounds(opts: VmCrashOptions): Promise<VmCrashReport
         await vm.exited;
         report.violations.push(`${kind} round ${round}: ${(e as Error).message}${tail(vm.console, 600)}`);
         report.rounds++;
+        log(`${kind} round ${round} (${format}): FAILED: ${(e as Error).message.split("\n")[0]}`);
         continue;
       }
       const durable = [...console.matchAll(/^durable (\d+)\r?$/gm)].map((m) => Number(m[1]));
