@@ -29,7 +29,7 @@ import { maxDisks } from "../vmm/virt.js";
 import { findImage } from "../images/store.js";
 import { buildExt4 } from "../images/ext4.js";
 import { PRIVATE_FILE_MODE, makePrivateDir } from "../storage/private.js";
-import { immediate, newId, openDatabase, randomB32, type DB } from "./db.js";
+import { immediate, newId, openDatabase, operationId, randomB32, type DB } from "./db.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering.js";
@@ -565,9 +565,11 @@ export class Cloud {
   /** Revokes one token: from then on it answers 401. */
   revokeToken(p: Principal, userId: string, id: string): void {
     const u = this.tokenOwner(p, userId, "revoke the tokens of");
-    const r = this.db
-      .prepare("DELETE FROM tokens WHERE user_id = ? AND substr(hash, 1, 16) = ?")
-      .run(u.id, id.replace(/^tok-/, ""));
+    const r = immediate(this.db, () =>
+      this.db
+        .prepare("DELETE FROM tokens WHERE user_id = ? AND substr(hash, 1, 16) = ?")
+        .run(u.id, id.replace(/^tok-/, "")),
+    );
     if (r.changes === 0) throw notFound(`no token ${id}`);
   }
 
@@ -872,7 +874,7 @@ export class Cloud {
   deleteKeyPair(p: Principal, id: string, projectQuery?: string): void {
     this.requireWrite(p);
     const k = this.scoped<{ id: string; project_id: string }>(p, "keypairs", "key pair", id, projectQuery);
-    this.db.prepare("DELETE FROM keypairs WHERE id = ?").run(k.id);
+    immediate(this.db, () => this.db.prepare("DELETE FROM keypairs WHERE id = ?").run(k.id));
   }
 
   // ------------------------------------------------------------------------------- instances
@@ -1047,14 +1049,7 @@ export class Cloud {
       return this.rowById(id)!;
     });
     try {
-      makePrivateDir(dir);
-      const base = image.path;
-      const baseSize = statSync(base).size;
-      createQcow2(join(dir, "root.qcow2"), {
-        backing: { path: base, format: image.format },
-        size: Math.max(baseSize, flavor.disk_gib * GiB),
-      });
-      if (req.userData !== undefined || key) await this.writeSeed(row, key?.id ?? null);
+      await this.createDisks(row, image);
     } catch (e) {
       this.setError(id, `its disk could not be created: ${(e as Error).message}`);
       return this.getInstance(p, id, projectId);
@@ -1083,6 +1078,27 @@ export class Cloud {
       if (!used.has(a)) return a;
     }
     throw conflict(`network ${cidr} has no free address left`);
+  }
+
+  /**
+   * An instance's root disk (a qcow2 overlay on its image) and its seed disk if it has user data or
+   * a key. `finishing` (a create cut off by a crash): a root disk that opens is kept. Answers
+   * whether it created the root disk.
+   */
+  private async createDisks(r: InstanceRow, image: ImageRow, finishing = false): Promise<boolean> {
+    makePrivateDir(r.dir);
+    const root = join(r.dir, "root.qcow2");
+    const create = !finishing || !diskOpens(root);
+    if (create) {
+      rmSync(root, { force: true }); // a half-created one
+      createQcow2(root, {
+        backing: { path: image.path, format: image.format },
+        size: Math.max(statSync(image.path).size, r.disk_gib * GiB),
+      });
+    }
+    // The seed is derived from the record: built again whole, since a cut-off build may look whole.
+    if (r.user_data !== null || r.keypair_id !== null) await this.writeSeed(r, r.keypair_id);
+    return create;
   }
 
   /**
@@ -1115,8 +1131,8 @@ export class Cloud {
         )
         .run(message, this.iso(), id);
       this.meter.close(id, ["cpu", "memory"]);
+      this.audit(SYSTEM, r.project_id, "instance.error", id, "error", message);
     });
-    this.audit(SYSTEM, this.rowById(id)?.project_id ?? "", "instance.error", id, "error", message);
   }
 
   /** Launches the monitor of an instance in state building; leaves it running or error. Under the lock. */
@@ -1222,6 +1238,7 @@ export class Cloud {
     this.requireWrite(p);
     const found = this.instanceRow(p, idOrName, projectQuery);
     const id = found.id;
+    this.operationOn(id);
     // The answer is read under the lock too: read after it, a delete queued behind this action
     // could already have moved the instance to deleting (the action would answer 200 "deleting").
     return this.withLock(id, async () => {
@@ -1319,8 +1336,8 @@ export class Cloud {
     if (statSync(disk).isFile() && f.disk_gib * GiB > diskInfo(disk).virtualSize) resizeDisk(disk, f.disk_gib * GiB);
   }
 
-  /** running/paused/stopping/building → stopped, meters closed, pid cleared. */
-  private markStopped(id: string, why?: string): boolean {
+  /** running/paused/stopping/building → stopped, meters closed, pid cleared; `event`: audited with it. */
+  private markStopped(id: string, why?: string, event?: { action: string; message: string }): boolean {
     let changed = false;
     immediate(this.db, () => {
       const r = this.rowById(id);
@@ -1331,6 +1348,7 @@ export class Cloud {
         )
         .run(why ?? null, this.iso(), id);
       this.meter.close(id, ["cpu", "memory"]);
+      if (event) this.audit(SYSTEM, r.project_id, event.action, id, "ok", event.message);
       changed = true;
     });
     return changed;
@@ -1346,12 +1364,13 @@ export class Cloud {
       this.exitedDuringBoot.add(id);
       return;
     }
-    if (this.markStopped(id)) this.audit(SYSTEM, r.project_id, "instance.exited", id, "ok", "the VM exited");
+    this.markStopped(id, undefined, { action: "instance.exited", message: "the VM exited" });
   }
 
   async deleteInstance(p: Principal, idOrName: string, projectQuery?: string): Promise<void> {
     this.requireWrite(p);
     const id = this.instanceRow(p, idOrName, projectQuery).id;
+    this.operationOn(id);
     await this.withLock(id, async () => {
       const r = this.transition(
         id,
@@ -1481,6 +1500,7 @@ export class Cloud {
   deleteVolume(p: Principal, id: string, projectQuery?: string): void {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
+    this.operationOn(v.id);
     immediate(this.db, () => {
       const cur = this.db.prepare("SELECT instance_id FROM volumes WHERE id = ?").get(v.id) as {
         instance_id: string | null;
@@ -1495,6 +1515,7 @@ export class Cloud {
   attachVolume(p: Principal, id: string, instance: string, projectQuery?: string): Volume {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
+    this.operationOn(v.id);
     const i = this.instanceRow(p, instance, v.project_id);
     if (i.project_id !== v.project_id) throw notFound(`no instance ${instance}`);
     immediate(this.db, () => {
@@ -1517,6 +1538,7 @@ export class Cloud {
   detachVolume(p: Principal, id: string, projectQuery?: string): Volume {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
+    this.operationOn(v.id);
     immediate(this.db, () => {
       const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
       if (!cur.instance_id) throw conflict(`volume ${v.name} is not attached`);
@@ -1555,8 +1577,11 @@ export class Cloud {
   createSnapshot(p: Principal, volume: string, name: string, projectQuery?: string): Snapshot {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", volume, projectQuery);
+    this.operationOn(v.id);
     const id = newId("snp");
     const snapPath = join(this.dir, "snapshots", `${id}.qcow2`);
+    // Recorded before the files move, so that a crash in between is rolled back (recoverOperations).
+    this.noteIntent({ snapshot: snapPath, volume: v.path });
     immediate(this.db, () => {
       const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
       if (cur.instance_id) {
@@ -1589,6 +1614,7 @@ export class Cloud {
       id,
       projectQuery,
     );
+    this.operationOn(s.id);
     // Refused while any disk's backing chain goes through it.
     const disks = [
       ...(this.db.prepare("SELECT name, path FROM volumes").all() as { name: string; path: string }[]).map((v) => ({
@@ -1607,7 +1633,7 @@ export class Cloud {
         if (e instanceof ApiError) throw e;
       }
     }
-    this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(s.id);
+    immediate(this.db, () => this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(s.id));
     rmSync(s.path, { force: true });
   }
 
@@ -1695,6 +1721,160 @@ export class Cloud {
     }));
   }
 
+  // ---------------------------------------------------------------------- operation journal
+
+  /**
+   * Journals a mutating request before it runs (see db.ts, migration 2): its audit event is
+   * written when it ends (finishOperation), or by the next start's reconcile() if the server dies
+   * first. Answers the journal id, to run the request under (withOperation).
+   */
+  beginOperation(p: Principal, projectId: string, action: string, resource: string): number {
+    return Number(
+      this.db
+        .prepare(
+          "INSERT INTO operations (started_at, user_id, user_name, project_id, action, resource) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .run(this.iso(), p.userId, p.userName, projectId, action, resource).lastInsertRowid,
+    );
+  }
+
+  /** Names the current request's action and resource once the handler knows them. */
+  describeOperation(action: string, resource: string): void {
+    const id = operationId();
+    if (id !== undefined)
+      this.db.prepare("UPDATE operations SET action = ?, resource = ? WHERE id = ?").run(action, resource, id);
+  }
+
+  /** The current request acts on the resource with this id (it may have been named by its name). */
+  private operationOn(resource: string): void {
+    const id = operationId();
+    if (id !== undefined) this.db.prepare("UPDATE operations SET resource = ? WHERE id = ?").run(resource, id);
+  }
+
+  /** The action and resource journaled for operation `id`. */
+  operationTarget(id: number): { action: string; resource: string } | undefined {
+    return this.db.prepare("SELECT action, resource FROM operations WHERE id = ?").get(id) as
+      { action: string; resource: string } | undefined;
+  }
+
+  /** Records what the current request is about to do to files, so that a crash can be rolled back. */
+  private noteIntent(intent: { snapshot: string; volume: string }): void {
+    const id = operationId();
+    if (id !== undefined)
+      this.db.prepare("UPDATE operations SET intent = ? WHERE id = ?").run(JSON.stringify(intent), id);
+  }
+
+  /** The request ended: its audit event and the end of its journal row, in one transaction. */
+  finishOperation(
+    id: number,
+    user: Actor | string,
+    projectId: string,
+    action: string,
+    resource: string,
+    outcome: string,
+    message: string | null,
+  ): void {
+    immediate(this.db, () => {
+      this.audit(user, projectId, action, resource, outcome, message);
+      this.db.prepare("DELETE FROM operations WHERE id = ?").run(id);
+    });
+  }
+
+  /**
+   * At start, after the instances are settled: every request the last run did not finish is
+   * completed or rolled back, and audited under its caller's name. Applied ones (their state
+   * change committed) are "ok", with what the restart made of their resource: an instance create
+   * gets the disks it may lack (it is left stopped), a delete was finished above. Ones that
+   * never applied are "interrupted"; a snapshot whose files had moved is moved back.
+   */
+  private async recoverOperations(): Promise<void> {
+    const ops = this.db.prepare("SELECT * FROM operations ORDER BY id").all() as {
+      id: number;
+      user_id: string | null;
+      user_name: string;
+      project_id: string;
+      action: string;
+      resource: string;
+      applied: number;
+      intent: string | null;
+    }[];
+    for (const op of ops) {
+      let resource = op.resource;
+      let message: string;
+      if (op.applied) {
+        resource = this.resolveCreated(op.action, op.project_id, op.resource) ?? op.resource;
+        let done = "";
+        if (op.action === "instance.create") done = await this.finishCreate(resource);
+        message = `the server stopped before it answered${done}; after the restart ${this.describe(resource)}`;
+      } else {
+        message = "the server stopped before it took effect; nothing changed";
+        const intent = op.intent ? (JSON.parse(op.intent) as { snapshot?: string; volume?: string }) : {};
+        if (intent.snapshot && intent.volume && existsSync(intent.snapshot)) {
+          // The volume's file had become the snapshot and maybe got its new overlay: undo both.
+          rmSync(intent.volume, { force: true });
+          renameSync(intent.snapshot, intent.volume);
+          message += " (the volume's file was moved back)";
+        }
+      }
+      this.finishOperation(
+        op.id,
+        { id: op.user_id, name: op.user_name },
+        op.project_id,
+        op.action,
+        resource,
+        op.applied ? "ok" : "interrupted",
+        message,
+      );
+    }
+  }
+
+  /** A create whose id the caller never saw: the id of what it created (names are unique per project). */
+  private resolveCreated(action: string, projectId: string, name: string): string | undefined {
+    const table = { instance: "instances", volume: "volumes", network: "networks", keypair: "keypairs" }[
+      action.replace(/\.create$/, "")
+    ];
+    if (!action.endsWith(".create") || table === undefined) return undefined;
+    const r = this.db.prepare(`SELECT id FROM ${table} WHERE project_id = ? AND name = ?`).get(projectId, name) as
+      { id: string } | undefined;
+    return r?.id;
+  }
+
+  /** Finishes an instance create cut off after its row was written: the disks it lacks. */
+  private async finishCreate(id: string): Promise<string> {
+    const r = this.rowById(id);
+    if (!r || r.state === "running" || r.state === "paused") return "";
+    const image = this.db.prepare("SELECT * FROM images WHERE id = ?").get(r.image_id) as ImageRow | undefined;
+    if (!image) return "";
+    const seedNeeded = r.user_data !== null || r.keypair_id !== null;
+    if (diskOpens(join(r.dir, "root.qcow2")) && !seedNeeded) return "";
+    try {
+      return (await this.createDisks(r, image, true)) ? "; its root disk was created at the restart" : "";
+    } catch (e) {
+      this.setError(id, `its disk could not be created: ${(e as Error).message}`);
+      return "; its disks could not be created";
+    }
+  }
+
+  /** What a resource is now, for the audit message of a recovered operation. */
+  private describe(resource: string): string {
+    if (resource.startsWith("ins-")) {
+      const r = this.rowById(resource);
+      return r ? `instance ${r.name} is ${r.state}` : `instance ${resource} is gone`;
+    }
+    if (resource.startsWith("vol-")) {
+      const v = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(resource) as VolumeRow | undefined;
+      if (!v) return `volume ${resource} is gone`;
+      return `volume ${v.name} is ${v.instance_id ? `attached to ${v.instance_id}` : "available"}`;
+    }
+    const table = { snp: "snapshots", net: "networks", key: "keypairs", img: "images", usr: "users", prj: "projects" }[
+      resource.slice(0, 3)
+    ];
+    if (table === undefined || resource[3] !== "-") return "it is settled";
+    return this.db.prepare(`SELECT 1 FROM ${table} WHERE id = ?`).get(resource)
+      ? `${resource} exists`
+      : `${resource} is gone`;
+  }
+
   // ------------------------------------------------------------------------- reconciliation
 
   /**
@@ -1733,10 +1913,10 @@ export class Cloud {
           if (next === "running" && !this.meter.isOpen(r.id, "cpu"))
             this.meter.open(r.project_id, r.id, r.name, "cpu", r.vcpus);
           if (next === "paused") this.meter.closeAtLastTick(r.id, ["cpu"]);
+          this.audit(SYSTEM, r.project_id, "instance.reattached", r.id, "ok", null);
         });
         out.reattached.push(r.id);
         if (r.network_id) await this.serveNetwork(r.network_id).catch(() => undefined);
-        this.audit(SYSTEM, r.project_id, "instance.reattached", r.id, "ok", null);
         continue;
       }
       // A monitor that does not answer (or an instance that should not run) is stopped, then killed.
@@ -1760,10 +1940,11 @@ export class Cloud {
         this.db
           .prepare("UPDATE instances SET state = ?, pid = NULL, socket = NULL, error = ?, updated_at = ? WHERE id = ?")
           .run(next, next === "error" ? cur.error : why, this.iso(), r.id);
+        this.audit(SYSTEM, r.project_id, "instance.stopped", r.id, "ok", "not running after a server restart");
       });
       out.stopped.push(r.id);
-      this.audit(SYSTEM, r.project_id, "instance.stopped", r.id, "ok", "not running after a server restart");
     }
+    await this.recoverOperations();
     this.sweepFiles();
     // Monitors named like instances that no instance owns (any more).
     for (const vm of this.driver.runningVms()) {
@@ -1799,10 +1980,29 @@ export class Cloud {
         (r) => r.path,
       ),
     );
-    // Snapshot files are left alone: one without a row may still be the base of a volume.
+    // A recorded file's lock (`.yun-lock`, held by a running VM) stays.
+    const recorded = (path: string, set: Set<string>) => set.has(path.replace(/\.yun-lock$/, ""));
     for (const f of readdirSync(join(this.dir, "volumes"))) {
       const path = join(this.dir, "volumes", f);
-      if (!vols.has(path)) rmSync(path, { force: true });
+      if (!recorded(path, vols)) rmSync(path, { force: true });
+    }
+    // A snapshot file without a row (a delete cut off before its rm) goes too, unless a recorded
+    // disk still reads through it (then it is kept: deleting it would lose that disk's data).
+    const bases = new Set<string>();
+    for (const path of vols) {
+      try {
+        for (const b of diskInfo(path).backingChain) bases.add(b.path);
+      } catch {}
+    }
+    for (const f of readdirSync(join(this.dir, "snapshots"))) {
+      const path = join(this.dir, "snapshots", f);
+      if (!recorded(path, vols) && !bases.has(path)) rmSync(path, { force: true });
+    }
+    // Uploads cut off before their row was written, and images deleted before their file was.
+    const images = new Set((this.db.prepare("SELECT path FROM images").all() as { path: string }[]).map((r) => r.path));
+    for (const f of readdirSync(join(this.dir, "images"))) {
+      const path = join(this.dir, "images", f);
+      if (!recorded(path, images)) rmSync(path, { force: true });
     }
   }
 
@@ -1813,6 +2013,16 @@ export class Cloud {
     this.netsvc.close();
     this.driver.close();
     this.db.close();
+  }
+}
+
+/** Whether a disk image exists and its header and tables open. */
+function diskOpens(path: string): boolean {
+  try {
+    openDiskImage(path, { readOnly: true, lock: false }).close();
+    return true;
+  } catch {
+    return false;
   }
 }
 

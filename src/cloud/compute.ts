@@ -236,12 +236,10 @@ export class MonitorDriver implements ComputeDriver {
   runningVms(): { name: string; pid: number; socket: string }[] {
     const dir = join(this.yunHome, "vms");
     const out: { name: string; pid: number; socket: string }[] = [];
-    let names: string[];
+    let names: string[] = [];
     try {
       names = readdirSync(dir);
-    } catch {
-      return out;
-    }
+    } catch {}
     for (const name of names) {
       try {
         const j = JSON.parse(readFileSync(join(dir, name, "vm.json"), "utf8")) as { pid?: number; apiSocket?: string };
@@ -249,6 +247,9 @@ export class MonitorDriver implements ComputeDriver {
           out.push({ name, pid: j.pid, socket: j.apiSocket ?? join(dir, name, "api.sock") });
       } catch {}
     }
+    // Monitors not registered (yet): a daemon killed right after spawning one never recorded it,
+    // and the monitor registers only once it has started.
+    for (const m of cloudMonitorProcesses(this.yunHome)) if (!out.some((v) => v.pid === m.pid)) out.push(m);
     return out;
   }
 
@@ -261,6 +262,32 @@ export class MonitorDriver implements ComputeDriver {
     }
     this.attached.clear();
   }
+}
+
+/**
+ * Live `yun run` processes whose control socket is in an instance directory of this YUN_HOME's
+ * cloud (how MonitorDriver.launch starts them), found through /proc.
+ */
+export function cloudMonitorProcesses(yunHome: string): { name: string; pid: number; socket: string }[] {
+  const prefix = join(yunHome, "cloud", "instances") + "/";
+  const out: { name: string; pid: number; socket: string }[] = [];
+  let pids: string[];
+  try {
+    pids = readdirSync("/proc");
+  } catch {
+    return out;
+  }
+  for (const p of pids) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0");
+      const s = cmd.indexOf("--api-socket");
+      const n = cmd.indexOf("--name");
+      if (cmd.includes("run") && s >= 0 && n >= 0 && cmd[s + 1]?.startsWith(prefix))
+        out.push({ name: cmd[n + 1], pid: Number(p), socket: cmd[s + 1] });
+    } catch {}
+  }
+  return out;
 }
 
 function sleep(ms: number): Promise<void> {

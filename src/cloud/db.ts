@@ -4,6 +4,7 @@
  * checks and writes (quota, state machine) are atomic against other requests and other processes.
  */
 import Database from "better-sqlite3";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { randomBytes } from "node:crypto";
 import { closeSync, openSync } from "node:fs";
 
@@ -91,6 +92,17 @@ const MIGRATIONS: string[] = [
   ) = 1;
   CREATE INDEX events_user ON events (user_id, id);
   `,
+  // 3: the operation journal (crash consistency of the audit log; see Cloud.reconcile). A row is
+  // written when a mutating request starts; `applied` is set by the first transaction that changes
+  // state on its behalf (in that same transaction); the row is deleted in the transaction that
+  // writes its audit event. Rows left by a crash are finished or rolled back at the next start.
+  `
+  CREATE TABLE operations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, user_id TEXT, user_name TEXT NOT NULL,
+    project_id TEXT NOT NULL, action TEXT NOT NULL, resource TEXT NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0, intent TEXT
+  );
+  `,
 ];
 
 /** The schema version this code expects. */
@@ -126,9 +138,39 @@ export function migrate(db: DB): void {
   }
 }
 
-/** Runs fn in a BEGIN IMMEDIATE transaction (the write lock is taken before anything is read). */
+/** The journal row (operations.id) of the request being served, carried through its async calls. */
+const currentOperation = new AsyncLocalStorage<{ id: number }>();
+
+/** Runs fn (and everything it awaits) on behalf of journal operation `id`. */
+export function withOperation<T>(id: number, fn: () => T): T {
+  return currentOperation.run({ id }, fn);
+}
+
+/** The journal operation of the request being served, if any. */
+export function operationId(): number | undefined {
+  return currentOperation.getStore()?.id;
+}
+
+/**
+ * Runs fn in a BEGIN IMMEDIATE transaction (the write lock is taken before anything is read).
+ * Inside a request with a journal operation, a transaction that changed anything also marks the
+ * operation applied, atomically with the change, so a restart knows whether it took effect.
+ */
 export function immediate<T>(db: DB, fn: () => T): T {
-  return db.transaction(fn).immediate();
+  return db
+    .transaction(() => {
+      const op = operationId();
+      if (op === undefined) return fn();
+      const before = totalChanges(db);
+      const out = fn();
+      if (totalChanges(db) !== before) db.prepare("UPDATE operations SET applied = 1 WHERE id = ?").run(op);
+      return out;
+    })
+    .immediate();
+}
+
+function totalChanges(db: DB): number {
+  return (db.prepare("SELECT total_changes() AS n").get() as { n: number }).n;
 }
 
 const B32 = "abcdefghijklmnopqrstuvwxyz234567";

@@ -14,6 +14,7 @@ import { getRequestListener } from "@hono/node-server";
 import { HTTPException } from "hono/http-exception";
 import { WebSocketServer, type WebSocket } from "ws";
 import { ApiError, notFound, unauthorized } from "./errors.js";
+import { withOperation } from "./db.js";
 import type { Cloud, Principal } from "./cloud.js";
 import { usageCsv } from "./metering.js";
 import * as S from "./schemas.js";
@@ -147,35 +148,50 @@ export function createApp(
   // Limits first: a refused request costs no authentication, parsing or audit record.
   app.use("/api/v1/*", limits.middleware());
   // Authentication, then the audit record of every change (who, what, which resource, outcome).
+  // A change runs as an operation of the journal (Cloud.beginOperation), so that its event is
+  // written even if the server dies before it ends: then the next start's reconcile() writes it.
   app.use("/api/v1/*", async (c, next) => {
     const p = cloud.authenticate(c.req.header("authorization"));
     c.set("principal", p);
+    if (c.req.method === "GET") return next();
     // The resource's project, looked up before a delete removes it (admins act across projects).
-    const before =
-      p.admin && c.req.method !== "GET"
-        ? cloud.projectOf(decodeURIComponent(c.req.path.split("/")[4] ?? ""))
-        : undefined;
-    await next();
-    if (c.req.method === "GET") return;
-    const a = c.get("audit") ?? defaultAudit(c.req.method, c.req.path);
-    const code = c.get("errorCode");
+    const before = p.admin ? cloud.projectOf(decodeURIComponent(c.req.path.split("/")[4] ?? "")) : undefined;
     // The event belongs to the resource's project (admins act across projects).
-    let project = p.projectId;
-    if (p.admin) {
-      const q = c.req.query("project");
-      try {
-        if (q) project = cloud.actingProject(p, q);
-      } catch {}
-      project = before ?? cloud.projectOf(a.resource) ?? project;
-    }
-    const actor = { id: p.userId, name: p.userName };
-    cloud.audit(actor, project, a.action, a.resource, code ?? "ok", c.get("errorMessage") ?? null);
+    const eventProject = (resource: string): string => {
+      let project = p.projectId;
+      if (p.admin) {
+        const q = c.req.query("project");
+        try {
+          if (q) project = cloud.actingProject(p, q);
+        } catch {}
+        project = before ?? cloud.projectOf(resource) ?? project;
+      }
+      return project;
+    };
+    const guess = defaultAudit(c.req.method, c.req.path);
+    const op = cloud.beginOperation(p, eventProject(guess.resource), guess.action, guess.resource);
+    await withOperation(op, next);
+    // As the handler and the cloud named them (a resource named by its name gets its id).
+    const a = cloud.operationTarget(op) ?? guess;
+    const code = c.get("errorCode");
+    cloud.finishOperation(
+      op,
+      { id: p.userId, name: p.userName },
+      eventProject(a.resource),
+      a.action,
+      a.resource,
+      code ?? "ok",
+      c.get("errorMessage") ?? null,
+    );
   });
   const audit = (
     c: { set: (k: "audit", v: { action: string; resource: string }) => void },
     action: string,
     resource: string,
-  ) => c.set("audit", { action, resource });
+  ) => {
+    c.set("audit", { action, resource });
+    cloud.describeOperation(action, resource);
+  };
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/api/openapi.json", {
