@@ -1,0 +1,26 @@
+/**
+ * Every campaign `npm run fuzz` knows, in the order it runs them. A new campaign is one entry
+ * here (and, for `npm test`, a test file under test/fuzz/ calling runFixed on it).
+ */
+import type { Campaign } from "../campaign.js";
+import {
+  virtqueueCampaign,
+  virtioBlkCampaign,
+  virtioConsoleCampaign,
+  virtioNetCampaign,
+  virtioRngCampaign,
+} from "./virtio.js";
+
+export const campaigns: Campaign[] = [
+  virtqueueCampaign,
+  virtioBlkCampaign,
+  virtioNetCampaign,
+  virtioConsoleCampaign,
+  virtioRngCampaign,
+];
+
+export function campaignByName(name: string): Campaign {
+  const c = campaigns.find((x) => x.name === name);
+  if (!c) throw new Error(`no fuzz campaign "${name}" (known: ${campaigns.map((x) => x.name).join(", ")})`);
+  return c;
+}
