@@ -75,7 +75,11 @@ export async function runBatch(session: Session, seed: number, numRuns: number):
   const cases = details.numRuns;
   const units = session.units ? session.units() - before : cases;
   if (details.failed) {
-    return { cases, units, failure: (await fc.asyncDefaultReportMessage(details)) ?? "failed" };
+    const report = (await fc.asyncDefaultReportMessage(details)) ?? "failed";
+    const err = details.errorInstance;
+    const why =
+      err instanceof Error ? (err instanceof FuzzFailure ? err.message : (err.stack ?? err.message)) : String(err);
+    return { cases, units, failure: `${report}\nError: ${why}` };
   }
   try {
     await session.check?.();

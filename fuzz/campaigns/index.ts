@@ -10,6 +10,15 @@ import {
   virtioNetCampaign,
   virtioRngCampaign,
 } from "./virtio.js";
+import {
+  clintCampaign,
+  plicCampaign,
+  rtcCampaign,
+  sysconCampaign,
+  uartCampaign,
+  virtioRegistersCampaign,
+} from "./mmio.js";
+import { sbiCampaign } from "./sbi.js";
 
 export const campaigns: Campaign[] = [
   virtqueueCampaign,
@@ -17,6 +26,13 @@ export const campaigns: Campaign[] = [
   virtioNetCampaign,
   virtioConsoleCampaign,
   virtioRngCampaign,
+  virtioRegistersCampaign,
+  uartCampaign,
+  rtcCampaign,
+  sysconCampaign,
+  clintCampaign,
+  plicCampaign,
+  sbiCampaign,
 ];
 
 export function campaignByName(name: string): Campaign {
