@@ -19,6 +19,7 @@ import {
   virtioRegistersCampaign,
 } from "./mmio.js";
 import { sbiCampaign } from "./sbi.js";
+import { apiCampaign } from "./api.js";
 
 export const campaigns: Campaign[] = [
   virtqueueCampaign,
@@ -33,6 +34,7 @@ export const campaigns: Campaign[] = [
   clintCampaign,
   plicCampaign,
   sbiCampaign,
+  apiCampaign,
 ];
 
 export function campaignByName(name: string): Campaign {

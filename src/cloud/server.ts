@@ -54,6 +54,15 @@ function def<R extends RouteConfig>(r: R): R {
   return createRoute({ security: [{ bearer: [] }], ...r, responses: { ...ERRORS, ...r.responses } }) as R;
 }
 
+/** A percent-decoded path segment; a malformed escape ("%", "%ff") stays as it was sent. */
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
 /** The Hono app: the API under /api/v1, the OpenAPI document, the dashboard. */
 export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<Env> {
   const app = new OpenAPIHono<Env>({
@@ -110,7 +119,7 @@ export function createApp(cloud: Cloud, opts: ServerOptions = {}): OpenAPIHono<E
     // The resource's project, looked up before a delete removes it (admins act across projects).
     const before =
       p.admin && c.req.method !== "GET"
-        ? cloud.projectOf(decodeURIComponent(c.req.path.split("/")[4] ?? ""))
+        ? cloud.projectOf(decodePathSegment(c.req.path.split("/")[4] ?? ""))
         : undefined;
     await next();
     if (c.req.method === "GET") return;
@@ -720,7 +729,7 @@ function defaultAudit(method: string, path: string): { action: string; resource:
   const parts = path
     .replace(/^\/api\/v1\//, "")
     .split("/")
-    .map(decodeURIComponent);
+    .map(decodePathSegment);
   const noun = (parts[0] ?? "").replace(/ies$/, "y").replace(/s$/, "");
   if (parts.length >= 3) return { action: `${noun}.${parts[2]}`, resource: parts[1] };
   const verb = method === "POST" ? "create" : method === "DELETE" ? "delete" : method === "PUT" ? "update" : method;
