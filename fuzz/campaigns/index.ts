@@ -20,6 +20,9 @@ import {
 } from "./mmio.js";
 import { sbiCampaign } from "./sbi.js";
 import { apiCampaign } from "./api.js";
+import { qcow2Campaign } from "./qcow2.js";
+import { userNetCampaign } from "./net.js";
+import { snapshotCampaign } from "./snapshot.js";
 
 export const campaigns: Campaign[] = [
   virtqueueCampaign,
@@ -34,6 +37,9 @@ export const campaigns: Campaign[] = [
   clintCampaign,
   plicCampaign,
   sbiCampaign,
+  qcow2Campaign,
+  userNetCampaign,
+  snapshotCampaign,
   apiCampaign,
 ];
 

@@ -213,9 +213,13 @@ export const plicCampaign = registerCampaign(
       event: (v) => dev.setLevel(v % 100, (v & 0x100) !== 0),
       works: () => {
         // Quiet every line and complete whatever was claimed, then one interrupt end to end.
+        // (A completion counts only in a context that has the source enabled: enable all first.)
         for (let s = 1; s < 96; s++) dev.setLevel(s, false);
-        for (let i = 0; i < 200 && dev.read(0x20_0004, 4) !== 0; i++);
-        for (let s = 1; s < 96; s++) dev.write(0x20_0004, s, 4);
+        for (let ctx = 0; ctx < 4; ctx++) {
+          for (let w = 0; w < 3; w++) dev.write(0x2000 + 0x80 * ctx + 4 * w, 0xffff_ffff, 4);
+          for (let s = 1; s < 96; s++) dev.write(0x20_0004 + 0x1000 * ctx, s, 4);
+          for (let w = 0; w < 3; w++) dev.write(0x2000 + 0x80 * ctx + 4 * w, 0, 4);
+        }
         dev.write(4 * 5, 1, 4);
         dev.write(0x2000, 1 << 5, 4);
         dev.write(0x20_0000, 0, 4);
