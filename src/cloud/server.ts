@@ -818,7 +818,7 @@ function serveStatic(urlPath: string, staticDir: string): Response {
 function rejectUpgrade(socket: Duplex, status: number, code: string, message: string): void {
   const bodyText = JSON.stringify(errorBody(code, message));
   socket.end(
-    `HTTP/1.1 ${status} ${status === 401 ? "Unauthorized" : status === 404 ? "Not Found" : status === 403 ? "Forbidden" : "Conflict"}\r\n` +
+    `HTTP/1.1 ${status} ${status === 400 ? "Bad Request" : status === 401 ? "Unauthorized" : status === 404 ? "Not Found" : status === 403 ? "Forbidden" : "Conflict"}\r\n` +
       `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(bodyText)}\r\nConnection: close\r\n\r\n${bodyText}`,
   );
 }
@@ -836,7 +836,13 @@ function attachConsoleServer(server: Server, cloud: Cloud): WebSocketServer {
   });
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on("error", () => {});
-    const url = new URL(req.url ?? "/", "http://localhost");
+    // An absolute-form target ("GET http://[ HTTP/1.1") is not a URL: refuse it, do not throw.
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://localhost");
+    } catch {
+      return rejectUpgrade(socket, 400, "invalid_request", "the request target is not a valid URL");
+    }
     const m = CONSOLE_PATH.exec(url.pathname);
     if (!m) return rejectUpgrade(socket, 404, "not_found", `no WebSocket at ${url.pathname}`);
     let p: Principal;
