@@ -79,6 +79,15 @@ function def<R extends RouteConfig>(r: R): R {
   }) as R;
 }
 
+/** A percent-decoded path segment; a malformed escape ("%", "%ff") stays as it was sent. */
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
 /** The Hono app: the API under /api/v1, the OpenAPI document, the dashboard. */
 export function createApp(
   cloud: Cloud,
@@ -155,7 +164,7 @@ export function createApp(
     c.set("principal", p);
     if (c.req.method === "GET") return next();
     // The resource's project, looked up before a delete removes it (admins act across projects).
-    const before = p.admin ? cloud.projectOf(decodeURIComponent(c.req.path.split("/")[4] ?? "")) : undefined;
+    const before = p.admin ? cloud.projectOf(decodePathSegment(c.req.path.split("/")[4] ?? "")) : undefined;
     // The event belongs to the resource's project (admins act across projects).
     const eventProject = (resource: string): string => {
       let project = p.projectId;
@@ -790,7 +799,7 @@ function defaultAudit(method: string, path: string): { action: string; resource:
   const parts = path
     .replace(/^\/api\/v1\//, "")
     .split("/")
-    .map(decodeURIComponent);
+    .map(decodePathSegment);
   const noun = (parts[0] ?? "").replace(/ies$/, "y").replace(/s$/, "");
   if (parts.length >= 3) return { action: `${noun}.${parts[2]}`, resource: parts[1] };
   const verb = method === "POST" ? "create" : method === "DELETE" ? "delete" : method === "PUT" ? "update" : method;
@@ -910,7 +919,13 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean, limi
   });
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on("error", () => {});
-    const url = new URL(req.url ?? "/", "http://localhost");
+    // An absolute-form target ("GET http://[ HTTP/1.1") is not a URL: refuse it, do not throw.
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://localhost");
+    } catch {
+      return rejectUpgrade(socket, 400, "invalid_request", "the request target is not a valid URL");
+    }
     const m = CONSOLE_PATH.exec(url.pathname);
     if (!m) return rejectUpgrade(socket, 404, "not_found", `no WebSocket at ${url.pathname}`);
     if (!upgradeOriginAllowed(req, secure))

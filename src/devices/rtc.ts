@@ -74,8 +74,15 @@ export class GoldfishRtc implements MmioDevice, Persistent<RtcState> {
     }
   }
 
-  read(offset: number, _size: 1 | 2 | 4): number {
-    switch (offset & ~3) {
+  /** Registers are 32-bit words; a narrower read answers its bytes of the word. */
+  read(offset: number, size: 1 | 2 | 4): number {
+    const word = this.readWord(offset & ~3);
+    if (size === 4) return word;
+    return (word >>> ((offset & 3) * 8)) & (size === 1 ? 0xff : 0xffff);
+  }
+
+  private readWord(offset: number): number {
+    switch (offset) {
       case TIME_LOW: {
         const t = this.now();
         this.timeHigh = Number(t >> 32n);

@@ -9,6 +9,7 @@ const MSIP_BASE = 0x0000;
 const MTIMECMP_BASE = 0x4000;
 const MTIME = 0xbff8;
 const TWO32 = 0x1_0000_0000;
+const TWO64 = TWO32 * TWO32;
 
 export interface ClintState {
   msip: number[];
@@ -78,9 +79,10 @@ export class Clint implements MmioDevice, Persistent<ClintState> {
     return this.mtime() >= this.cmpHi[hart] * TWO32 + this.cmpLo[hart];
   }
 
-  /** Current mtime in ticks. */
+  /** Current mtime in ticks: a 64-bit counter, so it wraps to 0 past 2^64 - 1. */
   mtime(): number {
-    return this.clock.now() + this.mtimeOffset;
+    const t = this.clock.now() + this.mtimeOffset;
+    return t >= TWO64 ? t - TWO64 : t;
   }
 
   /** Recompute every hart's MTIP from mtime >= mtimecmp. */
@@ -105,7 +107,10 @@ export class Clint implements MmioDevice, Persistent<ClintState> {
       const cmp = this.cmpHi[h] * TWO32 + this.cmpLo[h];
       if (cmp < best) best = cmp;
     }
-    return best === Infinity ? best : best - this.mtimeOffset;
+    if (best === Infinity) return best;
+    // After mtime wrapped, the comparators count from the wrap.
+    const offset = this.clock.now() + this.mtimeOffset >= TWO64 ? this.mtimeOffset - TWO64 : this.mtimeOffset;
+    return best - offset;
   }
 
   read(offset: number, size: 1 | 2 | 4): number {

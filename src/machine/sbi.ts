@@ -177,7 +177,11 @@ export class HypervisorSbi {
     return { timerDeadline: this.timerDeadline.map((d) => (Number.isFinite(d) ? d : -1)) };
   }
 
+  /** One deadline per hart of this machine; anything but a non-negative number means none. */
   restore(state: SbiState): void {
-    state.timerDeadline.forEach((d, i) => (this.timerDeadline[i] = d < 0 ? Infinity : d));
+    for (let i = 0; i < this.harts.length; i++) {
+      const d = state.timerDeadline[i];
+      this.timerDeadline[i] = typeof d === "number" && d >= 0 && d < Infinity ? d : Infinity;
+    }
   }
 }

@@ -183,6 +183,41 @@ export function prepareSnapshotDir(dir: string): string {
   return abs;
 }
 
+/** A file name inside the snapshot directory: no directories, no way out of it. */
+const isPlainName = (v: unknown): v is string => typeof v === "string" && /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(v);
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+/** What is wrong with the parts of a body the reader relies on (the spec is checked apart), or null. */
+function checkBody(b: SnapshotBody): string | null {
+  if (typeof b.id !== "string" || b.id === "") return "the snapshot has no id";
+  if (
+    b.parent !== null &&
+    (typeof b.parent !== "object" || typeof b.parent.dir !== "string" || typeof b.parent.id !== "string")
+  ) {
+    return "its parent reference is malformed";
+  }
+  const m = b.memory as Partial<MemoryInfo> | null;
+  if (
+    typeof m !== "object" ||
+    m === null ||
+    !isPlainName(m.file) ||
+    !isCount(m.bytes) ||
+    !isCount(m.pages) ||
+    !isCount(m.totalPages) ||
+    typeof m.sha256 !== "string"
+  ) {
+    return "its memory file description is malformed";
+  }
+  if (
+    !Array.isArray(b.diskCopies) ||
+    b.diskCopies.length !== b.spec.disks.length ||
+    !b.diskCopies.every((f) => f === null || isPlainName(f))
+  ) {
+    return "its list of disk copies is malformed";
+  }
+  return null;
+}
+
 /** Reads snapshot.json of `dir` and checks format, version and checksum. */
 export function readSnapshotBody(dir: string): SnapshotBody {
   const path = join(dir, "snapshot.json");
@@ -208,7 +243,7 @@ export function readSnapshotBody(dir: string): SnapshotBody {
     throw new SnapshotError(`snapshot ${dir}: snapshot.json is corrupt (checksum mismatch)`);
   }
   const body = doc.body as SnapshotBody;
-  const bad = checkSpec(body.spec);
+  const bad = checkSpec(body.spec) ?? checkBody(body);
   if (bad) throw new SnapshotError(`snapshot ${dir}: ${bad}`);
   if (typeof body.state !== "object" || body.state === null)
     throw new SnapshotError(`snapshot ${dir}: no machine state`);

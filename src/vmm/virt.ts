@@ -618,26 +618,38 @@ export class VirtMachine {
       const why = checkHartState(h);
       if (why) throw new Error(`snapshot: ${why}`);
     }
-    if (s.disks.length !== this.disks.length) {
-      throw new Error(`snapshot: the machine had ${s.disks.length} disks, this one has ${this.disks.length}`);
+    if (!Array.isArray(s.disks) || s.disks.length !== this.disks.length) {
+      throw new Error(`snapshot: the machine had ${s.disks?.length ?? "no"} disks, this one has ${this.disks.length}`);
     }
     if ((s.net === null) !== (this.net === null))
       throw new Error("snapshot: network card present in only one of the machines");
     if ((s.sbi === null) !== (this.sbi === null)) throw new Error("snapshot: firmware kind differs");
+    if (typeof s.clock !== "number" || !Number.isFinite(s.clock))
+      throw new Error("snapshot: the clock is not a number");
+    if (!Array.isArray(s.input)) throw new Error("snapshot: the console input queue is not a list");
+    // A device state of the wrong shape would fail deep inside the device: name the device instead.
+    // The machine may be partly loaded then; callers discard it (VmMonitor closes it or goes back).
+    const load = (what: string, restore: () => void): void => {
+      try {
+        restore();
+      } catch (e) {
+        throw new Error(`snapshot: the ${what} state is malformed (${(e as Error).message})`);
+      }
+    };
     if (this.clock instanceof VmClock) this.clock.set(s.clock);
     if (this.threads) this.threads.restore(s.harts!);
     else restoreHart(this.hart, s.hart);
-    this.clint.restore(s.clint);
-    this.plic.restore(s.plic);
-    this.uart.restore(s.uart);
-    this.rtc.restore(s.rtc);
-    if (this.sbi && s.sbi) this.sbi.restore(s.sbi);
-    this.disks.forEach((d, i) => d.restore(s.disks[i]));
-    if (this.net && s.net) this.net.restore(s.net);
-    this.console.restore(s.console);
-    this.rng.restore(s.rng);
+    load("CLINT", () => this.clint.restore(s.clint));
+    load("PLIC", () => this.plic.restore(s.plic));
+    load("UART", () => this.uart.restore(s.uart));
+    load("RTC", () => this.rtc.restore(s.rtc));
+    if (this.sbi && s.sbi) load("SBI", () => this.sbi!.restore(s.sbi!));
+    this.disks.forEach((d, i) => load(`disk ${i}`, () => d.restore(s.disks[i])));
+    if (this.net && s.net) load("network card", () => this.net!.restore(s.net!));
+    load("virtio console", () => this.console.restore(s.console));
+    load("virtio-rng", () => this.rng.restore(s.rng));
     this.inputQueue.length = 0;
-    this.inputQueue.push(...s.input);
+    for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);
     // RAM was replaced wholesale: drop translated code and cached translations.
     this.bus.externalWrite(0, this.bus.ramSize);
   }
