@@ -28,8 +28,8 @@ import * as tls from "node:tls";
 import { createHash, createHmac, randomBytes, timingSafeEqual, X509Certificate } from "node:crypto";
 import { lstatSync, readFileSync, renameSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, resolve as resolvePath } from "node:path";
-import type { Engine, MachineState } from "./virt.js";
-import { checkSpec, type DiskGeometry, type DiskRef, type NetChoice, type VmSpec } from "./spec.js";
+import type { MachineState } from "./virt.js";
+import { checkSpec, type DiskGeometry, type DiskRef, type VmSpec } from "./spec.js";
 import { adoptOwnedDir } from "./overlay.js";
 import { selectPages } from "./snapshot.js";
 import { VmMonitor, StateError, type MonitorOptions } from "./monitor.js";
@@ -520,28 +520,15 @@ interface Hello {
 /**
  * The machine this destination is willing to become, from its own command line: the VM arriving
  * must fit it (memory, vCPUs, firmware, disks, network card); its boot files, disks and network
- * are the ones used, never paths the source names.
+ * are the ones used, never paths the source names. Its `disks` (--root, --disk) are matched in
+ * order to the VM's disks that are not throwaway overlays; a throwaway overlay moves with the VM.
  */
-export interface IncomingMachine {
+export type IncomingMachine = Omit<VmSpec, "name" | "mac"> & {
   /** The VM's name here; default: the source's. */
   name?: string;
-  memoryMiB: number;
-  cpus: number;
-  engine: Engine;
-  append: string;
-  kernel: string;
-  initrd: string | null;
-  firmware: string | null;
-  /**
-   * The disks this destination names (--root, --disk), matched in order to the VM's disks that are
-   * not throwaway overlays; a throwaway overlay moves with the VM instead.
-   */
-  disks: DiskRef[];
-  net: NetChoice;
   /** The network card's MAC address; default: the source's (the guest knows it). */
   mac?: string;
-  cpuCap: number | null;
-}
+};
 
 /** What the destination needs to become the VM. */
 export interface IncomingOptions extends MonitorOptions {
