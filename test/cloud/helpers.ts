@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { MonitorDriver } from "../../src/cloud/compute.js";
 import { listen, type RunningServer } from "../../src/cloud/server.js";
+import type { LimitSettings } from "../../src/cloud/limits.js";
 import { YunClient, YunApiError } from "../../src/cloud/client.js";
 
 /** Where the pulled Debian image is (the user's YUN_HOME before tests change it). */
@@ -31,13 +32,15 @@ export interface TestCloud {
   close(): Promise<void>;
 }
 
-export async function startCloud(opts: { now?: () => number; home?: string } = {}): Promise<TestCloud> {
+export async function startCloud(
+  opts: { now?: () => number; home?: string; limits?: Partial<LimitSettings> } = {},
+): Promise<TestCloud> {
   const home = opts.home ?? tempHome();
   process.env.YUN_HOME = home;
   const cloud = new Cloud({ home, driver: new MonitorDriver(home), now: opts.now, tickMs: 500 });
   cloud.bootstrap();
   await cloud.reconcile();
-  const server = await listen(cloud, "127.0.0.1", 0);
+  const server = await listen(cloud, "127.0.0.1", 0, { limits: opts.limits });
   const url = `http://127.0.0.1:${server.port}`;
   const adminToken = readFileSync(join(home, "cloud", "admin.token"), "utf8").trim();
   return {

@@ -7,13 +7,12 @@ import { request } from "node:http";
 import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { WebSocket } from "ws";
-import { startCloud, tempHome, tenant, raw, refusal, type TestCloud } from "./helpers.js";
+import { startCloud, tenant, raw, refusal, type TestCloud } from "./helpers.js";
 import { serveProcess } from "./serve-process.js";
 import { NO_RATE_LIMITS, RequestLimits, TokenBuckets, type LimitSettings } from "../../src/cloud/limits.js";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { MonitorDriver } from "../../src/cloud/compute.js";
-import { createApp, listen } from "../../src/cloud/server.js";
-import { YunClient } from "../../src/cloud/client.js";
+import { createApp } from "../../src/cloud/server.js";
 
 const MiB = 1024 * 1024;
 
@@ -186,28 +185,8 @@ test("the OpenAPI document states the body limit and documents 413 and 429", asy
   }
 });
 
-async function cloudWith(limits: Partial<LimitSettings>): Promise<TestCloud> {
-  // startCloud with limits: the same, through listen's options.
-  const home = tempHome();
-  process.env.YUN_HOME = home;
-  const cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
-  cloud.bootstrap();
-  const server = await listen(cloud, "127.0.0.1", 0, { limits });
-  const url = `http://127.0.0.1:${server.port}`;
-  const adminToken = readFileSync(join(home, "cloud", "admin.token"), "utf8").trim();
-  return {
-    home,
-    cloud,
-    server,
-    url,
-    adminToken,
-    admin: new YunClient({ server: url, token: adminToken }),
-    close: async () => {
-      await server.close();
-      cloud.close();
-      rmSync(home, { recursive: true, force: true });
-    },
-  };
+function cloudWith(limits: Partial<LimitSettings>): Promise<TestCloud> {
+  return startCloud({ limits });
 }
 
 test("rate limit per token: a burst passes, then 429 with Retry-After; other tokens are not affected", async () => {
