@@ -17,6 +17,7 @@
  * carries guest data to the host socket.
  */
 import net from "node:net";
+import type { Duplex } from "node:stream";
 import {
   L4_OFF,
   PROTO_TCP,
@@ -33,7 +34,17 @@ import {
   writeTcpSynOptions,
   formatIpv4Address,
 } from "./ip.js";
-import { DNS_IP, GATEWAY_IP, inGuestNetwork, type GuestLink } from "./link.js";
+import { inGuestNetwork, type GuestLink } from "./link.js";
+
+/** What a connection is spliced to: a host socket, or an in-process stream (see TcpIntercept). */
+export type HostSocket = Duplex & { setNoDelay(noDelay?: boolean): unknown; resetAndDestroy(): unknown };
+
+/**
+ * Serves some guest connections in-process instead of through a host socket (the metadata
+ * service): given the SYN's source and destination, answers the stream to splice the connection
+ * to, or null to treat the connection as any other.
+ */
+export type TcpIntercept = (src: number, dst: number, dport: number) => HostSocket | null;
 
 /** Largest segment we send or accept: an Ethernet MTU of 1500 minus IPv4 and TCP headers. */
 export const TCP_MSS = 1460;
@@ -69,7 +80,7 @@ class Conn {
   state = CONNECTING;
   /** Next connection in the same lookup bucket (same remote IP and guest port). */
   next: Conn | null = null;
-  socket: net.Socket | null = null;
+  socket: HostSocket | null = null;
 
   // Sequence space towards the guest. Ring byte i holds sequence number sndUna + i.
   iss = 0;
@@ -157,6 +168,7 @@ export class TcpNat {
   constructor(
     private readonly link: GuestLink,
     private readonly dnsTarget: () => { address: string; port: number } | undefined,
+    private readonly intercept: TcpIntercept | null = null,
   ) {}
 
   stats(): TcpNatStats {
@@ -167,8 +179,8 @@ export class TcpNat {
     return { connections: this.count, bufferedBytes: buffered };
   }
 
-  /** A TCP segment from the guest to `dst`: frame[l4, end) is the TCP header and payload. */
-  input(frame: Uint8Array, l4: number, end: number, dst: number): void {
+  /** A TCP segment from the guest's `src` to `dst`: frame[l4, end) is the TCP header and payload. */
+  input(frame: Uint8Array, l4: number, end: number, dst: number, src = this.link.guestIp): void {
     if (this.closed || end - l4 < TCP_HLEN) return;
     const hlen = (frame[l4 + 12] >>> 4) << 2;
     if (hlen < TCP_HLEN || l4 + hlen > end) return;
@@ -185,7 +197,7 @@ export class TcpNat {
     if (!c) {
       if (flags & TCP_RST) return;
       if ((flags & (TCP_SYN | TCP_ACK | TCP_FIN)) === TCP_SYN) {
-        this.openFromGuest(dst, dport, sport, seq, window, frame, l4 + TCP_HLEN, dataOff);
+        this.openFromGuest(src, dst, dport, sport, seq, window, frame, l4 + TCP_HLEN, dataOff);
       } else {
         this.resetUnknown(dst, dport, sport, seq, ack, flags, len);
       }
@@ -267,11 +279,12 @@ export class TcpNat {
       return;
     }
     let port = this.nextForwardPort;
-    for (let i = 0; this.find(GATEWAY_IP, port, guestPort) && i < 65536; i++) {
+    const gateway = this.link.addresses.gateway;
+    for (let i = 0; this.find(gateway, port, guestPort) && i < 65536; i++) {
       port = port >= 65535 ? FORWARD_PORT_FIRST : port + 1;
     }
     this.nextForwardPort = port >= 65535 ? FORWARD_PORT_FIRST : port + 1;
-    const c = new Conn(GATEWAY_IP, port, guestPort);
+    const c = new Conn(gateway, port, guestPort);
     c.state = SYN_SENT;
     c.iss = randomIss();
     c.sndUna = c.iss;
@@ -342,6 +355,7 @@ export class TcpNat {
   // ---- opening ----
 
   private openFromGuest(
+    src: number,
     dst: number,
     dport: number,
     sport: number,
@@ -351,15 +365,25 @@ export class TcpNat {
     optStart: number,
     optEnd: number,
   ): void {
-    let host: string;
+    const local = this.intercept?.(src, dst, dport) ?? null;
+    let host = "";
     let port = dport;
-    if (dst === GATEWAY_IP) host = "127.0.0.1";
-    else if (dst === DNS_IP) {
+    const a = this.link.addresses;
+    if (local) {
+      if (this.count >= MAX_CONNECTIONS) {
+        local.destroy();
+        return this.resetUnknown(dst, dport, sport, seq, 0, TCP_SYN, 0);
+      }
+    } else if (dst === a.gateway) host = "127.0.0.1";
+    else if (dst === a.dns) {
       const dns = dport === 53 ? this.dnsTarget() : undefined;
       if (!dns) return this.resetUnknown(dst, dport, sport, seq, 0, TCP_SYN, 0);
       host = dns.address;
       port = dns.port;
-    } else if (inGuestNetwork(dst)) {
+    } else if (inGuestNetwork(dst, a)) {
+      return this.resetUnknown(dst, dport, sport, seq, 0, TCP_SYN, 0);
+    } else if (dst >>> 16 === 0xa9fe) {
+      // Link-local (169.254.0.0/16): the host's own metadata service, if it runs in a cloud, is not the guest's.
       return this.resetUnknown(dst, dport, sport, seq, 0, TCP_SYN, 0);
     } else if (dst === 0 || dst >>> 28 >= 14 || dst >>> 24 === 127 || dst === 0xffffffff) {
       return; // unspecified, multicast, reserved, loopback: nothing to connect to
@@ -376,8 +400,8 @@ export class TcpNat {
     c.sndWnd = window;
     c.rcvNxt = (seq + 1) >>> 0;
     this.insert(c);
-    const socket = net.connect({ host, port, allowHalfOpen: true });
-    socket.once("connect", () => {
+    const socket: HostSocket = local ?? net.connect({ host, port, allowHalfOpen: true });
+    const connected = (): void => {
       if (c.state !== CONNECTING) return;
       socket.setNoDelay(true);
       c.state = SYN_RECEIVED;
@@ -386,11 +410,13 @@ export class TcpNat {
       c.sndNxt = c.sndMax = (c.iss + 1) >>> 0;
       this.sendSyn(c);
       this.armRto(c, Date.now());
-    });
+    };
     this.attachSocket(c, socket);
+    if (local) connected();
+    else socket.once("connect", connected);
   }
 
-  private attachSocket(c: Conn, socket: net.Socket): void {
+  private attachSocket(c: Conn, socket: HostSocket): void {
     c.socket = socket;
     socket.on("data", (data: Buffer) => this.onHostData(c, data));
     socket.on("end", () => {

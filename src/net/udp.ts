@@ -50,7 +50,7 @@ export class UdpNat {
       this.flows.set(sport, flow);
     }
     flow.lastUsed = now;
-    flow.socket.send(Buffer.from(payload), dport, formatIpv4Address(hostAddressFor(dst)));
+    flow.socket.send(Buffer.from(payload), dport, formatIpv4Address(hostAddressFor(dst, this.link.addresses.gateway)));
   }
 
   close(): void {
@@ -77,7 +77,7 @@ export class UdpNat {
         return;
       }
       flow.lastUsed = Date.now();
-      this.link.emitUdp(guestAddressFor(from), rinfo.port, guestPort, msg);
+      this.link.emitUdp(guestAddressFor(from, this.link.addresses.gateway), rinfo.port, guestPort, msg);
     });
     this.flows.set(guestPort, flow);
     if (!this.sweeper) {

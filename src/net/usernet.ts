@@ -5,6 +5,11 @@
  *   10.0.2.2   gateway: answers ARP and ping; TCP/UDP to it reach the host's 127.0.0.1
  *   10.0.2.3   DNS: queries are forwarded to the host's nameservers
  *   10.0.2.15  the guest, handed out by the built-in DHCP server
+ *   169.254.169.254:80  the instance metadata service (metadata.ts), when the VM has one
+ *
+ * Another guest address and prefix can be given (`address`, e.g. 10.0.7.15/16): the gateway and
+ * DNS are then .2 and .3 of that network. Published ports can be added and removed while the VM
+ * runs (addForward, removeForward).
  *
  * TCP and UDP to any other address leave through host sockets (see tcp.ts, udp.ts); published
  * host ports are spliced to the guest's ports. ICMP other than ping to the gateway is dropped:
@@ -58,7 +63,17 @@ import {
   writeU16,
   writeUdpHeader,
 } from "./ip.js";
-import { DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, inGuestNetwork, MTU, NETMASK, type GuestLink } from "./link.js";
+import {
+  DEFAULT_ADDRESSES,
+  GATEWAY_MAC,
+  inGuestNetwork,
+  METADATA_IP,
+  MTU,
+  userNetAddresses,
+  type GuestLink,
+  type UserNetAddresses,
+} from "./link.js";
+import type { MetadataService } from "./metadata.js";
 import { TcpNat } from "./tcp.js";
 import { UdpNat } from "./udp.js";
 
@@ -75,6 +90,10 @@ export interface HostForward {
 
 export interface UserNetOptions {
   hostForwards?: HostForward[];
+  /** The guest's address and prefix ("10.0.7.15/16"); default 10.0.2.15/24. */
+  address?: string;
+  /** Serves http://169.254.169.254/ to this guest; without it, TCP to 169.254.0.0/16 is refused. */
+  metadata?: MetadataService;
   /** Nameservers for 10.0.2.3 ("ip" or "ip:port"); default: the host's /etc/resolv.conf. */
   dnsServers?: string[];
   /** How long each nameserver gets before the next is tried (default 2000 ms). */
@@ -100,6 +119,23 @@ function checkPort(value: number, what: string, allowZero: boolean): void {
   }
 }
 
+function checkForward(f: HostForward): void {
+  if (f.proto !== "tcp") throw new Error(`cannot publish ${f.hostAddr}:${f.hostPort}: only tcp is supported`);
+  checkPort(f.hostPort, "host port", true);
+  checkPort(f.guestPort, "guest port", false);
+}
+
+export interface PublishedForward {
+  hostAddr: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+function describeForward(e: { f: HostForward; server: net.Server | null }): PublishedForward {
+  const a = e.server?.address() as net.AddressInfo | null | undefined;
+  return { hostAddr: e.f.hostAddr, hostPort: a ? a.port : e.f.hostPort, guestPort: e.f.guestPort };
+}
+
 function describeListenError(err: NodeJS.ErrnoException): string {
   switch (err.code) {
     case "EADDRINUSE":
@@ -122,7 +158,8 @@ export class UserNet implements NetBackend {
   private readonly arpBuf = new Uint8Array(ETH_HLEN + ARP_LEN);
   private view: Uint8Array = this.tx.subarray(0, 0);
   private guestMac: Uint8Array | null = null;
-  private guestAddr = GUEST_IP;
+  private readonly addresses: UserNetAddresses;
+  private guestAddr: number;
   /** The guest has sent from its address, so it is configured. */
   private guestUp = false;
   private ipId = 1;
@@ -132,33 +169,36 @@ export class UserNet implements NetBackend {
   private deferred: Uint8Array[] = [];
   private closed = false;
   private started = false;
-  private readonly forwards: HostForward[];
-  private readonly servers: net.Server[] = [];
+  /** Published forwards and their listening servers, in the order they were added. */
+  private readonly forwards: { f: HostForward; server: net.Server | null }[];
   private readonly link: GuestLink;
   private readonly tcp: TcpNat;
   private readonly udp: UdpNat;
   private readonly dns: DnsForwarder;
-  private readonly lease: DhcpLease = {
-    address: GUEST_IP,
-    mask: NETMASK,
-    router: GATEWAY_IP,
-    dns: DNS_IP,
-    server: GATEWAY_IP,
-    leaseSeconds: LEASE_SECONDS,
-  };
+  private readonly lease: DhcpLease;
 
   constructor(options: UserNetOptions = {}) {
-    this.forwards = (options.hostForwards ?? []).map((f) => ({ ...f }));
-    for (const f of this.forwards) {
-      if (f.proto !== "tcp") throw new Error(`cannot publish ${f.hostAddr}:${f.hostPort}: only tcp is supported`);
-      checkPort(f.hostPort, "host port", true);
-      checkPort(f.guestPort, "guest port", false);
-    }
+    const a = (this.addresses = options.address ? userNetAddresses(options.address) : { ...DEFAULT_ADDRESSES });
+    this.guestAddr = a.guest;
+    this.lease = {
+      address: a.guest,
+      mask: a.netmask,
+      router: a.gateway,
+      dns: a.dns,
+      server: a.gateway,
+      leaseSeconds: LEASE_SECONDS,
+    };
+    this.forwards = (options.hostForwards ?? []).map((f) => {
+      checkForward(f);
+      return { f: { ...f }, server: null };
+    });
     this.dns = new DnsForwarder(options.dnsServers ?? systemNameservers(), options.dnsTimeoutMs ?? 2000);
     const guestIp = () => this.guestAddr;
     const ready = () => this.deliver !== null && this.guestMac !== null;
+    const addresses = a;
     this.link = {
       tx: this.tx,
+      addresses,
       emitIpv4: (proto, src, dst, len) => this.emitIpv4(proto, src, dst, len),
       emitUdp: (src, sport, dport, payload) => this.emitUdp(src, sport, dport, payload),
       get guestIp() {
@@ -168,7 +208,10 @@ export class UserNet implements NetBackend {
         return ready();
       },
     };
-    this.tcp = new TcpNat(this.link, () => this.dns.primary);
+    const metadata = options.metadata ?? null;
+    this.tcp = new TcpNat(this.link, () => this.dns.primary, (src, dst, dport) =>
+      metadata && dst === METADATA_IP && dport === 80 ? metadata.connect(src === addresses.guest) : null,
+    );
     this.udp = new UdpNat(this.link, { idleMs: options.udpIdleMs });
   }
 
@@ -176,39 +219,74 @@ export class UserNet implements NetBackend {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
-    for (const f of this.forwards) {
-      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
-        if (this.closed) socket.destroy();
-        else this.tcp.acceptForward(socket, f.guestPort);
-      });
+    for (const entry of this.forwards) {
       try {
-        await new Promise<void>((resolve, reject) => {
-          server.once("error", reject);
-          server.listen({ host: f.hostAddr, port: f.hostPort }, () => {
-            server.off("error", reject);
-            resolve();
-          });
-        });
+        entry.server = await this.listen(entry.f);
       } catch (e) {
-        for (const s of this.servers) s.close();
-        this.servers.length = 0;
-        throw new Error(
-          `cannot publish ${f.hostAddr}:${f.hostPort}: ${describeListenError(e as NodeJS.ErrnoException)}`,
-        );
+        for (const x of this.forwards) x.server?.close();
+        for (const x of this.forwards) x.server = null;
+        throw e;
       }
-      server.on("error", () => {});
-      this.servers.push(server);
-      if (this.closed) server.close();
     }
   }
 
-  /** The published forwards with the ports actually bound (after start()). */
-  get published(): { hostAddr: string; hostPort: number; guestPort: number }[] {
-    return this.servers.map((s, i) => {
-      const f = this.forwards[i];
-      const a = s.address() as net.AddressInfo | null;
-      return { hostAddr: f.hostAddr, hostPort: a ? a.port : f.hostPort, guestPort: f.guestPort };
+  private async listen(f: HostForward): Promise<net.Server> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
+      if (this.closed) socket.destroy();
+      else this.tcp.acceptForward(socket, f.guestPort);
     });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen({ host: f.hostAddr, port: f.hostPort }, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+    } catch (e) {
+      throw new Error(`cannot publish ${f.hostAddr}:${f.hostPort}: ${describeListenError(e as NodeJS.ErrnoException)}`);
+    }
+    server.on("error", () => {});
+    if (this.closed) server.close();
+    return server;
+  }
+
+  /**
+   * Publishes one more forward while the VM runs; answers it with the port actually bound.
+   * Rejects with one sentence if it cannot listen (the address in use, ...).
+   */
+  async addForward(f: HostForward): Promise<PublishedForward> {
+    checkForward(f);
+    if (this.closed) throw new Error("the network is closed");
+    const entry: { f: HostForward; server: net.Server | null } = { f: { ...f }, server: null };
+    if (this.started) entry.server = await this.listen(entry.f);
+    this.forwards.push(entry);
+    return describeForward(entry);
+  }
+
+  /**
+   * Stops publishing the forward bound at hostAddr:hostPort (connections already spliced go on
+   * until they end). Answers false if there is none.
+   */
+  removeForward(hostAddr: string, hostPort: number): boolean {
+    const i = this.forwards.findIndex((e) => {
+      const p = describeForward(e);
+      return p.hostAddr === hostAddr && p.hostPort === hostPort;
+    });
+    if (i < 0) return false;
+    const [entry] = this.forwards.splice(i, 1);
+    entry.server?.close();
+    return true;
+  }
+
+  /** The published forwards with the ports actually bound (after start()). */
+  get published(): PublishedForward[] {
+    return this.forwards.filter((e) => e.server).map(describeForward);
+  }
+
+  /** The guest's assigned address and prefix, e.g. "10.0.2.15/24". */
+  get guestAddress(): UserNetAddresses {
+    return { ...this.addresses };
   }
 
   /** The guest's MAC as learned from its frames, or null before it sent any. */
@@ -228,7 +306,7 @@ export class UserNet implements NetBackend {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const s of this.servers) s.close();
+    for (const e of this.forwards) e.server?.close();
     this.tcp.close();
     this.udp.close();
     this.dns.close();
@@ -343,7 +421,7 @@ export class UserNet implements NetBackend {
     this.lastArpRequest = now;
     const b = this.arpBuf;
     writeEthernet(b, BROADCAST_MAC, GATEWAY_MAC, ETHERTYPE_ARP);
-    writeArp(b, ETH_HLEN, ARP_REQUEST, GATEWAY_MAC, GATEWAY_IP, new Uint8Array(6), this.guestAddr);
+    writeArp(b, ETH_HLEN, ARP_REQUEST, GATEWAY_MAC, this.addresses.gateway, new Uint8Array(6), this.guestAddr);
     this.emit(b, b.length);
   }
 
@@ -353,12 +431,13 @@ export class UserNet implements NetBackend {
     const o = ETH_HLEN;
     if (frame.length < o + ARP_LEN || readU16(frame, o) !== 1 || readU16(frame, o + 2) !== ETHERTYPE_IPV4) return;
     const senderIp = readU32(frame, o + 14);
-    if (senderIp !== 0 && inGuestNetwork(senderIp) && senderIp !== GATEWAY_IP && senderIp !== DNS_IP) {
+    const a = this.addresses;
+    if (senderIp !== 0 && inGuestNetwork(senderIp, a) && senderIp !== a.gateway && senderIp !== a.dns) {
       this.guestAddr = senderIp;
     }
     if (readU16(frame, o + 6) !== ARP_REQUEST) return;
     const target = readU32(frame, o + 24);
-    if (target !== GATEWAY_IP && target !== DNS_IP) return;
+    if (target !== a.gateway && target !== a.dns) return;
     const b = this.arpBuf;
     const requester = frame.subarray(o + 8, o + 14);
     writeEthernet(b, requester, GATEWAY_MAC, ETHERTYPE_ARP);
@@ -376,8 +455,9 @@ export class UserNet implements NetBackend {
     if (internetChecksum(frame, o, o + ihl) !== 0) return;
     const src = readU32(frame, o + 12);
     const dst = readU32(frame, o + 16);
+    const a = this.addresses;
     if (src !== this.guestAddr || !this.guestUp) {
-      if (src !== 0 && inGuestNetwork(src) && src !== GATEWAY_IP && src !== DNS_IP) {
+      if (src !== 0 && inGuestNetwork(src, a) && src !== a.gateway && src !== a.dns) {
         // The guest speaks from a configured address: port forwards waiting for it can go now.
         this.guestAddr = src;
         this.guestUp = true;
@@ -387,7 +467,7 @@ export class UserNet implements NetBackend {
     const l4 = o + ihl;
     switch (frame[o + 9]) {
       case PROTO_TCP:
-        this.tcp.input(frame, l4, end, dst);
+        this.tcp.input(frame, l4, end, dst, src);
         break;
       case PROTO_UDP:
         this.udpIn(frame, l4, end, dst);
@@ -405,15 +485,17 @@ export class UserNet implements NetBackend {
     const len = readU16(frame, l4 + 4);
     if (len < UDP_HLEN || l4 + len > end) return;
     const payload = frame.subarray(l4 + UDP_HLEN, l4 + len);
+    const a = this.addresses;
     if (dport === DHCP_SERVER_PORT) {
-      if (sport === DHCP_CLIENT_PORT && (dst === 0xffffffff || dst === GATEWAY_IP)) this.dhcp(payload);
+      if (sport === DHCP_CLIENT_PORT && (dst === 0xffffffff || dst === a.gateway)) this.dhcp(payload);
       return;
     }
-    if (dst === DNS_IP) {
-      if (dport === DNS_PORT) this.dns.query(payload, (reply) => this.emitUdp(DNS_IP, DNS_PORT, sport, reply));
+    if (dst === a.dns) {
+      if (dport === DNS_PORT) this.dns.query(payload, (reply) => this.emitUdp(a.dns, DNS_PORT, sport, reply));
       return;
     }
-    if (inGuestNetwork(dst) && dst !== GATEWAY_IP) return;
+    if (inGuestNetwork(dst, a) && dst !== a.gateway) return;
+    if (dst >>> 16 === 0xa9fe) return; // link-local: not the host's own metadata service
     if (dst === 0 || dst >>> 28 >= 14 || dst >>> 24 === 127) return; // unspecified, multicast, broadcast, loopback
     this.udp.input(dst, sport, dport, payload);
   }
@@ -433,12 +515,12 @@ export class UserNet implements NetBackend {
       mac = BROADCAST_MAC;
       dst = 0xffffffff;
     }
-    this.emitUdpTo(mac, GATEWAY_IP, dst, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload);
+    this.emitUdpTo(mac, this.addresses.gateway, dst, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload);
   }
 
   private icmpIn(frame: Uint8Array, l4: number, end: number, src: number, dst: number): void {
     if (end - l4 < ICMP_HLEN || frame[l4] !== ICMP_ECHO_REQUEST) return;
-    if (dst !== GATEWAY_IP && dst !== DNS_IP) return;
+    if (dst !== this.addresses.gateway && dst !== this.addresses.dns) return;
     if (internetChecksum(frame, l4, end) !== 0 || !this.guestMac) return;
     const len = end - l4;
     const tx = this.tx;
