@@ -23,6 +23,7 @@ import { maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { validateNetworkName } from "../net/hub.js";
 import type { HostForward } from "../net/usernet.js";
+import { userNetAddresses } from "../net/link.js";
 import { parseMac, stableMac, formatMac } from "../net/ethernet.js";
 import { type DiskRef, type NetChoice, type VmSpec } from "../vmm/spec.js";
 import { VmMonitor, type MonitorOptions } from "../vmm/monitor.js";
@@ -95,6 +96,10 @@ Network (virtio-net):
                       user-mode network: forward TCP connections to ADDR:HOSTPORT on the host
                       (default ADDR 127.0.0.1; HOSTPORT 0 picks a free port) to GUESTPORT in the
                       guest (repeatable)
+  --net-address CIDR  user-mode network: the guest's address and prefix (default 10.0.2.15/24;
+                      the gateway is the network's .2, DNS .3)
+  --metadata FILE     user-mode network: serve the instance metadata in FILE (JSON, as yun serve
+                      writes it) at http://169.254.169.254/ (OpenStack and EC2 layouts)
   --no-net            no network card
   --name NAME         the VM's name (default: vm-PID); its MAC address is derived from it
                       (without --name: from the --root file's path, or the throwaway disk's)
@@ -208,6 +213,8 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         disk: { type: "string", multiple: true },
         net: { type: "string" },
         publish: { type: "string", multiple: true },
+        "net-address": { type: "string" },
+        metadata: { type: "string" },
         "no-net": { type: "boolean" },
         name: { type: "string" },
         mac: { type: "string" },
@@ -329,6 +336,16 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   // Network flags, all checked before anything is looked up or pulled.
   const publish = (v.publish ?? []).map(parsePublish);
   let net: NetChoice;
+  if ((v["net-address"] !== undefined || v.metadata !== undefined) && (v["no-net"] || v.net !== undefined)) {
+    throw new UsageError("--net-address and --metadata work with user-mode networking only (not --net or --no-net)");
+  }
+  if (v["net-address"] !== undefined) {
+    try {
+      userNetAddresses(v["net-address"]);
+    } catch (e) {
+      throw new UsageError(`--net-address: ${(e as Error).message}`);
+    }
+  }
   if (v["no-net"]) {
     if (v.net !== undefined) throw new UsageError("--no-net and --net contradict each other");
     if (publish.length) throw new UsageError("--publish needs a network card; it cannot go with --no-net");
@@ -347,6 +364,8 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     net = { kind: "switch", name: v.net };
   } else {
     net = { kind: "user", publish };
+    if (v["net-address"] !== undefined) net.address = v["net-address"];
+    if (v.metadata !== undefined) net.metadata = resolvePath(v.metadata);
   }
   if (v.name !== undefined && !NAME_RE.test(v.name)) {
     throw new UsageError(

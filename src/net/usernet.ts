@@ -176,6 +176,7 @@ export class UserNet implements NetBackend {
   private readonly udp: UdpNat;
   private readonly dns: DnsForwarder;
   private readonly lease: DhcpLease;
+  private readonly metadata: MetadataService | null;
 
   constructor(options: UserNetOptions = {}) {
     const a = (this.addresses = options.address ? userNetAddresses(options.address) : { ...DEFAULT_ADDRESSES });
@@ -208,7 +209,7 @@ export class UserNet implements NetBackend {
         return ready();
       },
     };
-    const metadata = options.metadata ?? null;
+    const metadata = (this.metadata = options.metadata ?? null);
     this.tcp = new TcpNat(this.link, () => this.dns.primary, (src, dst, dport) =>
       metadata && dst === METADATA_IP && dport === 80 ? metadata.connect(src === addresses.guest) : null,
     );
@@ -310,6 +311,7 @@ export class UserNet implements NetBackend {
     this.tcp.close();
     this.udp.close();
     this.dns.close();
+    this.metadata?.close();
     this.deferred.length = 0;
     this.deliver = null;
   }

@@ -21,6 +21,15 @@ import {
 type Op = (args: Record<string, unknown>) => Promise<unknown> | unknown;
 
 class BadRequest extends Error {}
+class NotFound extends Error {}
+
+function portArg(args: Record<string, unknown>, name: string, allowZero: boolean): number {
+  const v = args[name];
+  if (typeof v !== "number" || !Number.isInteger(v) || v < (allowZero ? 0 : 1) || v > 65535) {
+    throw new BadRequest(`"${name}" must be a port number ${allowZero ? 0 : 1}-65535`);
+  }
+  return v;
+}
 
 function stringArg(args: Record<string, unknown>, name: string): string {
   const v = args[name];
@@ -86,6 +95,19 @@ export class ControlServer {
           this.migration = null;
         }
       },
+      forwards: () => ({ forwards: m.forwards() }),
+      "forward-add": async (a) => {
+        const hostAddr = a.hostAddr === undefined ? "127.0.0.1" : stringArg(a, "hostAddr");
+        const hostPort = portArg(a, "hostPort", true);
+        const guestPort = portArg(a, "guestPort", false);
+        return m.addForward({ hostAddr, hostPort, guestPort, proto: "tcp" });
+      },
+      "forward-remove": (a) => {
+        const hostAddr = a.hostAddr === undefined ? "127.0.0.1" : stringArg(a, "hostAddr");
+        const hostPort = portArg(a, "hostPort", false);
+        if (!m.removeForward(hostAddr, hostPort)) throw new NotFound(`nothing is published at ${hostAddr}:${hostPort}`);
+        return { removed: true };
+      },
       cancel: () => {
         if (!this.migration) throw new StateError("no migration is running");
         this.migration.abort();
@@ -106,6 +128,8 @@ export class ControlServer {
       const status =
         e instanceof BadRequest || e instanceof SnapshotError
           ? 400
+          : e instanceof NotFound
+            ? 404
           : e instanceof StateError || e instanceof MigrationError
             ? 409
             : 500;
@@ -252,6 +276,9 @@ export class ControlServer {
       "/vm/restore": ["POST", "restore"],
       "/vm/migrate": ["POST", "migrate"],
       "/vm/cancel": ["POST", "cancel"],
+      "/vm/forwards": ["GET", "forwards"],
+      "/vm/forwards/add": ["POST", "forward-add"],
+      "/vm/forwards/remove": ["POST", "forward-remove"],
     };
     const route = routes[url.pathname];
     if (!route) return send(404, { error: `no such path: ${url.pathname}` });

@@ -56,6 +56,11 @@ export class DeferredDisk implements BlockBackend {
 
 export class DeferredNet implements NetBackend {
   private target: NetBackend | null = null;
+
+  /** The backend plugged in, or null before. */
+  get plugged(): NetBackend | null {
+    return this.target;
+  }
   private deliver: ((frame: Uint8Array) => boolean) | null = null;
 
   plug(target: NetBackend): void {

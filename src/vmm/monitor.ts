@@ -24,6 +24,8 @@ import {
   type LoadedSnapshot,
 } from "./snapshot.js";
 import { createOverlay, makeOwnedDir } from "./overlay.js";
+import { DeferredNet } from "./deferred.js";
+import { UserNet, type HostForward, type PublishedForward } from "../net/usernet.js";
 
 /** fsync of a file, so that what snapshot.json promises is on disk before it is written. */
 function syncFile(path: string): void {
@@ -317,6 +319,53 @@ export class VmMonitor {
     this.pastIdleMs += m.idleMs;
   }
 
+  /** The VM's user-mode network, or a StateError saying why there is none. */
+  private userNet(): UserNet {
+    let backend = this.current?.netBackend ?? null;
+    if (backend instanceof DeferredNet) backend = backend.plugged;
+    if (this.spec.net.kind !== "user" || !(backend instanceof UserNet)) {
+      throw new StateError(`VM ${this.spec.name} has no user-mode network (port forwards need one)`);
+    }
+    return backend;
+  }
+
+  /** The published port forwards (host address and port bound, guest port). */
+  forwards(): PublishedForward[] {
+    return this.spec.net.kind === "user" && this.current ? this.userNet().published : [];
+  }
+
+  /**
+   * Publishes a host port to a guest port while the VM runs. The spec keeps what is published
+   * (with the ports bound), so a guest reboot publishes the same ports again.
+   */
+  async addForward(f: HostForward): Promise<PublishedForward> {
+    this.requireLive("given a port forward");
+    const net = this.userNet();
+    let added: PublishedForward;
+    try {
+      added = await net.addForward(f);
+    } catch (e) {
+      throw new StateError((e as Error).message);
+    }
+    this.keepForwards(net);
+    return added;
+  }
+
+  /** Stops publishing hostAddr:hostPort; false if nothing is published there. */
+  removeForward(hostAddr: string, hostPort: number): boolean {
+    this.requireLive("changed");
+    const net = this.userNet();
+    const removed = net.removeForward(hostAddr, hostPort);
+    if (removed) this.keepForwards(net);
+    return removed;
+  }
+
+  private keepForwards(net: UserNet): void {
+    if (this.spec.net.kind !== "user") return;
+    const publish = net.published.map((p) => ({ ...p, proto: "tcp" as const }));
+    this.spec = { ...this.spec, net: { ...this.spec.net, publish } };
+  }
+
   describe(): Record<string, unknown> {
     const s = this.spec;
     return {
@@ -329,7 +378,12 @@ export class VmMonitor {
       cpuCap: s.cpuCap,
       uptimeMs: Date.now() - this.startedAt,
       disks: s.disks.map((d) => ({ path: d.path, format: d.format, readOnly: d.readOnly })),
-      net: { kind: s.net.kind, ...(s.net.kind === "switch" ? { name: s.net.name } : {}), mac: s.mac },
+      net: {
+        kind: s.net.kind,
+        ...(s.net.kind === "switch" ? { name: s.net.name } : {}),
+        ...(s.net.kind === "user" ? { address: s.net.address ?? "10.0.2.15/24", forwards: this.forwards() } : {}),
+        mac: s.mac,
+      },
     };
   }
 

@@ -11,9 +11,35 @@ import type { NetBackend } from "../devices/netdev.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { joinNetwork } from "../net/hub.js";
 import { UserNet, type HostForward } from "../net/usernet.js";
+import { MetadataService, parseInstanceMetadata } from "../net/metadata.js";
 import { DeferredDisk, DeferredNet } from "./deferred.js";
 
-export type NetChoice = { kind: "none" } | { kind: "user"; publish: HostForward[] } | { kind: "switch"; name: string };
+export type NetChoice =
+  | { kind: "none" }
+  | {
+      kind: "user";
+      publish: HostForward[];
+      /** The guest's address and prefix ("10.0.7.15/16"); absent: 10.0.2.15/24. */
+      address?: string;
+      /** A JSON file of the instance's metadata (net/metadata.ts) served at 169.254.169.254; absent: none. */
+      metadata?: string;
+    }
+  | { kind: "switch"; name: string };
+
+/** The instance metadata in a file (`yun run --metadata`), checked; throws SpecError naming the file. */
+export function readMetadataFile(path: string): MetadataService {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new SpecError(`metadata file ${path} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  try {
+    return new MetadataService(parseInstanceMetadata(JSON.parse(text)));
+  } catch (e) {
+    throw new SpecError(`metadata file ${path}: ${(e as Error).message}`);
+  }
+}
 
 export interface DiskRef {
   path: string;
@@ -73,7 +99,14 @@ export async function openNet(
     case "switch":
       return { backend: await joinNetwork(choice.name, netDir), notes: [] };
     case "user": {
-      const user = new UserNet({ hostForwards: choice.publish });
+      const metadata = choice.metadata ? readMetadataFile(choice.metadata) : undefined;
+      let user: UserNet;
+      try {
+        user = new UserNet({ hostForwards: choice.publish, address: choice.address, metadata });
+      } catch (e) {
+        metadata?.close();
+        throw new SpecError((e as Error).message);
+      }
       try {
         await user.start();
       } catch (e) {

@@ -191,7 +191,8 @@ export class VirtMachine {
   readonly rng: VirtioRng;
   readonly clock: HartClock;
   private readonly diskBackends: BlockBackend[];
-  private readonly netBackend: NetBackend | null;
+  /** The network card's backend (user-mode NAT, a switch port, a migration's stand-in), or null. */
+  readonly netBackend: NetBackend | null;
   private closed = false;
   private readonly config: VirtConfig;
   private readonly inputQueue: number[] = [];
