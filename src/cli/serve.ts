@@ -130,7 +130,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stdout.write(`yun serve: made ${tightened} files and directories under ${home} owner-only\n`);
   let cloud: Cloud;
   try {
-    cloud = new Cloud({ home, driver: new MonitorDriver(home) });
+    cloud = new Cloud({ home, driver: new MonitorDriver(home), forwardsBeyondLoopback: !isLoopback(host) });
   } catch (e) {
     process.stderr.write(`yun serve: cannot open the cloud's state in ${home}/cloud: ${(e as Error).message}\n`);
     return 1;

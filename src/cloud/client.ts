@@ -19,6 +19,8 @@ import type {
   InstanceMetrics,
   InstanceState,
   KeyPair,
+  Forward,
+  CreateForwardRequest,
   List,
   NewToken,
   Network,
@@ -310,6 +312,18 @@ export class YunClient {
   }
   deleteSnapshot(id: string): Promise<void> {
     return this.request("DELETE", `/api/v1/snapshots/${enc(id)}`);
+  }
+
+  // ------------------------------------------------------------------------------- forwards
+
+  listForwards(instance: string): Promise<Forward[]> {
+    return this.items(`/api/v1/instances/${enc(instance)}/forwards`);
+  }
+  createForward(instance: string, req: CreateForwardRequest): Promise<Forward> {
+    return this.request("POST", `/api/v1/instances/${enc(instance)}/forwards`, { body: req });
+  }
+  deleteForward(instance: string, forwardId: string): Promise<void> {
+    return this.request("DELETE", `/api/v1/instances/${enc(instance)}/forwards/${enc(forwardId)}`);
   }
 
   // ------------------------------------------------------------------------- networks, keypairs

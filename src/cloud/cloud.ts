@@ -20,6 +20,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
+import net from "node:net";
 import { pipeline } from "node:stream/promises";
 import { Readable, Transform } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
@@ -38,8 +39,10 @@ import { NetworkServices } from "./netsvc.js";
 import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, unauthorized } from "./errors.js";
 import type {
   AuditEvent,
+  CreateForwardRequest,
   CreateInstanceRequest,
   Flavor,
+  Forward,
   Image,
   ImageFormat,
   Instance,
@@ -68,8 +71,19 @@ export const DEFAULT_FLAVORS = [
 const GiB = 1024 ** 3;
 /** The largest image upload accepted. */
 export const MAX_UPLOAD_BYTES = 64 * GiB;
-/** User-mode networking gives every guest this address (by DHCP). */
-const USERNET_ADDRESS = "10.0.2.15";
+/**
+ * The NAT pool: every instance on user-mode networking gets an address of its own here (its VM's
+ * DHCP hands it out; the gateway is 10.0.0.2, DNS 10.0.0.3). Each VM has its own NAT, so the pool
+ * only keeps the addresses distinct: instances on NAT do not reach each other.
+ */
+const NAT_NETWORK = "10.0.0.0";
+const NAT_PREFIX = 16;
+/** The first address handed out (as slirp's .15). */
+const NAT_FIRST = 15;
+/** Port forwards one instance may have. */
+export const MAX_FORWARDS_PER_INSTANCE = 16;
+/** The instance metadata file in an instance's directory (yun run --metadata). */
+const METADATA_FILE = "metadata.json";
 /** The seed disk's file in an instance's directory. */
 const SEED_DISK = "seed.ext4";
 
@@ -111,6 +125,21 @@ export interface CloudOptions {
   now?: () => number;
   /** Metering tick (default 2000 ms; 0: none). */
   tickMs?: number;
+  /**
+   * The API listens beyond loopback: port forwards may then bind other host addresses than
+   * 127.0.0.1 (default false: forwards are reachable from this machine only).
+   */
+  forwardsBeyondLoopback?: boolean;
+}
+
+interface ForwardRow {
+  id: string;
+  instance_id: string;
+  project_id: string;
+  host_addr: string;
+  host_port: number;
+  guest_port: number;
+  created_at: string;
 }
 
 interface ProjectRow {
@@ -1000,6 +1029,8 @@ export class Cloud {
     const id = newId("ins");
     const dir = join(this.dir, "instances", id);
     const start = req.start ?? true;
+    // Every NAT instance gets an SSH forward (guest port 22 on a free host port of loopback).
+    const sshPort = network ? null : await this.freeHostPort("127.0.0.1");
     const now = this.now();
     const row = immediate(this.db, () => {
       if (this.db.prepare("SELECT 1 FROM instances WHERE project_id = ? AND name = ?").get(projectId, req.name))
@@ -1016,7 +1047,7 @@ export class Cloud {
         if (!cur) throw notFound(`no volume ${v.name}`);
         if (cur.instance_id !== null) throw conflict(`volume ${v.name} is already attached to an instance`);
       }
-      const address = network ? this.allocateAddress(network.id, network.cidr) : USERNET_ADDRESS;
+      const address = network ? this.allocateAddress(network.id, network.cidr) : this.allocateNatAddress();
       this.db
         .prepare(
           `INSERT INTO instances (id, name, project_id, state, image_id, flavor_id, vcpus, memory_mib, disk_gib,
@@ -1045,6 +1076,10 @@ export class Cloud {
       let order = now;
       for (const v of vols)
         this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(id, order++, v.id);
+      if (sshPort !== null && !this.hostPortTaken(sshPort))
+        this.db
+          .prepare("INSERT INTO forwards VALUES (?, ?, ?, '127.0.0.1', ?, 22, ?)")
+          .run(newId("fwd"), id, projectId, sshPort, this.iso());
       this.meter.open(projectId, id, req.name, "disk", flavor.disk_gib, now);
       return this.rowById(id)!;
     });
@@ -1078,6 +1113,46 @@ export class Cloud {
       if (!used.has(a)) return a;
     }
     throw conflict(`network ${cidr} has no free address left`);
+  }
+
+  /** The next free address of the NAT pool. Inside a transaction. */
+  private allocateNatAddress(): string {
+    const used = new Set(
+      (
+        this.db.prepare("SELECT address FROM instances WHERE network_id IS NULL AND address IS NOT NULL").all() as {
+          address: string;
+        }[]
+      ).map((r) => r.address),
+    );
+    const base = parseCidr(`${NAT_NETWORK}/${NAT_PREFIX}`).base;
+    const size = 2 ** (32 - NAT_PREFIX);
+    for (let i = NAT_FIRST; i < size - 1; i++) {
+      const a = intToIp(base + i);
+      if (!used.has(a)) return a;
+    }
+    throw conflict(`the NAT pool ${NAT_NETWORK}/${NAT_PREFIX} has no free address left`);
+  }
+
+  private hostPortTaken(port: number): boolean {
+    return this.db.prepare("SELECT 1 FROM forwards WHERE host_port = ?").get(port) !== undefined;
+  }
+
+  /** A host port that nothing listens on now and no forward has. */
+  private async freeHostPort(hostAddr: string): Promise<number> {
+    for (let tries = 0; tries < 20; tries++) {
+      const port = await new Promise<number>((resolve, reject) => {
+        const s = net.createServer();
+        s.once("error", reject);
+        s.listen({ host: hostAddr, port: 0 }, () => {
+          const p = (s.address() as net.AddressInfo).port;
+          s.close(() => resolve(p));
+        });
+      }).catch((e: NodeJS.ErrnoException) => {
+        throw badRequest(`hostAddr ${hostAddr} cannot be listened on here (${e.code ?? e.message})`);
+      });
+      if (!this.hostPortTaken(port)) return port;
+    }
+    throw conflict("no free host port was found for the forward");
   }
 
   /**
@@ -1114,7 +1189,10 @@ export class Cloud {
           { public_key: string } | undefined)
       : undefined;
     const mode = PRIVATE_FILE_MODE;
-    writeFileSync(join(seed, "meta-data"), `instance-id: ${r.id}\nlocal-hostname: ${r.name}\n`, { mode });
+    // NoCloud's meta-data (YAML): cloud-init takes the keys from public-keys; the tiny image's
+    // boot script reads authorized_keys.
+    const keys = key ? `public-keys:\n  - ${JSON.stringify(key.public_key)}\n` : "";
+    writeFileSync(join(seed, "meta-data"), `instance-id: ${r.id}\nlocal-hostname: ${r.name}\n${keys}`, { mode });
     writeFileSync(join(seed, "user-data"), r.user_data ?? "", { mode });
     if (key) writeFileSync(join(seed, "authorized_keys"), key.public_key + "\n", { mode });
     await buildExt4({ source: seed, dest: join(r.dir, SEED_DISK), sizeBytes: 16 << 20, label: "cidata" });
@@ -1163,13 +1241,22 @@ export class Cloud {
         return;
       }
     }
+    let netSpec: LaunchSpec["net"] = { kind: "switch", name: r.network_id ?? "" };
+    if (!r.network_id) {
+      try {
+        netSpec = this.natLaunch(r);
+      } catch (e) {
+        this.setError(id, `its metadata could not be written: ${(e as Error).message}`);
+        return;
+      }
+    }
     const spec: LaunchSpec = {
       id,
       vcpus: r.vcpus,
       memoryMiB: r.memory_mib,
       rootDisk: join(r.dir, "root.qcow2"),
       disks,
-      net: r.network_id ? { kind: "switch", name: r.network_id } : { kind: "user" },
+      net: netSpec,
       mac: r.mac,
       kernel: boot.kernel,
       initrd: boot.initrd,
@@ -1199,6 +1286,144 @@ export class Cloud {
     });
     if (stale) await this.driver.stop(id, this.rowById(id)?.pid ?? null);
     else if (this.exitedDuringBoot.delete(id)) this.markStopped(id, "its VM exited right after it started");
+  }
+
+  /**
+   * What a NAT instance's VM needs: its address (given one from the pool if it has none), its
+   * metadata file (written owner-only from the record) and its forwards.
+   */
+  private natLaunch(r: InstanceRow): LaunchSpec["net"] {
+    const address = immediate(this.db, () => {
+      const cur = this.rowById(r.id);
+      if (cur?.address) return cur.address;
+      const a = this.allocateNatAddress();
+      this.db.prepare("UPDATE instances SET address = ? WHERE id = ?").run(a, r.id);
+      return a;
+    });
+    const key = r.keypair_id
+      ? (this.db.prepare("SELECT name, public_key FROM keypairs WHERE id = ?").get(r.keypair_id) as
+          { name: string; public_key: string } | undefined)
+      : undefined;
+    const flavor = this.db.prepare("SELECT name FROM flavors WHERE id = ?").get(r.flavor_id) as
+      { name: string } | undefined;
+    const metadata = {
+      instanceId: r.id,
+      name: r.name,
+      hostname: r.name,
+      publicKeys: key ? { [key.name]: key.public_key } : {},
+      userData: r.user_data,
+      address,
+      mac: r.mac,
+      projectId: r.project_id,
+      flavor: flavor?.name,
+      imageId: r.image_id,
+    };
+    const path = join(r.dir, METADATA_FILE);
+    writeFileSync(path, JSON.stringify(metadata) + "\n", { mode: PRIVATE_FILE_MODE });
+    chmodSync(path, PRIVATE_FILE_MODE);
+    const publish = (
+      this.db.prepare("SELECT * FROM forwards WHERE instance_id = ? ORDER BY created_at, id").all(r.id) as ForwardRow[]
+    ).map((f) => ({ hostAddr: f.host_addr, hostPort: f.host_port, guestPort: f.guest_port }));
+    return { kind: "user", address: `${address}/${NAT_PREFIX}`, metadata: path, publish };
+  }
+
+  // -------------------------------------------------------------------------------- forwards
+
+  private forwardView(f: ForwardRow): Forward {
+    return {
+      id: f.id,
+      instance: f.instance_id,
+      project: f.project_id,
+      hostAddr: f.host_addr,
+      hostPort: f.host_port,
+      guestPort: f.guest_port,
+      createdAt: f.created_at,
+    };
+  }
+
+  listForwards(p: Principal, idOrName: string, projectQuery?: string): Forward[] {
+    const r = this.instanceRow(p, idOrName, projectQuery);
+    return (
+      this.db.prepare("SELECT * FROM forwards WHERE instance_id = ? ORDER BY created_at, id").all(r.id) as ForwardRow[]
+    ).map((f) => this.forwardView(f));
+  }
+
+  /**
+   * Adds a port forward to an instance on NAT: recorded, and published at once if its VM runs
+   * (otherwise when it starts). A host port taken (by another forward, or by anything listening on
+   * this machine) is a 409.
+   */
+  async createForward(
+    p: Principal,
+    idOrName: string,
+    req: CreateForwardRequest,
+    projectQuery?: string,
+  ): Promise<Forward> {
+    this.requireWrite(p);
+    const found = this.instanceRow(p, idOrName, projectQuery);
+    const hostAddr = req.hostAddr ?? "127.0.0.1";
+    if (hostAddr !== "127.0.0.1") {
+      if (!this.opts.forwardsBeyondLoopback)
+        throw badRequest(
+          `hostAddr ${hostAddr}: this server listens on loopback only, so forwards bind 127.0.0.1 (yun serve --listen to open them wider)`,
+        );
+      try {
+        parseCidr(`${hostAddr}/32`);
+      } catch {
+        throw badRequest(`hostAddr ${hostAddr} is not an IPv4 address`);
+      }
+    }
+    if (found.network_id) {
+      throw conflict(`instance ${found.name} is on a private network; port forwards need user-mode NAT`);
+    }
+    let hostPort = req.hostPort ?? 0;
+    if (hostPort === 0) hostPort = await this.freeHostPort(hostAddr);
+    const id = newId("fwd");
+    this.operationOn(found.id);
+    return this.withLock(found.id, async () => {
+      immediate(this.db, () => {
+        const r = this.rowById(found.id);
+        if (!r || r.state === "deleting") throw notFound(`no instance ${found.name}`);
+        const n = (
+          this.db.prepare("SELECT count(*) AS n FROM forwards WHERE instance_id = ?").get(r.id) as { n: number }
+        ).n;
+        if (n >= MAX_FORWARDS_PER_INSTANCE)
+          throw quotaExceeded(`instance ${r.name} has ${n} port forwards; at most ${MAX_FORWARDS_PER_INSTANCE}`);
+        if (this.hostPortTaken(hostPort)) throw conflict(`host port ${hostPort} is already forwarded`);
+        this.db
+          .prepare("INSERT INTO forwards VALUES (?, ?, ?, ?, ?, ?, ?)")
+          .run(id, r.id, r.project_id, hostAddr, hostPort, req.guestPort, this.iso());
+      });
+      const r = this.rowById(found.id)!;
+      if (r.state === "running" || r.state === "paused") {
+        try {
+          await this.driver.control(r.id, "forward-add", { hostAddr, hostPort, guestPort: req.guestPort });
+        } catch (e) {
+          immediate(this.db, () => this.db.prepare("DELETE FROM forwards WHERE id = ?").run(id));
+          throw conflict(`the forward could not be published: ${(e as Error).message}`);
+        }
+      }
+      return this.forwardView(this.db.prepare("SELECT * FROM forwards WHERE id = ?").get(id) as ForwardRow);
+    });
+  }
+
+  /** Removes a port forward; a running VM stops publishing it at once. */
+  async deleteForward(p: Principal, idOrName: string, forwardId: string, projectQuery?: string): Promise<void> {
+    this.requireWrite(p);
+    const found = this.instanceRow(p, idOrName, projectQuery);
+    this.operationOn(found.id);
+    await this.withLock(found.id, async () => {
+      const f = this.db.prepare("SELECT * FROM forwards WHERE id = ? AND instance_id = ?").get(forwardId, found.id) as
+        ForwardRow | undefined;
+      if (!f) throw notFound(`instance ${found.name} has no forward ${forwardId}`);
+      immediate(this.db, () => this.db.prepare("DELETE FROM forwards WHERE id = ?").run(f.id));
+      const r = this.rowById(found.id);
+      if (r && (r.state === "running" || r.state === "paused")) {
+        await this.driver
+          .control(r.id, "forward-remove", { hostAddr: f.host_addr, hostPort: f.host_port })
+          .catch(() => {}); // not published (any more): nothing to take back
+      }
+    });
   }
 
   /** Starts (or refreshes) DHCP on a network: every instance's MAC gets its assigned address. */
@@ -1382,6 +1607,7 @@ export class Cloud {
       immediate(this.db, () => {
         this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE instance_id = ?").run(id);
         this.meter.close(id, ["cpu", "memory", "disk"]);
+        this.db.prepare("DELETE FROM forwards WHERE instance_id = ?").run(id);
         this.db.prepare("DELETE FROM instances WHERE id = ?").run(id);
       });
       rmSync(r.dir, { recursive: true, force: true });
@@ -1925,6 +2151,7 @@ export class Cloud {
         immediate(this.db, () => {
           this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE instance_id = ?").run(r.id);
           this.meter.closeAtLastTick(r.id, ["cpu", "memory", "disk"]);
+          this.db.prepare("DELETE FROM forwards WHERE instance_id = ?").run(r.id);
           this.db.prepare("DELETE FROM instances WHERE id = ?").run(r.id);
         });
         rmSync(r.dir, { recursive: true, force: true });

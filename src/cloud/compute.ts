@@ -22,7 +22,18 @@ export interface LaunchSpec {
   rootDisk: string;
   /** Further disks, /dev/vdb onwards. */
   disks: string[];
-  net: { kind: "user" } | { kind: "switch"; name: string } | { kind: "none" };
+  net:
+    | {
+        kind: "user";
+        /** The guest's address and prefix (yun run --net-address). */
+        address?: string;
+        /** The instance metadata file (yun run --metadata). */
+        metadata?: string;
+        /** Port forwards (yun run --publish). */
+        publish?: { hostAddr: string; hostPort: number; guestPort: number }[];
+      }
+    | { kind: "switch"; name: string }
+    | { kind: "none" };
   mac: string;
   kernel: string;
   initrd: string;
@@ -119,6 +130,11 @@ export class MonitorDriver implements ComputeDriver {
     for (const d of spec.disks) args.push("--disk", d);
     if (spec.net.kind === "switch") args.push("--net", spec.net.name);
     else if (spec.net.kind === "none") args.push("--no-net");
+    else {
+      if (spec.net.address) args.push("--net-address", spec.net.address);
+      if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
+      for (const f of spec.net.publish ?? []) args.push("--publish", `${f.hostAddr}:${f.hostPort}:${f.guestPort}`);
+    }
     const log = openSync(logPath, "a", PRIVATE_FILE_MODE);
     let child;
     try {

@@ -103,6 +103,17 @@ const MIGRATIONS: string[] = [
     applied INTEGER NOT NULL DEFAULT 0, intent TEXT
   );
   `,
+  // 4: port forwards of instances (host port -> guest port through the VM's user-mode NAT); a
+  // host port is taken by one forward on this machine. NAT instances get an address of their own
+  // (they all had 10.0.2.15): cleared here, each is given one from the NAT pool when it next boots.
+  `
+  CREATE TABLE forwards (
+    id TEXT PRIMARY KEY, instance_id TEXT NOT NULL REFERENCES instances(id), project_id TEXT NOT NULL,
+    host_addr TEXT NOT NULL, host_port INTEGER NOT NULL UNIQUE, guest_port INTEGER NOT NULL, created_at TEXT NOT NULL
+  );
+  CREATE INDEX forwards_instance ON forwards (instance_id);
+  UPDATE instances SET address = NULL WHERE network_id IS NULL;
+  `,
 ];
 
 /** The schema version this code expects. */

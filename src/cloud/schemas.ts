@@ -204,6 +204,40 @@ export const NetworkCreate = z
   })
   .strict();
 
+export const Forward = z
+  .object({
+    id: z.string(),
+    instance: z.string(),
+    project: z.string(),
+    hostAddr: z.string(),
+    hostPort: z.number(),
+    guestPort: z.number(),
+    createdAt: z.string(),
+  })
+  .openapi("Forward");
+export const ForwardCreate = z
+  .object({
+    guestPort: z.number().int().min(1).max(65535).openapi({ example: 22 }),
+    hostPort: z
+      .number()
+      .int()
+      .min(0)
+      .max(65535)
+      .refine((p) => p === 0 || p >= 1024, "hostPort must be 0 (a free port) or 1024-65535 (lower ones are privileged)")
+      .optional()
+      .openapi({ description: "absent or 0: a free port chosen by the server", example: 2222 }),
+    hostAddr: z
+      .string()
+      .regex(/^\d{1,3}(\.\d{1,3}){3}$/, "hostAddr must be an IPv4 address such as 127.0.0.1")
+      .optional()
+      .openapi({ description: "default 127.0.0.1; others only when the server listens beyond loopback" }),
+  })
+  .strict();
+export const ForwardParam = z.object({
+  id: z.string().min(1).max(80).openapi({ description: "the instance: an id or a name" }),
+  forwardId: z.string().regex(/^fwd-[a-z2-7]{10}$/, "a forward id looks like fwd- and 10 letters or digits"),
+});
+
 export const KeyPair = z
   .object({
     id: z.string(),

@@ -552,6 +552,56 @@ export function createApp(
     responses: { 101: { description: "switching to the console" }, ...ERRORS },
   });
 
+  // -------------------------------------------------------------------------------- forwards
+  app.openapi(
+    def({
+      method: "get",
+      path: "/api/v1/instances/{id}/forwards",
+      request: { params: S.IdParam, query: S.ProjectQuery },
+      responses: { 200: json(S.listOf(S.Forward), "the instance's port forwards") },
+    }),
+    (c) =>
+      c.json(
+        { items: cloud.listForwards(c.get("principal"), c.req.valid("param").id, c.req.valid("query").project) },
+        200,
+      ),
+  );
+  app.openapi(
+    def({
+      method: "post",
+      path: "/api/v1/instances/{id}/forwards",
+      request: { params: S.IdParam, query: S.ProjectQuery, ...body(S.ForwardCreate) },
+      responses: {
+        201: json(S.Forward, "recorded, and published at once if the instance runs (else when it starts)"),
+      },
+    }),
+    async (c) => {
+      audit(c, "forward.create", c.req.valid("param").id);
+      const f = await cloud.createForward(
+        c.get("principal"),
+        c.req.valid("param").id,
+        c.req.valid("json"),
+        c.req.valid("query").project,
+      );
+      audit(c, "forward.create", f.id);
+      return c.json(f, 201);
+    },
+  );
+  app.openapi(
+    def({
+      method: "delete",
+      path: "/api/v1/instances/{id}/forwards/{forwardId}",
+      request: { params: S.ForwardParam, query: S.ProjectQuery },
+      responses: { 204: { description: "removed (a running VM stops publishing it at once)" } },
+    }),
+    async (c) => {
+      const prm = c.req.valid("param");
+      audit(c, "forward.delete", prm.forwardId);
+      await cloud.deleteForward(c.get("principal"), prm.id, prm.forwardId, c.req.valid("query").project);
+      return c.body(null, 204);
+    },
+  );
+
   // --------------------------------------------------------------------------------- volumes
   app.openapi(
     def({

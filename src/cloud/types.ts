@@ -97,7 +97,7 @@ export interface Instance {
   vcpus: number;
   memoryMiB: number;
   diskGiB: number;
-  /** Network name and id; null for user-mode networking (NAT, 10.0.2.15). */
+  /** Network name and id; null for user-mode networking (NAT: an address of its own in 10.0.0.0/16). */
   network: string | null;
   networkId: string | null;
   addresses: string[];
@@ -115,6 +115,26 @@ export type InstanceAction = "start" | "stop" | "reboot" | "pause" | "resume" | 
 
 /** The VM monitor's metrics (docs/vm-api.md) with when they were read and the instance's state. */
 export type InstanceMetrics = { at: string; state: InstanceState } & Omit<MonitorMetrics, "exits">;
+
+/** A port forward: TCP to hostAddr:hostPort on the server's machine reaches the instance's guestPort. */
+export interface Forward {
+  id: string;
+  /** The instance's id. */
+  instance: string;
+  project: string;
+  hostAddr: string;
+  hostPort: number;
+  guestPort: number;
+  createdAt: string;
+}
+
+export interface CreateForwardRequest {
+  guestPort: number;
+  /** Absent or 0: a free port chosen by the server. */
+  hostPort?: number;
+  /** Default 127.0.0.1; another address only when the server listens beyond loopback. */
+  hostAddr?: string;
+}
 
 export interface Volume {
   id: string;
