@@ -8,13 +8,14 @@
  * unreachable; 2 bad flags or arguments (with the command's usage).
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, createReadStream, openSync, readFileSync, readSync, rmSync, statSync } from "node:fs";
 import { Readable } from "node:stream";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { DEFAULT_SERVER, YunApiError, YunClient } from "../cloud/client.js";
 import type { Instance, Project, QuotaUsage, Quotas, Role, Usage, Volume } from "../cloud/types.js";
 import { yunHome } from "../images/paths.js";
+import { generateKeyPair, privateKeyOf, runSsh } from "./ssh.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -223,7 +224,7 @@ const instance: Noun = {
   subs: {
     create: {
       usage:
-        "[NAME] --image IMAGE --flavor FLAVOR [--name NAME] [--network NET] [--key-pair KEY] [--user-data FILE] [--volume VOL]... [--stopped] [--wait]",
+        "[NAME] [--image IMAGE] [--flavor FLAVOR] [--name NAME] [--network NET] [--key KEY] [--user-data FILE] [--volume VOL]... [--stopped] [--wait]",
       summary: "create an instance and boot it (--stopped: do not boot; --wait: until running)",
       options: {
         name: { type: "string" },
@@ -231,6 +232,7 @@ const instance: Noun = {
         flavor: { type: "string" },
         network: { type: "string" },
         "key-pair": { type: "string" },
+        key: { type: "string" },
         "user-data": { type: "string" },
         volume: { type: "string", multiple: true },
         stopped: { type: "boolean" },
@@ -244,8 +246,12 @@ const instance: Noun = {
         }
         const name = flagName ?? ctx.args[0];
         if (name === undefined) throw new UsageError("a name is required (NAME or --name NAME)");
-        const image = need(ctx, "image");
-        const flavor = need(ctx, "flavor");
+        // The defaults: the full Debian image, with room for systemd, cloud-init and apt.
+        const image = str(ctx, "image") ?? "debian";
+        const flavor = str(ctx, "flavor") ?? "medium";
+        const keyPair = str(ctx, "key") ?? str(ctx, "key-pair");
+        if (str(ctx, "key") !== undefined && str(ctx, "key-pair") !== undefined)
+          throw new UsageError("--key and --key-pair are the same flag; give one");
         const userDataFile = str(ctx, "user-data");
         const userData = userDataFile === undefined ? undefined : readText(userDataFile);
         const volumes = ctx.values.volume as string[] | undefined;
@@ -255,7 +261,7 @@ const instance: Noun = {
           image,
           flavor,
           network: str(ctx, "network"),
-          keyPair: str(ctx, "key-pair"),
+          keyPair,
           userData,
           volumes,
           start: ctx.values.stopped === true ? false : undefined,
@@ -282,6 +288,39 @@ const instance: Noun = {
       arity: [1, 1],
       async run(ctx) {
         show(ctx, await ctx.client().getInstance(ctx.args[0]!));
+      },
+    },
+    ssh: {
+      usage: "NAME [--user USER] [-i KEY] [-- COMMAND...]",
+      summary:
+        "SSH into an instance through its SSH forward with the host's ssh (key: -i, else the key pair's private key from yun keypair create, else ssh's own)",
+      options: { user: { type: "string", short: "l" }, identity: { type: "string", short: "i" } },
+      arity: [1, 999],
+      async run(ctx) {
+        const c = ctx.client();
+        const i = await c.getInstance(ctx.args[0]!);
+        if (i.state !== "running") throw new YunApiError(409, "conflict", `instance ${i.name} is ${i.state}, not running`);
+        const f = (await c.listForwards(i.id)).find((x) => x.guestPort === 22);
+        if (!f)
+          throw new YunApiError(
+            409,
+            "conflict",
+            `instance ${i.name} has no forward to its port 22 (add one: yun forward add ${i.name} 22)`,
+          );
+        // The forward listens on the server's machine: its loopback is ours only when the server's is.
+        const server = new URL(resolveServer(str(ctx, "server")));
+        const serverHost = server.hostname.replace(/^\[|\]$/g, "");
+        const local = /^(127\.|localhost$|::1$)/.test(serverHost);
+        let host = f.hostAddr === "0.0.0.0" ? (local ? "127.0.0.1" : serverHost) : f.hostAddr;
+        if (f.hostAddr === "127.0.0.1" && !local) host = serverHost;
+        const identity = str(ctx, "identity") ?? (i.keyPair ? privateKeyOf(i.keyPair) : undefined);
+        // The full Debian image's cloud-init puts the keys on its default user, debian (sudo).
+        const user = str(ctx, "user") ?? (i.image === "debian" ? "debian" : "root");
+        try {
+          return await runSsh({ host, port: f.hostPort, user, alias: i.id, identity }, ctx.args.slice(1));
+        } catch (e) {
+          throw new YunApiError(0, "ssh", (e as Error).message);
+        }
       },
     },
     start: {
@@ -538,9 +577,81 @@ const flavor: Noun = {
   },
 };
 
+const forward: Noun = {
+  summary: "port forwards of instances: a host port of the server's machine to a guest port",
+  subs: {
+    list: {
+      usage: "INSTANCE",
+      summary: "list an instance's forwards",
+      arity: [1, 1],
+      async run(ctx) {
+        list(ctx, await ctx.client().listForwards(ctx.args[0]!), ["ID", "HOST", "GUEST PORT"], (f) => [
+          f.id,
+          `${f.hostAddr}:${f.hostPort}`,
+          f.guestPort,
+        ]);
+      },
+    },
+    add: {
+      usage: "INSTANCE GUESTPORT [--host-port PORT] [--host-addr ADDR]",
+      summary: "forward a host port (default: a free one, on 127.0.0.1) to a guest port",
+      options: { "host-port": { type: "string" }, "host-addr": { type: "string" } },
+      arity: [2, 2],
+      async run(ctx) {
+        const guestPort = ctx.args[1]!;
+        if (!/^\d{1,5}$/.test(guestPort) || Number(guestPort) < 1 || Number(guestPort) > 65535)
+          throw new UsageError(`GUESTPORT must be a port number 1-65535, got "${guestPort}"`);
+        const hostPort = int(ctx, "host-port", 0);
+        if (hostPort !== undefined && hostPort > 65535) throw new UsageError("--host-port must be at most 65535");
+        show(
+          ctx,
+          await ctx.client().createForward(ctx.args[0]!, {
+            guestPort: Number(guestPort),
+            hostPort,
+            hostAddr: str(ctx, "host-addr"),
+          }),
+        );
+      },
+    },
+    delete: {
+      usage: "INSTANCE ID...",
+      summary: "remove forwards",
+      arity: [2, 99],
+      async run(ctx) {
+        const c = ctx.client();
+        for (const id of ctx.args.slice(1)) await c.deleteForward(ctx.args[0]!, id);
+      },
+    },
+  },
+};
+
 const keypair: Noun = {
   summary: "SSH public keys given to instances",
   subs: {
+    create: {
+      usage: "NAME",
+      summary: `make an ed25519 key pair with ssh-keygen: the private key stays here (${"$"}YUN_HOME/keys/NAME), the public one is registered`,
+      arity: [1, 1],
+      async run(ctx) {
+        const name = ctx.args[0]!;
+        const c = ctx.client();
+        let made: { privateKey: string; publicKey: string };
+        try {
+          made = generateKeyPair(name);
+        } catch (e) {
+          throw new YunApiError(0, "keygen", (e as Error).message);
+        }
+        try {
+          const k = await c.createKeyPair({ name, publicKey: made.publicKey });
+          if (ctx.json) json({ ...k, privateKeyFile: made.privateKey });
+          else out(formatRecord({ ...k, privateKeyFile: made.privateKey }));
+        } catch (e) {
+          rmSync(made.privateKey, { force: true });
+          rmSync(made.privateKey + ".pub", { force: true });
+          throw e;
+        }
+      },
+    },
     add: {
       usage: "NAME --public-key FILE",
       summary: "register a public key (FILE - reads stdin)",
@@ -1043,6 +1154,7 @@ export const NOUNS: Record<string, Noun> = {
   network,
   flavor,
   keypair,
+  forward,
   project,
   user,
   image,
@@ -1176,6 +1288,7 @@ export const CLOUD_HELP = `Cloud (talks to yun serve; see docs/cloud-api.md):
   network    ${network.summary}
   flavor     ${flavor.summary}
   keypair    ${keypair.summary}
+  forward    ${forward.summary}
   project    ${project.summary}
   user       ${user.summary}
   image      upload|list --cloud|show|delete: ${image.summary}

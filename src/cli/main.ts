@@ -3,6 +3,7 @@ import { runCommand } from "./run.js";
 import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
 import { vmCommand } from "./vm.js";
+import { sshCommand } from "./ssh.js";
 import { PRIVATE_UMASK } from "../storage/private.js";
 import { CLOUD_HELP, CLOUD_NOUNS, cloudCommand, isCloudImageCommand } from "./cloud.js";
 
@@ -13,6 +14,7 @@ Commands:
   image      pull and list boot images (yun image pull debian)
   disk       create, inspect, convert and grow disk images (raw, qcow2)
   vm         drive running VMs: list, pause, resume, stop, snapshot, migrate, console
+  ssh        SSH into a local VM through its published port 22 (yun ssh VM [-- CMD])
   serve      run the cloud: API, dashboard and consoles (yun serve --port N)
   help       show this help
 
@@ -34,6 +36,8 @@ export async function main(args: string[]): Promise<number> {
       return diskCommand(rest);
     case "vm":
       return vmCommand(rest);
+    case "ssh":
+      return sshCommand(rest);
     case "serve":
       // Loaded only here: the API server's libraries would slow every other command's start.
       return (await import("./serve.js")).serveCommand(rest);
