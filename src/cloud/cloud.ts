@@ -1420,7 +1420,6 @@ export class Cloud {
   async deleteForward(p: Principal, idOrName: string, forwardId: string, projectQuery?: string): Promise<void> {
     this.requireWrite(p);
     const found = this.instanceRow(p, idOrName, projectQuery);
-    this.operationOn(found.id);
     await this.withLock(found.id, async () => {
       const f = this.db.prepare("SELECT * FROM forwards WHERE id = ? AND instance_id = ?").get(forwardId, found.id) as
         ForwardRow | undefined;

@@ -106,11 +106,15 @@ test("server and token defaults; image commands split between local and cloud", 
 test("bad flags and arguments exit 2 with the command's usage; no server needed", async () => {
   const flag = await capture(() => cloudCommand("instance", ["create", "--bogus"]));
   assert.equal(flag.code, 2);
-  assert.match(flag.err, /^yun instance: Unknown option '--bogus'\nusage: yun instance create \[NAME\] --image IMAGE/);
+  assert.match(flag.err, /^yun instance: Unknown option '--bogus'\nusage: yun instance create \[NAME\] \[--image IMAGE\]/);
 
-  const missing = await capture(() => cloudCommand("instance", ["create", "web1", "--image", "debian-tiny"]));
-  assert.equal(missing.code, 2);
-  assert.match(missing.err, /--flavor is required/);
+  const both = await capture(() => cloudCommand("instance", ["create", "web1", "--key", "k", "--key-pair", "k"]));
+  assert.equal(both.code, 2);
+  assert.match(both.err, /--key and --key-pair are the same flag/);
+
+  const port = await capture(() => cloudCommand("forward", ["add", "web1", "99999"]));
+  assert.equal(port.code, 2);
+  assert.match(port.err, /GUESTPORT must be a port number 1-65535/);
 
   const extra = await capture(() => cloudCommand("instance", ["list", "x"]));
   assert.equal(extra.code, 2);
