@@ -1270,6 +1270,7 @@ export class Cloud {
       kernel: boot.kernel,
       initrd: boot.initrd,
       firmware: boot.firmware,
+      image: image && image.project_id === null && image.source === "debian" ? image.name : undefined,
       dir: r.dir,
     };
     this.exitedDuringBoot.delete(id);

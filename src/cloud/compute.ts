@@ -38,6 +38,12 @@ export interface LaunchSpec {
   kernel: string;
   initrd: string;
   firmware: string;
+  /**
+   * A public image from `yun image pull` (debian, debian-tiny): booted as `yun run --image NAME`,
+   * which takes its kernel, initrd, firmware and root device from the image's manifest (the full
+   * image's root is /dev/vda1). Absent: kernel, initrd and firmware above with root /dev/vda.
+   */
+  image?: string;
   /** Directory for the socket and the log. */
   dir: string;
 }
@@ -113,12 +119,9 @@ export class MonitorDriver implements ComputeDriver {
       String(spec.memoryMiB),
       "--cpus",
       String(spec.vcpus),
-      "--kernel",
-      spec.kernel,
-      "--initrd",
-      spec.initrd,
-      "--firmware",
-      spec.firmware,
+      ...(spec.image
+        ? ["--image", spec.image]
+        : ["--kernel", spec.kernel, "--initrd", spec.initrd, "--firmware", spec.firmware]),
       "--root",
       spec.rootDisk,
       "--mac",

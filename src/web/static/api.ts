@@ -86,6 +86,14 @@ export interface Volume {
   createdAt?: string;
 }
 
+export interface Forward {
+  id: string;
+  instance: string;
+  hostAddr: string;
+  hostPort: number;
+  guestPort: number;
+}
+
 export interface KeyPair {
   id: string;
   name: string;

@@ -1,4 +1,7 @@
-/** Instances: the list with live state (polled every 2 s), the create form and the actions. */
+/**
+ * Instances: the list with live state (polled every 2 s), the create form, the actions, and an
+ * instance's port forwards (its "Ports" panel: list, add, remove).
+ */
 import {
   del,
   get,
@@ -7,6 +10,7 @@ import {
   scoped,
   selectedProject,
   type Flavor,
+  type Forward,
   type Image,
   type Instance,
   type KeyPair,
@@ -57,6 +61,9 @@ export const instancesView: View = (main, session) => {
   };
   const status = h("div", { class: "status", id: "instances-status" });
   const listBox = h("div", { id: "instances" }, h("p", { class: "muted" }, "Loading instances…"));
+  const portsBox = h("div", { id: "forwards-panel" });
+  /** The instance whose port forwards are shown, if any. */
+  let portsOf: Instance | null = null;
   let last = "";
   let stopped = false;
   let timer = 0;
@@ -109,7 +116,13 @@ export const instancesView: View = (main, session) => {
   function renderTable(items: Instance[]): HTMLElement {
     const rows: Child[][] = items.map((i) => {
       // The console types into the VM: the server gives it to members and admins, not readers.
-      const buttons: Child[] = [];
+      const buttons: Child[] = [
+        h(
+          "button",
+          { type: "button", "data-action": "ports", onclick: () => void showPorts(i) },
+          portsOf?.id === i.id ? "Ports ▾" : "Ports",
+        ),
+      ];
       if (session.canWrite) {
         buttons.push(
           h(
@@ -168,6 +181,91 @@ export const instancesView: View = (main, session) => {
     return t;
   }
 
+  /** The port forwards panel of instance `i` (toggled by its Ports button). */
+  async function showPorts(i: Instance): Promise<void> {
+    if (portsOf?.id === i.id) {
+      portsOf = null;
+      replace(portsBox);
+      last = "";
+      await refresh();
+      return;
+    }
+    portsOf = i;
+    last = "";
+    await refresh();
+    await renderPorts(i);
+  }
+
+  async function renderPorts(i: Instance): Promise<void> {
+    const base = `/instances/${encodeURIComponent(i.id)}/forwards`;
+    let items: Forward[];
+    try {
+      items = (await get<List<Forward>>(base, scoped())).items;
+    } catch (e) {
+      say("error", `Cannot list the port forwards of ${i.name}: ${errorText(e)}`);
+      return;
+    }
+    if (portsOf?.id !== i.id) return;
+    const rows: Child[][] = items.map((f) => [
+      `${f.hostAddr}:${f.hostPort}`,
+      String(f.guestPort),
+      f.guestPort === 22 ? h("code", null, `yun instance ssh ${i.name}`) : "",
+      session.canWrite
+        ? confirmButton(
+            "Remove",
+            "Really remove?",
+            () =>
+              void del(`${base}/${encodeURIComponent(f.id)}`, scoped())
+                .then(() => say("success", `Forward ${f.hostAddr}:${f.hostPort} removed.`))
+                .catch((e: unknown) => say("error", errorText(e)))
+                .finally(() => void renderPorts(i)),
+            { "data-action": "remove-forward" },
+          )
+        : "",
+    ]);
+    const t = table(["Host", "Guest port", "", ""], rows, "No port forwards.", { class: "list", id: "forward-table" });
+    t.querySelectorAll("tbody tr").forEach((tr, n) => {
+      const f = items[n];
+      if (f !== undefined) tr.setAttribute("data-id", f.id);
+    });
+    let form: HTMLElement | null = null;
+    if (session.canWrite) {
+      const guest = h("input", { id: "forward-guest", type: "number", min: "1", max: "65535", required: true, placeholder: "80" });
+      const host = h("input", { id: "forward-host", type: "number", min: "0", max: "65535", placeholder: "any free" });
+      form = h(
+        "form",
+        { class: "create card", id: "forward-form" },
+        h("label", null, "Guest port", guest),
+        h("label", null, "Host port", host),
+        h("button", { type: "submit", class: "primary" }, "Add forward"),
+      );
+      form.addEventListener("submit", (ev) => {
+        ev.preventDefault();
+        const body: Record<string, number> = { guestPort: Number(guest.value) };
+        if (host.value !== "") body.hostPort = Number(host.value);
+        post<Forward>(base, body, scoped())
+          .then((f) => say("success", `${f.hostAddr}:${f.hostPort} now reaches port ${f.guestPort} of ${i.name}.`))
+          .catch((e: unknown) => say("error", errorText(e)))
+          .finally(() => void renderPorts(i));
+      });
+    }
+    replace(
+      portsBox,
+      h(
+        "section",
+        { class: "card", "data-instance": i.name },
+        h("h3", null, `Port forwards of ${i.name}`),
+        h(
+          "p",
+          { class: "muted" },
+          "TCP to the host port on the server's machine reaches the guest port (through the instance's NAT).",
+        ),
+        t,
+        form,
+      ),
+    );
+  }
+
   replace(
     main,
     h("div", { class: "toolbar" }, h("h2", null, "Instances")),
@@ -180,6 +278,7 @@ export const instancesView: View = (main, session) => {
         ),
     status,
     listBox,
+    portsBox,
   );
   void refresh().finally(schedule);
   return () => {
