@@ -299,7 +299,8 @@ const instance: Noun = {
       async run(ctx) {
         const c = ctx.client();
         const i = await c.getInstance(ctx.args[0]!);
-        if (i.state !== "running") throw new YunApiError(409, "conflict", `instance ${i.name} is ${i.state}, not running`);
+        if (i.state !== "running")
+          throw new YunApiError(409, "conflict", `instance ${i.name} is ${i.state}, not running`);
         const f = (await c.listForwards(i.id)).find((x) => x.guestPort === 22);
         if (!f)
           throw new YunApiError(

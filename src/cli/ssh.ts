@@ -38,7 +38,8 @@ export function generateKeyPair(name: string): { privateKey: string; publicKey: 
   const r = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", `yun-${name}`, "-f", path], {
     stdio: ["ignore", "pipe", "pipe"],
   });
-  if (r.error) throw new Error(`ssh-keygen could not run (${(r.error as NodeJS.ErrnoException).code}): install openssh-client`);
+  if (r.error)
+    throw new Error(`ssh-keygen could not run (${(r.error as NodeJS.ErrnoException).code}): install openssh-client`);
   if (r.status !== 0) throw new Error(`ssh-keygen failed: ${r.stderr.toString().trim()}`);
   return { privateKey: path, publicKey: readFileSync(path + ".pub", "utf8").trim() };
 }

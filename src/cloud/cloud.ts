@@ -307,8 +307,7 @@ export class Cloud {
       if (!info) continue;
       immediate(this.db, () => {
         const row = this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = ?").get(name) as
-          | ImageRow
-          | undefined;
+          ImageRow | undefined;
         if (row === undefined) {
           this.db
             .prepare("INSERT INTO images VALUES (?, ?, NULL, 'raw', ?, 'debian', 'available', ?, ?, ?, ?, ?)")
@@ -712,7 +711,8 @@ export class Cloud {
     this.requireWrite(p);
     const projectId = this.actingProject(p, projectQuery);
     if (body === null) throw badRequest("the request body must be the image's bytes");
-    if (AVAILABLE_IMAGES.includes(name)) throw conflict(`the name ${name} is reserved for the image from yun image pull ${name}`);
+    if (AVAILABLE_IMAGES.includes(name))
+      throw conflict(`the name ${name} is reserved for the image from yun image pull ${name}`);
     if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
       throw conflict(`an image named ${name} already exists`);
     const project = this.projectRow(projectId);
@@ -1459,8 +1459,7 @@ export class Cloud {
   private bootImage(): ImageRow | undefined {
     this.syncPublicImages();
     return this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = ?").get(DEFAULT_IMAGE) as
-      | ImageRow
-      | undefined;
+      ImageRow | undefined;
   }
 
   async instanceAction(

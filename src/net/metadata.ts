@@ -47,7 +47,8 @@ export function parseInstanceMetadata(value: unknown): InstanceMetadata {
   };
   for (const k of ["instanceId", "name", "hostname", "address", "mac"]) str(k);
   for (const k of ["projectId", "flavor", "imageId"]) str(k, true);
-  if (o.userData !== null && typeof o.userData !== "string") throw new Error("metadata field userData must be a string or null");
+  if (o.userData !== null && typeof o.userData !== "string")
+    throw new Error("metadata field userData must be a string or null");
   const keys = o.publicKeys;
   if (typeof keys !== "object" || keys === null || Array.isArray(keys)) {
     throw new Error("metadata field publicKeys must be an object of key name to public key");
@@ -125,7 +126,17 @@ function pipePair(): [PipeEnd, PipeEnd] {
 }
 
 /** Versions the OpenStack layout lists; any of them, and "latest", serve the same data. */
-const OPENSTACK_VERSIONS = ["2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30", "2016-10-06", "2017-02-22", "2018-08-27", "latest"];
+const OPENSTACK_VERSIONS = [
+  "2012-08-10",
+  "2013-04-04",
+  "2013-10-17",
+  "2015-10-15",
+  "2016-06-30",
+  "2016-10-06",
+  "2017-02-22",
+  "2018-08-27",
+  "latest",
+];
 /** Request bodies the service reads at most (it needs none). */
 const MAX_REQUEST_BYTES = 16 * 1024;
 
@@ -246,7 +257,16 @@ export class MetadataService {
     };
     const rest = parts.slice(1).join("/");
     if (rest === "") {
-      const top = ["ami-id", "hostname", "instance-id", "instance-type", "local-hostname", "local-ipv4", "mac", "placement/"];
+      const top = [
+        "ami-id",
+        "hostname",
+        "instance-id",
+        "instance-type",
+        "local-hostname",
+        "local-ipv4",
+        "mac",
+        "placement/",
+      ];
       if (keys.length) top.push("public-keys/");
       return text(top.join("\n"));
     }

@@ -210,8 +210,11 @@ export class UserNet implements NetBackend {
       },
     };
     const metadata = (this.metadata = options.metadata ?? null);
-    this.tcp = new TcpNat(this.link, () => this.dns.primary, (src, dst, dport) =>
-      metadata && dst === METADATA_IP && dport === 80 ? metadata.connect(src === addresses.guest) : null,
+    this.tcp = new TcpNat(
+      this.link,
+      () => this.dns.primary,
+      (src, dst, dport) =>
+        metadata && dst === METADATA_IP && dport === 80 ? metadata.connect(src === addresses.guest) : null,
     );
     this.udp = new UdpNat(this.link, { idleMs: options.udpIdleMs });
   }

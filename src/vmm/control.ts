@@ -130,9 +130,9 @@ export class ControlServer {
           ? 400
           : e instanceof NotFound
             ? 404
-          : e instanceof StateError || e instanceof MigrationError
-            ? 409
-            : 500;
+            : e instanceof StateError || e instanceof MigrationError
+              ? 409
+              : 500;
       return { status, body: { error: (e as Error).message } };
     } finally {
       // Answered on the next turn, after the caller wrote the answer.

@@ -32,7 +32,9 @@ export function readMetadataFile(path: string): MetadataService {
   try {
     text = readFileSync(path, "utf8");
   } catch (e) {
-    throw new SpecError(`metadata file ${path} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new SpecError(
+      `metadata file ${path} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
   }
   try {
     return new MetadataService(parseInstanceMetadata(JSON.parse(text)));

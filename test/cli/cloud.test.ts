@@ -106,7 +106,10 @@ test("server and token defaults; image commands split between local and cloud", 
 test("bad flags and arguments exit 2 with the command's usage; no server needed", async () => {
   const flag = await capture(() => cloudCommand("instance", ["create", "--bogus"]));
   assert.equal(flag.code, 2);
-  assert.match(flag.err, /^yun instance: Unknown option '--bogus'\nusage: yun instance create \[NAME\] \[--image IMAGE\]/);
+  assert.match(
+    flag.err,
+    /^yun instance: Unknown option '--bogus'\nusage: yun instance create \[NAME\] \[--image IMAGE\]/,
+  );
 
   const both = await capture(() => cloudCommand("instance", ["create", "web1", "--key", "k", "--key-pair", "k"]));
   assert.equal(both.code, 2);

@@ -20,7 +20,8 @@ function missing(): string | null {
   const manifest = join(REAL_IMAGES, "debian", "manifest.json");
   if (!existsSync(manifest)) return `no full Debian image at ${join(REAL_IMAGES, "debian")} (yun image pull debian)`;
   const m = JSON.parse(readFileSync(manifest, "utf8")) as { packages?: { name: string }[] };
-  if (!m.packages?.some((p) => p.name === "cloud-init")) return `the image at ${manifest} has no cloud-init: not the full image`;
+  if (!m.packages?.some((p) => p.name === "cloud-init"))
+    return `the image at ${manifest} has no cloud-init: not the full image`;
   if (spawnSync("ssh", ["-V"]).error) return "no ssh client here (apt-get install openssh-client)";
   if (spawnSync("ssh-keygen", ["-?"]).error) return "no ssh-keygen here (apt-get install openssh-client)";
   return null;
@@ -85,14 +86,32 @@ test(
         "#cloud-config\npackages: [hello]\nruncmd:\n  - [sh, -c, 'echo ran >> /var/lib/yun-runcmd.log']\n",
       );
       const t0 = Date.now();
-      r = await yun(home, url, "instance", "create", "--image", "debian", "--key", "k", "--user-data", userData, "web1");
+      r = await yun(
+        home,
+        url,
+        "instance",
+        "create",
+        "--image",
+        "debian",
+        "--key",
+        "k",
+        "--user-data",
+        userData,
+        "web1",
+      );
       assert.equal(r.code, 0, r.err + r.out);
       const tCreated = Date.now();
       const first = await sshUntil(home, url, "hostname", (o) => o.trim() === "web1", 900_000);
       const tSsh = Date.now();
       assert.equal(first.out.trim(), "web1");
       // cloud-init finishes its final stage after sshd is up: wait for it, then check its work.
-      await sshUntil(home, url, "cloud-init status --wait >/dev/null 2>&1; cloud-init status", (o) => /done/.test(o), 900_000);
+      await sshUntil(
+        home,
+        url,
+        "cloud-init status --wait >/dev/null 2>&1; cloud-init status",
+        (o) => /done/.test(o),
+        900_000,
+      );
       r = await yun(home, url, "instance", "ssh", "web1", "--", "hello");
       assert.equal(r.out.trim(), "Hello, world!", r.err);
       r = await yun(home, url, "instance", "ssh", "web1", "--", "cat /var/lib/yun-runcmd.log");
@@ -101,7 +120,13 @@ test(
       r = await yun(home, url, "instance", "reboot", "web1");
       assert.equal(r.code, 0, r.err);
       await new Promise((res) => setTimeout(res, 5000));
-      await sshUntil(home, url, "cloud-init status --wait >/dev/null 2>&1; cloud-init status", (o) => /done/.test(o), 900_000);
+      await sshUntil(
+        home,
+        url,
+        "cloud-init status --wait >/dev/null 2>&1; cloud-init status",
+        (o) => /done/.test(o),
+        900_000,
+      );
       r = await yun(home, url, "instance", "ssh", "web1", "--", "cat /var/lib/yun-runcmd.log");
       assert.equal(r.out, "ran\n", "runcmd ran again after the reboot: " + r.out + r.err);
       process.stderr.write(

@@ -16,84 +16,88 @@ import { HAVE_DEBIAN, REAL_IMAGES, refusal, startCloud, tenant } from "./helpers
 /** The busybox image: debian-tiny once the rename landed, else the old name. */
 const TINY = existsSync(join(REAL_IMAGES, "debian-tiny", "manifest.json")) ? "debian-tiny" : "debian";
 
-test("NAT instances: addresses of their own, an SSH forward each, forwards validated", { skip: !HAVE_DEBIAN }, async () => {
-  const t = await startCloud();
-  try {
-    const a = await tenant(t, "fwd-a");
-    const b = await tenant(t, "fwd-b");
-    const web1 = await a.member.createInstance({ name: "web1", image: TINY, flavor: "tiny", start: false });
-    const web2 = await a.member.createInstance({ name: "web2", image: TINY, flavor: "tiny", start: false });
-    const other = await b.member.createInstance({ name: "web1", image: TINY, flavor: "tiny", start: false });
-    // Distinct addresses from the NAT pool (not everyone at 10.0.2.15).
-    const addrs = [web1, web2, other].map((i) => i.addresses[0]);
-    for (const x of addrs) assert.match(x ?? "", /^10\.0\.\d+\.\d+$/);
-    assert.equal(new Set(addrs).size, 3, addrs.join(" "));
+test(
+  "NAT instances: addresses of their own, an SSH forward each, forwards validated",
+  { skip: !HAVE_DEBIAN },
+  async () => {
+    const t = await startCloud();
+    try {
+      const a = await tenant(t, "fwd-a");
+      const b = await tenant(t, "fwd-b");
+      const web1 = await a.member.createInstance({ name: "web1", image: TINY, flavor: "tiny", start: false });
+      const web2 = await a.member.createInstance({ name: "web2", image: TINY, flavor: "tiny", start: false });
+      const other = await b.member.createInstance({ name: "web1", image: TINY, flavor: "tiny", start: false });
+      // Distinct addresses from the NAT pool (not everyone at 10.0.2.15).
+      const addrs = [web1, web2, other].map((i) => i.addresses[0]);
+      for (const x of addrs) assert.match(x ?? "", /^10\.0\.\d+\.\d+$/);
+      assert.equal(new Set(addrs).size, 3, addrs.join(" "));
 
-    // Every instance got an SSH forward: guest port 22 on a loopback port of its own.
-    const f1 = await a.member.listForwards("web1");
-    assert.equal(f1.length, 1);
-    assert.equal(f1[0].guestPort, 22);
-    assert.equal(f1[0].hostAddr, "127.0.0.1");
-    assert.ok(f1[0].hostPort >= 1024);
-    const f2 = await a.member.listForwards("web2");
-    assert.notEqual(f2[0].hostPort, f1[0].hostPort);
+      // Every instance got an SSH forward: guest port 22 on a loopback port of its own.
+      const f1 = await a.member.listForwards("web1");
+      assert.equal(f1.length, 1);
+      assert.equal(f1[0].guestPort, 22);
+      assert.equal(f1[0].hostAddr, "127.0.0.1");
+      assert.ok(f1[0].hostPort >= 1024);
+      const f2 = await a.member.listForwards("web2");
+      assert.notEqual(f2[0].hostPort, f1[0].hostPort);
 
-    // Add: a free port by default, or the one asked for; conflicts and bad input refused.
-    const http = await a.member.createForward("web1", { guestPort: 80 });
-    assert.equal(http.guestPort, 80);
-    assert.equal(http.instance, web1.id);
-    const taken = await refusal(() => a.member.createForward("web2", { guestPort: 80, hostPort: http.hostPort }));
-    assert.equal(taken.status, 409);
-    assert.match(taken.message, /already forwarded/);
-    assert.equal((await refusal(() => a.member.createForward("web1", { guestPort: 0 }))).status, 400);
-    assert.equal((await refusal(() => a.member.createForward("web1", { guestPort: 70000 }))).status, 400);
-    const low = await refusal(() => a.member.createForward("web1", { guestPort: 80, hostPort: 80 }));
-    assert.equal(low.status, 400);
-    assert.match(low.message, /privileged/);
-    const wide = await refusal(() => a.member.createForward("web1", { guestPort: 80, hostAddr: "0.0.0.0" }));
-    assert.equal(wide.status, 400);
-    assert.match(wide.message, /loopback only/);
-    // Something else listening on the host port: the forward of a stopped instance is only
-    // recorded, so take a port no forward has and check the one the server chooses is free.
-    const chosen = await a.member.createForward("web2", { guestPort: 8080, hostPort: 0 });
-    assert.ok(chosen.hostPort >= 1024 && chosen.hostPort !== http.hostPort);
+      // Add: a free port by default, or the one asked for; conflicts and bad input refused.
+      const http = await a.member.createForward("web1", { guestPort: 80 });
+      assert.equal(http.guestPort, 80);
+      assert.equal(http.instance, web1.id);
+      const taken = await refusal(() => a.member.createForward("web2", { guestPort: 80, hostPort: http.hostPort }));
+      assert.equal(taken.status, 409);
+      assert.match(taken.message, /already forwarded/);
+      assert.equal((await refusal(() => a.member.createForward("web1", { guestPort: 0 }))).status, 400);
+      assert.equal((await refusal(() => a.member.createForward("web1", { guestPort: 70000 }))).status, 400);
+      const low = await refusal(() => a.member.createForward("web1", { guestPort: 80, hostPort: 80 }));
+      assert.equal(low.status, 400);
+      assert.match(low.message, /privileged/);
+      const wide = await refusal(() => a.member.createForward("web1", { guestPort: 80, hostAddr: "0.0.0.0" }));
+      assert.equal(wide.status, 400);
+      assert.match(wide.message, /loopback only/);
+      // Something else listening on the host port: the forward of a stopped instance is only
+      // recorded, so take a port no forward has and check the one the server chooses is free.
+      const chosen = await a.member.createForward("web2", { guestPort: 8080, hostPort: 0 });
+      assert.ok(chosen.hostPort >= 1024 && chosen.hostPort !== http.hostPort);
 
-    // Tenancy: another project's instance is not there; readers may list but not add.
-    assert.equal((await refusal(() => b.member.listForwards(web1.id))).status, 404);
-    assert.equal((await refusal(() => b.member.createForward(web1.id, { guestPort: 80 }))).status, 404);
-    assert.equal((await a.reader.listForwards("web1")).length, 2);
-    assert.equal((await refusal(() => a.reader.createForward("web1", { guestPort: 81 }))).status, 403);
-    assert.equal((await refusal(() => b.member.deleteForward(web1.id, http.id))).status, 404);
+      // Tenancy: another project's instance is not there; readers may list but not add.
+      assert.equal((await refusal(() => b.member.listForwards(web1.id))).status, 404);
+      assert.equal((await refusal(() => b.member.createForward(web1.id, { guestPort: 80 }))).status, 404);
+      assert.equal((await a.reader.listForwards("web1")).length, 2);
+      assert.equal((await refusal(() => a.reader.createForward("web1", { guestPort: 81 }))).status, 403);
+      assert.equal((await refusal(() => b.member.deleteForward(web1.id, http.id))).status, 404);
 
-    // At most 16 forwards per instance.
-    for (let i = 0; i < 14; i++) await a.member.createForward("web1", { guestPort: 1000 + i });
-    const over = await refusal(() => a.member.createForward("web1", { guestPort: 2000 }));
-    assert.equal(over.status, 403);
-    assert.match(over.message, /at most 16/);
+      // At most 16 forwards per instance.
+      for (let i = 0; i < 14; i++) await a.member.createForward("web1", { guestPort: 1000 + i });
+      const over = await refusal(() => a.member.createForward("web1", { guestPort: 2000 }));
+      assert.equal(over.status, 403);
+      assert.match(over.message, /at most 16/);
 
-    // Remove; a second remove is a 404; a malformed id a 400.
-    await a.member.deleteForward("web1", http.id);
-    assert.equal((await refusal(() => a.member.deleteForward("web1", http.id))).status, 404);
-    assert.equal((await refusal(() => a.member.deleteForward("web1", "nope"))).status, 400);
-    assert.equal((await a.member.listForwards("web1")).length, 15);
+      // Remove; a second remove is a 404; a malformed id a 400.
+      await a.member.deleteForward("web1", http.id);
+      assert.equal((await refusal(() => a.member.deleteForward("web1", http.id))).status, 404);
+      assert.equal((await refusal(() => a.member.deleteForward("web1", "nope"))).status, 400);
+      assert.equal((await a.member.listForwards("web1")).length, 15);
 
-    // Audited; and deleting the instance deletes its forwards (their host ports are free again).
-    const events = await a.member.events();
-    assert.ok(events.some((e) => e.action === "forward.create" && e.outcome === "ok"));
-    assert.ok(events.some((e) => e.action === "forward.delete" && e.resource === http.id));
-    assert.ok(events.some((e) => e.action === "forward.create" && e.outcome === "conflict"));
-    await a.member.deleteInstance("web1");
-    const again = await a.member.createForward("web2", { guestPort: 22, hostPort: f1[0].hostPort });
-    assert.equal(again.hostPort, f1[0].hostPort);
+      // Audited; and deleting the instance deletes its forwards (their host ports are free again).
+      const events = await a.member.events();
+      assert.ok(events.some((e) => e.action === "forward.create" && e.outcome === "ok"));
+      assert.ok(events.some((e) => e.action === "forward.delete" && e.resource === http.id));
+      assert.ok(events.some((e) => e.action === "forward.create" && e.outcome === "conflict"));
+      await a.member.deleteInstance("web1");
+      const again = await a.member.createForward("web2", { guestPort: 22, hostPort: f1[0].hostPort });
+      assert.equal(again.hostPort, f1[0].hostPort);
 
-    // The API document describes the forwards.
-    const doc = (await (await fetch(`${t.url}/api/openapi.json`)).json()) as { paths: Record<string, unknown> };
-    assert.ok(doc.paths["/api/v1/instances/{id}/forwards"]);
-    assert.ok(doc.paths["/api/v1/instances/{id}/forwards/{forwardId}"]);
-  } finally {
-    await t.close();
-  }
-});
+      // The API document describes the forwards.
+      const doc = (await (await fetch(`${t.url}/api/openapi.json`)).json()) as { paths: Record<string, unknown> };
+      assert.ok(doc.paths["/api/v1/instances/{id}/forwards"]);
+      assert.ok(doc.paths["/api/v1/instances/{id}/forwards/{forwardId}"]);
+    } finally {
+      await t.close();
+    }
+  },
+);
 
 /** A console session on an instance: `run` types a line and waits for `expect` in the output after it. */
 async function openConsole(client: YunClient, id: string) {
@@ -109,7 +113,8 @@ async function openConsole(client: YunClient, id: string) {
     for (;;) {
       const m = re.exec(out.slice(from));
       if (m) return m[0];
-      if (Date.now() > deadline) throw new Error(`console: no ${re} within ${ms} ms; got ${JSON.stringify(out.slice(-400))}`);
+      if (Date.now() > deadline)
+        throw new Error(`console: no ${re} within ${ms} ms; got ${JSON.stringify(out.slice(-400))}`);
       await new Promise((r) => setTimeout(r, 200));
     }
   };
@@ -164,7 +169,10 @@ test(
       const md = "http://169.254.169.254";
       await con.run(`wget -qO- ${md}/latest/meta-data/instance-id; echo`, new RegExp(`\\r\\n${vm.id}\\r\\n`));
       await con.run(`wget -qO- ${md}/latest/meta-data/local-ipv4; echo`, new RegExp(`\\r\\n${address}\\r\\n`));
-      await con.run(`wget -qO- ${md}/latest/meta-data/public-keys/0/openssh-key`, /\r\nssh-ed25519 AAAAC3Nz\S+ k@test\r\n/);
+      await con.run(
+        `wget -qO- ${md}/latest/meta-data/public-keys/0/openssh-key`,
+        /\r\nssh-ed25519 AAAAC3Nz\S+ k@test\r\n/,
+      );
       await con.run(`wget -qO- ${md}/openstack/latest/meta_data.json; echo`, /"name":"web1","hostname":"web1"/);
       await con.run(`wget -qO- ${md}/openstack/latest/user_data`, /\r\n#cloud-config\r\nruncmd:/);
 

@@ -129,7 +129,10 @@ test("without a metadata service, link-local destinations are refused, not sent 
   const guest = new GuestStack(usernet);
   await guest.dhcp();
   try {
-    await assert.rejects(guest.connect(METADATA_IP, 80).then((c) => c.established), /connection refused/);
+    await assert.rejects(
+      guest.connect(METADATA_IP, 80).then((c) => c.established),
+      /connection refused/,
+    );
   } finally {
     guest.close();
     usernet.close();

@@ -230,7 +230,14 @@ export const instancesView: View = (main, session) => {
     });
     let form: HTMLElement | null = null;
     if (session.canWrite) {
-      const guest = h("input", { id: "forward-guest", type: "number", min: "1", max: "65535", required: true, placeholder: "80" });
+      const guest = h("input", {
+        id: "forward-guest",
+        type: "number",
+        min: "1",
+        max: "65535",
+        required: true,
+        placeholder: "80",
+      });
       const host = h("input", { id: "forward-host", type: "number", min: "0", max: "65535", placeholder: "any free" });
       form = h(
         "form",
