@@ -98,8 +98,8 @@ Network (virtio-net):
                       guest (repeatable)
   --net-address CIDR  user-mode network: the guest's address and prefix (default 10.0.2.15/24;
                       the gateway is the network's .2, DNS .3)
-  --metadata FILE     user-mode network: serve the instance metadata in FILE (JSON, as yun serve
-                      writes it) at http://169.254.169.254/ (OpenStack and EC2 layouts)
+  --metadata FILE     serve the instance metadata in FILE (JSON, as yun serve writes it) at
+                      http://169.254.169.254/ (OpenStack and EC2 layouts; also with --net)
   --no-net            no network card
   --name NAME         the VM's name (default: vm-PID); its MAC address is derived from it
                       (without --name: from the --root file's path, or the throwaway disk's)
@@ -336,9 +336,10 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   // Network flags, all checked before anything is looked up or pulled.
   const publish = (v.publish ?? []).map(parsePublish);
   let net: NetChoice;
-  if ((v["net-address"] !== undefined || v.metadata !== undefined) && (v["no-net"] || v.net !== undefined)) {
-    throw new UsageError("--net-address and --metadata work with user-mode networking only (not --net or --no-net)");
+  if (v["net-address"] !== undefined && (v["no-net"] || v.net !== undefined)) {
+    throw new UsageError("--net-address works with user-mode networking only (not --net or --no-net)");
   }
+  if (v.metadata !== undefined && v["no-net"]) throw new UsageError("--metadata needs a network card, not --no-net");
   if (v["net-address"] !== undefined) {
     try {
       userNetAddresses(v["net-address"]);
@@ -362,6 +363,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
       );
     }
     net = { kind: "switch", name: v.net };
+    if (v.metadata !== undefined) net.metadata = resolvePath(v.metadata);
   } else {
     net = { kind: "user", publish };
     if (v["net-address"] !== undefined) net.address = v["net-address"];

@@ -1250,14 +1250,14 @@ export class Cloud {
         return;
       }
     }
-    let netSpec: LaunchSpec["net"] = { kind: "switch", name: r.network_id ?? "" };
-    if (!r.network_id) {
-      try {
-        netSpec = this.natLaunch(r);
-      } catch (e) {
-        this.setError(id, `its metadata could not be written: ${(e as Error).message}`);
-        return;
-      }
+    let netSpec: LaunchSpec["net"];
+    try {
+      netSpec = r.network_id
+        ? { kind: "switch", name: r.network_id, metadata: this.writeMetadata(r, r.address ?? "") }
+        : this.natLaunch(r);
+    } catch (e) {
+      this.setError(id, `its metadata could not be written: ${(e as Error).message}`);
+      return;
     }
     const spec: LaunchSpec = {
       id,
@@ -1310,6 +1310,15 @@ export class Cloud {
       this.db.prepare("UPDATE instances SET address = ? WHERE id = ?").run(a, r.id);
       return a;
     });
+    const path = this.writeMetadata(r, address);
+    const publish = (
+      this.db.prepare("SELECT * FROM forwards WHERE instance_id = ? ORDER BY created_at, id").all(r.id) as ForwardRow[]
+    ).map((f) => ({ hostAddr: f.host_addr, hostPort: f.host_port, guestPort: f.guest_port }));
+    return { kind: "user", address: `${address}/${NAT_PREFIX}`, metadata: path, publish };
+  }
+
+  /** Writes the instance's metadata file (owner-only) from its record; answers its path. */
+  private writeMetadata(r: InstanceRow, address: string): string {
     const key = r.keypair_id
       ? (this.db.prepare("SELECT name, public_key FROM keypairs WHERE id = ?").get(r.keypair_id) as
           { name: string; public_key: string } | undefined)
@@ -1331,10 +1340,7 @@ export class Cloud {
     const path = join(r.dir, METADATA_FILE);
     writeFileSync(path, JSON.stringify(metadata) + "\n", { mode: PRIVATE_FILE_MODE });
     chmodSync(path, PRIVATE_FILE_MODE);
-    const publish = (
-      this.db.prepare("SELECT * FROM forwards WHERE instance_id = ? ORDER BY created_at, id").all(r.id) as ForwardRow[]
-    ).map((f) => ({ hostAddr: f.host_addr, hostPort: f.host_port, guestPort: f.guest_port }));
-    return { kind: "user", address: `${address}/${NAT_PREFIX}`, metadata: path, publish };
+    return path;
   }
 
   // -------------------------------------------------------------------------------- forwards

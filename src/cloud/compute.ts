@@ -32,7 +32,7 @@ export interface LaunchSpec {
         /** Port forwards (yun run --publish). */
         publish?: { hostAddr: string; hostPort: number; guestPort: number }[];
       }
-    | { kind: "switch"; name: string }
+    | { kind: "switch"; name: string; metadata?: string }
     | { kind: "none" };
   mac: string;
   kernel: string;
@@ -131,8 +131,10 @@ export class MonitorDriver implements ComputeDriver {
       logPath,
     ];
     for (const d of spec.disks) args.push("--disk", d);
-    if (spec.net.kind === "switch") args.push("--net", spec.net.name);
-    else if (spec.net.kind === "none") args.push("--no-net");
+    if (spec.net.kind === "switch") {
+      args.push("--net", spec.net.name);
+      if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
+    } else if (spec.net.kind === "none") args.push("--no-net");
     else {
       if (spec.net.address) args.push("--net-address", spec.net.address);
       if (spec.net.metadata) args.push("--metadata", spec.net.metadata);

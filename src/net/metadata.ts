@@ -13,7 +13,32 @@
  */
 import http from "node:http";
 import { Duplex } from "node:stream";
-import type { HostSocket } from "./tcp.js";
+import type { NetBackend } from "../devices/netdev.js";
+import {
+  ARP_LEN,
+  ARP_REPLY,
+  ARP_REQUEST,
+  copyBytes,
+  ETH_HLEN,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  macEquals,
+  writeArp,
+  writeEthernet,
+} from "./ethernet.js";
+import {
+  internetChecksum,
+  IP_OFF,
+  IPV4_HLEN,
+  L4_OFF,
+  parseIpv4Address,
+  PROTO_TCP,
+  readU16,
+  readU32,
+  writeIpv4Header,
+} from "./ip.js";
+import { DEFAULT_ADDRESSES, METADATA_IP, type GuestLink } from "./link.js";
+import { TcpNat, type HostSocket } from "./tcp.js";
 
 /** One instance's metadata: what `yun run --metadata FILE` reads (the cloud writes it, owner-only). */
 export interface InstanceMetadata {
@@ -284,5 +309,101 @@ export class MetadataService {
 
   close(): void {
     this.server.close();
+  }
+}
+
+/** The MAC the tap answers ARP for 169.254.169.254 with (locally administered, like slirp's 52:55). */
+const METADATA_MAC = Uint8Array.of(0x52, 0x55, 0xa9, 0xfe, 0xa9, 0xfe);
+
+/**
+ * The metadata service for a NIC on a switch (`yun run --net NAME --metadata FILE`): wraps the
+ * NIC's backend and answers the guest's TCP to 169.254.169.254:80 itself, before frames reach the
+ * switch (and ARP for that address, for guests with an on-link route to it); every other frame
+ * passes through untouched. `address` is the instance's assigned IPv4 address.
+ */
+export class MetadataTap implements NetBackend {
+  private deliver: ((frame: Uint8Array) => boolean) | null = null;
+  private readonly tx = Buffer.alloc(ETH_HLEN + 65535);
+  private readonly arpBuf = new Uint8Array(ETH_HLEN + ARP_LEN);
+  private guestMac: Uint8Array | null = null;
+  /** The MAC the guest sent its metadata traffic to (its gateway's, or ours after ARP). */
+  private routerMac: Uint8Array = METADATA_MAC;
+  private guestIp = 0;
+  private ipId = 1;
+  private readonly tcp: TcpNat;
+
+  constructor(
+    private readonly inner: NetBackend,
+    private readonly service: MetadataService,
+    address: string,
+  ) {
+    const assigned = parseIpv4Address(address);
+    const self = this;
+    const link: GuestLink = {
+      tx: this.tx,
+      emitIpv4: (proto, src, dst, len) => this.emitIpv4(proto, src, dst, len),
+      emitUdp: () => {},
+      get guestIp() {
+        return self.guestIp;
+      },
+      addresses: { ...DEFAULT_ADDRESSES, guest: assigned },
+      get ready() {
+        return self.deliver !== null && self.guestMac !== null;
+      },
+    };
+    this.tcp = new TcpNat(
+      link,
+      () => undefined,
+      (src, dst, dport) => (dst === METADATA_IP && dport === 80 ? service.connect(src === assigned) : null),
+    );
+  }
+
+  attach(deliver: (frame: Uint8Array) => boolean): void {
+    this.deliver = deliver;
+    this.inner.attach(deliver);
+  }
+
+  send(frame: Uint8Array): void {
+    if (frame.length >= ETH_HLEN + IPV4_HLEN && readU16(frame, 12) === ETHERTYPE_IPV4) {
+      const o = IP_OFF;
+      const ihl = (frame[o] & 0x0f) << 2;
+      if (frame[o] >>> 4 === 4 && frame[o + 9] === PROTO_TCP && readU32(frame, o + 16) === METADATA_IP) {
+        const end = o + readU16(frame, o + 2);
+        if (ihl < IPV4_HLEN || end > frame.length || end < o + ihl) return;
+        if ((readU16(frame, o + 6) & 0x3fff) !== 0 || internetChecksum(frame, o, o + ihl) !== 0) return;
+        if (!this.guestMac || !macEquals(frame, 6, this.guestMac, 0)) this.guestMac = copyBytes(frame, 6, 12);
+        if (!macEquals(frame, 0, this.routerMac, 0)) this.routerMac = copyBytes(frame, 0, 6);
+        this.guestIp = readU32(frame, o + 12);
+        this.tcp.input(frame, o + ihl, end, METADATA_IP, this.guestIp);
+        return; // never onto the switch
+      }
+    } else if (frame.length >= ETH_HLEN + ARP_LEN && readU16(frame, 12) === ETHERTYPE_ARP) {
+      const o = ETH_HLEN;
+      if (readU16(frame, o + 6) === ARP_REQUEST && readU32(frame, o + 24) === METADATA_IP) {
+        const b = this.arpBuf;
+        const requester = frame.subarray(o + 8, o + 14);
+        writeEthernet(b, requester, METADATA_MAC, ETHERTYPE_ARP);
+        writeArp(b, ETH_HLEN, ARP_REPLY, METADATA_MAC, METADATA_IP, requester, readU32(frame, o + 14));
+        this.deliver?.(b);
+        return;
+      }
+    }
+    this.inner.send(frame);
+  }
+
+  private emitIpv4(proto: number, src: number, dst: number, len: number): boolean {
+    const mac = this.guestMac;
+    const deliver = this.deliver;
+    if (!mac || !deliver) return false;
+    writeEthernet(this.tx, mac, this.routerMac, ETHERTYPE_IPV4);
+    writeIpv4Header(this.tx, IP_OFF, proto, src, dst, len, this.ipId, 64, 0x4000);
+    this.ipId = (this.ipId + 1) & 0xffff;
+    return deliver(this.tx.subarray(0, L4_OFF + len));
+  }
+
+  close(): void {
+    this.tcp.close();
+    this.service.close();
+    this.inner.close();
   }
 }

@@ -11,7 +11,7 @@ import type { NetBackend } from "../devices/netdev.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { joinNetwork } from "../net/hub.js";
 import { UserNet, type HostForward } from "../net/usernet.js";
-import { MetadataService, parseInstanceMetadata } from "../net/metadata.js";
+import { MetadataService, MetadataTap, parseInstanceMetadata } from "../net/metadata.js";
 import { DeferredDisk, DeferredNet } from "./deferred.js";
 
 export type NetChoice =
@@ -24,10 +24,15 @@ export type NetChoice =
       /** A JSON file of the instance's metadata (net/metadata.ts) served at 169.254.169.254; absent: none. */
       metadata?: string;
     }
-  | { kind: "switch"; name: string };
+  | {
+      kind: "switch";
+      name: string;
+      /** As for "user": the metadata file, served by intercepting the NIC's frames before the switch. */
+      metadata?: string;
+    };
 
 /** The instance metadata in a file (`yun run --metadata`), checked; throws SpecError naming the file. */
-export function readMetadataFile(path: string): MetadataService {
+export function readMetadataFile(path: string): { service: MetadataService; address: string } {
   let text: string;
   try {
     text = readFileSync(path, "utf8");
@@ -37,7 +42,8 @@ export function readMetadataFile(path: string): MetadataService {
     );
   }
   try {
-    return new MetadataService(parseInstanceMetadata(JSON.parse(text)));
+    const record = parseInstanceMetadata(JSON.parse(text));
+    return { service: new MetadataService(record), address: record.address };
   } catch (e) {
     throw new SpecError(`metadata file ${path}: ${(e as Error).message}`);
   }
@@ -98,10 +104,19 @@ export async function openNet(
   switch (choice.kind) {
     case "none":
       return { backend: null, notes: [] };
-    case "switch":
-      return { backend: await joinNetwork(choice.name, netDir), notes: [] };
-    case "user": {
+    case "switch": {
       const metadata = choice.metadata ? readMetadataFile(choice.metadata) : undefined;
+      let port: NetBackend;
+      try {
+        port = await joinNetwork(choice.name, netDir);
+      } catch (e) {
+        metadata?.service.close();
+        throw e;
+      }
+      return { backend: metadata ? new MetadataTap(port, metadata.service, metadata.address) : port, notes: [] };
+    }
+    case "user": {
+      const metadata = choice.metadata ? readMetadataFile(choice.metadata).service : undefined;
       let user: UserNet;
       try {
         user = new UserNet({ hostForwards: choice.publish, address: choice.address, metadata });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { UserNet } from "../../src/net/usernet.js";
 import { GuestStack } from "../../src/net/guest.js";
-import { MetadataService, parseInstanceMetadata, type InstanceMetadata } from "../../src/net/metadata.js";
+import { MetadataService, MetadataTap, parseInstanceMetadata, type InstanceMetadata } from "../../src/net/metadata.js";
 import { METADATA_IP, userNetAddresses } from "../../src/net/link.js";
 import { formatIpv4Address, parseIpv4Address } from "../../src/net/ip.js";
 
@@ -179,4 +179,24 @@ test("metadata files are checked field by field", () => {
   assert.throws(() => parseInstanceMetadata({ ...RECORD, publicKeys: ["x"] }), /publicKeys must be an object/);
   assert.throws(() => parseInstanceMetadata({ ...RECORD, userData: 5 }), /userData must be a string or null/);
   assert.equal(parseInstanceMetadata(JSON.parse(JSON.stringify(RECORD))).name, "web1");
+});
+
+test("a NIC on a switch: the tap answers 169.254.169.254 itself and passes every other frame on", async () => {
+  const passed: Uint8Array[] = [];
+  const inner = { send: (f: Uint8Array) => void passed.push(Uint8Array.from(f)), attach: () => {}, close: () => {} };
+  const tap = new MetadataTap(inner, new MetadataService({ ...RECORD, address: "169.254.169.10" }), "169.254.169.10");
+  // A guest with an on-link route to the service (it ARPs for 169.254.169.254, as cloud-init's may).
+  const guest = new GuestStack(tap, { ip: parseIpv4Address("169.254.169.10") });
+  try {
+    const md = JSON.parse((await get(guest, "/openstack/latest/meta_data.json")).body);
+    assert.equal(md.uuid, "ins-abc123");
+    assert.equal(passed.length, 0, "nothing of it reached the switch");
+    guest.ip = parseIpv4Address("169.254.169.11");
+    assert.equal((await get(guest, "/latest/meta-data/instance-id")).status, 404);
+    await guest.arp(parseIpv4Address("169.254.169.99"), 300).catch(() => undefined);
+    assert.ok(passed.length >= 1, "other frames go to the switch");
+  } finally {
+    guest.close();
+    tap.close();
+  }
 });
