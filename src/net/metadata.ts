@@ -338,17 +338,18 @@ export class MetadataTap implements NetBackend {
     address: string,
   ) {
     const assigned = parseIpv4Address(address);
-    const self = this;
+    const guestIp = (): number => this.guestIp;
+    const ready = (): boolean => this.deliver !== null && this.guestMac !== null;
     const link: GuestLink = {
       tx: this.tx,
       emitIpv4: (proto, src, dst, len) => this.emitIpv4(proto, src, dst, len),
       emitUdp: () => {},
       get guestIp() {
-        return self.guestIp;
+        return guestIp();
       },
       addresses: { ...DEFAULT_ADDRESSES, guest: assigned },
       get ready() {
-        return self.deliver !== null && self.guestMac !== null;
+        return ready();
       },
     };
     this.tcp = new TcpNat(
