@@ -127,6 +127,8 @@ test(
       );
       await con.run("sleep 2; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'", /inet 10\.40\.0\.2\/24/);
       await con.run("ping -c 1 -W 3 10.40.0.1 | grep -o '1 packets received'", /\r\n1 packets received/);
+      // The metadata service answers on the private network too (its VM intercepts it before the switch).
+      await con.run("wget -qO- http://169.254.169.254/latest/meta-data/local-ipv4; echo", /\r\n10\.40\.0\.2\r\n/);
       // The log endpoint replays recent output without attaching.
       assert.match(await yun.consoleLog(vm.id), /42/);
       const m = await yun.instanceMetrics(vm.id);
@@ -177,7 +179,9 @@ test(
       // Around it, a burst of creates and deletes of instances and volumes.
       const vm2 = await yun.createInstance({ name: "web2", image: "debian-tiny", flavor: "tiny", start: false });
       const old = await Promise.all(
-        [0, 1, 2].map((i) => yun.createInstance({ name: `old${i}`, image: "debian-tiny", flavor: "tiny", start: false })),
+        [0, 1, 2].map((i) =>
+          yun.createInstance({ name: `old${i}`, image: "debian-tiny", flavor: "tiny", start: false }),
+        ),
       );
       const oldVol = await yun.createVolume({ name: "oldvol", sizeGiB: 1 });
       const burst: Promise<unknown>[] = [yun.startInstance(vm2.id)];
