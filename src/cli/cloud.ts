@@ -15,6 +15,7 @@ import WebSocket from "ws";
 import { DEFAULT_SERVER, YunApiError, YunClient } from "../cloud/client.js";
 import type { Instance, Project, QuotaUsage, Quotas, Role, Usage, Volume } from "../cloud/types.js";
 import { yunHome } from "../images/paths.js";
+import { readServeRecord } from "../cloud/endpoint.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -56,7 +57,8 @@ const COMMON: Options = {
 };
 
 const COMMON_HELP = `Common options:
-  --server URL     the API (default: $YUN_SERVER, else ${DEFAULT_SERVER})
+  --server URL     the API (default: $YUN_SERVER, else the running yun serve of $YUN_HOME,
+                   else ${DEFAULT_SERVER})
   --token TOKEN    the API token (default: $YUN_TOKEN, else $YUN_HOME/cloud/admin.token)
   --project P      admins: act in project P (name or ID)
   --json           print the API's JSON instead of a table
@@ -201,9 +203,12 @@ export function resolveToken(flag: string | undefined): string {
   );
 }
 
-/** The server: --server, then $YUN_SERVER, then the default. */
+/** The server: --server, then $YUN_SERVER, then the running yun serve of $YUN_HOME (its record
+ *  in $YUN_HOME/cloud/serve.json), then the default. */
 export function resolveServer(flag: string | undefined): string {
-  const s = flag ?? process.env.YUN_SERVER ?? DEFAULT_SERVER;
+  const env = process.env.YUN_SERVER;
+  const s =
+    flag ?? (env !== undefined && env !== "" ? env : undefined) ?? readServeRecord(yunHome())?.url ?? DEFAULT_SERVER;
   if (!/^https?:\/\/[^/]+/.test(s)) throw new UsageError(`--server must be an http:// or https:// URL, got "${s}"`);
   return s;
 }

@@ -12,6 +12,7 @@ import { MonitorDriver } from "../cloud/compute.js";
 import { listen } from "../cloud/server.js";
 import { isLoopback, readTlsFiles, type TlsFiles } from "../cloud/security.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
+import { localUrl, readServeRecord, removeServeRecord, serveRecordPath, writeServeRecord } from "../cloud/endpoint.js";
 import { yunHome } from "../images/paths.js";
 import { tightenTree } from "../storage/private.js";
 import { DEFAULT_LIMITS, NO_RATE_LIMITS, type LimitSettings } from "../cloud/limits.js";
@@ -40,8 +41,13 @@ Options:
 JSON request bodies may be at most ${DEFAULT_LIMITS.jsonBodyBytes / 1024 / 1024} MiB (413 beyond); a throttled client gets 429 with
 Retry-After. Files under $YUN_HOME are owner-only; older installs are tightened at start.
 
-Clients of an HTTPS server use YUN_SERVER=https://HOST:PORT; a certificate not signed by a
-public authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's or the certificate's PEM).
+While it runs, its address is in $YUN_HOME/cloud/serve.json, where the yun CLI of the same
+$YUN_HOME finds it: the CLI uses --server URL, else $YUN_SERVER, else that record, else
+http://127.0.0.1:${DEFAULT_PORT}. One yun serve at a time serves a $YUN_HOME.
+
+Clients of an HTTPS server on a name its certificate does not cover use YUN_SERVER=https://HOST:PORT;
+a certificate not signed by a public authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's
+or the certificate's PEM).
 
 Stopping the server leaves running VMs running; the next start re-attaches to them.
 `;
@@ -123,6 +129,13 @@ export async function serveCommand(args: string[]): Promise<number> {
     return 2;
   }
   const home = yunHome();
+  const other = readServeRecord(home);
+  if (other !== null) {
+    process.stderr.write(
+      `yun serve: another yun serve (pid ${other.pid}) already serves ${home} at ${other.url}/; stop it first, or give this one its own YUN_HOME\n`,
+    );
+    return 1;
+  }
   // Installs from before private files: tenant data 0644 in 0755 directories.
   let tightened = 0;
   for (const d of ["cloud", "vms", "run", "net"]) tightened += tightenTree(join(home, d));
@@ -165,6 +178,21 @@ export async function serveCommand(args: string[]): Promise<number> {
   }
   const shown = host.includes(":") ? `[${host}]` : host;
   const scheme = tls ? "https" : "http";
+  // Where the CLI finds this daemon; removed at exit (a record left by a kill is seen as stale).
+  const forget = (): void => removeServeRecord(home);
+  try {
+    writeServeRecord(home, {
+      url: localUrl(host, running.port, tls !== undefined),
+      tls: tls !== undefined,
+      listen: host,
+      port: running.port,
+    });
+    process.once("exit", forget);
+  } catch (e) {
+    process.stderr.write(
+      `yun serve: cannot write ${serveRecordPath(home)} (the CLI will need --server): ${(e as Error).message}\n`,
+    );
+  }
   process.stdout.write(`yun serve: listening on ${scheme}://${shown}:${running.port}/ (API /api/v1, dashboard /)\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => {
@@ -174,6 +202,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.on("SIGINT", stop);
     process.on("SIGTERM", stop);
   });
+  forget();
+  process.off("exit", forget);
   await running.close();
   cloud.close();
   process.stdout.write("yun serve: stopped (running VMs keep running)\n");
