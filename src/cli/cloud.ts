@@ -713,14 +713,26 @@ const user: Noun = {
   summary: "users, their roles and API tokens",
   subs: {
     create: {
-      usage: "NAME --role admin|member|reader [--in PROJECT]",
-      summary: "create a user (admins only; in another project with --in)",
-      options: { role: { type: "string" }, in: { type: "string" } },
+      usage: "NAME --role admin|member|reader [--in PROJECT] [--with-token]",
+      summary:
+        "create a user (admins only; in another project with --in; --with-token: also their API token, printed once)",
+      options: { role: { type: "string" }, in: { type: "string" }, "with-token": { type: "boolean" } },
       arity: [1, 1],
       async run(ctx) {
         const role = need(ctx, "role") as Role;
         if (!ROLES.includes(role)) throw new UsageError(`--role must be admin, member or reader, got "${role}"`);
-        show(ctx, await ctx.client().createUser({ name: ctx.args[0]!, role, project: str(ctx, "in") }));
+        const withToken = ctx.values["with-token"] === true;
+        const u = await ctx.client().createUser({
+          name: ctx.args[0]!,
+          role,
+          project: str(ctx, "in"),
+          withToken: withToken ? true : undefined,
+        });
+        show(ctx, u);
+        if (withToken && !ctx.json)
+          io.err(
+            `The token above is shown only this once; ${u.name} uses it as --token or YUN_TOKEN (yun user token ${u.name} issues another).\n`,
+          );
       },
     },
     list: {

@@ -39,6 +39,7 @@ import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, una
 import type {
   AuditEvent,
   CreateInstanceRequest,
+  CreatedUser,
   Flavor,
   Image,
   ImageFormat,
@@ -509,16 +510,22 @@ export class Cloud {
    * give them a token (members manage only their own), and one who could delete users could
    * take other members' access away.
    */
-  createUser(p: Principal, req: { name: string; role: Role; project?: string }): User {
+  createUser(p: Principal, req: { name: string; role: Role; project?: string; withToken?: boolean }): CreatedUser {
     if (!p.admin) throw forbidden("only an admin may create users");
     const projectId = req.project === undefined ? p.projectId : this.actingProject(p, req.project);
     const id = newId("usr");
+    // The token (if asked for) is made in the same transaction: no user is left without the
+    // token its creator was promised, and no token without its user.
+    const token = req.withToken === true ? newToken() : undefined;
     immediate(this.db, () => {
       if (this.db.prepare("SELECT 1 FROM users WHERE project_id = ? AND name = ?").get(projectId, req.name))
         throw conflict(`a user named ${req.name} already exists in this project`);
-      this.db.prepare("INSERT INTO users VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, req.role, this.iso());
+      const now = this.iso();
+      this.db.prepare("INSERT INTO users VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, req.role, now);
+      if (token !== undefined) this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hashToken(token), id, now);
     });
-    return this.getUser(p, id);
+    const user = this.getUser(p, id);
+    return token === undefined ? user : { ...user, token, tokenId: tokenId(hashToken(token)) };
   }
 
   deleteUser(p: Principal, id: string): void {
