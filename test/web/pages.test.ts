@@ -70,8 +70,10 @@ async function login(page: Page, t: string): Promise<void> {
 
 test("the dashboard and its vendored libraries load; login, session and logout", async () => {
   const page = await tab();
+  const icon = page.waitForResponse((r) => new URL(r.url()).pathname === "/favicon.svg");
   await page.goto(base + "/");
   assert.equal(await page.title(), "Yun — log in");
+  assert.equal((await icon).status(), 200, "the tab has its icon");
   await login(page, "yun_wrong");
   await page.waitForSelector("[role=alert]");
   assert.match((await page.textContent("[role=alert]"))!, /That token was not accepted/);
@@ -337,6 +339,13 @@ test("the console draws underscores (PRETTY_NAME is not PRETTY NAME)", async () 
     for (let i = 0; i < rgba.length; i += 4) if (rgba[i]! + rgba[i + 1]! + rgba[i + 2]! > 3 * 100) ink++;
     return ink;
   };
+  // The terminal stays inside its box (xterm.js's own element also has the class "terminal").
+  const inside = await page.evaluate<boolean>(`(() => {
+    const box = document.querySelector(".console-box").getBoundingClientRect();
+    const term = document.querySelector(".xterm").getBoundingClientRect();
+    return term.top >= box.top && term.bottom <= box.bottom + 0.5 && term.right <= box.right + 0.5;
+  })()`);
+  assert.ok(inside, "the terminal overflows its box");
   const underscore = await inkOfCell(1);
   const space = await inkOfCell(2);
   assert.equal(space, 0, "the measure sees a blank cell as blank");

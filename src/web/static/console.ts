@@ -33,7 +33,7 @@ export const consoleView: View = (main, _session, id) => {
       reconnect,
     ),
     message,
-    h("div", { class: "terminal" }, screen),
+    h("div", { class: "console-box" }, screen),
     h("p", { class: "muted hint" }, "Click the terminal and type; this is the instance's serial console (ttyS0)."),
   );
 
