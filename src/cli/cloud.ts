@@ -15,7 +15,7 @@ import WebSocket from "ws";
 import { DEFAULT_SERVER, YunApiError, YunClient } from "../cloud/client.js";
 import type { Instance, Project, QuotaUsage, Quotas, Role, Usage, Volume } from "../cloud/types.js";
 import { yunHome } from "../images/paths.js";
-import { readServeRecord } from "../cloud/endpoint.js";
+import { serveUrlWhenListening } from "../cloud/endpoint.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -203,12 +203,25 @@ export function resolveToken(flag: string | undefined): string {
   );
 }
 
+/** How long the CLI waits for a yun serve that is still starting (opening its state,
+ *  re-attaching to VMs) before it gives up. */
+const SERVE_START_WAIT_MS = 60_000;
+
 /** The server: --server, then $YUN_SERVER, then the running yun serve of $YUN_HOME (its record
- *  in $YUN_HOME/cloud/serve.json), then the default. */
+ *  in $YUN_HOME/cloud/serve.json; one still starting is waited for), then the default. */
 export function resolveServer(flag: string | undefined): string {
   const env = process.env.YUN_SERVER;
-  const s =
-    flag ?? (env !== undefined && env !== "" ? env : undefined) ?? readServeRecord(yunHome())?.url ?? DEFAULT_SERVER;
+  let s = flag ?? (env !== undefined && env !== "" ? env : undefined);
+  if (s === undefined) {
+    const running = serveUrlWhenListening(yunHome(), SERVE_START_WAIT_MS);
+    if (running !== null && "startingPid" in running)
+      throw new YunApiError(
+        0,
+        "starting",
+        `yun serve (pid ${running.startingPid}) has been starting for over ${SERVE_START_WAIT_MS / 1000} s and does not listen yet; try again once it prints "listening on"`,
+      );
+    s = running?.url ?? DEFAULT_SERVER;
+  }
   if (!/^https?:\/\/[^/]+/.test(s)) throw new UsageError(`--server must be an http:// or https:// URL, got "${s}"`);
   return s;
 }

@@ -42,7 +42,8 @@ JSON request bodies may be at most ${DEFAULT_LIMITS.jsonBodyBytes / 1024 / 1024}
 Retry-After. Files under $YUN_HOME are owner-only; older installs are tightened at start.
 
 While it runs, its address is in $YUN_HOME/cloud/serve.json, where the yun CLI of the same
-$YUN_HOME finds it: the CLI uses --server URL, else $YUN_SERVER, else that record, else
+$YUN_HOME finds it (waiting while it starts): the CLI uses --server URL, else $YUN_SERVER, else
+that record, else
 http://127.0.0.1:${DEFAULT_PORT}. One yun serve at a time serves a $YUN_HOME.
 
 Clients of an HTTPS server on a name its certificate does not cover use YUN_SERVER=https://HOST:PORT;
@@ -136,6 +137,16 @@ export async function serveCommand(args: string[]): Promise<number> {
     );
     return 1;
   }
+  // Clients of this YUN_HOME wait for the daemon from here on (see cloud/endpoint.ts).
+  try {
+    writeServeRecord(home, { state: "starting", url: "", tls: tls !== undefined, listen: host, port: 0 });
+  } catch (e) {
+    process.stderr.write(
+      `yun serve: cannot write ${serveRecordPath(home)} (the CLI will need --server): ${(e as Error).message}\n`,
+    );
+  }
+  const forget = (): void => removeServeRecord(home);
+  process.once("exit", forget);
   // Installs from before private files: tenant data 0644 in 0755 directories.
   let tightened = 0;
   for (const d of ["cloud", "vms", "run", "net"]) tightened += tightenTree(join(home, d));
@@ -146,6 +157,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     cloud = new Cloud({ home, driver: new MonitorDriver(home) });
   } catch (e) {
     process.stderr.write(`yun serve: cannot open the cloud's state in ${home}/cloud: ${(e as Error).message}\n`);
+    forget();
     return 1;
   }
   const { adminToken } = cloud.bootstrap();
@@ -174,20 +186,20 @@ export async function serveCommand(args: string[]): Promise<number> {
             : (e as Error).message;
     process.stderr.write(`yun serve: ${why}\n`);
     cloud.close();
+    forget();
     return 1;
   }
   const shown = host.includes(":") ? `[${host}]` : host;
   const scheme = tls ? "https" : "http";
   // Where the CLI finds this daemon; removed at exit (a record left by a kill is seen as stale).
-  const forget = (): void => removeServeRecord(home);
   try {
     writeServeRecord(home, {
+      state: "listening",
       url: localUrl(host, running.port, tls !== undefined),
       tls: tls !== undefined,
       listen: host,
       port: running.port,
     });
-    process.once("exit", forget);
   } catch (e) {
     process.stderr.write(
       `yun serve: cannot write ${serveRecordPath(home)} (the CLI will need --server): ${(e as Error).message}\n`,

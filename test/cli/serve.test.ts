@@ -11,6 +11,9 @@ import WebSocket from "ws";
 import { ROOT, YUN } from "../e2e/harness.js";
 import { isLoopback, upgradeOriginAllowed } from "../../src/cloud/security.js";
 import { localUrl, readServeRecord, serveRecordPath } from "../../src/cloud/endpoint.js";
+import { Cloud } from "../../src/cloud/cloud.js";
+import { MonitorDriver } from "../../src/cloud/compute.js";
+import { listen } from "../../src/cloud/server.js";
 
 let dir: string;
 let cert: string;
@@ -265,4 +268,31 @@ test("a serve record is stale when its pid is gone or is not yun serve; local UR
   assert.equal(localUrl("::", 8470, true), "https://[::1]:8470");
   assert.equal(localUrl("::1", 1, false), "http://[::1]:1");
   assert.equal(localUrl("10.0.0.5", 443, true), "https://10.0.0.5:443");
+});
+
+test("the CLI waits for a yun serve that is still starting (yun serve & yun instance create ...)", async () => {
+  const home = mkdtempSync(join(tmpdir(), "yun-serve-home-"));
+  // Stands in for a daemon busy re-attaching to its VMs: a live process named like yun serve.
+  const daemon = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)", "serve"]);
+  const cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
+  cloud.bootstrap();
+  const server = await listen(cloud, "127.0.0.1", 0);
+  const record = (state: string, url: string): void =>
+    writeFileSync(serveRecordPath(home), JSON.stringify({ pid: daemon.pid, state, url, tls: false }));
+  try {
+    record("starting", "");
+    const started = Date.now();
+    const cli = yun({ YUN_HOME: home, YUN_SERVER: undefined, YUN_TOKEN: undefined }, ["flavor", "list"]);
+    await new Promise((r) => setTimeout(r, 1500));
+    record("listening", `http://127.0.0.1:${server.port}`);
+    const r = await cli;
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^flv-\S+ +tiny /m);
+    assert.ok(Date.now() - started >= 1500, "the CLI waited for the daemon to listen");
+  } finally {
+    daemon.kill();
+    await server.close();
+    cloud.close();
+    rmSync(home, { recursive: true, force: true });
+  }
 });
