@@ -46,9 +46,9 @@ $YUN_HOME finds it (waiting while it starts): the CLI uses --server URL, else $Y
 that record, else
 http://127.0.0.1:${DEFAULT_PORT}. One yun serve at a time serves a $YUN_HOME.
 
-Clients of an HTTPS server on a name its certificate does not cover use YUN_SERVER=https://HOST:PORT;
-a certificate not signed by a public authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's
-or the certificate's PEM).
+The record names the address yun serve listens on; to reach an HTTPS server by the host name
+its certificate is for, set YUN_SERVER=https://HOST:PORT. A certificate not signed by a public
+authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's or the certificate's PEM).
 
 Stopping the server leaves running VMs running; the next start re-attaches to them.
 `;
