@@ -43,8 +43,7 @@ Retry-After. Files under $YUN_HOME are owner-only; older installs are tightened 
 
 While it runs, its address is in $YUN_HOME/cloud/serve.json, where the yun CLI of the same
 $YUN_HOME finds it (waiting while it starts): the CLI uses --server URL, else $YUN_SERVER, else
-that record, else
-http://127.0.0.1:${DEFAULT_PORT}. One yun serve at a time serves a $YUN_HOME.
+that record, else http://127.0.0.1:${DEFAULT_PORT}. One yun serve at a time serves a $YUN_HOME.
 
 The record names the address yun serve listens on; to reach an HTTPS server by the host name
 its certificate is for, set YUN_SERVER=https://HOST:PORT. A certificate not signed by a public
