@@ -663,7 +663,7 @@ export class Cloud {
     const r = rows.find((x) => x.project_id === null || x.project_id === projectId || (p.admin && x.id === idOrName));
     if (!r) {
       throw notFound(
-        `no image ${idOrName} (see GET /api/v1/images; ${AVAILABLE_IMAGES.join(" and ")} come from yun image pull on the server)`,
+        `no image ${idOrName}: yun image list --cloud (GET /api/v1/images) shows the images there are, and yun image pull ${AVAILABLE_IMAGES.join(" or ")} on the server adds one`,
       );
     }
     return r;
