@@ -311,6 +311,11 @@ test("at 420 px the top bar fits: Log out is in the window and works, the page d
       (await page.evaluate<number>("document.documentElement.scrollWidth")) <= 420,
       `${view}: the page is wider than the window`,
     );
+    // The page's own toolbar (the console's Reconnect, say) wraps rather than leaving the window.
+    for (const b of await page.locator("main .toolbar :is(button, .button, select):visible").all()) {
+      const r = (await b.boundingBox())!;
+      assert.ok(r.x >= 0 && r.x + r.width <= 420, `${view}: ${await b.textContent()} at x ${r.x}-${r.x + r.width}`);
+    }
     // The header is one or two lines, not a column of wrapped links.
     assert.ok((await page.locator("header").boundingBox())!.height < 100, `${view}: the top bar is too tall`);
   }
