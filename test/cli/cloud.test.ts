@@ -220,7 +220,7 @@ test("instances: create (stopped), list, show by name, JSON, refusals as one lin
   assert.equal(listed.code, 0);
   const [header, row] = listed.out.trimEnd().split("\n");
   assert.match(header!, /^ID +NAME +STATE +IMAGE +FLAVOR +VCPUS +MEMORY +ADDRESSES$/);
-  assert.match(row!, /^ins-\S+ +web0 +stopped +debian +tiny +1 +128 MiB/);
+  assert.match(row!, /^ins-\S+ +web0 +stopped +debian-tiny +tiny +1 +128 MiB/);
 
   const js = await yun("instance", "list", "--json");
   const parsed = JSON.parse(js.out) as { items: { name: string; state: string; id: string }[] };
@@ -304,7 +304,7 @@ test("volumes, snapshots, networks, key pairs, flavors, cloud images", async () 
 
   r = await yun("image", "list", "--cloud");
   assert.equal(r.code, 0, r.err);
-  assert.match(r.out, /^img-\S+ +debian +\S+ +[\d.]+ \S+ +debian +available$/m);
+  assert.match(r.out, /^img-\S+ +debian-tiny +\S+ +[\d.]+ \S+ +debian +available$/m);
 
   // Upload (streamed; the format is read from the file's header), show, delete.
   const raw = join(home, "disk.img");
