@@ -218,7 +218,7 @@ test("yun image pull debian-tiny builds a bootable image, and a second pull is a
     } finally {
       process.stdout.write = write;
     }
-    assert.match(out, new RegExp(`^debian\\s+${info.kernelVersion.replace(/[.+]/g, "\\$&")}\\s`, "m"));
+    assert.match(out, new RegExp(`^debian-tiny\\s+${info.kernelVersion.replace(/[.+]/g, "\\$&")}\\s`, "m"));
   } finally {
     if (saved === undefined) delete process.env.YUN_HOME;
     else process.env.YUN_HOME = saved;
