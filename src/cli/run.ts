@@ -38,7 +38,11 @@ import { createOverlay, makeOwnedDir } from "../vmm/overlay.js";
 import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, unregister } from "../vmm/registry.js";
 import { findImage } from "../images/store.js";
 import { pullDebianImage } from "../images/debian.js";
+import { ImageError } from "../images/util.js";
 import { yunHome } from "../images/paths.js";
+import { findBootLoader, pullBootLoader } from "../images/uboot.js";
+import { partitionScheme, readPartitionTable, type Partition } from "../storage/partition.js";
+import { BootDiskError, checkBootDisk, type BootEntry } from "../storage/bootdisk.js";
 import { tightenTree } from "../storage/private.js";
 import { CappedLog, redirectStderr } from "../vmm/logfile.js";
 
@@ -126,11 +130,59 @@ export type RootChoice =
 
 export type { NetChoice } from "../vmm/spec.js";
 
+/** How the VM boots: a Linux kernel, or a disk through OpenSBI and U-Boot. */
+export type BootChoice =
+  | { kind: "kernel" }
+  /** `kernel` is then U-Boot; `entry` is what the pre-flight found U-Boot will boot on `disk`. */
+  | { kind: "disk"; disk: string; entry: BootEntry; loaderVersion: string };
+
+/** A disk that cannot boot through firmware (one sentence naming it); yun run exits with 1. */
+export class BootError extends Error {}
+
+/** The partitions of a disk image, or null when it has none or cannot be read (reported later). */
+function probePartitions(path: string): Partition[] | null {
+  let disk;
+  try {
+    disk = openDiskImage(path, { readOnly: true, lock: false });
+  } catch {
+    return null;
+  }
+  try {
+    if (partitionScheme(disk) === null) return null;
+    try {
+      return readPartitionTable(disk)?.partitions ?? null;
+    } catch {
+      return []; // corrupt: a disk boot's pre-flight says so
+    }
+  } finally {
+    disk.close();
+  }
+}
+
+/** What U-Boot will boot on the disk image at `path`; a BootError when nothing. */
+function preflightDisk(path: string): BootEntry {
+  let disk;
+  try {
+    disk = openDiskImage(path, { readOnly: true, lock: false });
+  } catch (e) {
+    throw new BootError((e as Error).message);
+  }
+  try {
+    return checkBootDisk(disk).entry;
+  } catch (e) {
+    if (e instanceof BootDiskError) throw new BootError(`${path} cannot boot through firmware: ${e.message}`);
+    throw new BootError(`${path}: ${(e as Error).message}`);
+  } finally {
+    disk.close();
+  }
+}
+
 export interface RunOptions {
   kernel: string;
   initrd?: string;
   firmware: string | null;
   append: string;
+  boot: BootChoice;
   memoryMiB: number;
   engine: Engine;
   root: RootChoice;
@@ -209,6 +261,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         net: { type: "string" },
         publish: { type: "string", multiple: true },
         "no-net": { type: "boolean" },
+        boot: { type: "string" },
         name: { type: "string" },
         mac: { type: "string" },
         cpus: { type: "string" },
@@ -283,6 +336,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
       kernel: "",
       firmware: null,
       append: "",
+      boot: { kind: "kernel" },
       memoryMiB: 0,
       engine: "jit",
       root: { kind: "none" },
@@ -374,6 +428,22 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     );
   }
 
+  // How the VM boots: a kernel (the image's, or --kernel), or a disk through its firmware.
+  if (v.boot !== undefined && v.boot !== "kernel" && v.boot !== "disk") {
+    throw new UsageError(`--boot takes kernel or disk, got "${v.boot}"`);
+  }
+  if (v.boot === "disk") {
+    const given = ["kernel", "initrd", "append"].find((k) => k in v);
+    if (given) {
+      throw new UsageError(
+        `--${given} goes with --boot kernel: a disk booted through firmware brings its own kernel and command line`,
+      );
+    }
+    if (v.firmware === "none") {
+      throw new UsageError("--boot disk needs the OpenSBI firmware, under U-Boot; --firmware none boots a kernel only");
+    }
+  }
+
   let kernel = v.kernel;
   let initrd = v.initrd;
   let firmware: string | null | undefined = v.firmware === "none" ? null : v.firmware;
@@ -396,16 +466,38 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if (firmware === undefined) firmware = image.firmware.dynamic;
   }
   if (kernel === undefined || firmware === undefined) throw new Error("internal: no kernel or firmware chosen");
+  let append = v.append ?? DEFAULT_APPEND;
+  // A root disk with a partition table boots through firmware unless a kernel was asked for.
+  const rootPath = root.kind === "file" ? root.path : root.kind === "overlay" ? root.base : undefined;
+  const table = rootPath !== undefined ? probePartitions(rootPath) : null;
+  let boot: BootChoice = { kind: "kernel" };
+  if (v.boot === "disk" || (v.boot === undefined && v.kernel === undefined && firmware !== null && table !== null)) {
+    if (rootPath === undefined) throw new UsageError("--boot disk needs a disk to boot: give --root DISK");
+    const entry = preflightDisk(rootPath);
+    let loader = findBootLoader();
+    if (loader === undefined) {
+      process.stderr.write("yun: U-Boot (Debian's u-boot-qemu) is not here yet; fetching it first\n");
+      loader = await pullBootLoader({ log: (l) => process.stderr.write(l + "\n") });
+    }
+    boot = { kind: "disk", disk: rootPath, entry, loaderVersion: loader.version };
+    kernel = loader.path;
+    initrd = undefined;
+    append = "";
+  }
   kernel = checkInput(kernel, "kernel");
   if (initrd !== undefined) initrd = checkInput(initrd, "initrd");
   if (firmware !== null) firmware = checkInput(firmware, "firmware");
-  let append = v.append ?? DEFAULT_APPEND;
-  if (root.kind !== "none" && !/(^|\s)root=/.test(append)) append += ` root=${ROOT_DEVICE}`;
+  if (boot.kind === "kernel" && root.kind !== "none" && !/(^|\s)root=/.test(append)) {
+    // On a partitioned disk the kernel's root is a partition: the first Linux one.
+    const part = table?.find((p) => p.linux) ?? table?.find((p) => !p.esp);
+    append += ` root=${ROOT_DEVICE}${part ? part.index : ""}`;
+  }
   return {
     kernel,
     initrd,
     firmware,
     append,
+    boot,
     memoryMiB,
     engine,
     root,
@@ -503,6 +595,7 @@ async function receiveIncoming(
     append: opts.append,
     kernel: opts.kernel,
     initrd: opts.initrd ?? null,
+    payload: opts.boot.kind === "disk" ? "raw" : "linux",
     firmware: opts.firmware,
     disks: namedDisks(opts),
     net: opts.net,
@@ -546,6 +639,10 @@ export async function runCommand(args: string[]): Promise<number> {
     if (e instanceof UsageError) {
       process.stderr.write(`yun run: ${e.message}\n`);
       return 2;
+    }
+    if (e instanceof BootError || e instanceof ImageError) {
+      process.stderr.write(`yun run: ${e.message}\n`);
+      return 1;
     }
     throw e;
   }
@@ -611,6 +708,7 @@ export async function runCommand(args: string[]): Promise<number> {
         append: opts.append,
         kernel: opts.kernel,
         initrd: opts.initrd ?? null,
+        payload: opts.boot.kind === "disk" ? "raw" : "linux",
         firmware: opts.firmware,
         disks,
         net: opts.net,
@@ -624,6 +722,14 @@ export async function runCommand(args: string[]): Promise<number> {
       if (opts.root.kind === "overlay") {
         notes.unshift(
           `booting from a throwaway overlay on ${opts.root.base} (changes are discarded at exit; see --root)`,
+        );
+      }
+      if (opts.boot.kind === "disk") {
+        const e = opts.boot.entry;
+        notes.unshift(
+          `booting ${opts.boot.disk} through OpenSBI and U-Boot ${opts.boot.loaderVersion}: ` +
+            `${e.method === "efi" ? "EFI application" : e.method === "extlinux" ? "extlinux" : "boot script"} ` +
+            `${e.path} on partition ${e.partition} (${e.fs})`,
         );
       }
       if (opts.net.kind !== "none") {

@@ -24,6 +24,7 @@ import {
   type LoadedSnapshot,
 } from "./snapshot.js";
 import { createOverlay, makeOwnedDir } from "./overlay.js";
+import { BootLoaderWatch } from "./bootwatch.js";
 
 /** fsync of a file, so that what snapshot.json promises is on disk before it is written. */
 function syncFile(path: string): void {
@@ -152,6 +153,8 @@ export class VmMonitor {
   private pastBusyMs = 0;
   private pastIdleMs = 0;
   private readonly opts: MonitorOptions;
+  /** While a disk boots through U-Boot: notices U-Boot giving up (see bootwatch.ts). */
+  private bootWatch: BootLoaderWatch | null = null;
 
   private constructor(spec: VmSpec, opts: MonitorOptions) {
     this.spec = spec;
@@ -255,13 +258,28 @@ export class VmMonitor {
       log: (line) => this.opts.log(line),
     });
     this.current = machine;
+    this.bootWatch = this.spec.payload === "raw" && ram === undefined ? new BootLoaderWatch() : null;
     return notes;
   }
 
   private output(bytes: Uint8Array): void {
     this.history.append(bytes);
+    this.watchBoot(bytes);
     this.opts.echo?.(bytes);
     for (const c of this.consoles) c(bytes);
+  }
+
+  /** A disk boot that U-Boot gave up on ends the VM with the reason, rather than idling at a prompt. */
+  private watchBoot(bytes: Uint8Array): void {
+    const watch = this.bootWatch;
+    const machine = this.current;
+    if (watch === null || machine === null) return;
+    const verdict = watch.feed(bytes, machine.inputTaken > 0);
+    if (watch.finished) this.bootWatch = null;
+    if (verdict === null) return;
+    // After the console line that led to it, so the reason comes last.
+    queueMicrotask(() => this.opts.log(`the disk did not boot: ${verdict}`));
+    machine.stop("fail", 1);
   }
 
   private setState(state: VmState): void {

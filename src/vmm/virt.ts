@@ -209,6 +209,8 @@ export class VirtMachine {
   private wake: (() => void) | null = null;
   /** performance.now() of the network card's last frame either way. */
   private lastNetIo = -Infinity;
+  /** Console input bytes handed to the guest so far (a boot loader's prompt is then wanted). */
+  inputTaken = 0;
   /** Host time spent asleep while the guest waited (ms). */
   idleMs = 0;
   /** Host time spent running guest slices (ms). */
@@ -313,7 +315,7 @@ export class VirtMachine {
     } else {
       this.sbi = new HypervisorSbi([hart], {
         putByte: (b) => this.putByte(b),
-        getByte: () => (this.inputQueue.length > 0 ? this.inputQueue.shift()! : -1),
+        getByte: () => (this.inputQueue.length > 0 ? (this.inputTaken++, this.inputQueue.shift()!) : -1),
         reset: (kind, reason) => this.powerEvent({ kind: kind === "poweroff" ? "poweroff" : "reset", code: reason }),
         readPhysical: (pa, len) => {
           const off = this.bus.ramOffset(pa);
@@ -522,6 +524,7 @@ export class VirtMachine {
 
   private feedInput(): void {
     while (this.inputQueue.length > 0 && this.uart.inputWanted()) {
+      this.inputTaken++;
       this.uart.pushInput([this.inputQueue.shift()!]);
     }
   }
