@@ -6,7 +6,16 @@
  * the binary kept in $YUN_HOME/firmware/u-boot-qemu/ with a manifest (version, SHA-256), so
  * `yun run` needs no network once `yun image pull` has fetched it.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { discoverDebianMirror, PrivateApt, requireHostTools, type AptPackage } from "./apt.js";
 import { extractDeb } from "./deb.js";
