@@ -3,7 +3,7 @@
 // grub-common) and Debian's riscv64 GRUB modules (grub-efi-riscv64-bin, fetched through the
 // project's private apt and cached like the image's packages).
 import { execFileSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { CpioWriter, readCpio } from "../../src/images/cpio.js";
 import { discoverDebianMirror, PrivateApt } from "../../src/images/apt.js";
@@ -77,7 +77,9 @@ export function fatImage(
   files: Record<string, Uint8Array | string>,
 ): Buffer {
   const img = join(work, `${name}.fat`);
-  run("mkfs.fat", ["-F", "32", "-C", img, String(sizeMiB * 1024)]);
+  rmSync(img, { force: true });
+  // FAT32 needs 65525 clusters or more; smaller volumes get what mkfs.fat picks (FAT12 or FAT16).
+  run("mkfs.fat", [...(sizeMiB >= 36 ? ["-F", "32"] : []), "-C", img, String(sizeMiB * 1024)]);
   const dirs = new Set<string>();
   for (const path of Object.keys(files)) {
     const parts = path.split("/").filter((p) => p);
