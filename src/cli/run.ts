@@ -55,11 +55,17 @@ Options:
   --kernel FILE       kernel Image to boot instead of the image's (then no root disk unless --root)
   --initrd FILE       initramfs to boot instead of the image's
   --append TEXT       kernel command line (default: "console=ttyS0 cryptomgr.notests"); with a root
-                      disk, "root=/dev/vda" is added unless TEXT has a root= of its own
+                      disk, "root=/dev/vda" (on a partitioned disk: its first Linux partition,
+                      /dev/vdaN) is added unless TEXT has a root= of its own
   --memory MIB        guest memory in MiB (default: 256)
   --firmware FILE|none
                       M-mode firmware (default: the image's OpenSBI fw_dynamic); "none" boots the
                       kernel in S-mode with Yun answering its SBI calls itself
+  --boot kernel|disk  boot a kernel (--kernel, or the image's), or the root disk the way a board
+                      does: OpenSBI, then Debian's U-Boot (u-boot-qemu, S-mode), which loads the
+                      disk's extlinux/extlinux.conf or /EFI/BOOT/BOOTRISCV64.EFI (e.g. GRUB).
+                      Default: disk when the root disk has a partition table (GPT or MBR) and no
+                      --kernel is given; Yun checks first that U-Boot will find something to boot
   --engine jit|interp how guest code runs: translated to JavaScript (default) or interpreted
   --cpus N            vCPUs, 1-8 (default 1); more than one runs each on a thread of its own
   --cpu-cap F         use at most F of a host core (e.g. 0.25), enforced by the monitor
@@ -86,7 +92,8 @@ Monitor (see docs/vm-api.md; yun vm drives a running VM):
                       yun vm migrate --tls-ca or --tls-fingerprint
 
 Disks (virtio-blk; the root disk is /dev/vda, further disks /dev/vdb, /dev/vdc, ...):
-  --root FILE         boot from the disk image FILE (raw or qcow2), read-write. Default: a fresh
+  --root FILE         boot from the disk image FILE (raw or qcow2), read-write (with a partition
+                      table: through U-Boot, see --boot). Default: a fresh
                       qcow2 overlay on the image's root disk, deleted when yun exits (the image
                       itself is never written); make a lasting one with
                       yun disk create -b IMAGE_ROOT_DISK -F raw FILE
