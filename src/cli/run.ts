@@ -678,6 +678,8 @@ export async function runCommand(args: string[]): Promise<number> {
     ownedDir: null,
     log: say,
     echo: flags.headless ? null : (bytes) => process.stdout.write(bytes),
+    // Piped input is for the guest's shell; a terminal's (or an attached console's) reaches U-Boot too.
+    typedInput: flags.headless || interactive,
   };
   // Bad images, snapshots, networks, names: one sentence each. (YUN_DEBUG=1 shows the stack.)
   const fail = (e: unknown): number => {

@@ -113,6 +113,11 @@ export interface MonitorOptions {
   log: (line: string) => void;
   /** Console output to the terminal too (an interactive or piped `yun run`), or null (headless). */
   echo: ((bytes: Uint8Array) => void) | null;
+  /**
+   * Whether console input is typed by a person (a terminal, an attached console) rather than piped
+   * for the guest's shell: then a boot loader (U-Boot, GRUB) gets it too. Default false.
+   */
+  typedInput?: boolean;
 }
 
 export interface MonitorMetrics {
@@ -259,6 +264,7 @@ export class VmMonitor {
     });
     this.current = machine;
     this.bootWatch = this.spec.payload === "raw" && ram === undefined ? new BootLoaderWatch() : null;
+    if (this.bootWatch && this.opts.typedInput === true) machine.setBootLoaderInput(true);
     return notes;
   }
 
@@ -275,7 +281,11 @@ export class VmMonitor {
     const machine = this.current;
     if (watch === null || machine === null) return;
     const verdict = watch.feed(bytes, machine.inputTaken > 0);
-    if (watch.finished) this.bootWatch = null;
+    if (watch.finished) {
+      // The kernel runs: its own driver decides when it reads the UART.
+      this.bootWatch = null;
+      machine.setBootLoaderInput(false);
+    }
     if (verdict === null) return;
     // After the console line that led to it, so the reason comes last.
     queueMicrotask(() => this.opts.log(`the disk did not boot: ${verdict}`));

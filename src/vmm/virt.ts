@@ -211,6 +211,7 @@ export class VirtMachine {
   private lastNetIo = -Infinity;
   /** Console input bytes handed to the guest so far (a boot loader's prompt is then wanted). */
   inputTaken = 0;
+  private bootLoaderInput = false;
   /** Host time spent asleep while the guest waited (ms). */
   idleMs = 0;
   /** Host time spent running guest slices (ms). */
@@ -522,10 +523,21 @@ export class VirtMachine {
     this.outLen = 0;
   }
 
+  /**
+   * Hands console input to a boot loader that polls the UART without enabling its interrupts
+   * (U-Boot, GRUB on U-Boot's EFI console), until the kernel starts; see feedInput. Off by default,
+   * so piped input waits for the kernel's shell.
+   */
+  setBootLoaderInput(on: boolean): void {
+    this.bootLoaderInput = on;
+    if (on) this.wake?.();
+  }
+
   private feedInput(): void {
-    while (this.inputQueue.length > 0 && this.uart.inputWanted()) {
+    const uart = this.uart;
+    while (this.inputQueue.length > 0 && (uart.inputWanted() || (this.bootLoaderInput && uart.inputRoom()))) {
       this.inputTaken++;
-      this.uart.pushInput([this.inputQueue.shift()!]);
+      uart.pushInput([this.inputQueue.shift()!]);
     }
   }
 

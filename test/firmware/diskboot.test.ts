@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { findImage, type ImageInfo } from "../../src/images/store.js";
 import { findBootLoader, pullBootLoader } from "../../src/images/uboot.js";
 import { findInPath } from "../../src/images/util.js";
-import { TEST_TIMEOUT, tail, runYun } from "../e2e/harness.js";
+import { ROOT, TEST_TIMEOUT, tail, runYun } from "../e2e/harness.js";
 import {
   MARKER,
   ext4Image,
@@ -227,5 +227,33 @@ test(
       assert.match(lines[0], why);
       assert.doesNotMatch(r.console, /OpenSBI v|U-Boot 20/, "the firmware started");
     }
+  },
+);
+
+test(
+  "on a terminal, a key stops U-Boot's autoboot and its prompt takes commands",
+  { skip: skip || (!findInPath("script") && "no script(1)"), timeout: TEST_TIMEOUT },
+  async () => {
+    const disk = copy(grubDisk, "tty.img");
+    // script(1) gives yun a pseudo-terminal, so its input counts as typed.
+    const cmd = `node ${JSON.stringify(join(ROOT, "bin/yun.js"))} run --image ${imageName} --root ${JSON.stringify(disk)} --no-net`;
+    const child = spawn("script", ["-qfc", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    const steps: [RegExp, string][] = [
+      [/Hit any key to stop autoboot/, " "],
+      [/=> $/, "echo typed-at-$((2))-u-boot\r"],
+      [/^typed-at-\$\(\(2\)\)-u-boot\r?$/m, "\x01x"],
+    ];
+    const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
+    child.stdout.on("data", (b: Buffer) => {
+      out += b.toString();
+      if (steps.length > 0 && steps[0][0].test(out)) child.stdin.write(steps.shift()![1]);
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), TEST_TIMEOUT - 20_000);
+    await closed;
+    clearTimeout(timer);
+    assert.equal(steps.length, 0, `U-Boot did not take the typed input${tail(out)}`);
+    assert.doesNotMatch(out, /the disk did not boot/, "a prompt someone typed at is not a failure");
+    assert.doesNotMatch(out, new RegExp(MARKER), "the autoboot was stopped");
   },
 );
