@@ -24,9 +24,9 @@ import {
   peStub,
 } from "./disks.js";
 
-/** The busybox image (debian-tiny once the rename lands). */
-const image: ImageInfo | undefined = findImage("debian-tiny") ?? findImage("debian");
-const imageName = findImage("debian-tiny") ? "debian-tiny" : "debian";
+/** The busybox image: its kernel boots the disks, its busybox makes their initramfs. */
+const imageName = "debian-tiny";
+const image: ImageInfo | undefined = findImage(imageName);
 const missing = missingTools();
 const skip: string | false =
   image === undefined
