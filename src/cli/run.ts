@@ -480,7 +480,16 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   let boot: BootChoice = { kind: "kernel" };
   if (v.boot === "disk" || (v.boot === undefined && v.kernel === undefined && firmware !== null && table !== null)) {
     if (rootPath === undefined) throw new UsageError("--boot disk needs a disk to boot: give --root DISK");
-    const entry = preflightDisk(rootPath);
+    let entry: BootEntry;
+    try {
+      entry = preflightDisk(rootPath);
+    } catch (e) {
+      // Chosen for the user by the partition table: say how to boot the disk anyway.
+      if (v.boot === undefined && e instanceof BootError) {
+        throw new BootError(`${e.message} (--boot kernel boots the image's kernel on it instead)`);
+      }
+      throw e;
+    }
     let loader = findBootLoader();
     if (loader === undefined) {
       process.stderr.write("yun: U-Boot (Debian's u-boot-qemu) is not here yet; fetching it first\n");

@@ -160,7 +160,7 @@ export function checkBootDisk(disk: DiskReader): BootDiskReport {
     if (e instanceof PartitionTableError) throw new BootDiskError(e.message);
     throw e;
   }
-  if (table === null) throw new BootDiskError("it has no partition table (GPT or MBR), so firmware cannot boot it");
+  if (table === null) throw new BootDiskError("it has no partition table (GPT or MBR)");
   const bootable = table.partitions.filter((p) => p.bootable);
   const first = table.partitions.find((p) => p.index === 1);
   const scanned = bootable.length > 0 ? bootable : first ? [first] : [];
