@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -42,6 +42,7 @@ import { formatIoTable, killIoGuests, runIoBench, type IoResult } from "./io.js"
 import { formatLifecycleTable, killLifecycleGuests, runLifecycleBench, type LifecycleResult } from "./lifecycle.js";
 import { qemuVirtArgs } from "./qemu.js";
 import { formatSmpTable, runSmpBench, type SmpResult } from "./smp.js";
+import { formatDiskBootTable, runDiskBootBench, type DiskBootResult } from "./diskboot.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -55,8 +56,9 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io|lifecycle|smp
-                           run only the boots, the CPU workloads, the I/O, the VM lifecycle or the SMP benchmark (default: all)
+  --only boot|cpu|io|lifecycle|smp|disk
+                           run only the boots, the CPU workloads, the I/O, the VM lifecycle, the SMP
+                           benchmark or the disk boots through U-Boot (default: all)
   --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
@@ -511,8 +513,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp"].includes(only)) {
-    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle or smp, got "${only}"\n`);
+  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk"].includes(only)) {
+    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp or disk, got "${only}"\n`);
     return 2;
   }
   const engineArg = values.engine!;
@@ -591,7 +593,7 @@ async function main(argv: string[]): Promise<number> {
     return s;
   };
 
-  const boots = only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp";
+  const boots = only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp" && only !== "disk";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -686,7 +688,18 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
+  let diskRows: DiskBootResult[] = [];
+  if (only === undefined || only === "disk") {
+    log("bench: disk boots through OpenSBI and U-Boot (GRUB, extlinux; Yun and QEMU) ...");
+    diskRows = await runDiskBootBench({ image, qemu, timeoutS, log });
+    process.stdout.write(
+      `\nDisk boot: OpenSBI fw_dynamic, Debian's U-Boot (qemu-riscv64_smode), then GRUB or extlinux, the image's ` +
+        `kernel and a busybox initramfs to its marker line; same files on both, times from spawn\n\n${formatDiskBootTable(diskRows)}\n`,
+    );
+  }
+
   const failed =
+    diskRows.filter((r) => r.error !== undefined).length +
     lifecycleRows.filter((r) => r.error !== undefined).length +
     smpRows.filter((r) => r.error !== undefined).length +
     rows.reduce((n, r) => n + r.failed, 0) +
@@ -720,6 +733,7 @@ async function main(argv: string[]): Promise<number> {
       io: ioRows,
       lifecycle: lifecycleRows,
       smp: smpRows,
+      disk: diskRows,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
   }

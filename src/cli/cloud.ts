@@ -16,6 +16,7 @@ import { DEFAULT_SERVER, YunApiError, YunClient } from "../cloud/client.js";
 import type { Instance, Project, QuotaUsage, Quotas, Role, Usage, Volume } from "../cloud/types.js";
 import { yunHome } from "../images/paths.js";
 import { generateKeyPair, privateKeyOf, runSsh } from "./ssh.js";
+import { serveUrlWhenListening } from "../cloud/endpoint.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -57,7 +58,8 @@ const COMMON: Options = {
 };
 
 const COMMON_HELP = `Common options:
-  --server URL     the API (default: $YUN_SERVER, else ${DEFAULT_SERVER})
+  --server URL     the API (default: $YUN_SERVER, else the running yun serve of $YUN_HOME,
+                   else ${DEFAULT_SERVER})
   --token TOKEN    the API token (default: $YUN_TOKEN, else $YUN_HOME/cloud/admin.token)
   --project P      admins: act in project P (name or ID)
   --json           print the API's JSON instead of a table
@@ -202,9 +204,25 @@ export function resolveToken(flag: string | undefined): string {
   );
 }
 
-/** The server: --server, then $YUN_SERVER, then the default. */
+/** How long the CLI waits for a yun serve that is still starting (opening its state,
+ *  re-attaching to VMs) before it gives up. */
+const SERVE_START_WAIT_MS = 60_000;
+
+/** The server: --server, then $YUN_SERVER, then the running yun serve of $YUN_HOME (its record
+ *  in $YUN_HOME/cloud/serve.json; one still starting is waited for), then the default. */
 export function resolveServer(flag: string | undefined): string {
-  const s = flag ?? process.env.YUN_SERVER ?? DEFAULT_SERVER;
+  const env = process.env.YUN_SERVER;
+  let s = flag ?? (env !== undefined && env !== "" ? env : undefined);
+  if (s === undefined) {
+    const running = serveUrlWhenListening(yunHome(), SERVE_START_WAIT_MS);
+    if (running !== null && "startingPid" in running)
+      throw new YunApiError(
+        0,
+        "starting",
+        `yun serve (pid ${running.startingPid}) has been starting for over ${SERVE_START_WAIT_MS / 1000} s and does not listen yet; try again once it prints "listening on"`,
+      );
+    s = running?.url ?? DEFAULT_SERVER;
+  }
   if (!/^https?:\/\/[^/]+/.test(s)) throw new UsageError(`--server must be an http:// or https:// URL, got "${s}"`);
   return s;
 }
@@ -820,14 +838,26 @@ const user: Noun = {
   summary: "users, their roles and API tokens",
   subs: {
     create: {
-      usage: "NAME --role admin|member|reader [--in PROJECT]",
-      summary: "create a user (admins only; in another project with --in)",
-      options: { role: { type: "string" }, in: { type: "string" } },
+      usage: "NAME --role admin|member|reader [--in PROJECT] [--with-token]",
+      summary:
+        "create a user (admins only; in another project with --in; --with-token: also their API token, printed once)",
+      options: { role: { type: "string" }, in: { type: "string" }, "with-token": { type: "boolean" } },
       arity: [1, 1],
       async run(ctx) {
         const role = need(ctx, "role") as Role;
         if (!ROLES.includes(role)) throw new UsageError(`--role must be admin, member or reader, got "${role}"`);
-        show(ctx, await ctx.client().createUser({ name: ctx.args[0]!, role, project: str(ctx, "in") }));
+        const withToken = ctx.values["with-token"] === true;
+        const u = await ctx.client().createUser({
+          name: ctx.args[0]!,
+          role,
+          project: str(ctx, "in"),
+          withToken: withToken ? true : undefined,
+        });
+        show(ctx, u);
+        if (withToken && !ctx.json)
+          io.err(
+            `The token above is shown only this once; ${u.name} uses it as --token or YUN_TOKEN (yun user token ${u.name} issues another).\n`,
+          );
       },
     },
     list: {

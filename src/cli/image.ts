@@ -6,6 +6,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_IMAGE, pullImage } from "../images/pull.js";
+import { pullBootLoader } from "../images/uboot.js";
 import { AVAILABLE_IMAGES, listImages, type ImageInfo } from "../images/store.js";
 import { formatSize, ImageError } from "../images/util.js";
 
@@ -13,8 +14,10 @@ const HELP = `Usage: yun image <command> [options]
 
 Commands:
   pull [NAME] [--force]   Build image NAME (default: ${DEFAULT_IMAGE}) from Debian trixie riscv64 packages
-                          into $YUN_HOME/images/NAME. An intact image is left as it is unless
-                          --force is given. Needs apt-get and dpkg-deb (a Debian/Ubuntu host).
+                          into $YUN_HOME/images/NAME, and fetch Debian's U-Boot (u-boot-qemu), which
+                          boots disks with a partition table, into $YUN_HOME/firmware. An intact
+                          image is left as it is unless --force is given. Needs apt-get and
+                          dpkg-deb (a Debian/Ubuntu host).
   list                    List installed images.
 
 Cloud images (on the yun serve server; see yun instance --help for --server/--token):
@@ -83,6 +86,8 @@ async function pull(args: string[]): Promise<number> {
     return fail(`unknown image "${name}"; available: ${AVAILABLE_IMAGES.join(", ")}`, 1);
   }
   await pullImage(name, { force: values.force === true });
+  // The boot loader of disks with a partition table (yun run --boot disk), so it is here offline.
+  await pullBootLoader({ force: values.force === true });
   return 0;
 }
 

@@ -39,7 +39,11 @@ import { createOverlay, makeOwnedDir } from "../vmm/overlay.js";
 import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, unregister } from "../vmm/registry.js";
 import { DEFAULT_IMAGE, pullImage } from "../images/pull.js";
 import { AVAILABLE_IMAGES, findImage } from "../images/store.js";
+import { ImageError } from "../images/util.js";
 import { yunHome } from "../images/paths.js";
+import { findBootLoader, pullBootLoader } from "../images/uboot.js";
+import { partitionScheme, readPartitionTable, type Partition } from "../storage/partition.js";
+import { BootDiskError, checkBootDisk, type BootEntry } from "../storage/bootdisk.js";
 import { tightenTree } from "../storage/private.js";
 import { CappedLog, redirectStderr } from "../vmm/logfile.js";
 
@@ -52,11 +56,17 @@ Options:
   --kernel FILE       kernel Image to boot instead of the image's (then no root disk unless --root)
   --initrd FILE       initramfs to boot instead of the image's
   --append TEXT       kernel command line (default: "console=ttyS0 cryptomgr.notests"); with a root
-                      disk, "root=/dev/vda" is added unless TEXT has a root= of its own
+                      disk, "root=/dev/vda" (on a partitioned disk: its first Linux partition,
+                      /dev/vdaN) is added unless TEXT has a root= of its own
   --memory MIB        guest memory in MiB (default: 256)
   --firmware FILE|none
                       M-mode firmware (default: the image's OpenSBI fw_dynamic); "none" boots the
                       kernel in S-mode with Yun answering its SBI calls itself
+  --boot kernel|disk  boot a kernel (--kernel, or the image's), or the root disk the way a board
+                      does: OpenSBI, then Debian's U-Boot (u-boot-qemu, S-mode), which loads the
+                      disk's extlinux/extlinux.conf or /EFI/BOOT/BOOTRISCV64.EFI (e.g. GRUB).
+                      Default: disk when the root disk has a partition table (GPT or MBR) and no
+                      --kernel is given; Yun checks first that U-Boot will find something to boot
   --engine jit|interp how guest code runs: translated to JavaScript (default) or interpreted
   --cpus N            vCPUs, 1-8 (default 1); more than one runs each on a thread of its own
   --cpu-cap F         use at most F of a host core (e.g. 0.25), enforced by the monitor
@@ -83,7 +93,8 @@ Monitor (see docs/vm-api.md; yun vm drives a running VM):
                       yun vm migrate --tls-ca or --tls-fingerprint
 
 Disks (virtio-blk; the root disk is /dev/vda, further disks /dev/vdb, /dev/vdc, ...):
-  --root FILE         boot from the disk image FILE (raw or qcow2), read-write. Default: a fresh
+  --root FILE         boot from the disk image FILE (raw or qcow2), read-write (with a partition
+                      table: through U-Boot, see --boot). Default: a fresh
                       qcow2 overlay on the image's root disk, deleted when yun exits (the image
                       itself is never written); make a lasting one with
                       yun disk create -b IMAGE_ROOT_DISK -F raw FILE
@@ -131,11 +142,59 @@ export type RootChoice =
 
 export type { NetChoice } from "../vmm/spec.js";
 
+/** How the VM boots: a Linux kernel, or a disk through OpenSBI and U-Boot. */
+export type BootChoice =
+  | { kind: "kernel" }
+  /** `kernel` is then U-Boot; `entry` is what the pre-flight found U-Boot will boot on `disk`. */
+  | { kind: "disk"; disk: string; entry: BootEntry; loaderVersion: string };
+
+/** A disk that cannot boot through firmware (one sentence naming it); yun run exits with 1. */
+export class BootError extends Error {}
+
+/** The partitions of a disk image, or null when it has none or cannot be read (reported later). */
+function probePartitions(path: string): Partition[] | null {
+  let disk;
+  try {
+    disk = openDiskImage(path, { readOnly: true, lock: false });
+  } catch {
+    return null;
+  }
+  try {
+    if (partitionScheme(disk) === null) return null;
+    try {
+      return readPartitionTable(disk)?.partitions ?? null;
+    } catch {
+      return []; // corrupt: a disk boot's pre-flight says so
+    }
+  } finally {
+    disk.close();
+  }
+}
+
+/** What U-Boot will boot on the disk image at `path`; a BootError when nothing. */
+function preflightDisk(path: string): BootEntry {
+  let disk;
+  try {
+    disk = openDiskImage(path, { readOnly: true, lock: false });
+  } catch (e) {
+    throw new BootError((e as Error).message);
+  }
+  try {
+    return checkBootDisk(disk).entry;
+  } catch (e) {
+    if (e instanceof BootDiskError) throw new BootError(`${path} cannot boot through firmware: ${e.message}`);
+    throw new BootError(`${path}: ${(e as Error).message}`);
+  } finally {
+    disk.close();
+  }
+}
+
 export interface RunOptions {
   kernel: string;
   initrd?: string;
   firmware: string | null;
   append: string;
+  boot: BootChoice;
   memoryMiB: number;
   engine: Engine;
   root: RootChoice;
@@ -216,6 +275,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         "net-address": { type: "string" },
         metadata: { type: "string" },
         "no-net": { type: "boolean" },
+        boot: { type: "string" },
         name: { type: "string" },
         mac: { type: "string" },
         cpus: { type: "string" },
@@ -290,6 +350,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
       kernel: "",
       firmware: null,
       append: "",
+      boot: { kind: "kernel" },
       memoryMiB: 0,
       engine: "jit",
       root: { kind: "none" },
@@ -395,6 +456,22 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     );
   }
 
+  // How the VM boots: a kernel (the image's, or --kernel), or a disk through its firmware.
+  if (v.boot !== undefined && v.boot !== "kernel" && v.boot !== "disk") {
+    throw new UsageError(`--boot takes kernel or disk, got "${v.boot}"`);
+  }
+  if (v.boot === "disk") {
+    const given = ["kernel", "initrd", "append"].find((k) => k in v);
+    if (given) {
+      throw new UsageError(
+        `--${given} goes with --boot kernel: a disk booted through firmware brings its own kernel and command line`,
+      );
+    }
+    if (v.firmware === "none") {
+      throw new UsageError("--boot disk needs the OpenSBI firmware, under U-Boot; --firmware none boots a kernel only");
+    }
+  }
+
   let kernel = v.kernel;
   let initrd = v.initrd;
   let firmware: string | null | undefined = v.firmware === "none" ? null : v.firmware;
@@ -417,16 +494,47 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if (firmware === undefined) firmware = image.firmware.dynamic;
   }
   if (kernel === undefined || firmware === undefined) throw new Error("internal: no kernel or firmware chosen");
+  let append = v.append ?? DEFAULT_APPEND;
+  // A root disk with a partition table boots through firmware unless a kernel was asked for.
+  const rootPath = root.kind === "file" ? root.path : root.kind === "overlay" ? root.base : undefined;
+  const table = rootPath !== undefined ? probePartitions(rootPath) : null;
+  let boot: BootChoice = { kind: "kernel" };
+  if (v.boot === "disk" || (v.boot === undefined && v.kernel === undefined && firmware !== null && table !== null)) {
+    if (rootPath === undefined) throw new UsageError("--boot disk needs a disk to boot: give --root DISK");
+    let entry: BootEntry;
+    try {
+      entry = preflightDisk(rootPath);
+    } catch (e) {
+      // Chosen for the user by the partition table: say how to boot the disk anyway.
+      if (v.boot === undefined && e instanceof BootError) {
+        throw new BootError(`${e.message} (--boot kernel boots the image's kernel on it instead)`);
+      }
+      throw e;
+    }
+    let loader = findBootLoader();
+    if (loader === undefined) {
+      process.stderr.write("yun: U-Boot (Debian's u-boot-qemu) is not here yet; fetching it first\n");
+      loader = await pullBootLoader({ log: (l) => process.stderr.write(l + "\n") });
+    }
+    boot = { kind: "disk", disk: rootPath, entry, loaderVersion: loader.version };
+    kernel = loader.path;
+    initrd = undefined;
+    append = "";
+  }
   kernel = checkInput(kernel, "kernel");
   if (initrd !== undefined) initrd = checkInput(initrd, "initrd");
   if (firmware !== null) firmware = checkInput(firmware, "firmware");
-  let append = v.append ?? DEFAULT_APPEND;
-  if (root.kind !== "none" && !/(^|\s)root=/.test(append)) append += ` root=${ROOT_DEVICE}`;
+  if (boot.kind === "kernel" && root.kind !== "none" && !/(^|\s)root=/.test(append)) {
+    // On a partitioned disk the kernel's root is a partition: the first Linux one.
+    const part = table?.find((p) => p.linux) ?? table?.find((p) => !p.esp);
+    append += ` root=${ROOT_DEVICE}${part ? part.index : ""}`;
+  }
   return {
     kernel,
     initrd,
     firmware,
     append,
+    boot,
     memoryMiB,
     engine,
     root,
@@ -524,6 +632,7 @@ async function receiveIncoming(
     append: opts.append,
     kernel: opts.kernel,
     initrd: opts.initrd ?? null,
+    payload: opts.boot.kind === "disk" ? "raw" : "linux",
     firmware: opts.firmware,
     disks: namedDisks(opts),
     net: opts.net,
@@ -574,6 +683,10 @@ export async function runCommand(args: string[]): Promise<number> {
       process.stderr.write(`yun run: ${e.message}\n`);
       return 2;
     }
+    if (e instanceof BootError || e instanceof ImageError) {
+      process.stderr.write(`yun run: ${e.message}\n`);
+      return 1;
+    }
     throw e;
   }
   if (opts === "help") {
@@ -601,6 +714,8 @@ export async function runCommand(args: string[]): Promise<number> {
     ownedDir: null,
     log: say,
     echo: flags.headless ? null : (bytes) => process.stdout.write(bytes),
+    // Piped input is for the guest's shell; a terminal's (or an attached console's) reaches U-Boot too.
+    typedInput: flags.headless || interactive,
   };
   // Bad images, snapshots, networks, names: one sentence each. (YUN_DEBUG=1 shows the stack.)
   const fail = (e: unknown): number => {
@@ -638,6 +753,7 @@ export async function runCommand(args: string[]): Promise<number> {
         append: opts.append,
         kernel: opts.kernel,
         initrd: opts.initrd ?? null,
+        payload: opts.boot.kind === "disk" ? "raw" : "linux",
         firmware: opts.firmware,
         disks,
         net: opts.net,
@@ -651,6 +767,14 @@ export async function runCommand(args: string[]): Promise<number> {
       if (opts.root.kind === "overlay") {
         notes.unshift(
           `booting from a throwaway overlay on ${opts.root.base} (changes are discarded at exit; see --root)`,
+        );
+      }
+      if (opts.boot.kind === "disk") {
+        const e = opts.boot.entry;
+        notes.unshift(
+          `booting ${opts.boot.disk} through OpenSBI and U-Boot ${opts.boot.loaderVersion}: ` +
+            `${e.method === "efi" ? "EFI application" : e.method === "extlinux" ? "extlinux" : "boot script"} ` +
+            `${e.path} on partition ${e.partition} (${e.fs})`,
         );
       }
       if (opts.net.kind !== "none") {

@@ -12,6 +12,7 @@ import { MonitorDriver } from "../cloud/compute.js";
 import { listen } from "../cloud/server.js";
 import { isLoopback, readTlsFiles, type TlsFiles } from "../cloud/security.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
+import { localUrl, readServeRecord, removeServeRecord, serveRecordPath, writeServeRecord } from "../cloud/endpoint.js";
 import { yunHome } from "../images/paths.js";
 import { tightenTree } from "../storage/private.js";
 import { DEFAULT_LIMITS, NO_RATE_LIMITS, type LimitSettings } from "../cloud/limits.js";
@@ -40,8 +41,13 @@ Options:
 JSON request bodies may be at most ${DEFAULT_LIMITS.jsonBodyBytes / 1024 / 1024} MiB (413 beyond); a throttled client gets 429 with
 Retry-After. Files under $YUN_HOME are owner-only; older installs are tightened at start.
 
-Clients of an HTTPS server use YUN_SERVER=https://HOST:PORT; a certificate not signed by a
-public authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's or the certificate's PEM).
+While it runs, its address is in $YUN_HOME/cloud/serve.json, where the yun CLI of the same
+$YUN_HOME finds it (waiting while it starts): the CLI uses --server URL, else $YUN_SERVER, else
+that record, else http://127.0.0.1:${DEFAULT_PORT}. One yun serve at a time serves a $YUN_HOME.
+
+The record names the address yun serve listens on; to reach an HTTPS server by the host name
+its certificate is for, set YUN_SERVER=https://HOST:PORT. A certificate not signed by a public
+authority is trusted with NODE_EXTRA_CA_CERTS=FILE (the CA's or the certificate's PEM).
 
 Stopping the server leaves running VMs running; the next start re-attaches to them.
 `;
@@ -123,6 +129,23 @@ export async function serveCommand(args: string[]): Promise<number> {
     return 2;
   }
   const home = yunHome();
+  const other = readServeRecord(home);
+  if (other !== null) {
+    process.stderr.write(
+      `yun serve: another yun serve (pid ${other.pid}) already serves ${home} at ${other.url}/; stop it first, or give this one its own YUN_HOME\n`,
+    );
+    return 1;
+  }
+  // Clients of this YUN_HOME wait for the daemon from here on (see cloud/endpoint.ts).
+  try {
+    writeServeRecord(home, { state: "starting", url: "", tls: tls !== undefined, listen: host, port: 0 });
+  } catch (e) {
+    process.stderr.write(
+      `yun serve: cannot write ${serveRecordPath(home)} (the CLI will need --server): ${(e as Error).message}\n`,
+    );
+  }
+  const forget = (): void => removeServeRecord(home);
+  process.once("exit", forget);
   // Installs from before private files: tenant data 0644 in 0755 directories.
   let tightened = 0;
   for (const d of ["cloud", "vms", "run", "net"]) tightened += tightenTree(join(home, d));
@@ -133,6 +156,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     cloud = new Cloud({ home, driver: new MonitorDriver(home), forwardsBeyondLoopback: !isLoopback(host) });
   } catch (e) {
     process.stderr.write(`yun serve: cannot open the cloud's state in ${home}/cloud: ${(e as Error).message}\n`);
+    forget();
     return 1;
   }
   const { adminToken } = cloud.bootstrap();
@@ -161,10 +185,25 @@ export async function serveCommand(args: string[]): Promise<number> {
             : (e as Error).message;
     process.stderr.write(`yun serve: ${why}\n`);
     cloud.close();
+    forget();
     return 1;
   }
   const shown = host.includes(":") ? `[${host}]` : host;
   const scheme = tls ? "https" : "http";
+  // Where the CLI finds this daemon; removed at exit (a record left by a kill is seen as stale).
+  try {
+    writeServeRecord(home, {
+      state: "listening",
+      url: localUrl(host, running.port, tls !== undefined),
+      tls: tls !== undefined,
+      listen: host,
+      port: running.port,
+    });
+  } catch (e) {
+    process.stderr.write(
+      `yun serve: cannot write ${serveRecordPath(home)} (the CLI will need --server): ${(e as Error).message}\n`,
+    );
+  }
   process.stdout.write(`yun serve: listening on ${scheme}://${shown}:${running.port}/ (API /api/v1, dashboard /)\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => {
@@ -174,6 +213,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.on("SIGINT", stop);
     process.on("SIGTERM", stop);
   });
+  forget();
+  process.off("exit", forget);
   await running.close();
   cloud.close();
   process.stdout.write("yun serve: stopped (running VMs keep running)\n");

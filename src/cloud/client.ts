@@ -10,6 +10,7 @@
  */
 import type {
   AuditEvent,
+  CreatedUser,
   CreateInstanceRequest,
   Flavor,
   Image,
@@ -168,8 +169,9 @@ export class YunClient {
   listUsers(): Promise<User[]> {
     return this.items("/api/v1/users");
   }
-  /** `project` (admins only): the project the user belongs to; default the caller's. */
-  createUser(req: { name: string; role: Role; project?: string }): Promise<User> {
+  /** `project` (admins only): the project the user belongs to; default the caller's.
+   *  `withToken`: also issue the user's first token (answered once in `token`). */
+  createUser(req: { name: string; role: Role; project?: string; withToken?: boolean }): Promise<CreatedUser> {
     return this.request("POST", "/api/v1/users", { body: req });
   }
   getUser(id: string): Promise<User> {

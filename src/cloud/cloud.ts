@@ -42,6 +42,7 @@ import type {
   AuditEvent,
   CreateForwardRequest,
   CreateInstanceRequest,
+  CreatedUser,
   Flavor,
   Forward,
   Image,
@@ -542,16 +543,22 @@ export class Cloud {
    * give them a token (members manage only their own), and one who could delete users could
    * take other members' access away.
    */
-  createUser(p: Principal, req: { name: string; role: Role; project?: string }): User {
+  createUser(p: Principal, req: { name: string; role: Role; project?: string; withToken?: boolean }): CreatedUser {
     if (!p.admin) throw forbidden("only an admin may create users");
     const projectId = req.project === undefined ? p.projectId : this.actingProject(p, req.project);
     const id = newId("usr");
+    // The token (if asked for) is made in the same transaction: no user is left without the
+    // token its creator was promised, and no token without its user.
+    const token = req.withToken === true ? newToken() : undefined;
     immediate(this.db, () => {
       if (this.db.prepare("SELECT 1 FROM users WHERE project_id = ? AND name = ?").get(projectId, req.name))
         throw conflict(`a user named ${req.name} already exists in this project`);
-      this.db.prepare("INSERT INTO users VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, req.role, this.iso());
+      const now = this.iso();
+      this.db.prepare("INSERT INTO users VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, req.role, now);
+      if (token !== undefined) this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hashToken(token), id, now);
     });
-    return this.getUser(p, id);
+    const user = this.getUser(p, id);
+    return token === undefined ? user : { ...user, token, tokenId: tokenId(hashToken(token)) };
   }
 
   deleteUser(p: Principal, id: string): void {
@@ -684,7 +691,7 @@ export class Cloud {
     const r = rows.find((x) => x.project_id === null || x.project_id === projectId || (p.admin && x.id === idOrName));
     if (!r) {
       throw notFound(
-        `no image ${idOrName} (see GET /api/v1/images; ${AVAILABLE_IMAGES.join(" and ")} come from yun image pull on the server)`,
+        `no image ${idOrName}: yun image list --cloud (GET /api/v1/images) shows the images there are, and yun image pull ${AVAILABLE_IMAGES.join(" or ")} on the server adds one`,
       );
     }
     return r;

@@ -52,7 +52,21 @@ export const ProjectCreate = z.object({ name: name("project"), quotas: QuotasUpd
 export const User = z
   .object({ id: z.string(), name: z.string(), project: z.string(), role: Role, createdAt: z.string() })
   .openapi("User");
-export const UserCreate = z.object({ name: name("user"), role: Role, project: z.string().optional() }).strict();
+export const UserCreate = z
+  .object({
+    name: name("user"),
+    role: Role,
+    project: z.string().optional(),
+    withToken: z
+      .boolean()
+      .optional()
+      .openapi({ description: "also issue the user's first API token, answered once in `token`" }),
+  })
+  .strict();
+export const CreatedUser = User.extend({
+  token: z.string().optional().openapi({ description: "with withToken: the API token, shown only this once" }),
+  tokenId: z.string().optional().openapi({ description: "with withToken: the token's id (tok-…)" }),
+}).openapi("CreatedUser");
 export const NewToken = z.object({ token: z.string(), user: z.string(), id: z.string() }).openapi("NewToken");
 export const TokenInfo = z.object({ id: z.string(), createdAt: z.string() }).openapi("TokenInfo");
 export const TokenParam = z.object({

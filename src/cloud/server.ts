@@ -288,12 +288,14 @@ export function createApp(
       method: "post",
       path: "/api/v1/users",
       request: body(S.UserCreate),
-      responses: { 201: json(S.User, "created") },
+      responses: { 201: json(S.CreatedUser, "created (with withToken, its token, shown once)") },
     }),
     (c) => {
-      audit(c, "user.create", c.req.valid("json").name);
+      // A create that also issues a token says so in the audit log.
+      const action = c.req.valid("json").withToken === true ? "user.create+token" : "user.create";
+      audit(c, action, c.req.valid("json").name);
       const u = cloud.createUser(c.get("principal"), c.req.valid("json"));
-      audit(c, "user.create", u.id);
+      audit(c, action, u.id);
       return c.json(u, 201);
     },
   );

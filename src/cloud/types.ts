@@ -45,6 +45,14 @@ export interface User {
   createdAt: string;
 }
 
+/** A user just created; with `withToken`, also their first API token. */
+export interface CreatedUser extends User {
+  /** The token, shown only this once (only its SHA-256 is stored). */
+  token?: string;
+  /** The token's id (for listing and revoking). */
+  tokenId?: string;
+}
+
 export interface NewToken {
   /** The token, shown only this once (only its SHA-256 is stored). */
   token: string;

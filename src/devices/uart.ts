@@ -90,6 +90,12 @@ export class Uart16550 implements MmioDevice, Persistent<UartState> {
     return (this.ier & IER_RDI) !== 0 && this.rxCount < this.fifoDepth();
   }
 
+  /** True when the receive FIFO has room, whether or not the guest takes interrupts (a polling
+   *  reader, such as U-Boot, which never enables them). */
+  inputRoom(): boolean {
+    return this.rxCount < this.fifoDepth();
+  }
+
   /** Bytes waiting for the guest (FIFO plus host-side queue). */
   get pendingInput(): number {
     return this.rxCount;

@@ -25,6 +25,15 @@ export function parseLinuxImage(image: Uint8Array, name = "kernel"): LinuxImageH
   return { textOffset: textOffset || 2 * MIB, imageSize: Math.max(imageSize, image.length) };
 }
 
+/**
+ * The placement of a raw S-mode program that is not a Linux Image, such as U-Boot's S-mode build:
+ * it is linked to run at RAM + 2 MiB, where QEMU's `-kernel` puts it and OpenSBI jumps.
+ */
+export function rawImageHeader(image: Uint8Array, name = "boot loader"): LinuxImageHeader {
+  if (image.length === 0) throw new Error(`${name} is an empty file`);
+  return { textOffset: 2 * MIB, imageSize: image.length };
+}
+
 export interface BootLayout {
   firmwareAddr: number;
   kernelAddr: number;
@@ -35,7 +44,12 @@ export interface BootLayout {
 }
 
 /** Places everything in RAM: firmware at the base, kernel 2 MiB above, DTB and initrd near the top. */
-export function planBoot(ramBase: number, ramSize: number, kernel: LinuxImageHeader, initrdSize: number | undefined): BootLayout {
+export function planBoot(
+  ramBase: number,
+  ramSize: number,
+  kernel: LinuxImageHeader,
+  initrdSize: number | undefined,
+): BootLayout {
   const kernelAddr = ramBase + kernel.textOffset;
   const kernelEnd = kernelAddr + kernel.imageSize;
   const ramEnd = ramBase + ramSize;
@@ -46,7 +60,9 @@ export function planBoot(ramBase: number, ramSize: number, kernel: LinuxImageHea
     const start = Math.floor((fwInfoAddr - initrdSize) / 4096) * 4096;
     initrd = { start, end: start + initrdSize };
     if (start < kernelEnd + 2 * MIB) {
-      throw new Error(`guest memory is too small for the kernel and a ${Math.ceil(initrdSize / MIB)} MiB initrd; give more with --memory`);
+      throw new Error(
+        `guest memory is too small for the kernel and a ${Math.ceil(initrdSize / MIB)} MiB initrd; give more with --memory`,
+      );
     }
   } else if (fwInfoAddr < kernelEnd + 2 * MIB) {
     throw new Error("guest memory is too small for the kernel; give more with --memory");

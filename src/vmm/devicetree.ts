@@ -120,7 +120,8 @@ export function buildVirtDeviceTree(cfg: VirtDtConfig): Uint8Array {
   w.endNode();
 
   w.beginNode("chosen");
-  w.propString("bootargs", cfg.bootargs);
+  // Without a command line (a boot loader's machine) there is no bootargs, as QEMU without -append.
+  if (cfg.bootargs !== "") w.propString("bootargs", cfg.bootargs);
   w.propString("stdout-path", uartPath);
   if (cfg.initrd) {
     w.propU64("linux,initrd-start", cfg.initrd.start);

@@ -26,6 +26,7 @@ import {
 import { createOverlay, makeOwnedDir } from "./overlay.js";
 import { DeferredNet } from "./deferred.js";
 import { UserNet, type HostForward, type PublishedForward } from "../net/usernet.js";
+import { BootLoaderWatch } from "./bootwatch.js";
 
 /** fsync of a file, so that what snapshot.json promises is on disk before it is written. */
 function syncFile(path: string): void {
@@ -114,6 +115,11 @@ export interface MonitorOptions {
   log: (line: string) => void;
   /** Console output to the terminal too (an interactive or piped `yun run`), or null (headless). */
   echo: ((bytes: Uint8Array) => void) | null;
+  /**
+   * Whether console input is typed by a person (a terminal, an attached console) rather than piped
+   * for the guest's shell: then a boot loader (U-Boot, GRUB) gets it too. Default false.
+   */
+  typedInput?: boolean;
 }
 
 export interface MonitorMetrics {
@@ -154,6 +160,8 @@ export class VmMonitor {
   private pastBusyMs = 0;
   private pastIdleMs = 0;
   private readonly opts: MonitorOptions;
+  /** While a disk boots through U-Boot: notices U-Boot giving up (see bootwatch.ts). */
+  private bootWatch: BootLoaderWatch | null = null;
 
   private constructor(spec: VmSpec, opts: MonitorOptions) {
     this.spec = spec;
@@ -257,13 +265,33 @@ export class VmMonitor {
       log: (line) => this.opts.log(line),
     });
     this.current = machine;
+    this.bootWatch = this.spec.payload === "raw" && ram === undefined ? new BootLoaderWatch() : null;
+    if (this.bootWatch && this.opts.typedInput === true) machine.setBootLoaderInput(true);
     return notes;
   }
 
   private output(bytes: Uint8Array): void {
     this.history.append(bytes);
+    this.watchBoot(bytes);
     this.opts.echo?.(bytes);
     for (const c of this.consoles) c(bytes);
+  }
+
+  /** A disk boot that U-Boot gave up on ends the VM with the reason, rather than idling at a prompt. */
+  private watchBoot(bytes: Uint8Array): void {
+    const watch = this.bootWatch;
+    const machine = this.current;
+    if (watch === null || machine === null) return;
+    const verdict = watch.feed(bytes, machine.inputTaken > 0);
+    if (watch.finished) {
+      // The kernel runs: its own driver decides when it reads the UART.
+      this.bootWatch = null;
+      machine.setBootLoaderInput(false);
+    }
+    if (verdict === null) return;
+    // After the console line that led to it, so the reason comes last.
+    queueMicrotask(() => this.opts.log(`the disk did not boot: ${verdict}`));
+    machine.stop("fail", 1);
   }
 
   private setState(state: VmState): void {

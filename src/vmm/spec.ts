@@ -5,7 +5,7 @@
  */
 import type { RamStorage } from "../cpu/bus.js";
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
-import { VirtMachine, type Engine, type VirtConfig } from "./virt.js";
+import { VirtMachine, type Engine, type PayloadKind, type VirtConfig } from "./virt.js";
 import type { BlockBackend } from "../devices/block.js";
 import type { NetBackend } from "../devices/netdev.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
@@ -61,7 +61,10 @@ export interface VmSpec {
   cpus: number;
   engine: Engine;
   append: string;
+  /** The S-mode program OpenSBI starts: a Linux Image, or (payload "raw") U-Boot, which boots a disk. */
   kernel: string;
+  /** What `kernel` is (absent in descriptions from before disk boots: "linux"). */
+  payload?: PayloadKind;
   initrd: string | null;
   /** OpenSBI fw_dynamic image, or null: the hypervisor answers SBI calls itself. */
   firmware: string | null;
@@ -158,6 +161,7 @@ function newMachine(
 ): VirtMachine {
   const machine = new VirtMachine({
     kernel: boot.kernel,
+    payload: spec.payload ?? "linux",
     initrd: boot.initrd,
     firmware: boot.firmware,
     firmwareKind: boot.firmware ? "dynamic" : "none",
@@ -253,6 +257,7 @@ export function checkSpec(v: unknown): string | null {
   if (s.engine !== "jit" && s.engine !== "interp") return "bad engine";
   if (typeof s.append !== "string" || typeof s.kernel !== "string") return "no kernel";
   if (s.initrd !== null && typeof s.initrd !== "string") return "bad initrd";
+  if (s.payload !== undefined && s.payload !== "linux" && s.payload !== "raw") return "bad boot payload";
   if (s.firmware !== null && typeof s.firmware !== "string") return "bad firmware";
   if (!Array.isArray(s.disks) || !s.disks.every((d) => typeof d?.path === "string")) return "bad disk list";
   if (typeof s.net !== "object" || s.net === null || !["none", "user", "switch"].includes(s.net.kind)) {

@@ -15,7 +15,7 @@ import { MIP_MTIP } from "../cpu/csr.js";
 import { Clint, CLINT_BASE, CLINT_SIZE } from "../machine/clint.js";
 import { Plic, PLIC_BASE, PLIC_SIZE } from "../machine/plic.js";
 import { buildVirtDeviceTree } from "./devicetree.js";
-import { parseLinuxImage, planBoot, fwDynamicInfo, type BootLayout } from "../machine/loader.js";
+import { parseLinuxImage, planBoot, fwDynamicInfo, rawImageHeader, type BootLayout } from "../machine/loader.js";
 import { HypervisorSbi } from "../machine/sbi.js";
 import { TIMEBASE_HZ } from "../machine/interrupts.js";
 import { Uart16550, UART_BASE, UART_SIZE, UART_IRQ } from "../devices/uart.js";
@@ -44,11 +44,19 @@ export const RAM_BASE = 0x8000_0000;
 export const ISA_STRING = "rv64imafdc_zicntr_zicsr_zifencei";
 
 export type FirmwareKind = "dynamic" | "jump" | "none";
+/**
+ * What `kernel` is: a Linux Image (its header places it; initrd and command line go in the device
+ * tree), or a raw S-mode program such as U-Boot, the firmware's next stage, which finds its own
+ * kernel on the disks (no initrd, no command line).
+ */
+export type PayloadKind = "linux" | "raw";
 /** How guest code runs: the interpreter, or the translator (with the interpreter for cold code). */
 export type Engine = "interp" | "jit";
 
 export interface VirtConfig {
   kernel: Uint8Array;
+  /** Default: "linux". */
+  payload?: PayloadKind;
   initrd?: Uint8Array;
   /** OpenSBI image (fw_dynamic.bin or fw_jump.bin); null boots the kernel with the hypervisor's own SBI. */
   firmware: Uint8Array | null;
@@ -202,6 +210,9 @@ export class VirtMachine {
   private wake: (() => void) | null = null;
   /** performance.now() of the network card's last frame either way. */
   private lastNetIo = -Infinity;
+  /** Console input bytes handed to the guest so far (a boot loader's prompt is then wanted). */
+  inputTaken = 0;
+  private bootLoaderInput = false;
   /** Host time spent asleep while the guest waited (ms). */
   idleMs = 0;
   /** Host time spent running guest slices (ms). */
@@ -282,7 +293,9 @@ export class VirtMachine {
     this.bus.map(PLIC_BASE, PLIC_SIZE, this.plic);
     this.bus.map(UART_BASE, UART_SIZE, this.uart);
 
-    const header = parseLinuxImage(config.kernel);
+    const raw = config.payload === "raw";
+    if (raw && config.initrd) throw new Error("a boot loader takes no initrd: it loads the kernel's own from the disk");
+    const header = raw ? rawImageHeader(config.kernel) : parseLinuxImage(config.kernel);
     this.layout = planBoot(RAM_BASE, ramSize, header, config.initrd?.length);
     if (loading) this.bus.load(this.layout.kernelAddr, config.kernel);
     if (loading && config.initrd && this.layout.initrd) this.bus.load(this.layout.initrd.start, config.initrd);
@@ -304,7 +317,7 @@ export class VirtMachine {
     } else {
       this.sbi = new HypervisorSbi([hart], {
         putByte: (b) => this.putByte(b),
-        getByte: () => (this.inputQueue.length > 0 ? this.inputQueue.shift()! : -1),
+        getByte: () => (this.inputQueue.length > 0 ? (this.inputTaken++, this.inputQueue.shift()!) : -1),
         reset: (kind, reason) => this.powerEvent({ kind: kind === "poweroff" ? "poweroff" : "reset", code: reason }),
         readPhysical: (pa, len) => {
           const off = this.bus.ramOffset(pa);
@@ -375,7 +388,7 @@ export class VirtMachine {
       ramBase: RAM_BASE,
       ramSize,
       timebaseHz: TIMEBASE_HZ,
-      bootargs: config.append,
+      bootargs: raw ? "" : config.append,
       initrd: this.layout.initrd,
       virtio: slots,
     });
@@ -511,9 +524,21 @@ export class VirtMachine {
     this.outLen = 0;
   }
 
+  /**
+   * Hands console input to a boot loader that polls the UART without enabling its interrupts
+   * (U-Boot, GRUB on U-Boot's EFI console), until the kernel starts; see feedInput. Off by default,
+   * so piped input waits for the kernel's shell.
+   */
+  setBootLoaderInput(on: boolean): void {
+    this.bootLoaderInput = on;
+    if (on) this.wake?.();
+  }
+
   private feedInput(): void {
-    while (this.inputQueue.length > 0 && this.uart.inputWanted()) {
-      this.uart.pushInput([this.inputQueue.shift()!]);
+    const uart = this.uart;
+    while (this.inputQueue.length > 0 && (uart.inputWanted() || (this.bootLoaderInput && uart.inputRoom()))) {
+      this.inputTaken++;
+      uart.pushInput([this.inputQueue.shift()!]);
     }
   }
 

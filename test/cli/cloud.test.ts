@@ -3,7 +3,7 @@
 // state in a temporary YUN_HOME; instances are created stopped, so nothing boots here).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, symlinkSync, existsSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -200,6 +200,10 @@ after(async () => {
   rmSync(home, { recursive: true, force: true });
 });
 
+function readAdminToken(): string {
+  return readFileSync(join(home, "cloud", "admin.token"), "utf8").trim();
+}
+
 /** `yun ARGS` in this process against the test server (the token defaults to admin.token). */
 const yun = (...args: string[]) => capture(() => main([...args, "--server", base]));
 
@@ -223,7 +227,7 @@ test("instances: create (stopped), list, show by name, JSON, refusals as one lin
   assert.equal(listed.code, 0);
   const [header, row] = listed.out.trimEnd().split("\n");
   assert.match(header!, /^ID +NAME +STATE +IMAGE +FLAVOR +VCPUS +MEMORY +ADDRESSES$/);
-  assert.match(row!, /^ins-\S+ +web0 +stopped +debian +tiny +1 +128 MiB/);
+  assert.match(row!, /^ins-\S+ +web0 +stopped +debian-tiny +tiny +1 +128 MiB/);
 
   const js = await yun("instance", "list", "--json");
   const parsed = JSON.parse(js.out) as { items: { name: string; state: string; id: string }[] };
@@ -307,7 +311,7 @@ test("volumes, snapshots, networks, key pairs, flavors, cloud images", async () 
 
   r = await yun("image", "list", "--cloud");
   assert.equal(r.code, 0, r.err);
-  assert.match(r.out, /^img-\S+ +debian +\S+ +[\d.]+ \S+ +debian +available$/m);
+  assert.match(r.out, /^img-\S+ +debian-tiny +\S+ +[\d.]+ \S+ +debian +available$/m);
 
   // Upload (streamed; the format is read from the file's header), show, delete.
   const raw = join(home, "disk.img");
@@ -408,6 +412,58 @@ test("projects, quotas, users, tokens and tenancy", async () => {
   await aliceB.createNetwork({ name: "alices", cidr: "10.42.0.0/24" });
   r = await yun("events", "--project", "team-b", "--limit", "5");
   assert.match(r.out, new RegExp(` alice +${me.user.id} +team-b +network\\.create +net-\\S+ +ok$`, "m"));
+});
+
+test("user create --with-token: the new user's token in the same step, printed once, audited; admins only", async () => {
+  let r = await yun("user", "create", "dana", "--role", "member", "--in", "team-b", "--with-token");
+  assert.equal(r.code, 0, r.err);
+  const token = /^token +(\S+)$/m.exec(r.out)?.[1];
+  assert.match(token ?? "", /^yun_[a-z2-7]{40}$/, r.out);
+  const tokenId = /^tokenId +(tok-[0-9a-f]{16})$/m.exec(r.out)?.[1];
+  assert.ok(tokenId, r.out);
+  assert.match(r.out, /^role +member$/m);
+  assert.match(r.err, /shown only this once; dana uses it as --token or YUN_TOKEN/);
+  // The token works at once, as dana in team-b, and is the one her token list shows.
+  const dana = new YunClient({ server: base, token: token! });
+  const who = await dana.whoami();
+  assert.deepEqual([who.user.name, who.project.name, who.role], ["dana", "team-b", "member"]);
+  assert.deepEqual(
+    (await dana.listTokens(who.user.id)).map((t) => t.id),
+    [tokenId],
+  );
+  // The audit log says a token was issued with the user.
+  r = await yun("events", "--project", "team-b", "--limit", "20");
+  assert.match(r.out, new RegExp(` user\\.create\\+token +${who.user.id} +ok$`, "m"));
+
+  // JSON carries the token too; without the flag there is none.
+  r = await yun("user", "create", "erin", "--role", "reader", "--with-token", "--json");
+  assert.equal(r.code, 0, r.err);
+  const erin = JSON.parse(r.out) as { name: string; token?: string; tokenId?: string };
+  assert.match(erin.token ?? "", /^yun_/);
+  r = await yun("user", "create", "fred", "--role", "reader", "--json");
+  assert.equal((JSON.parse(r.out) as { token?: string }).token, undefined);
+  assert.equal((await dana.listTokens(who.user.id)).length, 1);
+
+  // Only admins create users, with or without a token; a refused create leaves no user or token.
+  r = await yun("user", "create", "gus", "--role", "member", "--with-token", "--token", token!);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /^yun: only an admin may create users/);
+  r = await yun("user", "create", "dana", "--role", "member", "--in", "team-b", "--with-token");
+  assert.equal(r.code, 1);
+  assert.match(r.err, /^yun: a user named dana already exists in this project/);
+  assert.equal((await dana.listTokens(who.user.id)).length, 1, "the refused duplicate issued no token");
+  assert.equal(
+    (await new YunClient({ server: base, token: readAdminToken() }).listUsers()).filter((u) => u.name === "gus").length,
+    0,
+  );
+  // The API refuses a withToken that is not a boolean, naming the field.
+  const res = await fetch(`${base}/api/v1/users`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${readAdminToken()}`, "content-type": "application/json" },
+    body: JSON.stringify({ name: "hal", role: "member", withToken: "yes" }),
+  });
+  assert.equal(res.status, 400);
+  assert.match(((await res.json()) as { error: { message: string } }).error.message, /withToken/);
 });
 
 test("usage, events and the CSV export", async () => {

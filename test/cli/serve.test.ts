@@ -4,12 +4,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { ROOT, YUN } from "../e2e/harness.js";
 import { isLoopback, upgradeOriginAllowed } from "../../src/cloud/security.js";
+import { localUrl, readServeRecord, serveRecordPath } from "../../src/cloud/endpoint.js";
+import { Cloud } from "../../src/cloud/cloud.js";
+import { MonitorDriver } from "../../src/cloud/compute.js";
+import { listen } from "../../src/cloud/server.js";
 
 let dir: string;
 let cert: string;
@@ -155,6 +159,8 @@ test("yun serve refuses plain HTTP beyond loopback without --insecure, and bad T
     assert.match(s.url, /^http:\/\/0\.0\.0\.0:\d+$/);
     const res = await fetch(s.url.replace("0.0.0.0", "127.0.0.1") + "/api/openapi.json");
     assert.equal(res.status, 200);
+    // The CLI reaches a daemon on every address through loopback.
+    assert.equal(readServeRecord(home)?.url, s.url.replace("0.0.0.0", "127.0.0.1"));
     s.child.kill("SIGTERM");
     assert.equal(await s.exited, 0);
   } finally {
@@ -182,4 +188,111 @@ test("a WebSocket's Origin must be the server itself: scheme, host and port", ()
   assert.ok(!upgradeOriginAllowed(req("http://evil.example", "h:1"), false));
   assert.ok(!upgradeOriginAllowed(req("null", "h:1"), false));
   assert.ok(!upgradeOriginAllowed(req("http://h:1", undefined), false), "no Host");
+});
+
+test("the CLI finds a yun serve on another port through $YUN_HOME/cloud/serve.json; flags and YUN_SERVER come first", async () => {
+  const home = mkdtempSync(join(tmpdir(), "yun-serve-home-"));
+  const record = serveRecordPath(home);
+  // No YUN_SERVER, no token in the environment: what a new user's shell has.
+  const env = { YUN_HOME: home, YUN_SERVER: undefined, YUN_TOKEN: undefined };
+  try {
+    const s = await serve(home, []); // --port 0: a port nobody could guess
+    assert.ok(s.url, s.out());
+    assert.ok(existsSync(record), "yun serve recorded its address");
+    assert.equal(statSync(record).mode & 0o777, 0o600, "the record is owner-only");
+    const rec = JSON.parse(readFileSync(record, "utf8")) as { pid: number; url: string; tls: boolean };
+    assert.deepEqual([rec.pid, rec.url, rec.tls], [s.child.pid, s.url, false]);
+
+    let r = await yun(env, ["flavor", "list"]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^flv-\S+ +tiny /m);
+    // --server, then YUN_SERVER, win over the record.
+    r = await yun(env, ["flavor", "list", "--server", "http://127.0.0.1:1"]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot reach the Yun server at http:\/\/127\.0\.0\.1:1:/);
+    r = await yun({ ...env, YUN_SERVER: "http://127.0.0.1:2" }, ["flavor", "list"]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot reach the Yun server at http:\/\/127\.0\.0\.1:2:/);
+
+    // A second daemon on the same state is refused, naming the first.
+    const twin = await serve(home, []);
+    assert.equal(await twin.exited, 1);
+    assert.match(twin.out(), new RegExp(`another yun serve \\(pid ${s.child.pid}\\) already serves .* at ${s.url}/`));
+
+    // A clean stop removes the record.
+    s.child.kill("SIGTERM");
+    assert.equal(await s.exited, 0);
+    assert.ok(!existsSync(record), "the record is gone after yun serve stopped");
+
+    // Killed, the daemon leaves its record: the dead pid makes it stale; the CLI drops it and a
+    // new daemon starts.
+    const killed = await serve(home, []);
+    assert.ok(killed.url, killed.out());
+    killed.child.kill("SIGKILL");
+    await killed.exited;
+    assert.ok(existsSync(record));
+    r = await yun(env, ["flavor", "list"]);
+    assert.doesNotMatch(r.err, new RegExp(killed.url!.replace(/[.:/]/g, "\\$&")), "not the dead daemon's address");
+    assert.ok(!existsSync(record), "the stale record was removed");
+    const again = await serve(home, []);
+    assert.ok(again.url, again.out());
+    again.child.kill("SIGTERM");
+    assert.equal(await again.exited, 0);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test("a serve record is stale when its pid is gone or is not yun serve; local URLs go through loopback", async () => {
+  const home = mkdtempSync(join(tmpdir(), "yun-serve-home-"));
+  try {
+    mkdirSync(join(home, "cloud"));
+    const write = (pid: number): void =>
+      writeFileSync(serveRecordPath(home), JSON.stringify({ pid, url: "http://127.0.0.1:9", tls: false }));
+    const sleeper = spawn("sleep", ["30"]);
+    try {
+      write(sleeper.pid!); // alive, but not yun serve (a reused pid)
+      assert.equal(readServeRecord(home), null);
+      assert.ok(!existsSync(serveRecordPath(home)));
+    } finally {
+      sleeper.kill();
+    }
+    write(2 ** 22 + 1); // above Linux's pid_max: no such process
+    assert.equal(readServeRecord(home), null);
+    writeFileSync(serveRecordPath(home), "{not json");
+    assert.equal(readServeRecord(home), null);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+  assert.equal(localUrl("0.0.0.0", 8470, false), "http://127.0.0.1:8470");
+  assert.equal(localUrl("::", 8470, true), "https://[::1]:8470");
+  assert.equal(localUrl("::1", 1, false), "http://[::1]:1");
+  assert.equal(localUrl("10.0.0.5", 443, true), "https://10.0.0.5:443");
+});
+
+test("the CLI waits for a yun serve that is still starting (yun serve & yun instance create ...)", async () => {
+  const home = mkdtempSync(join(tmpdir(), "yun-serve-home-"));
+  // Stands in for a daemon busy re-attaching to its VMs: a live process named like yun serve.
+  const daemon = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)", "serve"]);
+  const cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
+  cloud.bootstrap();
+  const server = await listen(cloud, "127.0.0.1", 0);
+  const record = (state: string, url: string): void =>
+    writeFileSync(serveRecordPath(home), JSON.stringify({ pid: daemon.pid, state, url, tls: false }));
+  try {
+    record("starting", "");
+    const started = Date.now();
+    const cli = yun({ YUN_HOME: home, YUN_SERVER: undefined, YUN_TOKEN: undefined }, ["flavor", "list"]);
+    await new Promise((r) => setTimeout(r, 1500));
+    record("listening", `http://127.0.0.1:${server.port}`);
+    const r = await cli;
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^flv-\S+ +tiny /m);
+    assert.ok(Date.now() - started >= 1500, "the CLI waited for the daemon to listen");
+  } finally {
+    daemon.kill();
+    await server.close();
+    cloud.close();
+    rmSync(home, { recursive: true, force: true });
+  }
 });

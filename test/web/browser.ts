@@ -27,3 +27,25 @@ export async function launchBrowser(): Promise<{ context: BrowserContext; profil
   });
   return { context, profile };
 }
+
+/** The pixels of a PNG (a screenshot), decoded by the browser in a blank tab of `context`:
+ *  RGBA, row by row. */
+export async function decodePng(
+  context: BrowserContext,
+  png: Buffer,
+): Promise<{ width: number; height: number; rgba: number[] }> {
+  const page = await context.newPage();
+  try {
+    // A string: this runs in the page (DOM types are not part of the tests' compilation).
+    return await page.evaluate(`(async () => {
+      const bytes = Uint8Array.from(atob(${JSON.stringify(png.toString("base64"))}), (c) => c.charCodeAt(0));
+      const bitmap = await createImageBitmap(new Blob([bytes], { type: "image/png" }));
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(bitmap, 0, 0);
+      return { width: bitmap.width, height: bitmap.height, rgba: Array.from(ctx.getImageData(0, 0, bitmap.width, bitmap.height).data) };
+    })()`);
+  } finally {
+    await page.close();
+  }
+}

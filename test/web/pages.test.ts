@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BrowserContext, Page } from "playwright-core";
-import { launchBrowser } from "./browser.js";
+import { decodePng, launchBrowser } from "./browser.js";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { MonitorDriver } from "../../src/cloud/compute.js";
 import { listen, type RunningServer } from "../../src/cloud/server.js";
@@ -70,8 +70,10 @@ async function login(page: Page, t: string): Promise<void> {
 
 test("the dashboard and its vendored libraries load; login, session and logout", async () => {
   const page = await tab();
+  const icon = page.waitForResponse((r) => new URL(r.url()).pathname === "/favicon.svg");
   await page.goto(base + "/");
   assert.equal(await page.title(), "Yun — log in");
+  assert.equal((await icon).status(), 200, "the tab has its icon");
   await login(page, "yun_wrong");
   await page.waitForSelector("[role=alert]");
   assert.match((await page.textContent("[role=alert]"))!, /That token was not accepted/);
@@ -209,7 +211,7 @@ test("volumes and networks: create, attach to a stopped instance, detach, delete
   const page = await tab();
   await login(page, token);
   await page.waitForSelector("#whoami");
-  await page.click("[data-nav=storage]");
+  await page.click("[data-nav=volumes]");
   await page.fill("#volume-form [name=name]", "data1");
   await page.fill("#volume-form [name=sizeGiB]", "2");
   await page.click("#volume-form button[type=submit]");
@@ -246,10 +248,112 @@ test("volumes and networks: create, attach to a stopped instance, detach, delete
   const rpage = await tab();
   await login(rpage, readerToken);
   await rpage.waitForSelector("#whoami");
-  await rpage.click("[data-nav=storage]");
+  await rpage.click("[data-nav=volumes]");
   await rpage.waitForSelector("#network-table td:text-is('backend')");
   assert.equal(await rpage.locator("#volume-form, #network-form").count(), 0);
   assert.equal(await rpage.locator("#network-table button").count(), 0);
   await rpage.close();
+  await page.close();
+});
+
+test("the login page shows commands as code; #/volumes and the old #/storage open one page; unknown pages say so", async () => {
+  const page = await tab();
+  await page.goto(base + "/");
+  const intro = (await page.textContent("#login p"))!;
+  assert.doesNotMatch(intro, /`/, "no markdown backticks on the login page");
+  assert.deepEqual(await page.locator("#login p code").allTextContents(), [
+    "yun serve",
+    "$YUN_HOME/cloud/admin.token",
+    "yun user token NAME",
+  ]);
+
+  await login(page, token);
+  await page.waitForSelector("#whoami");
+  await page.goto(base + "/#/volumes");
+  await page.waitForSelector("#volume-form");
+  assert.equal(await page.getAttribute("[data-nav=volumes]", "class"), "active");
+  assert.equal(await page.title(), "Yun — volumes");
+  // The old address shows the same page, under its new address.
+  await page.goto(base + "/#/instances");
+  await page.waitForSelector("#instance-table");
+  await page.goto(base + "/#/storage");
+  await page.waitForSelector("#volume-form");
+  assert.equal(await page.evaluate<string>("location.hash"), "#/volumes");
+  assert.equal(await page.getAttribute("[data-nav=volumes]", "class"), "active");
+
+  // An address the dashboard does not know: a page that says so, with the way back.
+  await page.goto(base + "/#/volumez");
+  await page.waitForSelector("#not-found");
+  assert.match((await page.textContent("#not-found"))!, /Page not found.*There is no page #\/volumez/s);
+  assert.equal(await page.locator("#whoami").count(), 1, "the top bar stays");
+  await page.click("#not-found a[href='#/instances']");
+  await page.waitForSelector("#instance-table");
+  await page.close();
+});
+
+test("at 420 px the top bar fits: Log out is in the window and works, the page does not scroll sideways", async () => {
+  const page = await tab();
+  await page.setViewportSize({ width: 420, height: 760 });
+  await login(page, token);
+  await page.waitForSelector("#whoami");
+  for (const view of ["instances", "volumes", "usage", "events", "admin", "console/web0"]) {
+    await page.goto(`${base}/#/${view}`);
+    await page.waitForSelector("main > *");
+    const box = (await page.locator("#logout").boundingBox())!;
+    const where = `${view}: Log out at x ${box.x}-${box.x + box.width}, y ${box.y}-${box.y + box.height}`;
+    assert.ok(box.x >= 0 && box.x + box.width <= 420 && box.y >= 0 && box.y + box.height <= 760, where);
+    // Nothing covers it: the element under its centre is the button.
+    const hit = await page.evaluate<string | undefined>(
+      `document.elementFromPoint(${box.x + box.width / 2}, ${box.y + box.height / 2})?.id`,
+    );
+    assert.equal(hit, "logout", where);
+    assert.ok(
+      (await page.evaluate<number>("document.documentElement.scrollWidth")) <= 420,
+      `${view}: the page is wider than the window`,
+    );
+    // The page's own toolbar (the console's Reconnect, say) wraps rather than leaving the window.
+    for (const b of await page.locator("main .toolbar :is(button, .button, select):visible").all()) {
+      const r = (await b.boundingBox())!;
+      assert.ok(r.x >= 0 && r.x + r.width <= 420, `${view}: ${await b.textContent()} at x ${r.x}-${r.x + r.width}`);
+    }
+    // The header is one or two lines, not a column of wrapped links.
+    assert.ok((await page.locator("header").boundingBox())!.height < 100, `${view}: the top bar is too tall`);
+  }
+  await page.click("#logout");
+  await page.waitForSelector("#login");
+  await page.close();
+});
+
+test("the console draws underscores (PRETTY_NAME is not PRETTY NAME)", async () => {
+  const page = await tab();
+  await login(page, token);
+  await page.waitForSelector("#whoami");
+  await page.goto(`${base}/#/console/web0`);
+  await page.waitForSelector(".xterm-rows");
+  // What a guest's `cat /etc/os-release` prints, and the same line with a space for comparison.
+  await page.evaluate(`new Promise((done) => window.yunTerminal.write('PRETTY_NAME\\r\\nPRETTY NAME\\r\\n', done))`);
+  await page.waitForFunction(`document.querySelector(".xterm-rows > div")?.textContent === "PRETTY_NAME"`);
+  const cols = await page.evaluate<number>("window.yunTerminal.cols");
+  // The cell of the 7th character (the underscore, or the space) of each row, as drawn on screen.
+  const inkOfCell = async (row: number): Promise<number> => {
+    const box = (await page.locator(`.xterm-rows > div:nth-child(${row})`).boundingBox())!;
+    const cell = box.width / cols;
+    const png = await page.screenshot({ clip: { x: box.x + 6 * cell, y: box.y, width: cell, height: box.height } });
+    const { rgba } = await decodePng(context, png);
+    let ink = 0; // pixels of the text's light colour on the dark background
+    for (let i = 0; i < rgba.length; i += 4) if (rgba[i]! + rgba[i + 1]! + rgba[i + 2]! > 3 * 100) ink++;
+    return ink;
+  };
+  // The terminal stays inside its box (xterm.js's own element also has the class "terminal").
+  const inside = await page.evaluate<boolean>(`(() => {
+    const box = document.querySelector(".console-box").getBoundingClientRect();
+    const term = document.querySelector(".xterm").getBoundingClientRect();
+    return term.top >= box.top && term.bottom <= box.bottom + 0.5 && term.right <= box.right + 0.5;
+  })()`);
+  assert.ok(inside, "the terminal overflows its box");
+  const underscore = await inkOfCell(1);
+  const space = await inkOfCell(2);
+  assert.equal(space, 0, "the measure sees a blank cell as blank");
+  assert.ok(underscore >= 4, `the underscore is drawn (${underscore} lit pixels in its cell)`);
   await page.close();
 });

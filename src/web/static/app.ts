@@ -59,7 +59,13 @@ function showLogin(message?: string): void {
     h(
       "p",
       { class: "muted" },
-      "Log in with an API token. `yun serve` printed the admin token on its first start; it is also in $YUN_HOME/cloud/admin.token.",
+      "Log in with an API token. ",
+      h("code", null, "yun serve"),
+      " printed the admin token on its first start; it is also in ",
+      h("code", null, "$YUN_HOME/cloud/admin.token"),
+      ". ",
+      h("code", null, "yun user token NAME"),
+      " issues one for another user.",
     ),
     h("label", { for: "token" }, "Token"),
     input,
@@ -124,8 +130,10 @@ function header(s: Session, current: string): HTMLElement {
       selectProject(sel.value);
       render();
     });
-    picker = h("label", { class: "picker" }, "Project ", sel);
+    picker = h("label", { class: "picker" }, h("span", { class: "label" }, "Project "), sel);
   }
+  // Two groups that wrap onto lines of their own when the window is narrow (app.css): the
+  // navigation, and the account (project picker, who is logged in, Log out).
   return h(
     "header",
     null,
@@ -134,31 +142,69 @@ function header(s: Session, current: string): HTMLElement {
       "nav",
       null,
       link("instances", "Instances"),
-      link("storage", "Volumes & networks"),
+      link("volumes", "Volumes & networks"),
       link("usage", "Usage"),
       link("events", "Activity"),
       s.isAdmin ? link("admin", "Projects & quotas") : null,
     ),
-    h("div", { class: "spacer" }),
-    picker,
     h(
-      "span",
-      { class: "who", id: "whoami" },
-      `${nameOf(s.who.user)} · ${nameOf(s.who.project)} · `,
-      h("span", { class: `role role-${s.role}` }, s.role),
-    ),
-    h(
-      "button",
-      {
-        type: "button",
-        id: "logout",
-        onclick: () => {
-          clearSession();
-          location.hash = "#/login";
-          showLogin();
+      "div",
+      { class: "account" },
+      picker,
+      h(
+        "span",
+        { class: "who", id: "whoami" },
+        `${nameOf(s.who.user)} · ${nameOf(s.who.project)} · `,
+        h("span", { class: `role role-${s.role}` }, s.role),
+      ),
+      h(
+        "button",
+        {
+          type: "button",
+          id: "logout",
+          onclick: () => {
+            clearSession();
+            location.hash = "#/login";
+            showLogin();
+          },
         },
-      },
-      "Log out",
+        "Log out",
+      ),
+    ),
+  );
+}
+
+const VIEWS: Record<string, View> = {
+  instances: instancesView,
+  console: consoleView,
+  usage: usageView,
+  admin: adminView,
+  events: eventsView,
+  volumes: storageView,
+};
+
+/** Other names of views: the view was once `#/storage`, and its page also shows the networks. */
+const ALIASES: Record<string, string> = { storage: "volumes", networks: "volumes" };
+
+/** What an unknown address shows: where the user is, and the way to the pages that exist. */
+function notFoundView(main: HTMLElement, s: Session): void {
+  document.title = "Yun — not found";
+  replace(
+    main,
+    h(
+      "div",
+      { class: "card not-found", id: "not-found" },
+      h("h2", null, "Page not found"),
+      h("p", null, "There is no page ", h("code", null, location.hash), " in this dashboard. Go to:"),
+      h(
+        "ul",
+        null,
+        h("li", null, h("a", { href: "#/instances" }, "Instances")),
+        h("li", null, h("a", { href: "#/volumes" }, "Volumes & networks")),
+        h("li", null, h("a", { href: "#/usage" }, "Usage")),
+        h("li", null, h("a", { href: "#/events" }, "Activity")),
+        s.isAdmin ? h("li", null, h("a", { href: "#/admin" }, "Projects & quotas")) : null,
+      ),
     ),
   );
 }
@@ -166,22 +212,22 @@ function header(s: Session, current: string): HTMLElement {
 function render(): void {
   stopView();
   if (!session) return showLogin();
-  const { view, arg } = route();
-  const main = h("main", { id: "main" });
-  replace(root, header(session, view), main);
-  const views: Record<string, View> = {
-    instances: instancesView,
-    console: consoleView,
-    usage: usageView,
-    admin: adminView,
-    events: eventsView,
-    storage: storageView,
-  };
-  const v = views[view];
-  if (v === undefined) {
+  const { view: asked, arg } = route();
+  let view = asked;
+  if (asked === "" || asked === "login") {
     location.hash = "#/instances";
     return;
   }
+  const alias = ALIASES[view];
+  if (alias !== undefined) {
+    // Show the page's own address without another history entry (or hashchange).
+    view = alias;
+    history.replaceState(null, "", `#/${view}${arg === "" ? "" : `/${encodeURIComponent(arg)}`}`);
+  }
+  const main = h("main", { id: "main" });
+  replace(root, header(session, view), main);
+  const v = VIEWS[view];
+  if (v === undefined) return notFoundView(main, session);
   document.title = `Yun — ${view}`;
   try {
     cleanup = v(main, session, arg);

@@ -33,7 +33,7 @@ export const consoleView: View = (main, _session, id) => {
       reconnect,
     ),
     message,
-    h("div", { class: "terminal" }, screen),
+    h("div", { class: "console-box" }, screen),
     h("p", { class: "muted hint" }, "Click the terminal and type; this is the instance's serial console (ttyS0)."),
   );
 
@@ -43,6 +43,10 @@ export const consoleView: View = (main, _session, id) => {
     scrollback: 5000,
     fontFamily: 'ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace',
     fontSize: 14,
+    // xterm's DOM renderer gives each row the glyphs' measured height with overflow hidden; at
+    // 14 px DejaVu Sans Mono's underscore lies just below it (PRETTY_NAME read PRETTY NAME).
+    // A taller row leaves it room.
+    lineHeight: 1.2,
     theme: { background: "#0f1419", foreground: "#e6e1cf" },
   });
   const fit = new FitAddon();
