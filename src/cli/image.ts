@@ -1,7 +1,7 @@
 /**
  * `yun image`: build and list boot images.
  *
- *   yun image pull [NAME] [--force]   build image NAME (default: the default image of yun run)
+ *   yun image pull [NAME] [--force] [--versions FILE]   build image NAME (default: the default image of yun run)
  *   yun image list                    table of installed images
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
@@ -12,9 +12,11 @@ import { formatSize, ImageError } from "../images/util.js";
 const HELP = `Usage: yun image <command> [options]
 
 Commands:
-  pull [NAME] [--force]   Build image NAME (default: ${DEFAULT_IMAGE}) from Debian trixie riscv64 packages
+  pull [NAME] [--force] [--versions FILE]
+                          Build image NAME (default: ${DEFAULT_IMAGE}) from Debian trixie riscv64 packages
                           into $YUN_HOME/images/NAME. An intact image is left as it is unless
-                          --force is given. Needs apt-get and dpkg-deb (a Debian/Ubuntu host).
+                          --force is given. Needs apt-get and dpkg-deb (a Debian/Ubuntu host);
+                          the full image "debian" also needs root, mmdebstrap and qemu-user-static.
   list                    List installed images.
 
 Cloud images (on the yun serve server; see yun instance --help for --server/--token):
@@ -24,6 +26,8 @@ Cloud images (on the yun serve server; see yun instance --help for --server/--to
 
 Options:
   -f, --force             (pull) rebuild even if the image is up to date
+  --versions FILE         (pull debian) install exactly these package versions: an image's
+                          manifest.json, or lines of name=version (the mirror must still have them)
   -h, --help              show this help
 
 Environment:
@@ -71,6 +75,7 @@ export function formatImageTable(images: ImageInfo[]): string {
 async function pull(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, {
     force: { type: "boolean", short: "f" },
+    versions: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (values.help === true) {
@@ -82,7 +87,7 @@ async function pull(args: string[]): Promise<number> {
   if (!AVAILABLE_IMAGES.includes(name)) {
     return fail(`unknown image "${name}"; available: ${AVAILABLE_IMAGES.join(", ")}`, 1);
   }
-  await pullImage(name, { force: values.force === true });
+  await pullImage(name, { force: values.force === true, versions: values.versions });
   return 0;
 }
 

@@ -51,7 +51,8 @@ Options:
   --kernel FILE       kernel Image to boot instead of the image's (then no root disk unless --root)
   --initrd FILE       initramfs to boot instead of the image's
   --append TEXT       kernel command line (default: "console=ttyS0 cryptomgr.notests"); with a root
-                      disk, "root=/dev/vda" is added unless TEXT has a root= of its own
+                      disk, "root=" the image's root device (/dev/vda for debian-tiny, /dev/vda1
+                      for debian; /dev/vda with --kernel) is added unless TEXT has a root= of its own
   --memory MIB        guest memory in MiB (default: 256)
   --firmware FILE|none
                       M-mode firmware (default: the image's OpenSBI fw_dynamic); "none" boots the
@@ -378,6 +379,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   let initrd = v.initrd;
   let firmware: string | null | undefined = v.firmware === "none" ? null : v.firmware;
   let root: RootChoice = hasRootFile ? { kind: "file", path: v.root! } : { kind: "none" };
+  let rootDevice = ROOT_DEVICE;
   // The image supplies whatever was not given, and its root disk when it supplies the kernel.
   const needImage = kernel === undefined || (initrd === undefined && v.kernel === undefined) || firmware === undefined;
   if (needImage) {
@@ -392,6 +394,8 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if (v.kernel === undefined) {
       initrd ??= image.initrd;
       if (!hasRootFile) root = { kind: "overlay", base: image.rootDisk, baseFormat: "raw" };
+      // The image's root disk, or a copy of it given as --root, holds its root file system where its manifest says.
+      rootDevice = image.rootDevice;
     }
     if (firmware === undefined) firmware = image.firmware.dynamic;
   }
@@ -400,7 +404,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   if (initrd !== undefined) initrd = checkInput(initrd, "initrd");
   if (firmware !== null) firmware = checkInput(firmware, "firmware");
   let append = v.append ?? DEFAULT_APPEND;
-  if (root.kind !== "none" && !/(^|\s)root=/.test(append)) append += ` root=${ROOT_DEVICE}`;
+  if (root.kind !== "none" && !/(^|\s)root=/.test(append)) append += ` root=${rootDevice}`;
   return {
     kernel,
     initrd,
