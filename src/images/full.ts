@@ -167,7 +167,7 @@ export function aptPins(packages: Map<string, string>): string {
 export function requireFullImageTools(): void {
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
     throw new ImageError(
-      "building the full Debian image needs root (mmdebstrap --mode=root runs Debian's maintainer scripts in a chroot); run `sudo yun image pull debian`",
+      "building the full Debian image needs root (mmdebstrap --mode=root runs Debian's maintainer scripts in a chroot); run yun image pull debian as root",
     );
   }
   if (findInPath("mmdebstrap") === undefined) {
@@ -226,8 +226,8 @@ function trackPhases(progress: PhaseProgress): PhaseTracker {
   let current: string | undefined;
   let count = 0;
   const summary = (): string => {
-    if (current === "configure" || current === "essential") return `${count} packages set up`;
-    if (current === "unpack") return `${count} packages unpacked`;
+    // dpkg's per-package lines reach us only when mmdebstrap passes them on; otherwise just "done".
+    if (count > 0 && (current === "configure" || current === "essential")) return `${count} packages set up`;
     return "done";
   };
   return {
@@ -247,7 +247,7 @@ function trackPhases(progress: PhaseProgress): PhaseTracker {
         count = 0;
         progress.begin("configure", text);
       }
-      if (/^(Setting up|Unpacking) /.test(text)) count++;
+      if (/^Setting up /.test(text)) count++;
       if (/^(Setting up|Unpacking|Get:|Processing|update-initramfs|I: )/.test(text)) progress.update(text);
     },
     finish(): void {
