@@ -294,7 +294,7 @@ function lastLines(lines: string[], n = 8): string {
 }
 
 /** Builds the partitioned disk `dest` with an ext4 root partition made from `tree`. */
-async function buildDisk(
+export async function buildDisk(
   tree: string,
   dest: string,
   seed: string,
