@@ -8,10 +8,7 @@ root="$1"
 here="$(cd "$(dirname "$0")" && pwd)"
 
 # Yun's files (networkd, getty autologin, cloud-init, u-boot-menu defaults, fstab, hostname), owned by root.
-(cd "$here/rootfs" && find . -type d) | while read -r d; do mkdir -p "$root/$d"; done
-(cd "$here/rootfs" && find . -type f) | while read -r f; do
-  install -o root -g root -m 0644 "$here/rootfs/$f" "$root/$f"
-done
+"$here/install-files.sh" "$here/rootfs" "$root"
 
 # Periodic maintenance that only slows a VM down (and fights the user's first commands for the CPU):
 # package list refreshes and unattended upgrades, dpkg database backups, e2scrub, fstrim of a sparse disk.

@@ -423,6 +423,7 @@ export async function pullFullImage(opts: PullOptions = {}): Promise<ImageInfo> 
       );
     }
     args.push(
+      `--essential-hook=${join(guest, "essential.sh")} "$1"`,
       `--customize-hook=${join(guest, "customize.sh")} "$1"`,
       `--customize-hook=sync-out /var/cache/apt/archives ${debCache}`,
       `--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1/etc/apt/preferences.d/yun-versions"`,
