@@ -17,6 +17,11 @@ for unit in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 
+# systemd-ssh-generator offers sshd over AF_VSOCK, which Yun's machine does not have: it fails
+# after seconds of trying at every boot. sshd itself runs as ssh.service.
+mkdir -p "$root/etc/systemd/system-generators"
+ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-ssh-generator"
+
 # The network: systemd-networkd with its resolver; ifupdown (if any) would configure the NICs twice.
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
 if [ -e "$root/usr/lib/systemd/system/networking.service" ]; then
