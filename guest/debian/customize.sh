@@ -11,9 +11,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 "$here/install-files.sh" "$here/rootfs" "$root"
 
 # Periodic maintenance that only slows a VM down (and fights the user's first commands for the CPU):
-# package list refreshes and unattended upgrades, dpkg database backups, e2scrub, fstrim of a sparse disk.
+# package list refreshes and unattended upgrades, dpkg database backups, e2scrub, fstrim of a sparse disk;
+# and systemd-binfmt, whose only entry (python3's, for running .pyc files directly) kept boot waiting
+# minutes on the binfmt_misc automount on a slow machine.
 for unit in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service \
-  fstrim.timer man-db.timer; do
+  fstrim.timer man-db.timer systemd-binfmt.service; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 
