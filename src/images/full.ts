@@ -444,6 +444,13 @@ export async function pullFullImage(opts: PullOptions = {}): Promise<ImageInfo> 
     if (r.code !== 0) {
       progress.abort();
       const why = output.filter((l) => /^E: |error|failed/i.test(l));
+      const update = output.find((l) => /^E: The repository|^E: Failed to fetch|^E: Release file/.test(l));
+      if (update !== undefined && output.some((l) => /apt-get update .*failed/.test(l))) {
+        throw new ImageError(
+          `apt-get update failed for ${mirror.uri} ${DEBIAN_SUITE} (${DEBIAN_ARCH}): ${update.replace(/^E: /, "")} ` +
+            `(the mirror comes from ${mirror.from}; set YUN_APT_MIRROR to use another)`,
+        );
+      }
       throw new ImageError(`mmdebstrap failed (exit status ${r.code}):\n  ${lastLines(why.length > 0 ? why : output)}`);
     }
     tracker.finish();

@@ -123,7 +123,7 @@ test(
         assert.match(e.message, /YUN_APT_MIRROR/);
         return true;
       });
-      const r = await capture(() => imageCommand(["pull"]));
+      const r = await capture(() => imageCommand(["pull", "debian-tiny"]));
       assert.equal(r.code, 1);
       assert.match(r.err, /^yun image: apt-get update failed/);
       assert.equal(findImage("debian-tiny"), undefined);
