@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -32,13 +32,14 @@ import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { cpus } from "node:os";
 import { delimiter, join } from "node:path";
 import { parseArgs } from "node:util";
-import { findImage, type ImageInfo } from "../src/images/store.js";
+import { findImage, readManifest, type ImageInfo } from "../src/images/store.js";
 import { INIT_READY_MARKER } from "../src/images/initramfs.js";
 import { yunHome } from "../src/images/paths.js";
 import { DEFAULT_APPEND } from "../src/cli/run.js";
 import { VirtMachine, type Engine } from "../src/vmm/virt.js";
 import { formatCpuTable, runCpuBench, type CpuRow } from "./cpu.js";
 import { formatIoTable, killIoGuests, runIoBench, type IoResult } from "./io.js";
+import { formatFullTable, runFullBench, type FullBench } from "./full.js";
 import { formatLifecycleTable, killLifecycleGuests, runLifecycleBench, type LifecycleResult } from "./lifecycle.js";
 import { qemuVirtArgs } from "./qemu.js";
 import { formatSmpTable, runSmpBench, type SmpResult } from "./smp.js";
@@ -56,9 +57,10 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io|lifecycle|smp|disk
+  --only boot|cpu|io|lifecycle|smp|disk|full
                            run only the boots, the CPU workloads, the I/O, the VM lifecycle, the SMP
-                           benchmark or the disk boots through U-Boot (default: all)
+                           benchmark, the disk boots through U-Boot or the full Debian image's boot
+                           and apt-get (default: all; full only when pulled)
   --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
@@ -513,8 +515,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk"].includes(only)) {
-    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp or disk, got "${only}"\n`);
+  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk", "full"].includes(only)) {
+    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp, disk or full, got "${only}"\n`);
     return 2;
   }
   const engineArg = values.engine!;
@@ -593,7 +595,8 @@ async function main(argv: string[]): Promise<number> {
     return s;
   };
 
-  const boots = only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp" && only !== "disk";
+  const boots =
+    only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp" && only !== "disk" && only !== "full";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -698,8 +701,22 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
+  let full: FullBench | undefined;
+  const fullImage = findImage("debian");
+  if (only === "full" && readManifest(fullImage?.dir ?? "")?.build === undefined) {
+    notes.push("full image rows skipped: the full Debian image is not pulled (npx yun image pull debian, as root)");
+  } else if ((only === undefined || only === "full") && fullImage !== undefined && readManifest(fullImage.dir)?.build) {
+    log("bench: the full Debian image (boot to systemd running, apt-get install python3; Yun and QEMU) ...");
+    full = await runFullBench({ image: fullImage, qemu, timeoutS: Math.max(timeoutS, 900), log });
+    process.stdout.write(
+      `\nFull Debian image: yun run --image debian vs qemu-system-riscv64 with the same kernel, initrd and disk, ` +
+        `${1024} MiB, 1 hart\n\n${formatFullTable(full)}\n`,
+    );
+  }
+
   const failed =
     diskRows.filter((r) => r.error !== undefined).length +
+    (full?.results.filter((r) => r.error !== undefined).length ?? 0) +
     lifecycleRows.filter((r) => r.error !== undefined).length +
     smpRows.filter((r) => r.error !== undefined).length +
     rows.reduce((n, r) => n + r.failed, 0) +
@@ -734,6 +751,7 @@ async function main(argv: string[]): Promise<number> {
       lifecycle: lifecycleRows,
       smp: smpRows,
       disk: diskRows,
+      full,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
   }

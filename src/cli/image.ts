@@ -1,7 +1,7 @@
 /**
  * `yun image`: build and list boot images.
  *
- *   yun image pull [NAME] [--force]   build image NAME (default: the default image of yun run)
+ *   yun image pull [NAME] [--force] [--versions FILE]   build image NAME (default: the default image of yun run)
  *   yun image list                    table of installed images
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
@@ -13,11 +13,13 @@ import { formatSize, ImageError } from "../images/util.js";
 const HELP = `Usage: yun image <command> [options]
 
 Commands:
-  pull [NAME] [--force]   Build image NAME (default: ${DEFAULT_IMAGE}) from Debian trixie riscv64 packages
+  pull [NAME] [--force] [--versions FILE]
+                          Build image NAME (default: ${DEFAULT_IMAGE}) from Debian trixie riscv64 packages
                           into $YUN_HOME/images/NAME, and fetch Debian's U-Boot (u-boot-qemu), which
                           boots disks with a partition table, into $YUN_HOME/firmware. An intact
                           image is left as it is unless --force is given. Needs apt-get and
-                          dpkg-deb (a Debian/Ubuntu host).
+                          dpkg-deb (a Debian/Ubuntu host); the full image "debian" also needs root,
+                          mmdebstrap and qemu-user-static.
   list                    List installed images.
 
 Cloud images (on the yun serve server; see yun instance --help for --server/--token):
@@ -27,6 +29,8 @@ Cloud images (on the yun serve server; see yun instance --help for --server/--to
 
 Options:
   -f, --force             (pull) rebuild even if the image is up to date
+  --versions FILE         (pull debian) install exactly these package versions: an image's
+                          manifest.json, or lines of name=version (the mirror must still have them)
   -h, --help              show this help
 
 Environment:
@@ -74,6 +78,7 @@ export function formatImageTable(images: ImageInfo[]): string {
 async function pull(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, {
     force: { type: "boolean", short: "f" },
+    versions: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (values.help === true) {
@@ -85,7 +90,7 @@ async function pull(args: string[]): Promise<number> {
   if (!AVAILABLE_IMAGES.includes(name)) {
     return fail(`unknown image "${name}"; available: ${AVAILABLE_IMAGES.join(", ")}`, 1);
   }
-  await pullImage(name, { force: values.force === true });
+  await pullImage(name, { force: values.force === true, versions: values.versions });
   // The boot loader of disks with a partition table (yun run --boot disk), so it is here offline.
   await pullBootLoader({ force: values.force === true });
   return 0;

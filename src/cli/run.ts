@@ -56,8 +56,9 @@ Options:
   --kernel FILE       kernel Image to boot instead of the image's (then no root disk unless --root)
   --initrd FILE       initramfs to boot instead of the image's
   --append TEXT       kernel command line (default: "console=ttyS0 cryptomgr.notests"); with a root
-                      disk, "root=/dev/vda" (on a partitioned disk: its first Linux partition,
-                      /dev/vdaN) is added unless TEXT has a root= of its own
+                      disk, "root=" the image's root device (/dev/vda for debian-tiny, /dev/vda1
+                      for debian; with --root on a partitioned disk, its first Linux partition)
+                      is added unless TEXT has a root= of its own
   --memory MIB        guest memory in MiB (default: 256)
   --firmware FILE|none
                       M-mode firmware (default: the image's OpenSBI fw_dynamic); "none" boots the
@@ -476,6 +477,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   let initrd = v.initrd;
   let firmware: string | null | undefined = v.firmware === "none" ? null : v.firmware;
   let root: RootChoice = hasRootFile ? { kind: "file", path: v.root! } : { kind: "none" };
+  let rootFromImage: string | undefined;
   // The image supplies whatever was not given, and its root disk when it supplies the kernel.
   const needImage = kernel === undefined || (initrd === undefined && v.kernel === undefined) || firmware === undefined;
   if (needImage) {
@@ -490,6 +492,8 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if (v.kernel === undefined) {
       initrd ??= image.initrd;
       if (!hasRootFile) root = { kind: "overlay", base: image.rootDisk, baseFormat: "raw" };
+      // The image's root disk, or a copy of it given as --root, holds its root file system where its manifest says.
+      rootFromImage = image.rootDevice;
     }
     if (firmware === undefined) firmware = image.firmware.dynamic;
   }
@@ -525,9 +529,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   if (initrd !== undefined) initrd = checkInput(initrd, "initrd");
   if (firmware !== null) firmware = checkInput(firmware, "firmware");
   if (boot.kind === "kernel" && root.kind !== "none" && !/(^|\s)root=/.test(append)) {
-    // On a partitioned disk the kernel's root is a partition: the first Linux one.
+    // The image's manifest names its root device; on another partitioned disk, its first Linux partition.
     const part = table?.find((p) => p.linux) ?? table?.find((p) => !p.esp);
-    append += ` root=${ROOT_DEVICE}${part ? part.index : ""}`;
+    append += ` root=${rootFromImage ?? `${ROOT_DEVICE}${part ? part.index : ""}`}`;
   }
   return {
     kernel,

@@ -9,7 +9,7 @@ import { imageDir, imagesRoot } from "./paths.js";
 import { sha256File } from "./util.js";
 
 /** Images `yun image pull` knows how to build. */
-export const AVAILABLE_IMAGES: readonly string[] = ["debian-tiny"];
+export const AVAILABLE_IMAGES: readonly string[] = ["debian", "debian-tiny"];
 
 export interface ImageInfo {
   name: string;
@@ -27,6 +27,8 @@ export interface ImageInfo {
    * on its own copy (see copySparseFile), since writing to it makes `yun image pull` rebuild it.
    */
   rootDisk: string;
+  /** The root file system's guest device ("/dev/vda" for a bare ext4 disk, "/dev/vda1" for a partitioned one). */
+  rootDevice: string;
   kernelVersion: string;
   packages: { name: string; version: string }[];
   /** ISO 8601 time the image was built. */
@@ -80,6 +82,26 @@ export interface ImageManifest {
   modules: string[];
   /** Every produced file (relative to the image directory) with its SHA-256 and size. */
   files: Record<string, { sha256: string; size: number }>;
+  /** A partitioned root disk (the full image): its layout and u-boot-menu's extlinux.conf. */
+  disk?: {
+    partitionTable: "gpt";
+    diskBytes: number;
+    rootPartition: number;
+    partitionOffsetBytes: number;
+    partitionUuid: string;
+    extlinux: string;
+  };
+  /** How the image was built (the full image): enough to rebuild it with the same package versions. */
+  build?: {
+    tool: "mmdebstrap";
+    mirror: string;
+    sourceDateEpoch: number;
+    /** SHA-256 of guest/debian when it was built. */
+    guestFiles: string;
+    seconds: number;
+    /** Built from a --versions file. */
+    pinned: boolean;
+  };
 }
 
 function isManifest(x: unknown): x is ImageManifest {
@@ -138,6 +160,7 @@ export function imageInfo(dir: string, m: ImageManifest): ImageInfo {
     initrd: join(dir, m.initrd),
     firmware: { jump: join(dir, m.firmware.jump), dynamic: join(dir, m.firmware.dynamic) },
     rootDisk: join(dir, m.rootDisk),
+    rootDevice: m.rootfs.device,
     kernelVersion: m.kernelVersion,
     packages: m.packages.map((p) => ({ name: p.name, version: p.version })),
     created: m.created,

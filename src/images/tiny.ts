@@ -82,6 +82,8 @@ export interface PullOptions {
   log?: (line: string) => void;
   /** Draw a live progress line (default: whether stderr is a terminal). */
   progress?: boolean;
+  /** Pin package versions (full image): a manifest.json or a list of name=version lines. */
+  versions?: string;
 }
 
 /** Package names in a Depends field, alternatives and version constraints dropped. */

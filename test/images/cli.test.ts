@@ -15,8 +15,14 @@ async function capture(fn: () => Promise<number>): Promise<{ code: number; out: 
   let err = "";
   const o = process.stdout.write.bind(process.stdout);
   const e = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((chunk: string | Uint8Array) => ((out += String(chunk)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((chunk: string | Uint8Array) => ((err += String(chunk)), true)) as typeof process.stderr.write;
+  process.stdout.write = ((chunk: string | Uint8Array) => (
+    (out += String(chunk)),
+    true
+  )) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => (
+    (err += String(chunk)),
+    true
+  )) as typeof process.stderr.write;
   try {
     return { code: await fn(), out, err };
   } finally {
@@ -88,6 +94,7 @@ test("image table", () => {
       initrd: "/x/initrd.cpio",
       firmware: { jump: "/x/fw_jump.bin", dynamic: "/x/fw_dynamic.bin" },
       rootDisk: "/x/root.ext4",
+      rootDevice: "/dev/vda",
       kernelVersion: "6.12.117+deb13-riscv64",
       packages: [],
       created: "2025-01-02T03:04:05.000Z",
@@ -100,28 +107,38 @@ test("image table", () => {
   assert.equal(head!.indexOf("KERNEL"), row!.indexOf("6.12"));
 });
 
-test("an unreachable archive gives apt's reason", { skip: findInPath("apt-get") ? false : "apt-get is not installed" }, () =>
-  withHome(async () => {
-    // A file: URI that does not exist fails locally, without any network traffic.
-    process.env.YUN_APT_MIRROR = "file:///nonexistent/yun-test-mirror/debian";
-    await assert.rejects(pullTinyImage({ log: () => {}, progress: false }), (e: Error) => {
-      assert.equal(e.name, "ImageError");
-      assert.match(e.message, /^apt-get update failed for file:\/\/\/nonexistent\/yun-test-mirror\/debian trixie \(riscv64\): .*(not found|No such file)/i);
-      assert.match(e.message, /YUN_APT_MIRROR/);
-      return true;
-    });
-    const r = await capture(() => imageCommand(["pull"]));
-    assert.equal(r.code, 1);
-    assert.match(r.err, /^yun image: apt-get update failed/);
-    assert.equal(findImage("debian-tiny"), undefined);
-  }));
+test(
+  "an unreachable archive gives apt's reason",
+  { skip: findInPath("apt-get") ? false : "apt-get is not installed" },
+  () =>
+    withHome(async () => {
+      // A file: URI that does not exist fails locally, without any network traffic.
+      process.env.YUN_APT_MIRROR = "file:///nonexistent/yun-test-mirror/debian";
+      await assert.rejects(pullTinyImage({ log: () => {}, progress: false }), (e: Error) => {
+        assert.equal(e.name, "ImageError");
+        assert.match(
+          e.message,
+          /^apt-get update failed for file:\/\/\/nonexistent\/yun-test-mirror\/debian trixie \(riscv64\): .*(not found|No such file)/i,
+        );
+        assert.match(e.message, /YUN_APT_MIRROR/);
+        return true;
+      });
+      const r = await capture(() => imageCommand(["pull", "debian-tiny"]));
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^yun image: apt-get update failed/);
+      assert.equal(findImage("debian-tiny"), undefined);
+    }),
+);
 
 test("a host without apt-get gets one clear sentence", () =>
   withHome(async () => {
     const path = process.env.PATH;
     process.env.PATH = "/nonexistent";
     try {
-      await assert.rejects(pullTinyImage({ log: () => {}, progress: false }), /^ImageError: yun image pull needs apt-get \(Debian\/Ubuntu host\)/);
+      await assert.rejects(
+        pullTinyImage({ log: () => {}, progress: false }),
+        /^ImageError: yun image pull needs apt-get \(Debian\/Ubuntu host\)/,
+      );
     } finally {
       process.env.PATH = path;
     }
