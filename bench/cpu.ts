@@ -359,7 +359,7 @@ if (job && parentPort) {
 // Standalone: node dist/bench/cpu.js
 if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.argv[1] && !job) {
   const { findImage } = await import("../src/images/store.js");
-  const rows = await runCpuBench(findImage("debian"), !process.argv.includes("--no-qemu"), (l) =>
+  const rows = await runCpuBench(findImage("debian-tiny"), !process.argv.includes("--no-qemu"), (l) =>
     process.stderr.write(l + "\n"),
   );
   process.stdout.write(formatCpuTable(rows) + "\n");

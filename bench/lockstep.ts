@@ -17,9 +17,9 @@ const { values } = parseArgs({
     firmware: { type: "string" },
   },
 });
-const image = findImage("debian");
+const image = findImage("debian-tiny");
 if (!image) {
-  process.stderr.write("lockstep: no Debian image; run: npx yun image pull debian\n");
+  process.stderr.write("lockstep: no Debian image; run: npx yun image pull debian-tiny\n");
   process.exit(1);
 }
 const noFirmware = values.firmware === "none";

@@ -8,7 +8,7 @@
  * then the I/O benchmark of bench/io.ts (virtio-blk and VM-to-VM TCP from inside the guest, Yun
  * beside QEMU).
  *
- * Every run boots the Debian image (`yun image pull debian`, under $YUN_HOME) to its shell prompt
+ * Every run boots the Debian image (`yun image pull debian-tiny`, under $YUN_HOME) to its shell prompt
  * and powers it off with `poweroff -f`. For each run it measures the wall time to the
  * "yun: init ready" line of /init, to the shell prompt and to power-off, and the number of guest
  * instructions retired by the prompt.
@@ -67,7 +67,7 @@ Options:
   --verbose                copy the guest consoles to stderr
   -h, --help               show this help
 
-The image comes from $YUN_HOME (default ~/.local/share/yun); get it with: npx yun image pull debian
+The image comes from $YUN_HOME (default ~/.local/share/yun); get it with: npx yun image pull debian-tiny
 QEMU rows need qemu-system-riscv64 on PATH (Debian: apt-get install qemu-system-misc).
 `;
 
@@ -538,11 +538,11 @@ async function main(argv: string[]): Promise<number> {
   }
   const opts: Options = { verbose: values.verbose!, timeoutS };
 
-  const image = findImage("debian");
+  const image = findImage("debian-tiny");
   if (image === undefined) {
     process.stderr.write(
-      `bench: the Debian image is not in ${join(yunHome(), "images", "debian")}.\n` +
-        `Build it first with:  npx yun image pull debian\n`,
+      `bench: the Debian image is not in ${join(yunHome(), "images", "debian-tiny")}.\n` +
+        `Build it first with:  npx yun image pull debian-tiny\n`,
     );
     return 1;
   }

@@ -292,7 +292,7 @@ function pickOp(rng: Rng, m: Model, name: () => string): Op | null {
       action: "instance.create",
       resource: n,
       vm: start,
-      call: (c) => c.createInstance({ name: n, image: "debian", flavor: "tiny", start }),
+      call: (c) => c.createInstance({ name: n, image: "debian-tiny", flavor: "tiny", start }),
       apply: (mm, r) => mm.instances.push(r as Instance),
     };
   });

@@ -15,8 +15,10 @@ function find(dir, out) {
 }
 const filter = process.argv.slice(2);
 const files = find("dist/test", []).filter((f) => filter.length === 0 || filter.some((s) => f.includes(s))).sort();
+// VMs the tests boot with `yun run` use the small busybox image unless a test names another.
+const testEnv = { YUN_IMAGE: "debian-tiny", ...process.env };
 const run = (list, env) =>
-  spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...list], { stdio: "inherit", env: { ...process.env, ...env } })
+  spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...list], { stdio: "inherit", env: { ...testEnv, ...env } })
     .status ?? 1;
 let status = run(files, {});
 // The CPU-level tests run a second time on the translator (see test/support/engine.ts).

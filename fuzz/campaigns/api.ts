@@ -170,6 +170,7 @@ const nasty = fc.constantFrom(
   "x".repeat(70_000),
   "default",
   "debian",
+  "debian-tiny",
   "small",
 );
 const anyString = fc.oneof(

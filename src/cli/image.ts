@@ -1,18 +1,18 @@
 /**
  * `yun image`: build and list boot images.
  *
- *   yun image pull [NAME] [--force]   build image NAME (default and only one so far: debian)
+ *   yun image pull [NAME] [--force]   build image NAME (default: the default image of yun run)
  *   yun image list                    table of installed images
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { pullDebianImage } from "../images/debian.js";
+import { DEFAULT_IMAGE, pullImage } from "../images/pull.js";
 import { AVAILABLE_IMAGES, listImages, type ImageInfo } from "../images/store.js";
 import { formatSize, ImageError } from "../images/util.js";
 
 const HELP = `Usage: yun image <command> [options]
 
 Commands:
-  pull [NAME] [--force]   Build image NAME (default: debian) from Debian trixie riscv64 packages
+  pull [NAME] [--force]   Build image NAME (default: ${DEFAULT_IMAGE}) from Debian trixie riscv64 packages
                           into $YUN_HOME/images/NAME. An intact image is left as it is unless
                           --force is given. Needs apt-get and dpkg-deb (a Debian/Ubuntu host).
   list                    List installed images.
@@ -78,11 +78,11 @@ async function pull(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 1) throw new UsageError(`pull takes one image name, got ${positionals.length}`);
-  const name = positionals[0] ?? "debian";
+  const name = positionals[0] ?? DEFAULT_IMAGE;
   if (!AVAILABLE_IMAGES.includes(name)) {
     return fail(`unknown image "${name}"; available: ${AVAILABLE_IMAGES.join(", ")}`, 1);
   }
-  await pullDebianImage({ force: values.force === true });
+  await pullImage(name, { force: values.force === true });
   return 0;
 }
 
@@ -95,7 +95,7 @@ function list(args: string[]): number {
   if (positionals.length > 0) throw new UsageError(`list takes no arguments, got "${positionals[0]}"`);
   const images = listImages();
   process.stdout.write(formatImageTable(images));
-  if (images.length === 0) process.stderr.write("no images yet; build one with: yun image pull debian\n");
+  if (images.length === 0) process.stderr.write(`no images yet; build one with: yun image pull ${DEFAULT_IMAGE}\n`);
   return 0;
 }
 

@@ -38,8 +38,8 @@ import {
 } from "../vmm/migrate.js";
 import { createOverlay, makeOwnedDir } from "../vmm/overlay.js";
 import { checkSocketPath, claimName, defaultSocketPath, processAlive, register, unregister } from "../vmm/registry.js";
-import { findImage } from "../images/store.js";
-import { pullDebianImage } from "../images/debian.js";
+import { DEFAULT_IMAGE, pullImage } from "../images/pull.js";
+import { AVAILABLE_IMAGES, findImage } from "../images/store.js";
 import { yunHome } from "../images/paths.js";
 import { tightenTree } from "../storage/private.js";
 import { CappedLog, redirectStderr } from "../vmm/logfile.js";
@@ -49,7 +49,7 @@ const HELP = `Usage: yun run [options]
 Boots a RISC-V virtual machine with its serial console on this terminal.
 
 Options:
-  --image NAME        boot image (default: debian; pulled on first use)
+  --image NAME        boot image (default: $YUN_IMAGE, else ${DEFAULT_IMAGE}; pulled on first use)
   --kernel FILE       kernel Image to boot instead of the image's (then no root disk unless --root)
   --initrd FILE       initramfs to boot instead of the image's
   --append TEXT       kernel command line (default: "console=ttyS0 cryptomgr.notests"); with a root
@@ -385,12 +385,12 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   // The image supplies whatever was not given, and its root disk when it supplies the kernel.
   const needImage = kernel === undefined || (initrd === undefined && v.kernel === undefined) || firmware === undefined;
   if (needImage) {
-    const name = v.image ?? "debian";
+    const name = v.image ?? imageFromEnvironment() ?? DEFAULT_IMAGE;
     let image = findImage(name);
     if (!image) {
-      if (name !== "debian") throw new UsageError(`no image named "${name}" (see yun image list)`);
+      if (!AVAILABLE_IMAGES.includes(name)) throw new UsageError(`no image named "${name}" (see yun image list)`);
       process.stderr.write(`yun: image ${name} is not here yet; pulling it first\n`);
-      image = await pullDebianImage({ progress: process.stderr.isTTY, log: (l) => process.stderr.write(l + "\n") });
+      image = await pullImage(name, { progress: process.stderr.isTTY, log: (l) => process.stderr.write(l + "\n") });
     }
     kernel ??= image.kernel;
     if (v.kernel === undefined) {
@@ -542,6 +542,12 @@ const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 
 const say = (line: string): void => void process.stderr.write(`yun: ${line}\n`);
+
+/** $YUN_IMAGE: the image `yun run` boots when --image is not given. */
+function imageFromEnvironment(): string | undefined {
+  const name = process.env.YUN_IMAGE?.trim();
+  return name === undefined || name === "" ? undefined : name;
+}
 
 export async function runCommand(args: string[]): Promise<number> {
   let opts: RunOptions | "help";

@@ -26,7 +26,8 @@ import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { createQcow2, diskInfo, openDiskImage, resizeDisk } from "../storage/image.js";
 import { stableMac } from "../net/ethernet.js";
 import { maxDisks } from "../vmm/virt.js";
-import { findImage } from "../images/store.js";
+import { AVAILABLE_IMAGES, findImage } from "../images/store.js";
+import { DEFAULT_IMAGE } from "../images/pull.js";
 import { buildExt4 } from "../images/ext4.js";
 import { PRIVATE_FILE_MODE, makePrivateDir } from "../storage/private.js";
 import { immediate, newId, openDatabase, operationId, randomB32, type DB } from "./db.js";
@@ -266,35 +267,39 @@ export class Cloud {
       writeFileSync(path, adminToken + "\n", { mode: 0o600 });
       chmodSync(path, 0o600);
     }
-    this.syncDebianImage();
+    this.syncPublicImages();
     return { adminToken };
   }
 
-  /** Registers (or refreshes) the public image "debian" from `yun image pull debian`. */
-  syncDebianImage(): void {
-    const info = findImage("debian");
-    if (!info) return;
-    immediate(this.db, () => {
-      const row = this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = 'debian'").get() as
-        ImageRow | undefined;
-      if (row === undefined) {
-        this.db
-          .prepare("INSERT INTO images VALUES (?, 'debian', NULL, 'raw', ?, 'debian', 'available', ?, ?, ?, ?, ?)")
-          .run(
-            newId("img"),
-            statSync(info.rootDisk).size,
-            info.rootDisk,
-            info.kernel,
-            info.initrd,
-            info.firmware.dynamic,
-            this.iso(),
-          );
-      } else if (row.path !== info.rootDisk || row.kernel !== info.kernel) {
-        this.db
-          .prepare("UPDATE images SET path = ?, kernel = ?, initrd = ?, firmware = ?, size_bytes = ? WHERE id = ?")
-          .run(info.rootDisk, info.kernel, info.initrd, info.firmware.dynamic, statSync(info.rootDisk).size, row.id);
-      }
-    });
+  /** Registers (or refreshes) the public images built by `yun image pull` (debian, debian-tiny). */
+  syncPublicImages(): void {
+    for (const name of AVAILABLE_IMAGES) {
+      const info = findImage(name);
+      if (!info) continue;
+      immediate(this.db, () => {
+        const row = this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = ?").get(name) as
+          | ImageRow
+          | undefined;
+        if (row === undefined) {
+          this.db
+            .prepare("INSERT INTO images VALUES (?, ?, NULL, 'raw', ?, 'debian', 'available', ?, ?, ?, ?, ?)")
+            .run(
+              newId("img"),
+              name,
+              statSync(info.rootDisk).size,
+              info.rootDisk,
+              info.kernel,
+              info.initrd,
+              info.firmware.dynamic,
+              this.iso(),
+            );
+        } else if (row.path !== info.rootDisk || row.kernel !== info.kernel) {
+          this.db
+            .prepare("UPDATE images SET path = ?, kernel = ?, initrd = ?, firmware = ?, size_bytes = ? WHERE id = ?")
+            .run(info.rootDisk, info.kernel, info.initrd, info.firmware.dynamic, statSync(info.rootDisk).size, row.id);
+        }
+      });
+    }
   }
 
   // ------------------------------------------------------------------------------------ auth
@@ -631,7 +636,7 @@ export class Cloud {
   }
 
   listImages(p: Principal, projectQuery?: string): Image[] {
-    this.syncDebianImage();
+    this.syncPublicImages();
     const scope = this.listScope(p, projectQuery);
     const rows = (
       scope === null
@@ -649,12 +654,16 @@ export class Cloud {
       .prepare("SELECT * FROM images WHERE (id = ? OR name = ?) ORDER BY project_id IS NULL")
       .all(idOrName, idOrName) as ImageRow[];
     const r = rows.find((x) => x.project_id === null || x.project_id === projectId || (p.admin && x.id === idOrName));
-    if (!r) throw notFound(`no image ${idOrName} (see GET /api/v1/images; "debian" comes from yun image pull debian)`);
+    if (!r) {
+      throw notFound(
+        `no image ${idOrName} (see GET /api/v1/images; ${AVAILABLE_IMAGES.join(" and ")} come from yun image pull on the server)`,
+      );
+    }
     return r;
   }
 
   getImage(p: Principal, id: string, projectQuery?: string): Image {
-    this.syncDebianImage();
+    this.syncPublicImages();
     return this.imageView(this.imageRow(p, this.actingProject(p, projectQuery), id));
   }
 
@@ -674,7 +683,7 @@ export class Cloud {
     this.requireWrite(p);
     const projectId = this.actingProject(p, projectQuery);
     if (body === null) throw badRequest("the request body must be the image's bytes");
-    if (name === "debian") throw conflict("the name debian is reserved for the image from yun image pull debian");
+    if (AVAILABLE_IMAGES.includes(name)) throw conflict(`the name ${name} is reserved for the image from yun image pull ${name}`);
     if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
       throw conflict(`an image named ${name} already exists`);
     const project = this.projectRow(projectId);
@@ -1142,7 +1151,7 @@ export class Cloud {
     const image = this.db.prepare("SELECT * FROM images WHERE id = ?").get(r.image_id) as ImageRow | undefined;
     const boot = image?.kernel ? image : this.bootImage();
     if (!boot?.kernel || !boot.initrd || !boot.firmware) {
-      this.setError(id, "no kernel to boot it with: run yun image pull debian on the server");
+      this.setError(id, `no kernel to boot it with: run yun image pull ${DEFAULT_IMAGE} on the server`);
       return;
     }
     const disks = (
@@ -1223,9 +1232,10 @@ export class Cloud {
   }
 
   private bootImage(): ImageRow | undefined {
-    this.syncDebianImage();
-    return this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = 'debian'").get() as
-      ImageRow | undefined;
+    this.syncPublicImages();
+    return this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = ?").get(DEFAULT_IMAGE) as
+      | ImageRow
+      | undefined;
   }
 
   async instanceAction(

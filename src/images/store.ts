@@ -9,7 +9,7 @@ import { imageDir, imagesRoot } from "./paths.js";
 import { sha256File } from "./util.js";
 
 /** Images `yun image pull` knows how to build. */
-export const AVAILABLE_IMAGES: readonly string[] = ["debian"];
+export const AVAILABLE_IMAGES: readonly string[] = ["debian-tiny"];
 
 export interface ImageInfo {
   name: string;

@@ -108,7 +108,7 @@ test("bad flags and arguments exit 2 with the command's usage; no server needed"
   assert.equal(flag.code, 2);
   assert.match(flag.err, /^yun instance: Unknown option '--bogus'\nusage: yun instance create \[NAME\] --image IMAGE/);
 
-  const missing = await capture(() => cloudCommand("instance", ["create", "web1", "--image", "debian"]));
+  const missing = await capture(() => cloudCommand("instance", ["create", "web1", "--image", "debian-tiny"]));
   assert.equal(missing.code, 2);
   assert.match(missing.err, /--flavor is required/);
 
@@ -201,7 +201,7 @@ test("instances: create (stopped), list, show by name, JSON, refusals as one lin
     "instance",
     "create",
     "--image",
-    "debian",
+    "debian-tiny",
     "--flavor",
     "tiny",
     "--name",
@@ -232,12 +232,12 @@ test("instances: create (stopped), list, show by name, JSON, refusals as one lin
   assert.equal(pause.code, 1);
   assert.equal(pause.err, "yun: instance web0 is stopped; it cannot be paused\n");
 
-  const dup = await yun("instance", "create", "web0", "--image", "debian", "--flavor", "tiny", "--stopped");
+  const dup = await yun("instance", "create", "web0", "--image", "debian-tiny", "--flavor", "tiny", "--stopped");
   assert.equal(dup.code, 1);
   assert.equal(dup.err.split("\n").length, 2, "one line");
   assert.match(dup.err, /web0/);
 
-  const badFlavor = await yun("instance", "create", "w9", "--image", "debian", "--flavor", "huge", "--stopped");
+  const badFlavor = await yun("instance", "create", "w9", "--image", "debian-tiny", "--flavor", "huge", "--stopped");
   assert.equal(badFlavor.code, 1);
   assert.match(badFlavor.err, /^yun: .*huge/);
 
@@ -348,9 +348,9 @@ test("projects, quotas, users, tokens and tenancy", async () => {
   r = await yun("instance", "show", "web0", "--token", bob);
   assert.equal(r.code, 1);
   assert.match(r.err, /^yun: .*web0/);
-  r = await yun("instance", "create", "b1", "--image", "debian", "--flavor", "tiny", "--stopped", "--token", bob);
+  r = await yun("instance", "create", "b1", "--image", "debian-tiny", "--flavor", "tiny", "--stopped", "--token", bob);
   assert.equal(r.code, 0, r.err);
-  r = await yun("instance", "create", "b2", "--image", "debian", "--flavor", "tiny", "--stopped", "--token", bob);
+  r = await yun("instance", "create", "b2", "--image", "debian-tiny", "--flavor", "tiny", "--stopped", "--token", bob);
   assert.equal(r.code, 1);
   assert.match(r.err, /^yun: quota instances \(1\) exceeded[^\n]*\n$/);
   r = await yun("project", "create", "mine", "--token", bob);

@@ -85,7 +85,7 @@ test("yun serve --tls-cert/--tls-key serves HTTPS and WSS; the CLI trusts it thr
       "create",
       "t1",
       "--image",
-      "debian",
+      "debian-tiny",
       "--flavor",
       "tiny",
       "--stopped",

@@ -47,8 +47,8 @@ test("every endpoint validates its body and query: 400 invalid_request naming th
     ["POST", "/api/v1/flavors", '{"name":"huge","vcpus":0,"memoryMiB":128,"diskGiB":1}', /vcpus/],
     ["POST", "/api/v1/flavors", '{"name":"huge","vcpus":1,"memoryMiB":"lots","diskGiB":1}', /memoryMiB/],
     ["POST", "/api/v1/instances", '{"name":"x","flavor":"tiny"}', /image/],
-    ["POST", "/api/v1/instances", '{"name":"x","image":"debian","flavor":"tiny","extra":1}', /unknown field "extra"/],
-    ["POST", "/api/v1/instances", '{"name":"x y","image":"debian","flavor":"tiny"}', /name: instance names use/],
+    ["POST", "/api/v1/instances", '{"name":"x","image":"debian-tiny","flavor":"tiny","extra":1}', /unknown field "extra"/],
+    ["POST", "/api/v1/instances", '{"name":"x y","image":"debian-tiny","flavor":"tiny"}', /name: instance names use/],
     ["POST", "/api/v1/instances", '{"name":', /not valid JSON/],
     ["POST", "/api/v1/instances/whatever/actions", '{"action":"explode"}', /action/],
     ["POST", "/api/v1/volumes", '{"name":"v","sizeGiB":0}', /sizeGiB/],
@@ -92,7 +92,7 @@ test("unknown ids answer 404 not_found, unknown API paths too", async () => {
   const del = await raw(t, "DELETE", "/api/v1/instances/ins-aaaaaaaaaa");
   assert.equal(del.status, 404);
   const flavor = await refusal(() =>
-    t.admin.createInstance({ name: "x", image: "debian", flavor: "jumbo", start: false }),
+    t.admin.createInstance({ name: "x", image: "debian-tiny", flavor: "jumbo", start: false }),
   );
   assert.equal(flavor.status, 404);
   assert.match(flavor.message, /no flavor jumbo/);
@@ -151,7 +151,7 @@ test("tokens: listed by id (never the token), revoked one by one; others' tokens
 test("project isolation: instances (list, read, stop, delete, console) of project A are invisible to B", async () => {
   const A = await tenant(t, "iso-a-ins");
   const B = await tenant(t, "iso-b-ins");
-  const vm = await A.member.createInstance({ name: "web1", image: "debian", flavor: "tiny", start: false });
+  const vm = await A.member.createInstance({ name: "web1", image: "debian-tiny", flavor: "tiny", start: false });
   assert.equal(vm.state, "stopped");
   assert.deepEqual(await B.member.listInstances(), []);
   assert.equal((await A.member.listInstances()).length, 1);
@@ -199,7 +199,7 @@ test("project isolation: volumes of A cannot be listed, read, attached, snapshot
   const A = await tenant(t, "iso-a-vol");
   const B = await tenant(t, "iso-b-vol");
   const vol = await A.member.createVolume({ name: "data", sizeGiB: 1 });
-  const bvm = await B.member.createInstance({ name: "b1", image: "debian", flavor: "tiny", start: false });
+  const bvm = await B.member.createInstance({ name: "b1", image: "debian-tiny", flavor: "tiny", start: false });
   assert.deepEqual(await B.member.listVolumes(), []);
   for (const fn of [
     () => B.member.getVolume(vol.id),
@@ -228,7 +228,7 @@ test("project isolation: networks of A cannot be listed, read, used or deleted b
   assert.equal((await refusal(() => B.member.getNetwork(net.id))).status, 404);
   assert.equal((await refusal(() => B.member.deleteNetwork(net.id))).status, 404);
   const use = await refusal(() =>
-    B.member.createInstance({ name: "spy", image: "debian", flavor: "tiny", network: net.id, start: false }),
+    B.member.createInstance({ name: "spy", image: "debian-tiny", flavor: "tiny", network: net.id, start: false }),
   );
   assert.equal(use.status, 404);
   // B may have a network of the same name: names are per project.
@@ -237,14 +237,14 @@ test("project isolation: networks of A cannot be listed, read, used or deleted b
   // A's instances on its network get addresses from its CIDR.
   const i1 = await A.member.createInstance({
     name: "n1",
-    image: "debian",
+    image: "debian-tiny",
     flavor: "tiny",
     network: "private",
     start: false,
   });
   const i2 = await A.member.createInstance({
     name: "n2",
-    image: "debian",
+    image: "debian-tiny",
     flavor: "tiny",
     network: "private",
     start: false,
@@ -262,7 +262,7 @@ test("twenty concurrent creates against a quota of five instances create exactly
   const A = await tenant(t, "quota", { instances: 5 });
   const results = await Promise.allSettled(
     Array.from({ length: 20 }, (_, i) =>
-      A.member.createInstance({ name: `q${i}`, image: "debian", flavor: "tiny", start: false }),
+      A.member.createInstance({ name: `q${i}`, image: "debian-tiny", flavor: "tiny", start: false }),
     ),
   );
   const ok = results.filter((r) => r.status === "fulfilled");
@@ -283,7 +283,7 @@ test("twenty concurrent creates against a quota of five instances create exactly
   // Other quotas are named too.
   await t.admin.setQuotas(A.project.id, { instances: 10, memoryMiB: 700 });
   const mem = await refusal(() =>
-    A.member.createInstance({ name: "big", image: "debian", flavor: "small", start: false }),
+    A.member.createInstance({ name: "big", image: "debian-tiny", flavor: "small", start: false }),
   );
   assert.equal(mem.code, "quota_exceeded");
   assert.match(mem.message, /quota memoryMiB \(700\) exceeded/);
@@ -298,7 +298,7 @@ test("twenty concurrent creates against a quota of five instances create exactly
 
 test("the state machine refuses actions that do not fit the state with 409 naming the state", async () => {
   const A = await tenant(t, "states");
-  const vm = await A.member.createInstance({ name: "s1", image: "debian", flavor: "tiny", start: false });
+  const vm = await A.member.createInstance({ name: "s1", image: "debian-tiny", flavor: "tiny", start: false });
   for (const action of ["stop", "pause", "resume", "reboot"] as const) {
     const e = await refusal(() => A.member.instanceAction(vm.id, action));
     assert.equal(e.status, 409, action);
@@ -313,7 +313,7 @@ test("the state machine refuses actions that do not fit the state with 409 namin
   assert.equal(shrink.status, 409);
   assert.match(shrink.message, /disks only grow/);
   const dup = await refusal(() =>
-    A.member.createInstance({ name: "s1", image: "debian", flavor: "tiny", start: false }),
+    A.member.createInstance({ name: "s1", image: "debian-tiny", flavor: "tiny", start: false }),
   );
   assert.equal(dup.status, 409);
   await A.member.deleteInstance("s1");
@@ -322,7 +322,7 @@ test("the state machine refuses actions that do not fit the state with 409 namin
 
 test("volumes: qcow2 files, attach to a stopped instance, copy-on-write snapshots and clones", async () => {
   const A = await tenant(t, "vols");
-  const vm = await A.member.createInstance({ name: "v1", image: "debian", flavor: "tiny", start: false });
+  const vm = await A.member.createInstance({ name: "v1", image: "debian-tiny", flavor: "tiny", start: false });
   const vol = await A.member.createVolume({ name: "data", sizeGiB: 2 });
   assert.equal(vol.state, "available");
   const path = join(t.home, "cloud", "volumes", `${vol.id}.qcow2`);
@@ -387,10 +387,10 @@ test("images: raw and qcow2 uploads are checked; a qcow2 with a backing file is 
   await A.member.deleteImage(rawImg.id);
 });
 
-test("the debian image from yun image pull is registered as a public image", { skip: !HAVE_DEBIAN }, async () => {
+test("the debian-tiny image from yun image pull is registered as a public image", { skip: !HAVE_DEBIAN }, async () => {
   const A = await tenant(t, "pub");
   const imgs = await A.member.listImages();
-  const deb = imgs.find((i) => i.name === "debian");
+  const deb = imgs.find((i) => i.name === "debian-tiny");
   assert.ok(deb);
   assert.equal(deb.source, "debian");
   assert.equal(deb.project, null);
@@ -455,7 +455,7 @@ test("key pairs and user data reach the instance on a NoCloud-style seed disk (e
   assert.match(key.fingerprint, /^SHA256:[A-Za-z0-9+/]{43}$/);
   const vm = await A.member.createInstance({
     name: "s1",
-    image: "debian",
+    image: "debian-tiny",
     flavor: "tiny",
     keyPair: "laptop",
     userData: "#!/bin/sh\necho hello from user-data\n",
@@ -472,7 +472,7 @@ test("key pairs and user data reach the instance on a NoCloud-style seed disk (e
 
 test("usage exports as JSON and CSV; the schema is versioned in schema_migrations", async () => {
   const A = await tenant(t, "usage");
-  const vm = await A.member.createInstance({ name: "u1", image: "debian", flavor: "tiny", start: false });
+  const vm = await A.member.createInstance({ name: "u1", image: "debian-tiny", flavor: "tiny", start: false });
   const u = await A.member.usage();
   assert.equal(u.project, A.project.id);
   assert.equal(u.vcpuSeconds, 0, "a stopped instance uses no vCPU time");

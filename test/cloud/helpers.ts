@@ -13,7 +13,7 @@ export const REAL_IMAGES = join(
   process.env.YUN_REAL_HOME ?? process.env.YUN_HOME ?? join(homedir(), ".local/share/yun"),
   "images",
 );
-export const HAVE_DEBIAN = existsSync(join(REAL_IMAGES, "debian", "manifest.json"));
+export const HAVE_DEBIAN = existsSync(join(REAL_IMAGES, "debian-tiny", "manifest.json"));
 
 /** A fresh YUN_HOME whose images/ is the real one (read-only use: instances get overlays). */
 export function tempHome(): string {

@@ -89,7 +89,7 @@ test("through the API with an injected clock: disk GiB-hours accrue while an ins
   let now = Date.parse("2026-03-01T12:00:00Z");
   const t = await startCloud({ now: () => now });
   try {
-    const vm = await t.admin.createInstance({ name: "d1", image: "debian", flavor: "tiny", start: false });
+    const vm = await t.admin.createInstance({ name: "d1", image: "debian-tiny", flavor: "tiny", start: false });
     now += 3600_000; // one hour
     const vol = await t.admin.createVolume({ name: "v", sizeGiB: 3 });
     now += 1800_000; // half an hour more

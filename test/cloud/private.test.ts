@@ -96,7 +96,7 @@ test(
       const img = await member.uploadImage("mine", "raw", new Uint8Array(1 << 20));
       const inst = await member.createInstance({
         name: "vm1",
-        image: "debian",
+        image: "debian-tiny",
         flavor: "tiny",
         userData: "#!/bin/sh\necho the-secret\n",
       });

@@ -167,7 +167,7 @@ test("names are unique per project for every kind: concurrent creates make one, 
   const img = Buffer.alloc(1 << 20);
   const vol = await A.member.createVolume({ name: "base", sizeGiB: 1 });
   const kinds: [string, (i: number) => Promise<unknown>][] = [
-    ["instance", () => A.member.createInstance({ name: "same", image: "debian", flavor: "tiny", start: false })],
+    ["instance", () => A.member.createInstance({ name: "same", image: "debian-tiny", flavor: "tiny", start: false })],
     ["volume", () => A.member.createVolume({ name: "same", sizeGiB: 1 })],
     ["network", (i) => A.member.createNetwork({ name: "same", cidr: `10.${60 + i}.0.0/24` })],
     ["key pair", () => A.member.createKeyPair({ name: "same", publicKey: ED25519 })],
@@ -344,7 +344,7 @@ function rawBody(
 
 test("the console WebSocket: tokens only in the subprotocol, and only from this server's pages", async () => {
   const A = await tenant(t, "ws");
-  const vm = await A.member.createInstance({ name: "c1", image: "debian", flavor: "tiny", start: false });
+  const vm = await A.member.createInstance({ name: "c1", image: "debian-tiny", flavor: "tiny", start: false });
   const url = `${t.url.replace("http", "ws")}/api/v1/instances/${vm.id}/console`;
   const attempt = (u: string, protocols: string[], origin?: string) =>
     new Promise<{ status: number; message: string }>((resolve) => {

@@ -108,7 +108,7 @@ test(
       const tCreate = Date.now();
       const vm = await yun.createInstance({
         name: "web1",
-        image: "debian",
+        image: "debian-tiny",
         flavor: "tiny",
         network: "private",
         userData: "#!/bin/sh\necho user-data-$((20+22))\n",
@@ -175,15 +175,15 @@ test(
 
       // Mid-operation: a second instance is being started when the daemon is killed with SIGKILL.
       // Around it, a burst of creates and deletes of instances and volumes.
-      const vm2 = await yun.createInstance({ name: "web2", image: "debian", flavor: "tiny", start: false });
+      const vm2 = await yun.createInstance({ name: "web2", image: "debian-tiny", flavor: "tiny", start: false });
       const old = await Promise.all(
-        [0, 1, 2].map((i) => yun.createInstance({ name: `old${i}`, image: "debian", flavor: "tiny", start: false })),
+        [0, 1, 2].map((i) => yun.createInstance({ name: `old${i}`, image: "debian-tiny", flavor: "tiny", start: false })),
       );
       const oldVol = await yun.createVolume({ name: "oldvol", sizeGiB: 1 });
       const burst: Promise<unknown>[] = [yun.startInstance(vm2.id)];
       await new Promise((r) => setTimeout(r, 150)); // web2's monitor is spawned, not yet answering
       for (let i = 0; i < 8; i++)
-        burst.push(yun.createInstance({ name: `b${i}`, image: "debian", flavor: "tiny", start: false }));
+        burst.push(yun.createInstance({ name: `b${i}`, image: "debian-tiny", flavor: "tiny", start: false }));
       for (let i = 0; i < 4; i++) burst.push(yun.createVolume({ name: `bv${i}`, sizeGiB: 1 }));
       for (const o of old) burst.push(yun.deleteInstance(o.id));
       burst.push(yun.deleteVolume(oldVol.id));

@@ -53,7 +53,7 @@ test(
       const user = await admin.createUser({ name: "carol", role: "member", project: project.id });
       const carol = new YunClient({ server: d.url, token: (await admin.createToken(user.id)).token });
       // The create answers once the VM monitor answers; the daemon dies as soon as it has spawned it.
-      const pending = carol.createInstance({ name: "web", image: "debian", flavor: "tiny" }).catch((e: Error) => e);
+      const pending = carol.createInstance({ name: "web", image: "debian-tiny", flavor: "tiny" }).catch((e: Error) => e);
       for (let i = 0; i < 600 && cloudMonitorProcesses(home).length === 0; i++) await sleep(10);
       assert.equal(cloudMonitorProcesses(home).length, 1, "the monitor was spawned");
       await killDaemon(d);
@@ -116,7 +116,7 @@ test("an instance create cut off before its disk was made is finished at the res
   let t = await startCloud({ home });
   try {
     const ten = await tenant(t, "p");
-    const i = await ten.member.createInstance({ name: "web", image: "debian", flavor: "tiny", start: false });
+    const i = await ten.member.createInstance({ name: "web", image: "debian-tiny", flavor: "tiny", start: false });
     // What a kill right after the create's first transaction leaves: the row, its journal entry
     // marked applied, no disk and no event.
     const db = t.cloud.db;
@@ -184,7 +184,7 @@ test("the invariant checker names each broken invariant", async () => {
   const home = t.home;
   try {
     const ten = await tenant(t, "p");
-    const i = await ten.member.createInstance({ name: "web", image: "debian", flavor: "tiny", start: false });
+    const i = await ten.member.createInstance({ name: "web", image: "debian-tiny", flavor: "tiny", start: false });
     const vol = await ten.member.createVolume({ name: "data", sizeGiB: 1 });
     assert.deepEqual(checkCloudInvariants(home), []);
     const cloud = join(home, "cloud");

@@ -24,19 +24,19 @@ import {
 } from "./harness.js";
 
 // ---------------------------------------------------------------------------------------------
-// The image: present in $YUN_HOME, or pulled with `yun image pull debian`.
+// The image: present in $YUN_HOME, or pulled with `yun image pull debian-tiny`.
 
 /** Why the image is unavailable, once the image test found it cannot be pulled. */
 let pullImpossible: string | undefined;
 
 /** Why boot tests must skip, or false when the image is there. */
 function imageSkip(): string | false {
-  if (findImage("debian") !== undefined) return false;
+  if (findImage("debian-tiny") !== undefined) return false;
   return pullImpossible ?? `no debian image in ${yunHome()} (the test that pulls it did not run or failed)`;
 }
 
 test("the debian image is in $YUN_HOME (pulled with yun image pull if missing)", { timeout: 1_800_000 }, async (t) => {
-  if (findImage("debian") !== undefined) {
+  if (findImage("debian-tiny") !== undefined) {
     t.diagnostic(`using the image in ${yunHome()}`);
     return;
   }
@@ -45,10 +45,10 @@ test("the debian image is in $YUN_HOME (pulled with yun image pull if missing)",
     t.skip(pullImpossible);
     return;
   }
-  t.diagnostic(`no image in ${yunHome()}; running yun image pull debian`);
-  const r = await runYun(["image", "pull", "debian"], "", 1_750_000);
-  assert.equal(r.code, 0, `yun image pull debian failed (${r.code ?? r.signal})${tail(r.console)}`);
-  assert.ok(findImage("debian"), `yun image pull debian exited 0 but no image is in ${yunHome()}${tail(r.console)}`);
+  t.diagnostic(`no image in ${yunHome()}; running yun image pull debian-tiny`);
+  const r = await runYun(["image", "pull", "debian-tiny"], "", 1_750_000);
+  assert.equal(r.code, 0, `yun image pull debian-tiny failed (${r.code ?? r.signal})${tail(r.console)}`);
+  assert.ok(findImage("debian-tiny"), `yun image pull debian-tiny exited 0 but no image is in ${yunHome()}${tail(r.console)}`);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ test("bad flags and files are reported with a non-zero exit", { timeout: 60_000 
   assert.match(memory.stderr, /--memory/, `the message does not name --memory: ${memory.stderr}`);
 
   // Without an image the firmware would come from one (and be pulled), so boot firmware-less then.
-  const kernelArgs = ["run", "--kernel", "/nonexistent", ...(findImage("debian") ? [] : ["--firmware", "none"])];
+  const kernelArgs = ["run", "--kernel", "/nonexistent", ...(findImage("debian-tiny") ? [] : ["--firmware", "none"])];
   const kernel = await runYun(kernelArgs, "", 30_000);
   assert.notEqual(kernel.code, 0, `yun ${kernelArgs.join(" ")} exited 0${tail(kernel.console)}`);
   assert.ok(kernel.code !== null, `yun ${kernelArgs.join(" ")} was killed (${kernel.signal})${tail(kernel.console)}`);

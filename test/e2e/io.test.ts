@@ -39,8 +39,8 @@ const TEST_TIMEOUT = 360_000;
 
 /** Why the boot tests cannot run here, or false. */
 function skipReason(...tools: string[]): string | false {
-  const image = findImage("debian");
-  if (!image) return `no debian image in ${yunHome()} (yun image pull debian; boot.test.ts pulls it)`;
+  const image = findImage("debian-tiny");
+  if (!image) return `no debian image in ${yunHome()} (yun image pull debian-tiny; boot.test.ts pulls it)`;
   if (!existsSync(image.rootDisk)) return `the debian image in ${yunHome()} has no root disk; pull it again`;
   for (const t of tools) if (findInPath(t) === undefined) return `${t} is not installed`;
   return false;
@@ -100,7 +100,7 @@ test(
   async (t) => {
     const skip = skipReason("qemu-img", "mke2fs", "debugfs", "e2fsck");
     if (skip) return t.skip(skip);
-    const image = findImage("debian")!;
+    const image = findImage("debian-tiny")!;
     const dir = tmp();
     try {
       const baseStat = statSync(image.rootDisk);
@@ -240,7 +240,7 @@ test(
   async (t) => {
     const skip = skipReason();
     if (skip) return t.skip(skip);
-    const image = findImage("debian")!;
+    const image = findImage("debian-tiny")!;
     const baseStat = statSync(image.rootDisk);
     const hostPage = `host-page-${randomBytes(8).toString("hex")}`;
     const server = http.createServer((req, res) => {

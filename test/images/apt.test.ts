@@ -10,7 +10,7 @@ import {
   pickDebianArchive,
   PrivateApt,
 } from "../../src/images/apt.js";
-import { dependsNames } from "../../src/images/debian.js";
+import { dependsNames } from "../../src/images/tiny.js";
 
 // Placeholder hosts under the reserved .invalid domain; nothing here touches the network.
 const DEB822 = `Types: deb

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatImageTable, imageCommand } from "../../src/cli/image.js";
 import { findInPath } from "../../src/images/util.js";
-import { pullDebianImage } from "../../src/images/debian.js";
+import { pullTinyImage } from "../../src/images/tiny.js";
 import { findImage, listImages } from "../../src/images/store.js";
 import { imageDir, yunHome } from "../../src/images/paths.js";
 
@@ -41,7 +41,7 @@ function withHome<T>(fn: (home: string) => Promise<T>): Promise<T> {
 test("paths follow YUN_HOME", () =>
   withHome(async (home) => {
     assert.equal(yunHome(), home);
-    assert.equal(imageDir("debian"), join(home, "images", "debian"));
+    assert.equal(imageDir("debian-tiny"), join(home, "images", "debian-tiny"));
   }));
 
 test("help, unknown commands, flags and images", async () => {
@@ -76,7 +76,7 @@ test("list with no images prints the header and a hint", () =>
     assert.match(r.out, /^NAME\s+KERNEL\s+CREATED\s+SIZE\n$/);
     assert.match(r.err, /yun image pull debian/);
     assert.deepEqual(listImages(), []);
-    assert.equal(findImage("debian"), undefined);
+    assert.equal(findImage("debian-tiny"), undefined);
   }));
 
 test("image table", () => {
@@ -104,7 +104,7 @@ test("an unreachable archive gives apt's reason", { skip: findInPath("apt-get") 
   withHome(async () => {
     // A file: URI that does not exist fails locally, without any network traffic.
     process.env.YUN_APT_MIRROR = "file:///nonexistent/yun-test-mirror/debian";
-    await assert.rejects(pullDebianImage({ log: () => {}, progress: false }), (e: Error) => {
+    await assert.rejects(pullTinyImage({ log: () => {}, progress: false }), (e: Error) => {
       assert.equal(e.name, "ImageError");
       assert.match(e.message, /^apt-get update failed for file:\/\/\/nonexistent\/yun-test-mirror\/debian trixie \(riscv64\): .*(not found|No such file)/i);
       assert.match(e.message, /YUN_APT_MIRROR/);
@@ -113,7 +113,7 @@ test("an unreachable archive gives apt's reason", { skip: findInPath("apt-get") 
     const r = await capture(() => imageCommand(["pull"]));
     assert.equal(r.code, 1);
     assert.match(r.err, /^yun image: apt-get update failed/);
-    assert.equal(findImage("debian"), undefined);
+    assert.equal(findImage("debian-tiny"), undefined);
   }));
 
 test("a host without apt-get gets one clear sentence", () =>
@@ -121,7 +121,7 @@ test("a host without apt-get gets one clear sentence", () =>
     const path = process.env.PATH;
     process.env.PATH = "/nonexistent";
     try {
-      await assert.rejects(pullDebianImage({ log: () => {}, progress: false }), /^ImageError: yun image pull needs apt-get \(Debian\/Ubuntu host\)/);
+      await assert.rejects(pullTinyImage({ log: () => {}, progress: false }), /^ImageError: yun image pull needs apt-get \(Debian\/Ubuntu host\)/);
     } finally {
       process.env.PATH = path;
     }

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { discoverDebianMirror, PrivateApt } from "../../src/images/apt.js";
 import { aptStateDir } from "../../src/images/paths.js";
 import { readCpio } from "../../src/images/cpio.js";
-import { pullDebianImage } from "../../src/images/debian.js";
+import { pullTinyImage } from "../../src/images/tiny.js";
 import { findImage, listImages, readManifest, type ImageManifest } from "../../src/images/store.js";
 import { findInPath, sha256, sha256File } from "../../src/images/util.js";
 import { debugfs, findE2fsTool } from "../../src/images/ext4.js";
@@ -115,14 +115,14 @@ async function checkRootDisk(disk: string, manifest: ImageManifest, scratch: str
   }
 }
 
-test("yun image pull debian builds a bootable image, and a second pull is a no-op", { skip: skipReason(), timeout: 600_000 }, async () => {
+test("yun image pull debian-tiny builds a bootable image, and a second pull is a no-op", { skip: skipReason(), timeout: 600_000 }, async () => {
   const home = mkdtempSync(join(tmpdir(), "yun-pull-"));
   const saved = process.env.YUN_HOME;
   process.env.YUN_HOME = home;
   try {
     const lines: string[] = [];
     const t0 = Date.now();
-    const info = await pullDebianImage({ log: (l) => lines.push(l), progress: false });
+    const info = await pullTinyImage({ log: (l) => lines.push(l), progress: false });
     const fresh = Date.now() - t0;
     process.stderr.write(`fresh pull ${fresh} ms:\n${lines.map((l) => `  ${l}`).join("\n")}\n`);
 
@@ -131,12 +131,12 @@ test("yun image pull debian builds a bootable image, and a second pull is a no-o
       assert.equal(lines.filter((l) => l.startsWith(phase + " ")).length, 1, `one ${phase} line`);
     }
 
-    assert.equal(info.name, "debian");
-    assert.equal(info.dir, join(home, "images", "debian"));
+    assert.equal(info.name, "debian-tiny");
+    assert.equal(info.dir, join(home, "images", "debian-tiny"));
     assert.match(info.kernelVersion, /^\d+\.\d+.*riscv64$/);
     const manifest = readManifest(info.dir)!;
     assert.ok(manifest !== undefined);
-    assert.equal(manifest.name, "debian");
+    assert.equal(manifest.name, "debian-tiny");
     assert.equal(manifest.kernelVersion, info.kernelVersion);
     const pkgNames = manifest.packages.map((p) => p.name);
     for (const n of ["linux-image-riscv64", `linux-image-${info.kernelVersion}`, "opensbi", "busybox-static"]) {
@@ -171,21 +171,21 @@ test("yun image pull debian builds a bootable image, and a second pull is a no-o
       for (const n of ["init", "bin/busybox", ko]) assert.ok(listed.includes(n), `cpio lists ${n}`);
     }
 
-    assert.deepEqual(findImage("debian"), info);
-    assert.deepEqual(listImages().map((i) => i.name), ["debian"]);
+    assert.deepEqual(findImage("debian-tiny"), info);
+    assert.deepEqual(listImages().map((i) => i.name), ["debian-tiny"]);
 
     // Second pull: nothing is rebuilt.
     const again: string[] = [];
     const t1 = Date.now();
-    const info2 = await pullDebianImage({ log: (l) => again.push(l), progress: false });
+    const info2 = await pullTinyImage({ log: (l) => again.push(l), progress: false });
     process.stderr.write(`second pull ${Date.now() - t1} ms: ${again.join(" | ")}\n`);
-    assert.deepEqual(again, ["image debian is up to date"]);
+    assert.deepEqual(again, ["image debian-tiny is up to date"]);
     assert.equal(info2.created, info.created);
     assert.equal(readManifest(info.dir)!.created, manifest.created);
 
     // --force rebuilds from the cached .deb files.
     const forced: string[] = [];
-    const info3 = await pullDebianImage({ force: true, log: (l) => forced.push(l), progress: false });
+    const info3 = await pullTinyImage({ force: true, log: (l) => forced.push(l), progress: false });
     assert.match(forced.find((l) => l.startsWith("download "))!, /cached/);
     assert.notEqual(info3.created, info.created);
     assert.equal(readManifest(info.dir)!.files["initrd.cpio"]!.sha256, manifest.files["initrd.cpio"]!.sha256, "initrd is reproducible");
@@ -198,9 +198,9 @@ test("yun image pull debian builds a bootable image, and a second pull is a no-o
     delete (old.files as Record<string, unknown>)["root.ext4"];
     writeFileSync(join(info.dir, "manifest.json"), JSON.stringify(old));
     rmSync(info.rootDisk);
-    assert.equal(findImage("debian"), undefined);
+    assert.equal(findImage("debian-tiny"), undefined);
     const upgrade: string[] = [];
-    const info4 = await pullDebianImage({ log: (l) => upgrade.push(l), progress: false });
+    const info4 = await pullTinyImage({ log: (l) => upgrade.push(l), progress: false });
     assert.ok(upgrade.some((l) => l.startsWith("rootfs ")), upgrade.join("\n"));
     assert.ok(existsSync(info4.rootDisk));
     assert.equal(readManifest(info.dir)!.format, 2);
@@ -218,7 +218,7 @@ test("yun image pull debian builds a bootable image, and a second pull is a no-o
     } finally {
       process.stdout.write = write;
     }
-    assert.match(out, new RegExp(`^debian\\s+${info.kernelVersion.replace(/[.+]/g, "\\$&")}\\s`, "m"));
+    assert.match(out, new RegExp(`^debian-tiny\\s+${info.kernelVersion.replace(/[.+]/g, "\\$&")}\\s`, "m"));
   } finally {
     if (saved === undefined) delete process.env.YUN_HOME;
     else process.env.YUN_HOME = saved;

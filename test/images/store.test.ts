@@ -27,9 +27,9 @@ async function withHome(fn: (home: string) => Promise<void>): Promise<void> {
   }
 }
 
-/** Writes a small image with the given manifest format into $YUN_HOME/images/debian. */
+/** Writes a small image with the given manifest format into $YUN_HOME/images/debian-tiny. */
 function fakeImage(format: number, withDisk = true): { dir: string; manifest: ImageManifest } {
-  const dir = imageDir("debian");
+  const dir = imageDir("debian-tiny");
   mkdirSync(dir, { recursive: true });
   const files: ImageManifest["files"] = {};
   const names = ["vmlinux", "initrd.cpio", "fw_jump.bin", "fw_dynamic.bin", ...(withDisk ? ["root.ext4"] : [])];
@@ -40,7 +40,7 @@ function fakeImage(format: number, withDisk = true): { dir: string; manifest: Im
   }
   const manifest = {
     format,
-    name: "debian",
+    name: "debian-tiny",
     created: "2025-01-02T03:04:05.000Z",
     suite: "trixie",
     architecture: "riscv64",
@@ -71,7 +71,7 @@ function fakeImage(format: number, withDisk = true): { dir: string; manifest: Im
 test("an image carries its root disk; a changed root disk fails verification", () =>
   withHome(async () => {
     const { dir, manifest } = fakeImage(MANIFEST_FORMAT);
-    const info = findImage("debian");
+    const info = findImage("debian-tiny");
     assert.ok(info !== undefined);
     assert.equal(info.rootDisk, join(dir, "root.ext4"));
     assert.deepEqual(info, imageInfo(dir, readManifest(dir)!));
@@ -79,7 +79,7 @@ test("an image carries its root disk; a changed root disk fails verification", (
     writeFileSync(join(dir, "root.ext4"), "contents of root.ext5");
     assert.deepEqual(await verifyImage(dir, manifest), ["root.ext4 does not match its checksum"]);
     rmSync(join(dir, "root.ext4"));
-    assert.equal(findImage("debian"), undefined, "no root disk, no image");
+    assert.equal(findImage("debian-tiny"), undefined, "no root disk, no image");
     assert.deepEqual(await verifyImage(dir, manifest), ["root.ext4 is missing"]);
   }));
 
@@ -87,7 +87,7 @@ test("an image of the previous manifest format (no root disk) reads as absent, s
   withHome(async () => {
     const { dir } = fakeImage(1, false);
     assert.equal(readManifest(dir), undefined);
-    assert.equal(findImage("debian"), undefined);
+    assert.equal(findImage("debian-tiny"), undefined);
   }));
 
 test("a manifest without rootDisk is flagged by verification", () =>

@@ -9,11 +9,11 @@ import { findImage } from "../../src/images/store.js";
 import { runLockstep } from "../../src/vmm/lockstep.js";
 import { DEFAULT_APPEND } from "../../src/cli/run.js";
 
-const image = findImage("debian");
+const image = findImage("debian-tiny");
 
 test(
   "lockstep: 60 M instructions of OpenSBI and Linux boot, no divergence",
-  { skip: image ? false : "no Debian image (yun image pull debian)" },
+  { skip: image ? false : "no Debian image (yun image pull debian-tiny)" },
   () => {
     const r = runLockstep(
       {

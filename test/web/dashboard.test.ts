@@ -90,7 +90,7 @@ before(async () => {
   home = mkdtempSync(join(tmpdir(), "yun-web-"));
   // The cloud takes the Debian image from $YUN_HOME/images: share the pulled one.
   const images = join(process.env.YUN_HOME ?? join(process.env.HOME ?? "/root", ".local/share/yun"), "images");
-  assert.ok(existsSync(join(images, "debian")), `no Debian image in ${images}: run yun image pull debian first`);
+  assert.ok(existsSync(join(images, "debian-tiny")), `no Debian image in ${images}: run yun image pull debian-tiny first`);
   symlinkSync(images, join(home, "images"));
 
   serve = spawn(process.execPath, [YUN, "serve", "--port", "0"], {
@@ -114,7 +114,7 @@ before(async () => {
   ({ context, profile } = await launchBrowser());
 
   // The instance every test uses, created the way a user would.
-  const r = await yun(["instance", "create", "--image", "debian", "--flavor", "small", "--name", "web1"]);
+  const r = await yun(["instance", "create", "--image", "debian-tiny", "--flavor", "small", "--name", "web1"]);
   assert.equal(r.code, 0, `yun instance create failed: ${r.err}\n${serveLog}`);
   assert.match(r.out, /^state +running$/m);
   web1Id = /^id +(ins-\S+)$/m.exec(r.out)![1]!;

@@ -33,7 +33,7 @@ before(async () => {
   server = await listen(cloud, "127.0.0.1", 0);
   base = `http://127.0.0.1:${server.port}`;
   api = new YunClient({ server: base, token });
-  await api.createInstance({ name: "web0", image: "debian", flavor: "tiny", start: false });
+  await api.createInstance({ name: "web0", image: "debian-tiny", flavor: "tiny", start: false });
   ({ context, profile } = await launchBrowser());
 });
 

@@ -222,7 +222,7 @@ function createForm(say: (kind: "error" | "info" | "success", text: string) => v
       ]);
       replace(
         image,
-        imgs.items.length === 0 ? h("option", { value: "" }, "no images: run yun image pull debian") : null,
+        imgs.items.length === 0 ? h("option", { value: "" }, "no images: run yun image pull debian-tiny") : null,
         imgs.items.map((i) =>
           h("option", { value: i.name }, `${i.name}${i.status && i.status !== "available" ? ` (${i.status})` : ""}`),
         ),

@@ -1,5 +1,8 @@
 /**
- * `yun image pull debian`: builds a bootable Debian trixie riscv64 image from stock Debian packages.
+ * `yun image pull debian-tiny`: builds a small bootable Debian trixie riscv64 image from stock Debian
+ * packages: Debian's kernel with a busybox initramfs and a busybox root disk (no init system, no
+ * package manager). It boots to a shell in seconds, which is what the fast tests need; the full
+ * Debian image is `debian` (src/images/full.ts).
  *
  *   update     private `apt-get update` for trixie/riscv64 (archive URI from the host's sources or YUN_APT_MIRROR)
  *              and the Depends closure of the root disk's packages (ROOTFS_PACKAGES) from the package index
@@ -12,7 +15,7 @@
  *   rootfs     the packages merged into one tree (merged /usr, busybox applets, /etc, busybox init),
  *              made into the ext4 image root.ext4 with mke2fs -d, owned by root, checked by e2fsck
  *
- * The result, in $YUN_HOME/images/debian/, is vmlinux, fw_jump.bin, fw_dynamic.bin, initrd.cpio,
+ * The result, in $YUN_HOME/images/debian-tiny/, is vmlinux, fw_jump.bin, fw_dynamic.bin, initrd.cpio,
  * root.ext4 and manifest.json (with the SHA-256 of every file). The directory is replaced atomically,
  * so an interrupted pull never leaves a half-built image behind.
  */
@@ -60,7 +63,8 @@ import {
 } from "./store.js";
 import { formatDuration, formatSize, ImageError, sha256, sha256File } from "./util.js";
 
-export const DEBIAN_IMAGE = "debian";
+/** The busybox image: a small, fast guest for tests and quick VMs. */
+export const TINY_IMAGE = "debian-tiny";
 export const DEBIAN_SUITE = "trixie";
 export const DEBIAN_ARCH = "riscv64";
 /** The kernel metapackage; the versioned linux-image-* it depends on is fetched too. */
@@ -116,7 +120,7 @@ function aptPackage(p: IndexedPackage): AptPackage {
 function cleanStaleWork(): void {
   const dirs: [string, string][] = [
     [cacheDir(), "work-"],
-    [imagesRoot(), `.${DEBIAN_IMAGE}.`],
+    [imagesRoot(), `.${TINY_IMAGE}.`],
   ];
   for (const [root, prefix] of dirs) {
     let names: string[] = [];
@@ -147,20 +151,20 @@ function pruneDebCache(debDir: string, current: AptPackage[]): void {
   }
 }
 
-/** Builds (or confirms) the Debian image and returns its description. */
-export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo> {
+/** Builds (or confirms) the debian-tiny image and returns its description. */
+export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> {
   const log = opts.log ?? ((line: string) => void process.stderr.write(line + "\n"));
   const live = opts.progress ?? process.stderr.isTTY === true;
-  const dir = imageDir(DEBIAN_IMAGE);
+  const dir = imageDir(TINY_IMAGE);
 
   if (opts.force !== true) {
     const m = readManifest(dir);
-    if (m !== undefined && m.name === DEBIAN_IMAGE && (await verifyImage(dir, m)).length === 0) {
+    if (m !== undefined && m.name === TINY_IMAGE && (await verifyImage(dir, m)).length === 0) {
       if ((m.rootfs.revision ?? 1) === ROOTFS_REVISION) {
-        log(`image ${DEBIAN_IMAGE} is up to date`);
+        log(`image ${TINY_IMAGE} is up to date`);
         return imageInfo(dir, m);
       }
-      log(`image ${DEBIAN_IMAGE}: its root disk is of an older revision; rebuilding`);
+      log(`image ${TINY_IMAGE}: its root disk is of an older revision; rebuilding`);
     }
   }
 
@@ -311,7 +315,7 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
       modulesBuiltin: existsSync(builtinList) ? readFileSync(builtinList, "utf8") : undefined,
     });
     mkdirSync(imagesRoot(), { recursive: true });
-    staging = mkdtempSync(join(imagesRoot(), `.${DEBIAN_IMAGE}.`));
+    staging = mkdtempSync(join(imagesRoot(), `.${TINY_IMAGE}.`));
     chmodSync(staging, 0o755);
     const files: ImageManifest["files"] = {};
     /** Records a file of the image (copied from `from`, written from a buffer, or already in place). */
@@ -351,7 +355,7 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
     const diskUse = statSync(join(staging, ROOT_DISK_FILE)).blocks * 512;
     const manifest: ImageManifest = {
       format: MANIFEST_FORMAT,
-      name: DEBIAN_IMAGE,
+      name: TINY_IMAGE,
       created: new Date().toISOString(),
       suite: DEBIAN_SUITE,
       architecture: DEBIAN_ARCH,
@@ -389,7 +393,7 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<ImageInfo
 
     const info = imageInfo(dir, manifest);
     log(
-      `done      image ${DEBIAN_IMAGE} (kernel ${kernelVersion}, ${formatSize(info.sizeBytes)}) in ${dir} (${formatDuration(Date.now() - started)})`,
+      `done      image ${TINY_IMAGE} (kernel ${kernelVersion}, ${formatSize(info.sizeBytes)}) in ${dir} (${formatDuration(Date.now() - started)})`,
     );
     return info;
   } catch (e) {
