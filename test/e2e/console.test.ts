@@ -1,0 +1,102 @@
+// Console input is never lost (issue 13): input piped into `yun run` before the guest's shell is
+// ready reaches that shell, whatever the race between the boot and the input.
+//
+// The race is in the guest's userland boot: busybox init runs its boot script, then reopens the
+// serial console for the shell (the port's receiver is cleared) and ash asks the terminal where the
+// cursor is. Input handed to the guest before then loses bytes (`/bin/sh: proc: not found`). Each
+// trial is a real `yun run --restore` with the input piped, of a snapshot taken as the initramfs
+// switches to the root disk, so it runs the root's whole boot (busybox init, rcS, the shell's
+// start) with the input waiting, on 1 and on 2 vCPUs, without paying the kernel's boot forty times.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Yun, runYun, attach, headless, yunSync, tail } from "./harness.js";
+import { findImage } from "../../src/images/store.js";
+
+const IMAGE = "debian-tiny";
+const TRIALS = 20;
+/** Trials run two at a time: each is mostly one busy vCPU thread. */
+const CONCURRENCY = 2;
+const dir = mkdtempSync(join(tmpdir(), "yun-console-e2e-"));
+const children: Yun[] = [];
+const tag = `con${process.pid}`;
+
+test.after(() => {
+  for (const c of children) c.kill();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Boots `--cpus cpus` headless and snapshots it as the initramfs hands over to the root disk. */
+async function snapshotAtSwitchRoot(cpus: number): Promise<string> {
+  const name = `${tag}-${cpus}`;
+  const vm = await headless(children, name, "--image", IMAGE, "--cpus", String(cpus));
+  const con = await attach(vm.socket);
+  await con.waitFor("the switch to the root disk", (s) => s.includes("switching to /sbin/init"), 200_000);
+  const snap = join(dir, `root-${cpus}`);
+  const r = yunSync("vm", "snapshot", name, snap);
+  assert.equal(r.code, 0, `yun vm snapshot failed: ${r.err}`);
+  con.close();
+  yunSync("vm", "stop", name);
+  await vm.yun.exited;
+  return snap;
+}
+
+/** One trial: `nproc` and `poweroff -f` piped into the restored boot. */
+async function trial(snap: string, cpus: number): Promise<{ ok: boolean; why: string; seconds: number }> {
+  const r = await runYun(["run", "--restore", snap], "nproc\npoweroff -f\n");
+  const why = (m: string): string => `${m}${tail(r.console, 600)}`;
+  if (r.timedOut || r.code !== 0) return { ok: false, why: why(`exit ${r.code ?? r.signal}`), seconds: r.seconds };
+  // The trial ran the end of the boot script and the shell's start, where input used to be lost.
+  if (!r.console.includes("yun: init ready"))
+    return { ok: false, why: why("the snapshot was taken after the boot script"), seconds: r.seconds };
+  // The shell echoes the command line, then nproc's answer on the next line.
+  if (!new RegExp(`~ # nproc\\r\\n${cpus}\\r\\n`).test(r.console))
+    return { ok: false, why: why(`nproc did not answer ${cpus}`), seconds: r.seconds };
+  if (r.console.includes("\x1b[6n"))
+    return { ok: false, why: why("the terminal query reached the output"), seconds: r.seconds };
+  return { ok: true, why: "", seconds: r.seconds };
+}
+
+for (const cpus of [1, 2]) {
+  test(
+    `piped input reaches the shell in ${TRIALS} of ${TRIALS} boots on ${cpus} vCPU${cpus > 1 ? "s" : ""}`,
+    { skip: findImage(IMAGE) ? false : `no ${IMAGE} image`, timeout: 1_500_000 },
+    async (t) => {
+      const snap = await snapshotAtSwitchRoot(cpus);
+      const results: { ok: boolean; why: string; seconds: number }[] = [];
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < TRIALS) {
+          next++;
+          results.push(await trial(snap, cpus));
+        }
+      };
+      await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+      const seconds = results.map((r) => r.seconds).sort((a, b) => a - b);
+      t.diagnostic(`trial seconds: median ${seconds[TRIALS >> 1].toFixed(1)}, max ${seconds.at(-1)!.toFixed(1)}`);
+      const failed = results.filter((r) => !r.ok);
+      assert.equal(failed.length, 0, `${failed.length} of ${TRIALS} trials lost input; the first:\n${failed[0]?.why}`);
+    },
+  );
+}
+
+test(
+  "yun vm console with piped input: the commands run at the shell and no query is echoed",
+  { skip: findImage(IMAGE) ? false : `no ${IMAGE} image`, timeout: 300_000 },
+  async () => {
+    const name = `${tag}-vc`;
+    const vm = await headless(children, name, "--image", IMAGE);
+    // Typed ahead while the guest boots: the monitor holds it until the shell is ready.
+    const c = new Yun(["vm", "console", name]);
+    children.push(c);
+    c.child.stdin.end("echo typed-$((40+2))\npoweroff -f\n");
+    const r = await c.exited;
+    assert.equal(r.code, 0, c.console);
+    assert.match(c.console, /~ # echo typed-\$\(\(40\+2\)\)\r\ntyped-42\r\n/, tail(c.console));
+    assert.ok(!c.console.includes("\x1b[6n"), `the query was echoed raw${tail(c.console)}`);
+    const exit = await vm.yun.exited;
+    assert.equal(exit.code, 0, vm.yun.console);
+  },
+);
