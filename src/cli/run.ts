@@ -106,7 +106,10 @@ Network (virtio-net):
 Without --net or --no-net the VM gets user-mode networking: it is 10.0.2.15 (by DHCP) behind a
 NAT whose gateway 10.0.2.2 is the host's 127.0.0.1.
 
-In a terminal, Ctrl-A X quits. The exit status is 0 when the guest powers off.
+In a terminal, Ctrl-A X quits. With stdin not a terminal, Yun is the guest's terminal: it answers
+its terminal queries and holds the piped input until the guest's shell shows its prompt (with
+--kernel, also until the console has been silent for 2 s). The exit status is 0 when the guest
+powers off.
 `;
 
 /** The default kernel command line: serial console; the crypto self-tests (half a billion guest
