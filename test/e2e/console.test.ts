@@ -47,8 +47,9 @@ async function snapshotAtSwitchRoot(cpus: number): Promise<string> {
 }
 
 /** One trial: `nproc` and `poweroff -f` piped into the restored boot. */
-async function trial(snap: string, cpus: number): Promise<{ ok: boolean; why: string; seconds: number }> {
-  const r = await runYun(["run", "--restore", snap], "nproc\npoweroff -f\n");
+async function trial(snap: string, cpus: number, n: number): Promise<{ ok: boolean; why: string; seconds: number }> {
+  // Each under a name of its own: trials run side by side.
+  const r = await runYun(["run", "--restore", snap, "--name", `${tag}-${cpus}-t${n}`], "nproc\npoweroff -f\n");
   const why = (m: string): string => `${m}${tail(r.console, 600)}`;
   if (r.timedOut || r.code !== 0) return { ok: false, why: why(`exit ${r.code ?? r.signal}`), seconds: r.seconds };
   // The trial ran the end of the boot script and the shell's start, where input used to be lost.
@@ -75,8 +76,7 @@ for (const cpus of [1, 2]) {
       let next = 0;
       const worker = async (): Promise<void> => {
         while (next < TRIALS) {
-          next++;
-          results.push(await trial(snap, cpus));
+          results.push(await trial(snap, cpus, next++));
         }
       };
       await Promise.all(Array.from({ length: CONCURRENCY }, worker));
