@@ -127,3 +127,20 @@ function yunSyncIn(env: NodeJS.ProcessEnv, ...args: string[]): { code: number | 
   const r = spawnSync(process.execPath, [YUN, ...args], { encoding: "utf8", env, timeout: 60_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
+
+/** The full Debian image (systemd, a serial getty with root autologin, bash), if pulled here. */
+const full = findImage("debian");
+const fullImage = full?.packages.some((p) => p.name === "systemd") === true;
+
+test(
+  "the README's scripted example on the full image: prints 42 and exits 0",
+  { skip: fullImage ? false : "no full debian image here (yun image pull debian)", timeout: 900_000 },
+  async (t) => {
+    // As the README has it (the default image is the full one): piped before the getty has even
+    // started, the input waits for bash's prompt after the autologin.
+    const r = await runYun(["run", "--image", "debian"], "echo $((6*7))\npoweroff -f\n", 880_000);
+    t.diagnostic(`boot, script and power-off took ${r.seconds.toFixed(0)} s`);
+    assert.equal(r.code, 0, `exit ${r.code ?? r.signal}${tail(r.console)}`);
+    assert.match(r.console, /# echo \$\(\(6\*7\)\)\r\n42\r\n/, tail(r.console));
+  },
+);
