@@ -1099,9 +1099,12 @@ async function attachConsole(ctx: Ctx): Promise<number> {
   const c = ctx.client();
   const name = ctx.args[0]!;
   const inst = await c.getInstance(name); // a clear 404 before the WebSocket
-  const ws = new WebSocket(c.consoleUrl(inst.id), c.consoleProtocols());
   const stdin = process.stdin;
   const tty = stdin.isTTY === true;
+  // Unless this terminal both shows the output and types (and so answers the guest's terminal
+  // queries), the VM's monitor plays the terminal and holds piped input until the shell is ready.
+  const piped = !(tty && process.stdout.isTTY === true);
+  const ws = new WebSocket(c.consoleUrl(inst.id, { piped }), c.consoleProtocols());
   return new Promise<number>((resolve) => {
     let opened = false;
     let finished = false;

@@ -2,7 +2,8 @@
  * `yun run`: boot a VM with its console on this terminal.
  *
  * On a terminal the console is interactive (raw mode; Ctrl-A X quits, Ctrl-A Ctrl-A sends Ctrl-A).
- * With stdin not a terminal, input is queued and handed to the guest as its UART reads it, so
+ * With stdin not a terminal, Yun is the guest's terminal (src/vmm/terminal.ts): it answers the
+ * guest's terminal queries, and holds the piped input until the guest's shell is ready for it, so
  * `printf 'echo hi\npoweroff -f\n' | yun run` works as a script.
  *
  * Disks: by default the VM boots from a throwaway qcow2 overlay on the image's root disk, created in
@@ -27,6 +28,7 @@ import { userNetAddresses } from "../net/link.js";
 import { parseMac, stableMac, formatMac } from "../net/ethernet.js";
 import { type DiskRef, type NetChoice, type VmSpec } from "../vmm/spec.js";
 import { VmMonitor, type MonitorOptions } from "../vmm/monitor.js";
+import type { TypeAheadRule } from "../vmm/terminal.js";
 import { ControlServer } from "../vmm/control.js";
 import {
   listenForMigration,
@@ -121,7 +123,10 @@ Network (virtio-net):
 Without --net or --no-net the VM gets user-mode networking: it is 10.0.2.15 (by DHCP) behind a
 NAT whose gateway 10.0.2.2 is the host's 127.0.0.1.
 
-In a terminal, Ctrl-A X quits. The exit status is 0 when the guest powers off.
+In a terminal, Ctrl-A X quits. With stdin not a terminal, Yun is the guest's terminal: it answers
+its terminal queries and holds the piped input until the guest's shell shows its prompt (with
+--kernel, also until the console has been silent for 2 s). The exit status is 0 when the guest
+powers off.
 `;
 
 /** The default kernel command line: serial console; the crypto self-tests (half a billion guest
@@ -192,6 +197,8 @@ function preflightDisk(path: string): BootEntry {
 
 export interface RunOptions {
   kernel: string;
+  /** The kernel is the user's (--kernel), not an image's. */
+  ownKernel?: boolean;
   initrd?: string;
   firmware: string | null;
   append: string;
@@ -535,6 +542,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   }
   return {
     kernel,
+    ownKernel: v.kernel !== undefined,
     initrd,
     firmware,
     append,
@@ -720,6 +728,9 @@ export async function runCommand(args: string[]): Promise<number> {
     echo: flags.headless ? null : (bytes) => process.stdout.write(bytes),
     // Piped input is for the guest's shell; a terminal's (or an attached console's) reaches U-Boot too.
     typedInput: flags.headless || interactive,
+    // Only a terminal that both shows the output and types into the guest answers its queries.
+    echoIsTerminal: interactive && process.stdout.isTTY === true,
+    typeAhead: typeAheadRule(opts),
   };
   // Bad images, snapshots, networks, names: one sentence each. (YUN_DEBUG=1 shows the stack.)
   const fail = (e: unknown): number => {
@@ -843,13 +854,30 @@ export async function runCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-/** Connects stdin to the guest console; returns a function that disconnects it. */
+/**
+ * When piped input reaches the guest (src/vmm/terminal.ts): a snapshot records whether its guest's
+ * shell was ready; a migrated guest is past its boot; an image's boot shows a shell prompt (its
+ * getty or init may flush the tty before); a kernel of the user's own may read its input without
+ * a prompt, so a silent console lets it go.
+ */
+function typeAheadRule(opts: RunOptions): TypeAheadRule | undefined {
+  if (opts.monitor.restore !== undefined) return undefined; // the snapshot's
+  if (opts.monitor.incoming !== undefined) return "immediate";
+  return opts.ownKernel === true ? "prompt-or-silence" : "prompt";
+}
+
+/**
+ * Connects stdin to the guest console; returns a function that disconnects it. Keys from a
+ * terminal go to the guest as typed; piped input is typed ahead (VmMonitor.typeIn).
+ */
 function attachConsole(monitor: VmMonitor, interactive: boolean): () => void {
   const stdin = process.stdin;
+  // Yun's terminal answers for the screen the output goes to, if that is a terminal.
+  if (process.stdout.isTTY) monitor.terminal.resize(process.stdout.rows, process.stdout.columns);
   let escape = false;
   const onData = (chunk: Buffer): void => {
     if (!interactive) {
-      monitor.input(chunk);
+      monitor.typeIn(chunk);
       return;
     }
     const out: number[] = [];

@@ -94,9 +94,11 @@ async function list(json: boolean): Promise<number> {
 }
 
 async function attach(socketPath: string): Promise<number> {
-  const s = await openConsole(socketPath, true);
   const stdin = process.stdin;
   const tty = stdin.isTTY === true;
+  // Unless this terminal both shows the output and types (and so answers the guest's terminal
+  // queries), the monitor plays the terminal and holds piped keys until the guest's shell is ready.
+  const s = await openConsole(socketPath, true, !(tty && process.stdout.isTTY === true));
   if (tty) process.stderr.write("yun: attached; Ctrl-] detaches\r\n");
   return new Promise((done) => {
     const finish = (code: number): void => {

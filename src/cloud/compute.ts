@@ -69,8 +69,11 @@ export interface ComputeDriver {
   attach(id: string, socket: string, pid: number): Promise<boolean>;
   /** One control-API request to a VM this driver is attached to. */
   control<T = Record<string, unknown>>(id: string, op: string, args?: Record<string, unknown>): Promise<T>;
-  /** A raw console stream (after the monitor's ok line; `rest`: bytes already read). */
-  console(id: string, replay: boolean): Promise<{ socket: net.Socket; rest: Buffer }>;
+  /**
+   * A raw console stream (after the monitor's ok line; `rest`: bytes already read); `piped`: for a
+   * client that is not a terminal (see openConsole in src/vmm/client.ts).
+   */
+  console(id: string, replay: boolean, piped?: boolean): Promise<{ socket: net.Socket; rest: Buffer }>;
   /** Stops the VM: the stop op, then SIGKILL to its process group if it does not exit in time. */
   stop(id: string, pid: number | null): Promise<void>;
   /** Kills a monitor process (group) without asking. */
@@ -211,10 +214,10 @@ export class MonitorDriver implements ComputeDriver {
     return a.conn.request<T>(op, args);
   }
 
-  async console(id: string, replay: boolean): Promise<{ socket: net.Socket; rest: Buffer }> {
+  async console(id: string, replay: boolean, piped = false): Promise<{ socket: net.Socket; rest: Buffer }> {
     const a = this.attached.get(id);
     if (!a) throw new MonitorError(`instance ${id} has no running VM monitor`);
-    return openStream(a.socket, "console", { replay });
+    return openStream(a.socket, "console", piped ? { replay, piped } : { replay });
   }
 
   async stop(id: string, pid: number | null): Promise<void> {

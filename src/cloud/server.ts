@@ -549,7 +549,7 @@ export function createApp(
     path: "/api/v1/instances/{id}/console",
     summary: "The serial console as a WebSocket",
     description:
-      "Upgrade to WebSocket; the token goes in the subprotocol bearer.<token> (or an Authorization header), never in the URL. A browser's Origin must be this server. Raw console bytes both ways; the last output is replayed first.",
+      "Upgrade to WebSocket; the token goes in the subprotocol bearer.<token> (or an Authorization header), never in the URL. A browser's Origin must be this server. Raw console bytes both ways; the last output is replayed first. With ?piped=1 the client is a script, not a terminal: the VM's monitor answers the guest's terminal queries (cursor position and the like) for it and leaves them out of what it sends, and holds what the client sends until the guest's shell is ready for it.",
     request: { params: S.IdParam },
     responses: { 101: { description: "switching to the console" }, ...ERRORS },
   });
@@ -1016,7 +1016,7 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean, limi
       return rejectUpgrade(socket, err.status, err.code, err.message);
     }
     cloud.driver
-      .console(id, true)
+      .console(id, true, url.searchParams.get("piped") === "1")
       .then(({ socket: vm, rest }) => {
         wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
           const actor = { id: p.userId, name: p.userName };

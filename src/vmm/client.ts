@@ -155,10 +155,11 @@ export function openStream(
 /**
  * Attaches to the VM's console: resolves with the socket, paused (so nothing is lost before the
  * caller reads: pipe() or resume()); reads are console output (the kept history first with
- * `replay`), writes are keys.
+ * `replay`), writes are keys. A `piped` client is a script rather than a terminal: the monitor
+ * answers the guest's terminal queries for it and holds its keys until the guest's shell is ready.
  */
-export async function openConsole(path: string, replay = true): Promise<net.Socket> {
-  const { socket, rest } = await openStream(path, "console", { replay });
+export async function openConsole(path: string, replay = true, piped = false): Promise<net.Socket> {
+  const { socket, rest } = await openStream(path, "console", piped ? { replay, piped } : { replay });
   if (rest.length > 0) socket.unshift(rest);
   return socket;
 }

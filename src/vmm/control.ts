@@ -186,6 +186,7 @@ export class ControlServer {
     socket.on("error", () => {});
     let buffered = "";
     let raw = false;
+    let piped = false;
     const answer = (id: unknown, ok: boolean, payload: unknown): void => {
       if (socket.writable)
         socket.write(JSON.stringify(ok ? { id, ok, result: payload } : { id, ok, error: payload }) + "\n");
@@ -205,7 +206,8 @@ export class ControlServer {
       if (req.op === "console") {
         answer(id, true, { attached: true });
         raw = true;
-        this.attachRaw(socket, req.replay === true);
+        piped = req.piped === true;
+        this.attachRaw(socket, req.replay === true, piped);
         return;
       }
       if (req.op === "watch") {
@@ -235,21 +237,30 @@ export class ControlServer {
         void onLine(line);
       }
       if (raw && buffered.length > 0) {
-        this.monitor.input(Buffer.from(buffered, "utf8"));
+        const keys = Buffer.from(buffered, "utf8");
+        if (piped) this.monitor.typeIn(keys);
+        else this.monitor.input(keys);
         buffered = "";
       }
     });
   }
 
-  /** Turns the connection into the console: output (history first if asked) out, keys in. */
-  private attachRaw(socket: Socket, replay: boolean): void {
+  /**
+   * Turns the connection into the console: output (history first if asked) out, keys in. A piped
+   * client is a script, not a terminal: the monitor answers the guest's terminal queries for it
+   * and holds its keys until the guest's shell is ready (VmMonitor.typeIn).
+   */
+  private attachRaw(socket: Socket, replay: boolean, piped: boolean): void {
     if (replay) socket.write(this.monitor.history.contents());
     // A client that does not keep up loses output rather than growing this process's buffers
     // (the history keeps the newest CONSOLE_HISTORY_BYTES for a later replay).
-    const detach = this.monitor.attachConsole((bytes) => {
-      if (socket.writable && socket.writableLength < CONSOLE_HISTORY_BYTES) socket.write(bytes);
-    });
-    socket.on("data", (chunk: Buffer) => this.monitor.input(chunk));
+    const detach = this.monitor.attachConsole(
+      (bytes) => {
+        if (socket.writable && socket.writableLength < CONSOLE_HISTORY_BYTES) socket.write(bytes);
+      },
+      { piped },
+    );
+    socket.on("data", (chunk: Buffer) => (piped ? this.monitor.typeIn(chunk) : this.monitor.input(chunk)));
     socket.on("close", detach);
   }
 

@@ -27,6 +27,7 @@ import { createOverlay, makeOwnedDir } from "./overlay.js";
 import { DeferredNet } from "./deferred.js";
 import { UserNet, type HostForward, type PublishedForward } from "../net/usernet.js";
 import { BootLoaderWatch } from "./bootwatch.js";
+import { ConsoleTerminal, TypeAhead, PROMPT_QUIET_MS, type QueryHandler, type TypeAheadRule } from "./terminal.js";
 
 /** fsync of a file, so that what snapshot.json promises is on disk before it is written. */
 function syncFile(path: string): void {
@@ -120,6 +121,19 @@ export interface MonitorOptions {
    * for the guest's shell: then a boot loader (U-Boot, GRUB) gets it too. Default false.
    */
   typedInput?: boolean;
+  /**
+   * The echo is a real terminal, which answers the guest's queries itself (stdin and stdout on one
+   * terminal); otherwise the echo gets the output with the queries the monitor answered removed.
+   */
+  echoIsTerminal?: boolean;
+  /** When typed-ahead input (typeIn) reaches the guest; default "prompt". */
+  typeAhead?: TypeAheadRule;
+}
+
+/** How a console attaches: a real terminal (answers the guest's queries itself), or a script. */
+export interface ConsoleAttachment {
+  /** Not a real terminal: the monitor answers the guest's terminal queries and removes them. */
+  piped?: boolean;
 }
 
 export interface MonitorMetrics {
@@ -147,7 +161,14 @@ export class VmMonitor {
   state: VmState = "running";
   readonly startedAt = Date.now();
   readonly history = new ConsoleHistory();
+  /** The terminal the monitor plays on the console when no real one is attached (terminal.ts). */
+  readonly terminal = new ConsoleTerminal();
+  /** Consoles on real terminals (raw output) and consoles of scripts (queries removed). */
   private readonly consoles = new Set<(bytes: Uint8Array) => void>();
+  private readonly pipedConsoles = new Set<(bytes: Uint8Array) => void>();
+  private readonly typeAhead: TypeAhead;
+  private typeAheadTimer: NodeJS.Timeout | null = null;
+  private lastOutputAt = performance.now();
   private readonly stateWatchers = new Set<(state: VmState) => void>();
   private current: VirtMachine | null = null;
   /** The last snapshot taken, which an incremental one adds to. */
@@ -166,6 +187,7 @@ export class VmMonitor {
   private constructor(spec: VmSpec, opts: MonitorOptions) {
     this.spec = spec;
     this.opts = opts;
+    this.typeAhead = new TypeAhead(opts.typeAhead ?? "prompt");
   }
 
   /** The running machine. */
@@ -217,6 +239,7 @@ export class VmMonitor {
         throw e instanceof SnapshotError ? e : new SnapshotError(`snapshot ${loaded.dir}: ${(e as Error).message}`);
       }
       m.lastSnapshot = null;
+      m.typeAhead.follow(opts.typeAhead ?? body.typeAhead ?? "immediate");
       return { monitor: m, notes, ownedDir };
     } catch (e) {
       if (madeDir && ownedDir) rmSync(ownedDir, { recursive: true, force: true });
@@ -271,10 +294,47 @@ export class VmMonitor {
   }
 
   private output(bytes: Uint8Array): void {
-    this.history.append(bytes);
+    this.lastOutputAt = performance.now();
     this.watchBoot(bytes);
-    this.opts.echo?.(bytes);
+    const shown = this.terminal.scan(bytes, this.onQuery);
+    if (shown.length > 0) this.history.append(shown);
+    if (this.opts.echo) {
+      if (this.opts.echoIsTerminal === true) this.opts.echo(bytes);
+      else if (shown.length > 0) this.opts.echo(shown);
+    }
     for (const c of this.consoles) c(bytes);
+    if (shown.length > 0) for (const c of this.pipedConsoles) c(shown);
+  }
+
+  /**
+   * A query the guest wrote to its terminal: the monitor answers it unless a real terminal sees
+   * the console (which answers itself). A line editor asking at its prompt is ready for input.
+   */
+  private readonly onQuery: QueryHandler = (answer, query, atPrompt) => {
+    const m = this.current;
+    if (m === null) return;
+    if (this.consoles.size === 0 && this.opts.echoIsTerminal !== true) m.answer(answer);
+    if (query === "cursor" && atPrompt) this.releaseTypeAhead();
+  };
+
+  private releaseTypeAhead(): void {
+    if (this.typeAhead.isOpen) return;
+    const held = this.typeAhead.release();
+    if (held.length > 0) this.current?.input(held);
+    if (this.typeAheadTimer !== null) clearTimeout(this.typeAheadTimer);
+    this.typeAheadTimer = null;
+  }
+
+  /** While input is held: looks every PROMPT_QUIET_MS / 3 whether the guest is ready for it. */
+  private watchTypeAhead(): void {
+    if (this.typeAheadTimer !== null || this.typeAhead.isOpen || this.typeAhead.pending === 0) return;
+    const look = (): void => {
+      this.typeAheadTimer = null;
+      if (this.typeAhead.due(performance.now() - this.lastOutputAt, this.terminal.atPrompt)) this.releaseTypeAhead();
+      else if (this.state !== "stopped") this.watchTypeAhead();
+    };
+    this.typeAheadTimer = setTimeout(look, PROMPT_QUIET_MS / 3);
+    this.typeAheadTimer.unref();
   }
 
   /** A disk boot that U-Boot gave up on ends the VM with the reason, rather than idling at a prompt. */
@@ -300,10 +360,15 @@ export class VmMonitor {
     for (const w of this.stateWatchers) w(state);
   }
 
-  /** Subscribes to console output; returns the unsubscribe function. */
-  attachConsole(sink: (bytes: Uint8Array) => void): () => void {
-    this.consoles.add(sink);
-    return () => this.consoles.delete(sink);
+  /**
+   * Subscribes to console output; returns the unsubscribe function. A `piped` console gets the
+   * output without the terminal queries, which the monitor answers while no real terminal is
+   * attached.
+   */
+  attachConsole(sink: (bytes: Uint8Array) => void, how: ConsoleAttachment = {}): () => void {
+    const set = how.piped === true ? this.pipedConsoles : this.consoles;
+    set.add(sink);
+    return () => set.delete(sink);
   }
 
   /** Subscribes to state changes; returns the unsubscribe function. */
@@ -315,6 +380,20 @@ export class VmMonitor {
   /** Console input (keys typed on an attached console). */
   input(bytes: Uint8Array): void {
     this.current?.input(bytes);
+  }
+
+  /**
+   * Console input typed ahead by a script (piped stdin, a piped console): held until the guest is
+   * ready to read it (MonitorOptions.typeAhead, see terminal.ts), then handed over in order.
+   */
+  typeIn(bytes: Uint8Array): void {
+    const now = this.typeAhead.push(bytes);
+    if (now !== null) {
+      this.current?.input(now);
+      return;
+    }
+    if (this.typeAhead.due(performance.now() - this.lastOutputAt, this.terminal.atPrompt)) this.releaseTypeAhead();
+    else this.watchTypeAhead();
   }
 
   /**
@@ -333,10 +412,15 @@ export class VmMonitor {
       if (result.kind === "reset" && !this.stopRequested) {
         this.keepMetrics(machine);
         this.opts.log("guest rebooted");
+        // Input the old boot did not read waits for the new boot's shell.
+        this.typeAhead.restart(machine.takeInput());
         await this.build();
+        this.watchTypeAhead();
         continue;
       }
       this.setState("stopped");
+      if (this.typeAheadTimer !== null) clearTimeout(this.typeAheadTimer);
+      this.typeAheadTimer = null;
       return result;
     }
   }
@@ -510,6 +594,7 @@ export class VmMonitor {
         parent,
         memory,
         diskCopies,
+        typeAhead: this.typeAhead.current,
       };
       writeSnapshotJson(abs, body);
       this.lastSnapshot = { dir: abs, id: body.id };
@@ -575,6 +660,8 @@ export class VmMonitor {
       }
     }
     this.lastSnapshot = null;
+    this.typeAhead.follow(body.typeAhead ?? "immediate");
+    this.watchTypeAhead();
     if (wasPaused) this.machine.pause();
     this.setState(wasPaused ? "paused" : "running");
     old.stop("poweroff", 0);

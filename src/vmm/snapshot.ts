@@ -28,6 +28,7 @@ import { join, resolve } from "node:path";
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from "../storage/private.js";
 import type { MachineState } from "./virt.js";
 import { checkSpec, type VmSpec } from "./spec.js";
+import { isTypeAheadRule, type TypeAheadRule } from "./terminal.js";
 import { allocateRam, ramView, type RamStorage } from "../cpu/bus.js";
 
 export const SNAPSHOT_FORMAT = "yun-snapshot";
@@ -57,6 +58,11 @@ export interface SnapshotBody {
   memory: MemoryInfo;
   /** Per disk of the spec: a copy in this directory (file name), or null (the spec's path). */
   diskCopies: (string | null)[];
+  /**
+   * When input piped into the restored VM reaches the guest (src/vmm/terminal.ts): "immediate" if
+   * its shell was ready when the snapshot was taken, else its boot's rule. Older snapshots: none.
+   */
+  typeAhead?: TypeAheadRule;
 }
 
 /** The pages worth storing: those marked in `only` (incremental), or every page not all zeros. */
@@ -215,6 +221,7 @@ function checkBody(b: SnapshotBody): string | null {
   ) {
     return "its list of disk copies is malformed";
   }
+  if (b.typeAhead !== undefined && !isTypeAheadRule(b.typeAhead)) return "its console input rule is malformed";
   return null;
 }
 

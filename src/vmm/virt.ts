@@ -204,6 +204,10 @@ export class VirtMachine {
   private closed = false;
   private readonly config: VirtConfig;
   private readonly inputQueue: number[] = [];
+  /** How many bytes at the head of inputQueue are terminal answers (see answer()). */
+  private answerBytes = 0;
+  /** One byte for the UART, without an array per byte. */
+  private readonly oneByte = new Uint8Array(1);
   private outBuf = new Uint8Array(4096);
   private outLen = 0;
   private power: PowerOff | null = null;
@@ -317,7 +321,7 @@ export class VirtMachine {
     } else {
       this.sbi = new HypervisorSbi([hart], {
         putByte: (b) => this.putByte(b),
-        getByte: () => (this.inputQueue.length > 0 ? (this.inputTaken++, this.inputQueue.shift()!) : -1),
+        getByte: () => this.nextInput(),
         reset: (kind, reason) => this.powerEvent({ kind: kind === "poweroff" ? "poweroff" : "reset", code: reason }),
         readPhysical: (pa, len) => {
           const off = this.bus.ramOffset(pa);
@@ -491,6 +495,35 @@ export class VirtMachine {
     this.threads?.ring();
   }
 
+  /**
+   * A terminal's answer to a query the guest wrote (src/vmm/terminal.ts): it goes ahead of the
+   * input queued and not yet handed to the guest, after earlier answers still waiting, as a
+   * terminal's answer reaches the guest before keys typed after it.
+   */
+  answer(bytes: Uint8Array): void {
+    this.inputQueue.splice(this.answerBytes, 0, ...bytes);
+    this.answerBytes += bytes.length;
+    this.wake?.();
+    this.threads?.ring();
+  }
+
+  /** Takes back the console input the guest has not read yet (a reboot hands it to the next boot). */
+  takeInput(): Uint8Array {
+    const out = Uint8Array.from(this.inputQueue);
+    this.inputQueue.length = 0;
+    this.answerBytes = 0;
+    return out;
+  }
+
+  /** The next queued input byte, or -1. */
+  private nextInput(): number {
+    if (this.inputQueue.length === 0) return -1;
+    // Terminal answers are not typed input (inputTaken tells the boot watch somebody typed).
+    if (this.answerBytes > 0) this.answerBytes--;
+    else this.inputTaken++;
+    return this.inputQueue.shift()!;
+  }
+
   /** Asks the machine to stop as if powered off (host-side quit). */
   stop(kind: PowerOff["kind"] = "poweroff", code = 0): void {
     this.powerEvent({ kind, code });
@@ -537,8 +570,8 @@ export class VirtMachine {
   private feedInput(): void {
     const uart = this.uart;
     while (this.inputQueue.length > 0 && (uart.inputWanted() || (this.bootLoaderInput && uart.inputRoom()))) {
-      this.inputTaken++;
-      uart.pushInput([this.inputQueue.shift()!]);
+      this.oneByte[0] = this.nextInput();
+      uart.pushInput(this.oneByte);
     }
   }
 
@@ -675,6 +708,7 @@ export class VirtMachine {
     load("virtio console", () => this.console.restore(s.console));
     load("virtio-rng", () => this.rng.restore(s.rng));
     this.inputQueue.length = 0;
+    this.answerBytes = 0;
     for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);
     // RAM was replaced wholesale: drop translated code and cached translations.
     this.bus.externalWrite(0, this.bus.ramSize);
