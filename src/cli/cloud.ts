@@ -7,6 +7,7 @@
  * Exit codes: 0 success; 1 the API refused (its one-sentence message is printed) or the server is
  * unreachable; 2 bad flags or arguments (with the command's usage).
  */
+import { DEFAULT_IMAGE } from "../images/pull.js";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { closeSync, createReadStream, openSync, readFileSync, readSync, rmSync, statSync } from "node:fs";
 import { Readable } from "node:stream";
@@ -265,7 +266,7 @@ const instance: Noun = {
         const name = flagName ?? ctx.args[0];
         if (name === undefined) throw new UsageError("a name is required (NAME or --name NAME)");
         // The defaults: the full Debian image, with room for systemd, cloud-init and apt.
-        const image = str(ctx, "image") ?? "debian";
+        const image = str(ctx, "image") ?? DEFAULT_IMAGE;
         const flavor = str(ctx, "flavor") ?? "medium";
         const keyPair = str(ctx, "key") ?? str(ctx, "key-pair");
         if (str(ctx, "key") !== undefined && str(ctx, "key-pair") !== undefined)

@@ -7,7 +7,9 @@ import { ImageError } from "./util.js";
 export type { PullOptions };
 
 /** The image `yun run` boots and the cloud offers first when none is named. */
-export const DEFAULT_IMAGE = FULL_IMAGE;
+// The full image is not the default yet: on Yun its boot to a shell takes many minutes (issue 14's
+// speed work comes first), so `yun run` and the cloud keep the busybox image unless told.
+export const DEFAULT_IMAGE = TINY_IMAGE;
 
 /** Builds (or confirms) the image `name` and returns its description. */
 export async function pullImage(name: string, opts: PullOptions = {}): Promise<ImageInfo> {

@@ -118,7 +118,7 @@ test(
   "the README's scripted example on the full image: prints 42 and exits 0",
   { skip: fullImage ? false : "no full debian image here (yun image pull debian)", timeout: 900_000 },
   async (t) => {
-    // As the README has it (the default image is the full one): piped before the getty has even
+    // As the README has it, on the full image: piped before the getty has even
     // started, the input waits for bash's prompt after the autologin.
     const r = await runYun(["run", "--image", "debian"], "echo $((6*7))\npoweroff -f\n", 880_000);
     t.diagnostic(`boot, script and power-off took ${r.seconds.toFixed(0)} s`);
