@@ -114,11 +114,11 @@ test(
       });
 
       let b: { yun: Yun; socket: string };
-      await t.test("restore in a new process: the counter goes on from its value", async () => {
+      await t.test("restore in a new process: the counter goes on from its value", async (st) => {
         b = await headless(`${tag}-b`, "--restore", incr);
         await b.yun.waitFor("the restore message", (s) => /restored .* in \d+ ms/.test(s), 10_000);
-        const ms = Number(/in (\d+) ms/.exec(b.yun.stderr)![1]);
-        assert.ok(ms < 1000, `restoring a 256 MiB guest took ${ms} ms`);
+        // How fast is the lifecycle benchmark's row (npm run bench -- --only lifecycle), not a test's.
+        st.diagnostic(`restoring a 256 MiB guest took ${/in (\d+) ms/.exec(b.yun.stderr)![1]} ms`);
         const cb = await attach(b.socket);
         const v = await counter(cb);
         assert.ok(v >= atSnapshot && v <= atSnapshot + 3, `counter ${v} right after restore (was ${atSnapshot})`);
