@@ -536,9 +536,10 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   if (initrd !== undefined) initrd = checkInput(initrd, "initrd");
   if (firmware !== null) firmware = checkInput(firmware, "firmware");
   if (boot.kind === "kernel" && root.kind !== "none" && !/(^|\s)root=/.test(append)) {
-    // The image's manifest names its root device; on another partitioned disk, its first Linux partition.
+    // On a partitioned disk the kernel's root is a partition: the first Linux one. Otherwise the
+    // whole disk, as the image's manifest says (or /dev/vda).
     const part = table?.find((p) => p.linux) ?? table?.find((p) => !p.esp);
-    append += ` root=${rootFromImage ?? `${ROOT_DEVICE}${part ? part.index : ""}`}`;
+    append += ` root=${part ? `${ROOT_DEVICE}${part.index}` : (rootFromImage ?? ROOT_DEVICE)}`;
   }
   return {
     kernel,
