@@ -12,11 +12,14 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { REAL_IMAGES, tempHome } from "./helpers.js";
+import { fullImageTestsOff } from "../support/full-image.js";
 
 const BIN = resolve(fileURLToPath(import.meta.url), "../../../../bin/yun.js");
 
 /** Why the test cannot run here, or null. */
 function missing(): string | null {
+  const off = fullImageTestsOff();
+  if (off) return off;
   const manifest = join(REAL_IMAGES, "debian", "manifest.json");
   if (!existsSync(manifest)) return `no full Debian image at ${join(REAL_IMAGES, "debian")} (yun image pull debian)`;
   const m = JSON.parse(readFileSync(manifest, "utf8")) as { packages?: { name: string }[] };

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { findImage, readManifest } from "../../src/images/store.js";
+import { fullImageTestsOff } from "../support/full-image.js";
 import { yunHome } from "../../src/images/paths.js";
 import { Yun, yunSync } from "./harness.js";
 
@@ -18,6 +19,8 @@ const BOOT_TIMEOUT = 480_000;
 const TOTAL = 1_500_000;
 
 function fullImageSkip(): string | false {
+  const off = fullImageTestsOff();
+  if (off) return off;
   const image = findImage("debian");
   if (image === undefined) return `no debian image in ${yunHome()} (build it with: sudo npx yun image pull debian)`;
   if (readManifest(image.dir)?.build === undefined) {
