@@ -323,26 +323,51 @@ export async function socketOf(name: string, pid: number): Promise<string> {
  * Restores snapshot `snap` as VM `name` with `--cpu-cap cap`, starts `loops` busy loops in it and
  * returns the share of a host core its process used over 10 s (after 3 s of warm-up).
  */
+/**
+ * The share of a host core a VM restored from `snap` with `--cpu-cap cap` uses while `loops` busy
+ * loops run in it, and the idle cores the host had meanwhile: the cap is an upper bound the VMM
+ * enforces; reaching it also needs a host with time to give.
+ */
 export async function cappedShare(
   children: Yun[],
   name: string,
   snap: string,
   cap: number,
   loops: number,
-): Promise<number> {
+): Promise<{ share: number; hostIdleCores: number }> {
   const c = await headless(children, name, "--restore", snap, "--cpu-cap", String(cap));
   const cc = await attach(c.socket);
   await cc.sh(Array.from({ length: loops }, () => "while :; do :; done &").join(" "));
   await sleep(3000); // translation and warm-up
   const pid = c.yun.child.pid!;
   const c0 = cpuSeconds(pid);
+  const idle0 = hostIdleSeconds();
   const t0 = performance.now();
   await sleep(10_000);
-  const share = (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
+  const seconds = (performance.now() - t0) / 1000;
+  const share = (cpuSeconds(pid) - c0) / seconds;
+  const hostIdleCores = (hostIdleSeconds() - idle0) / seconds;
   cc.close();
   vmJson("stop", name);
   await c.yun.exited;
-  return share;
+  return { share, hostIdleCores };
+}
+
+/** Asserts a capped VM's share: never above the cap; at the cap unless the host had no time to give. */
+export function assertCapped(r: { share: number; hostIdleCores: number }, cap: number): void {
+  const tolerance = 0.05;
+  assert.ok(r.share < cap + tolerance, `share ${r.share.toFixed(3)} is over the cap ${cap}`);
+  if (r.hostIdleCores > 0.25)
+    assert.ok(
+      r.share > cap - tolerance,
+      `share ${r.share.toFixed(3)} under the cap ${cap} while the host had ${r.hostIdleCores.toFixed(2)} cores idle`,
+    );
+}
+
+/** Idle time (s) of all the host's CPUs so far (idle + iowait of /proc/stat's cpu line). */
+function hostIdleSeconds(): number {
+  const fields = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/);
+  return (Number(fields[4]) + Number(fields[5])) / 100;
 }
 
 /** CPU time (s) process `pid` has used so far (user + system, all threads). */
