@@ -325,7 +325,8 @@ export class EtcdStore implements Store {
       this.advance(Number(r.header.revision));
       return out;
     } finally {
-      await this.release();
+      // Unreleased (etcd unreachable), the lock lapses with this server's lease.
+      await this.release().catch(() => undefined);
     }
   }
 
@@ -359,10 +360,10 @@ export class EtcdStore implements Store {
     const lease = await this.leaseId();
     const deadline = Date.now() + this.timeoutMs * 2;
     for (let attempt = 0; ; attempt++) {
-      const r = await this.client
-        .if(LOCK, "Create", "==", 0)
-        .then(this.client.put(LOCK).value(this.holder).lease(lease))
-        .commit();
+      const r = await this.within(
+        this.client.if(LOCK, "Create", "==", 0).then(this.client.put(LOCK).value(this.holder).lease(lease)).commit(),
+        "etcd did not answer",
+      );
       if (r.succeeded) return;
       if (Date.now() > deadline)
         throw new Error("another API server has held the cloud's etcd lock too long; try again");
