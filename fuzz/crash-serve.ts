@@ -19,7 +19,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { YunApiError, YunClient } from "../src/cloud/client.js";
 import { checkCloudInvariants } from "../src/cloud/invariants.js";
-import { cloudMonitorProcesses } from "../src/cloud/compute.js";
+import { cloudMonitorProcesses } from "../src/cloud/compute/driver.js";
 import type { Instance, Snapshot, Volume } from "../src/cloud/types.js";
 import { YUN, sleep } from "../test/e2e/harness.js";
 import { REAL_IMAGES } from "../test/cloud/helpers.js";

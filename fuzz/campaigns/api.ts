@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { Cloud } from "../../src/cloud/cloud.js";
 import { createApp, type ServerOptions } from "../../src/cloud/server.js";
 import { NO_RATE_LIMITS } from "../../src/cloud/limits.js";
-import type { ComputeDriver, LaunchSpec, Launched } from "../../src/cloud/compute.js";
+import type { ComputeDriver, LaunchSpec, Launched } from "../../src/cloud/compute/driver.js";
 import { REAL_IMAGES } from "../../test/cloud/helpers.js";
 import { FuzzFailure, leakGuard, must, timedAsync, type Campaign, type Session } from "../campaign.js";
 
@@ -333,7 +333,7 @@ export const apiCampaign: Campaign = {
     process.env.YUN_HOME = home;
     const driver = new StubDriver();
     const cloud = new Cloud({ home, driver, tickMs: 0 });
-    cloud.bootstrap();
+    await cloud.bootstrap();
     await cloud.reconcile();
     const app = createApp(cloud, fuzzServerOptions());
     let requests = 0;

@@ -8,13 +8,14 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Cloud } from "../cloud/cloud.js";
-import { MonitorDriver } from "../cloud/compute.js";
+import { MonitorDriver } from "../cloud/compute/driver.js";
 import { listen } from "../cloud/server.js";
 import { isLoopback, readTlsFiles, type TlsFiles } from "../cloud/security.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
 import { localUrl, readServeRecord, removeServeRecord, serveRecordPath, writeServeRecord } from "../cloud/endpoint.js";
 import { yunHome } from "../images/paths.js";
 import { tightenTree } from "../storage/private.js";
+import { EtcdStore, parseEtcdUrls } from "../cloud/store/etcd.js";
 import { DEFAULT_LIMITS, NO_RATE_LIMITS, type LimitSettings } from "../cloud/limits.js";
 
 const HELP = `Usage: yun serve [options]
@@ -34,6 +35,9 @@ Options:
                     network in clear text); without it such a --listen needs --tls-cert/--tls-key
   --rate-limit N    API requests a second per token (default ${DEFAULT_LIMITS.apiRate}; 0 turns every rate limit off)
   --rate-burst N    requests a token may send at once beyond the rate (default ${DEFAULT_LIMITS.apiBurst})
+  --etcd URL[,URL...]  keep the cloud's records in etcd (the client URLs of one etcd cluster),
+                    shared with the other yun serve processes given the same cluster; without
+                    it, in SQLite at $YUN_HOME/cloud/yun.db
   --login-failures N  failed logins a minute per client address before it must wait
                     (default ${DEFAULT_LIMITS.loginFailuresPerMinute}, in bursts of ${DEFAULT_LIMITS.loginFailureBurst}; 0: no limit)
   -h, --help        show this help
@@ -68,6 +72,7 @@ export async function serveCommand(args: string[]): Promise<number> {
         "rate-limit": { type: "string" },
         "rate-burst": { type: "string" },
         "login-failures": { type: "string" },
+        etcd: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -128,6 +133,15 @@ export async function serveCommand(args: string[]): Promise<number> {
     );
     return 2;
   }
+  let etcdUrls: string[] | undefined;
+  if (v.etcd !== undefined) {
+    try {
+      etcdUrls = parseEtcdUrls(v.etcd);
+    } catch (e) {
+      process.stderr.write(`yun serve: ${(e as Error).message}\n`);
+      return 2;
+    }
+  }
   const home = yunHome();
   const other = readServeRecord(home);
   if (other !== null) {
@@ -153,13 +167,15 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stdout.write(`yun serve: made ${tightened} files and directories under ${home} owner-only\n`);
   let cloud: Cloud;
   try {
-    cloud = new Cloud({ home, driver: new MonitorDriver(home), forwardsBeyondLoopback: !isLoopback(host) });
+    const store = etcdUrls ? await EtcdStore.open(etcdUrls) : undefined;
+    cloud = new Cloud({ home, driver: new MonitorDriver(home), forwardsBeyondLoopback: !isLoopback(host), store });
   } catch (e) {
-    process.stderr.write(`yun serve: cannot open the cloud's state in ${home}/cloud: ${(e as Error).message}\n`);
+    const where = etcdUrls ? `in etcd at ${etcdUrls.join(",")}` : `in ${home}/cloud`;
+    process.stderr.write(`yun serve: cannot open the cloud's state ${where}: ${(e as Error).message}\n`);
     forget();
     return 1;
   }
-  const { adminToken } = cloud.bootstrap();
+  const { adminToken } = await cloud.bootstrap();
   if (adminToken !== null) {
     process.stdout.write(
       `yun serve: created project admin and user admin; its token (shown once, also in ${home}/cloud/admin.token):\n${adminToken}\n`,
@@ -216,7 +232,7 @@ export async function serveCommand(args: string[]): Promise<number> {
   forget();
   process.off("exit", forget);
   await running.close();
-  cloud.close();
+  await cloud.close();
   process.stdout.write("yun serve: stopped (running VMs keep running)\n");
   return 0;
 }

@@ -31,12 +31,17 @@ import { AVAILABLE_IMAGES, findImage } from "../images/store.js";
 import { DEFAULT_IMAGE } from "../images/pull.js";
 import { buildExt4 } from "../images/ext4.js";
 import { PRIVATE_FILE_MODE, makePrivateDir } from "../storage/private.js";
-import { immediate, newId, openDatabase, operationId, randomB32, type DB } from "./db.js";
-import { type ComputeDriver, type LaunchSpec } from "./compute.js";
+import { newId, operationId, randomB32, withoutOperation, type DB } from "./db.js";
+import type { Store } from "./store/store.js";
+import type { ServiceContext } from "./context.js";
+import { SqliteStore } from "./store/sqlite.js";
+import { intToIp, parseCidr } from "./networks/addresses.js";
+import { NetworkService } from "./networks/service.js";
+import { KeyPairService } from "./keypairs/service.js";
+import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
 import { processAlive as alive } from "../vmm/registry.js";
-import { Meter } from "./metering.js";
-import { parseSshPublicKey, type SshPublicKey } from "./sshkey.js";
-import { NetworkServices } from "./netsvc.js";
+import { Meter } from "./metering/meter.js";
+import { NetworkServices } from "./networks/netsvc.js";
 import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, unauthorized } from "./errors.js";
 import type {
   AuditEvent,
@@ -51,8 +56,6 @@ import type {
   InstanceAction,
   InstanceMetrics,
   InstanceState,
-  KeyPair,
-  Network,
   Project,
   QuotaUsage,
   Quotas,
@@ -132,6 +135,8 @@ export interface CloudOptions {
    * 127.0.0.1 (default false: forwards are reachable from this machine only).
    */
   forwardsBeyondLoopback?: boolean;
+  /** Where the records live (default: SQLite at HOME/cloud/yun.db). The cloud closes it. */
+  store?: Store;
 }
 
 interface ForwardRow {
@@ -214,33 +219,48 @@ export function newToken(): string {
   return `yun_${randomB32(40)}`;
 }
 
-export class Cloud {
-  readonly db: DB;
+export class Cloud implements ServiceContext {
+  /** The records (SQLite, or etcd shared with other API servers). */
+  readonly store: Store;
   readonly dir: string;
   readonly meter: Meter;
   readonly driver: ComputeDriver;
   /** DHCP and the gateway address of the private networks. */
   readonly netsvc: NetworkServices;
+  /** The services whose logic lives in their own folder (the others are still methods here). */
+  readonly networks: NetworkService;
+  readonly keypairs: KeyPairService;
   readonly now: () => number;
+  /** The records as SQL tables (read them here; change them in store.transact()). */
+  get db(): DB {
+    return this.store.db;
+  }
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Instances whose VM exited while boot() was still settling them. */
   private readonly exitedDuringBoot = new Set<string>();
   private ticker: NodeJS.Timeout | null = null;
+  /** The start's clean-up of image storage (settleImageStorage). */
+  private readonly settled: Promise<void>;
   private closed = false;
 
   constructor(private readonly opts: CloudOptions) {
     this.dir = join(opts.home, "cloud");
     for (const d of ["", "instances", "images", "volumes", "snapshots"]) makePrivateDir(join(this.dir, d));
-    this.db = openDatabase(join(this.dir, "yun.db"));
+    this.store = opts.store ?? new SqliteStore(join(this.dir, "yun.db"));
     this.now = opts.now ?? Date.now;
     this.meter = new Meter(this.db, this.now);
     this.driver = opts.driver;
     this.netsvc = new NetworkServices(opts.home);
+    this.networks = new NetworkService(this, this.netsvc);
+    this.keypairs = new KeyPairService(this);
     this.driver.onExit = (id) => void this.onVmExit(id);
-    this.settleImageStorage();
+    // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
+    this.settled = this.settleImageStorage();
+    this.settled.catch(() => undefined);
+
     const tick = opts.tickMs ?? 2000;
     if (tick > 0) {
-      this.ticker = setInterval(() => this.meter.tick(), tick);
+      this.ticker = setInterval(() => void this.store.transact(() => this.meter.tick()).catch(() => undefined), tick);
       this.ticker.unref();
     }
   }
@@ -249,10 +269,10 @@ export class Cloud {
    * Uploads cut off by a daemon that died mid-stream leave `.part` files: removed. Images uploaded
    * before images were metered are metered from now on.
    */
-  private settleImageStorage(): void {
+  private async settleImageStorage(): Promise<void> {
     const dir = join(this.dir, "images");
     for (const f of readdirSync(dir)) if (f.endsWith(".part")) rmSync(join(dir, f), { force: true });
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const rows = this.db
         .prepare("SELECT id, name, project_id, size_bytes FROM images WHERE project_id IS NOT NULL")
         .all() as { id: string; name: string; project_id: string; size_bytes: number }[];
@@ -262,7 +282,8 @@ export class Cloud {
     });
   }
 
-  private iso(): string {
+  /** Now, as the records write times. */
+  iso(): string {
     return new Date(this.now()).toISOString();
   }
 
@@ -272,9 +293,10 @@ export class Cloud {
    * First start: project admin, user admin and its token (answered once, written to
    * cloud/admin.token mode 0600), default flavors. Every start: registers the debian image.
    */
-  bootstrap(): { adminToken: string | null } {
+  async bootstrap(): Promise<{ adminToken: string | null }> {
+    await this.settled;
     let adminToken: string | null = null;
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM projects WHERE name = 'admin'").get() === undefined) {
         const pid = newId("prj");
         const q = DEFAULT_QUOTAS;
@@ -297,16 +319,16 @@ export class Cloud {
       writeFileSync(path, adminToken + "\n", { mode: 0o600 });
       chmodSync(path, 0o600);
     }
-    this.syncPublicImages();
+    await this.syncPublicImages();
     return { adminToken };
   }
 
   /** Registers (or refreshes) the public images built by `yun image pull` (debian, debian-tiny). */
-  syncPublicImages(): void {
+  async syncPublicImages(): Promise<void> {
     for (const name of AVAILABLE_IMAGES) {
       const info = findImage(name);
       if (!info) continue;
-      immediate(this.db, () => {
+      await this.store.transact(() => {
         const row = this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = ?").get(name) as
           ImageRow | undefined;
         if (row === undefined) {
@@ -375,7 +397,7 @@ export class Cloud {
     return this.actingProject(p, query);
   }
 
-  private requireWrite(p: Principal): void {
+  requireWrite(p: Principal): void {
     if (p.role === "reader") throw forbidden(`user ${p.userName} has role reader, which may only read`);
   }
 
@@ -420,11 +442,11 @@ export class Cloud {
     return this.projectView(this.visibleProject(p, id));
   }
 
-  createProject(p: Principal, req: { name: string; quotas?: Partial<Quotas> }): Project {
+  async createProject(p: Principal, req: { name: string; quotas?: Partial<Quotas> }): Promise<Project> {
     this.requireAdmin(p);
     const q = { ...DEFAULT_QUOTAS, ...req.quotas };
     const id = newId("prj");
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM projects WHERE name = ?").get(req.name))
         throw conflict(`a project named ${req.name} already exists`);
       this.db
@@ -434,9 +456,9 @@ export class Cloud {
     return this.getProject(p, id);
   }
 
-  deleteProject(p: Principal, idOrName: string): void {
+  async deleteProject(p: Principal, idOrName: string): Promise<void> {
     this.requireAdmin(p);
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const r = this.projectRow(idOrName);
       if (r.name === "admin") throw conflict("the admin project cannot be deleted");
       for (const t of ["instances", "volumes", "networks", "snapshots", "images"]) {
@@ -472,9 +494,9 @@ export class Cloud {
     return { ...this.projectView(r).quotas, used: this.used(r.id) };
   }
 
-  setQuotas(p: Principal, project: string, q: Partial<Quotas>): QuotaUsage {
+  async setQuotas(p: Principal, project: string, q: Partial<Quotas>): Promise<QuotaUsage> {
     this.requireAdmin(p);
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const r = this.projectRow(project);
       this.db
         .prepare("UPDATE projects SET q_instances = ?, q_vcpus = ?, q_memory_mib = ?, q_disk_gib = ? WHERE id = ?")
@@ -543,14 +565,17 @@ export class Cloud {
    * give them a token (members manage only their own), and one who could delete users could
    * take other members' access away.
    */
-  createUser(p: Principal, req: { name: string; role: Role; project?: string; withToken?: boolean }): CreatedUser {
+  async createUser(
+    p: Principal,
+    req: { name: string; role: Role; project?: string; withToken?: boolean },
+  ): Promise<CreatedUser> {
     if (!p.admin) throw forbidden("only an admin may create users");
     const projectId = req.project === undefined ? p.projectId : this.actingProject(p, req.project);
     const id = newId("usr");
     // The token (if asked for) is made in the same transaction: no user is left without the
     // token its creator was promised, and no token without its user.
     const token = req.withToken === true ? newToken() : undefined;
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM users WHERE project_id = ? AND name = ?").get(projectId, req.name))
         throw conflict(`a user named ${req.name} already exists in this project`);
       const now = this.iso();
@@ -561,21 +586,21 @@ export class Cloud {
     return token === undefined ? user : { ...user, token, tokenId: tokenId(hashToken(token)) };
   }
 
-  deleteUser(p: Principal, id: string): void {
+  async deleteUser(p: Principal, id: string): Promise<void> {
     const u = this.userRow(p, id);
     if (!p.admin) throw forbidden("only an admin may delete users");
     if (u.id === p.userId) throw conflict("you cannot delete yourself");
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       this.db.prepare("DELETE FROM tokens WHERE user_id = ?").run(u.id);
       this.db.prepare("DELETE FROM users WHERE id = ?").run(u.id);
     });
   }
 
-  createToken(p: Principal, userId: string): { token: string; user: string; id: string } {
+  async createToken(p: Principal, userId: string): Promise<{ token: string; user: string; id: string }> {
     const u = this.tokenOwner(p, userId, "issue tokens for");
     const token = newToken();
     const hash = hashToken(token);
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (!this.db.prepare("SELECT 1 FROM users WHERE id = ?").get(u.id)) throw notFound(`no user ${userId}`);
       this.db.prepare("INSERT INTO tokens VALUES (?, ?, ?)").run(hash, u.id, this.iso());
     });
@@ -603,9 +628,9 @@ export class Cloud {
   }
 
   /** Revokes one token: from then on it answers 401. */
-  revokeToken(p: Principal, userId: string, id: string): void {
+  async revokeToken(p: Principal, userId: string, id: string): Promise<void> {
     const u = this.tokenOwner(p, userId, "revoke the tokens of");
-    const r = immediate(this.db, () =>
+    const r = await this.store.transact(() =>
       this.db
         .prepare("DELETE FROM tokens WHERE user_id = ? AND substr(hash, 1, 16) = ?")
         .run(u.id, id.replace(/^tok-/, "")),
@@ -632,10 +657,13 @@ export class Cloud {
     return r;
   }
 
-  createFlavor(p: Principal, req: { name: string; vcpus: number; memoryMiB: number; diskGiB: number }): Flavor {
+  async createFlavor(
+    p: Principal,
+    req: { name: string; vcpus: number; memoryMiB: number; diskGiB: number },
+  ): Promise<Flavor> {
     this.requireAdmin(p);
     const id = newId("flv");
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM flavors WHERE name = ?").get(req.name))
         throw conflict(`a flavor named ${req.name} already exists`);
       this.db
@@ -645,9 +673,9 @@ export class Cloud {
     return this.flavorView(this.flavorRow(id));
   }
 
-  deleteFlavor(p: Principal, idOrName: string): void {
+  async deleteFlavor(p: Principal, idOrName: string): Promise<void> {
     this.requireAdmin(p);
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const f = this.flavorRow(idOrName);
       if (this.db.prepare("SELECT 1 FROM instances WHERE flavor_id = ?").get(f.id))
         throw conflict(`flavor ${f.name} is used by instances`);
@@ -670,8 +698,8 @@ export class Cloud {
     };
   }
 
-  listImages(p: Principal, projectQuery?: string): Image[] {
-    this.syncPublicImages();
+  async listImages(p: Principal, projectQuery?: string): Promise<Image[]> {
+    await this.syncPublicImages();
     const scope = this.listScope(p, projectQuery);
     const rows = (
       scope === null
@@ -697,8 +725,8 @@ export class Cloud {
     return r;
   }
 
-  getImage(p: Principal, id: string, projectQuery?: string): Image {
-    this.syncPublicImages();
+  async getImage(p: Principal, id: string, projectQuery?: string): Promise<Image> {
+    await this.syncPublicImages();
     return this.imageView(this.imageRow(p, this.actingProject(p, projectQuery), id));
   }
 
@@ -765,7 +793,7 @@ export class Cloud {
         throw badRequest(`a raw image's size must be a multiple of 512 bytes, got ${size}`);
       }
       openDiskImage(path, { readOnly: true, format, lock: false }).close();
-      immediate(this.db, () => {
+      await this.store.transact(() => {
         if (this.db.prepare("SELECT 1 FROM images WHERE project_id = ? AND name = ?").get(projectId, name))
           throw conflict(`an image named ${name} already exists`);
         // Checked again: other uploads and creates may have used the room meanwhile.
@@ -781,14 +809,14 @@ export class Cloud {
       if (e instanceof ApiError) throw e;
       throw badRequest(`the uploaded image is not a valid ${format} image: ${(e as Error).message}`);
     }
-    return this.getImage(p, id, projectId);
+    return await this.getImage(p, id, projectId);
   }
 
-  deleteImage(p: Principal, id: string, projectQuery?: string): void {
+  async deleteImage(p: Principal, id: string, projectQuery?: string): Promise<void> {
     this.requireWrite(p);
     const r = this.imageRow(p, this.actingProject(p, projectQuery), id);
     if (r.project_id === null) throw forbidden("public images cannot be deleted through the API");
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM instances WHERE image_id = ?").get(r.id))
         throw conflict(`image ${r.name} is in use by instances (their disks are copy-on-write over it)`);
       this.db.prepare("DELETE FROM images WHERE id = ?").run(r.id);
@@ -797,20 +825,10 @@ export class Cloud {
     rmSync(r.path, { force: true });
   }
 
-  // -------------------------------------------------------------------------------- networks
+  // --------------------------------------------------------------------------------- tenancy
 
-  private networkView(r: { id: string; name: string; project_id: string; cidr: string; created_at: string }): Network {
-    return {
-      id: r.id,
-      name: r.name,
-      project: r.project_id,
-      cidr: r.cidr,
-      gateway: intToIp(parseCidr(r.cidr).base + 1),
-      createdAt: r.created_at,
-    };
-  }
-
-  private scoped<T extends { project_id: string }>(
+  /** The row of `table` named by id or name that the caller may see (else 404). */
+  scoped<T extends { project_id: string }>(
     p: Principal,
     table: string,
     what: string,
@@ -828,98 +846,14 @@ export class Cloud {
     throw notFound(`no ${what} ${idOrName}`);
   }
 
-  private listScoped<T>(p: Principal, table: string, projectQuery?: string): T[] {
+  /** The rows of `table` the caller may list, oldest first. */
+  listScoped<T>(p: Principal, table: string, projectQuery?: string): T[] {
     const scope = this.listScope(p, projectQuery);
     return (
       scope === null
         ? this.db.prepare(`SELECT * FROM ${table} ORDER BY created_at, name`).all()
         : this.db.prepare(`SELECT * FROM ${table} WHERE project_id = ? ORDER BY created_at, name`).all(scope)
     ) as T[];
-  }
-
-  listNetworks(p: Principal, projectQuery?: string): Network[] {
-    return this.listScoped<never>(p, "networks", projectQuery).map((r) => this.networkView(r));
-  }
-
-  getNetwork(p: Principal, id: string, projectQuery?: string): Network {
-    return this.networkView(this.scoped(p, "networks", "network", id, projectQuery));
-  }
-
-  createNetwork(p: Principal, req: { name: string; cidr: string }, projectQuery?: string): Network {
-    this.requireWrite(p);
-    const projectId = this.actingProject(p, projectQuery);
-    const c = parseCidr(req.cidr);
-    if (c.prefix < 16 || c.prefix > 29) throw badRequest(`cidr ${req.cidr}: the prefix must be between /16 and /29`);
-    const cidr = `${intToIp(c.base)}/${c.prefix}`;
-    const id = newId("net");
-    immediate(this.db, () => {
-      if (this.db.prepare("SELECT 1 FROM networks WHERE project_id = ? AND name = ?").get(projectId, req.name))
-        throw conflict(`a network named ${req.name} already exists`);
-      this.db.prepare("INSERT INTO networks VALUES (?, ?, ?, ?, ?)").run(id, req.name, projectId, cidr, this.iso());
-    });
-    return this.getNetwork(p, id, projectId);
-  }
-
-  deleteNetwork(p: Principal, id: string, projectQuery?: string): void {
-    this.requireWrite(p);
-    const n = this.scoped<{ id: string; name: string; project_id: string }>(p, "networks", "network", id, projectQuery);
-    immediate(this.db, () => {
-      const used = this.db.prepare("SELECT name FROM instances WHERE network_id = ?").get(n.id) as
-        { name: string } | undefined;
-      if (used) throw conflict(`network ${n.name} is used by instance ${used.name}`);
-      this.db.prepare("DELETE FROM networks WHERE id = ?").run(n.id);
-    });
-    void this.netsvc.stop(n.id);
-  }
-
-  // -------------------------------------------------------------------------------- key pairs
-
-  private keyView(r: {
-    id: string;
-    name: string;
-    project_id: string;
-    public_key: string;
-    fingerprint: string;
-    created_at: string;
-  }): KeyPair {
-    return {
-      id: r.id,
-      name: r.name,
-      project: r.project_id,
-      publicKey: r.public_key,
-      fingerprint: r.fingerprint,
-      createdAt: r.created_at,
-    };
-  }
-
-  listKeyPairs(p: Principal, projectQuery?: string): KeyPair[] {
-    return this.listScoped<never>(p, "keypairs", projectQuery).map((r) => this.keyView(r));
-  }
-
-  createKeyPair(p: Principal, req: { name: string; publicKey: string }, projectQuery?: string): KeyPair {
-    this.requireWrite(p);
-    const projectId = this.actingProject(p, projectQuery);
-    let key: SshPublicKey;
-    try {
-      key = parseSshPublicKey(req.publicKey);
-    } catch (e) {
-      throw badRequest(`publicKey ${(e as Error).message}`);
-    }
-    const id = newId("key");
-    immediate(this.db, () => {
-      if (this.db.prepare("SELECT 1 FROM keypairs WHERE project_id = ? AND name = ?").get(projectId, req.name))
-        throw conflict(`a key pair named ${req.name} already exists`);
-      this.db
-        .prepare("INSERT INTO keypairs VALUES (?, ?, ?, ?, ?, ?)")
-        .run(id, req.name, projectId, key.line, key.fingerprint, this.iso());
-    });
-    return this.keyView(this.scoped(p, "keypairs", "key pair", id));
-  }
-
-  deleteKeyPair(p: Principal, id: string, projectQuery?: string): void {
-    this.requireWrite(p);
-    const k = this.scoped<{ id: string; project_id: string }>(p, "keypairs", "key pair", id, projectQuery);
-    immediate(this.db, () => this.db.prepare("DELETE FROM keypairs WHERE id = ?").run(k.id));
   }
 
   // ------------------------------------------------------------------------------- instances
@@ -997,14 +931,14 @@ export class Cloud {
    * One state transition in one transaction: refuses (409) unless the instance is in one of `from`.
    * `also` runs inside the same transaction (metering, pid).
    */
-  private transition(
+  private async transition(
     id: string,
     from: InstanceState[],
     to: InstanceState,
     verb: string,
     also?: (r: InstanceRow) => void,
-  ): InstanceRow {
-    return immediate(this.db, () => {
+  ): Promise<InstanceRow> {
+    return await this.store.transact(() => {
       const r = this.rowById(id);
       if (!r) throw notFound(`no instance ${id}`);
       if (!from.includes(r.state)) throw conflict(`instance ${r.name} is ${r.state}; it cannot be ${verb}`);
@@ -1048,7 +982,7 @@ export class Cloud {
     // Every NAT instance gets an SSH forward (guest port 22 on a free host port of loopback).
     const sshPort = network ? null : await this.freeHostPort("127.0.0.1");
     const now = this.now();
-    const row = immediate(this.db, () => {
+    const row = await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM instances WHERE project_id = ? AND name = ?").get(projectId, req.name))
         throw conflict(`an instance named ${req.name} already exists in this project`);
       this.checkQuota(projectId, {
@@ -1102,7 +1036,7 @@ export class Cloud {
     try {
       await this.createDisks(row, image);
     } catch (e) {
-      this.setError(id, `its disk could not be created: ${(e as Error).message}`);
+      await this.setError(id, `its disk could not be created: ${(e as Error).message}`);
       return this.getInstance(p, id, projectId);
     }
     // Answered from under the lock, like the actions: a delete (by name) queued behind the boot
@@ -1215,8 +1149,8 @@ export class Cloud {
     chmodSync(join(r.dir, SEED_DISK), mode);
   }
 
-  private setError(id: string, message: string): void {
-    immediate(this.db, () => {
+  private async setError(id: string, message: string): Promise<void> {
+    await this.store.transact(() => {
       const r = this.rowById(id);
       if (!r) return;
       this.db
@@ -1234,9 +1168,9 @@ export class Cloud {
     const r = this.rowById(id);
     if (!r || r.state !== "building") return;
     const image = this.db.prepare("SELECT * FROM images WHERE id = ?").get(r.image_id) as ImageRow | undefined;
-    const boot = image?.kernel ? image : this.bootImage();
+    const boot = image?.kernel ? image : await this.bootImage();
     if (!boot?.kernel || !boot.initrd || !boot.firmware) {
-      this.setError(id, `no kernel to boot it with: run yun image pull ${DEFAULT_IMAGE} on the server`);
+      await this.setError(id, `no kernel to boot it with: run yun image pull ${DEFAULT_IMAGE} on the server`);
       return;
     }
     const disks = (
@@ -1246,14 +1180,14 @@ export class Cloud {
     ).map((v) => v.path);
     if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
     if (disks.length + 1 > maxDisks(true)) {
-      this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true) - 1} fit`);
+      await this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true) - 1} fit`);
       return;
     }
     if (r.network_id) {
       try {
         await this.serveNetwork(r.network_id);
       } catch (e) {
-        this.setError(id, `its network could not be joined: ${(e as Error).message}`);
+        await this.setError(id, `its network could not be joined: ${(e as Error).message}`);
         return;
       }
     }
@@ -1261,9 +1195,9 @@ export class Cloud {
     try {
       netSpec = r.network_id
         ? { kind: "switch", name: r.network_id, metadata: this.writeMetadata(r, r.address ?? "") }
-        : this.natLaunch(r);
+        : await this.natLaunch(r);
     } catch (e) {
-      this.setError(id, `its metadata could not be written: ${(e as Error).message}`);
+      await this.setError(id, `its metadata could not be written: ${(e as Error).message}`);
       return;
     }
     const spec: LaunchSpec = {
@@ -1286,11 +1220,11 @@ export class Cloud {
         this.db.prepare("UPDATE instances SET pid = ?, socket = ? WHERE id = ?").run(pid, socket, id);
       });
     } catch (e) {
-      this.setError(id, (e as Error).message);
+      await this.setError(id, (e as Error).message);
       return;
     }
     let stale = false;
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const cur = this.rowById(id);
       if (!cur || cur.state !== "building") {
         stale = true;
@@ -1302,15 +1236,15 @@ export class Cloud {
       this.openRunMeters(cur);
     });
     if (stale) await this.driver.stop(id, this.rowById(id)?.pid ?? null);
-    else if (this.exitedDuringBoot.delete(id)) this.markStopped(id, "its VM exited right after it started");
+    else if (this.exitedDuringBoot.delete(id)) await this.markStopped(id, "its VM exited right after it started");
   }
 
   /**
    * What a NAT instance's VM needs: its address (given one from the pool if it has none), its
    * metadata file (written owner-only from the record) and its forwards.
    */
-  private natLaunch(r: InstanceRow): LaunchSpec["net"] {
-    const address = immediate(this.db, () => {
+  private async natLaunch(r: InstanceRow): Promise<LaunchSpec["net"]> {
+    const address = await this.store.transact(() => {
       const cur = this.rowById(r.id);
       if (cur?.address) return cur.address;
       const a = this.allocateNatAddress();
@@ -1402,9 +1336,9 @@ export class Cloud {
     let hostPort = req.hostPort ?? 0;
     if (hostPort === 0) hostPort = await this.freeHostPort(hostAddr);
     const id = newId("fwd");
-    this.operationOn(found.id);
+    await this.operationOn(found.id);
     return this.withLock(found.id, async () => {
-      immediate(this.db, () => {
+      await this.store.transact(() => {
         const r = this.rowById(found.id);
         if (!r || r.state === "deleting") throw notFound(`no instance ${found.name}`);
         const n = (
@@ -1422,7 +1356,7 @@ export class Cloud {
         try {
           await this.driver.control(r.id, "forward-add", { hostAddr, hostPort, guestPort: req.guestPort });
         } catch (e) {
-          immediate(this.db, () => this.db.prepare("DELETE FROM forwards WHERE id = ?").run(id));
+          await this.store.transact(() => this.db.prepare("DELETE FROM forwards WHERE id = ?").run(id));
           throw conflict(`the forward could not be published: ${(e as Error).message}`);
         }
       }
@@ -1438,7 +1372,7 @@ export class Cloud {
       const f = this.db.prepare("SELECT * FROM forwards WHERE id = ? AND instance_id = ?").get(forwardId, found.id) as
         ForwardRow | undefined;
       if (!f) throw notFound(`instance ${found.name} has no forward ${forwardId}`);
-      immediate(this.db, () => this.db.prepare("DELETE FROM forwards WHERE id = ?").run(f.id));
+      await this.store.transact(() => this.db.prepare("DELETE FROM forwards WHERE id = ?").run(f.id));
       const r = this.rowById(found.id);
       if (r && (r.state === "running" || r.state === "paused")) {
         await this.driver
@@ -1469,8 +1403,8 @@ export class Cloud {
       this.meter.open(r.project_id, r.id, r.name, "memory", r.memory_mib / 1024, at);
   }
 
-  private bootImage(): ImageRow | undefined {
-    this.syncPublicImages();
+  private async bootImage(): Promise<ImageRow | undefined> {
+    await this.syncPublicImages();
     return this.db.prepare("SELECT * FROM images WHERE project_id IS NULL AND name = ?").get(DEFAULT_IMAGE) as
       ImageRow | undefined;
   }
@@ -1485,7 +1419,7 @@ export class Cloud {
     this.requireWrite(p);
     const found = this.instanceRow(p, idOrName, projectQuery);
     const id = found.id;
-    this.operationOn(id);
+    await this.operationOn(id);
     // The answer is read under the lock too: read after it, a delete queued behind this action
     // could already have moved the instance to deleting (the action would answer 200 "deleting").
     return this.withLock(id, async () => {
@@ -1496,27 +1430,27 @@ export class Cloud {
         throw conflict(`instance ${found.name} ${cur ? "is being" : "was"} deleted; it cannot be ${PAST[action]}`);
       switch (action) {
         case "start":
-          this.transition(id, ["stopped", "error"], "building", "started", () =>
+          await this.transition(id, ["stopped", "error"], "building", "started", () =>
             this.db.prepare("UPDATE instances SET error = NULL WHERE id = ?").run(id),
           );
           await this.boot(id);
           break;
         case "stop": {
-          const r = this.transition(id, ["running", "paused"], "stopping", "stopped");
+          const r = await this.transition(id, ["running", "paused"], "stopping", "stopped");
           await this.driver.stop(id, r.pid);
-          this.markStopped(id);
+          await this.markStopped(id);
           break;
         }
         case "pause": {
           this.checkState(id, ["running"], "paused");
           await this.monitor(id, "pause");
-          this.transition(id, ["running"], "paused", "paused", () => this.meter.close(id, ["cpu"]));
+          await this.transition(id, ["running"], "paused", "paused", () => this.meter.close(id, ["cpu"]));
           break;
         }
         case "resume": {
           this.checkState(id, ["paused"], "resumed");
           await this.monitor(id, "resume");
-          this.transition(id, ["paused"], "running", "resumed", (r) => this.openRunMeters(r, false));
+          await this.transition(id, ["paused"], "running", "resumed", (r) => this.openRunMeters(r, false));
           break;
         }
         case "reboot":
@@ -1562,7 +1496,7 @@ export class Cloud {
       throw conflict(
         `flavor ${f.name} has a smaller disk (${f.disk_gib} GiB) than instance ${r.name} (${r.disk_gib} GiB); disks only grow`,
       );
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const cur = this.checkState(id, ["stopped"], "resized (stop it first)");
       this.checkQuota(cur.project_id, {
         vcpus: f.vcpus - cur.vcpus,
@@ -1584,9 +1518,9 @@ export class Cloud {
   }
 
   /** running/paused/stopping/building → stopped, meters closed, pid cleared; `event`: audited with it. */
-  private markStopped(id: string, why?: string, event?: { action: string; message: string }): boolean {
+  private async markStopped(id: string, why?: string, event?: { action: string; message: string }): Promise<boolean> {
     let changed = false;
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const r = this.rowById(id);
       if (!r || !["running", "paused", "stopping", "building"].includes(r.state)) return;
       this.db
@@ -1611,22 +1545,22 @@ export class Cloud {
       this.exitedDuringBoot.add(id);
       return;
     }
-    this.markStopped(id, undefined, { action: "instance.exited", message: "the VM exited" });
+    await this.markStopped(id, undefined, { action: "instance.exited", message: "the VM exited" });
   }
 
   async deleteInstance(p: Principal, idOrName: string, projectQuery?: string): Promise<void> {
     this.requireWrite(p);
     const id = this.instanceRow(p, idOrName, projectQuery).id;
-    this.operationOn(id);
+    await this.operationOn(id);
     await this.withLock(id, async () => {
-      const r = this.transition(
+      const r = await this.transition(
         id,
         ["building", "running", "paused", "stopping", "stopped", "error", "deleting"],
         "deleting",
         "deleted",
       );
       if (r.pid !== null) await this.driver.stop(id, r.pid);
-      immediate(this.db, () => {
+      await this.store.transact(() => {
         this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE instance_id = ?").run(id);
         this.meter.close(id, ["cpu", "memory", "disk"]);
         this.db.prepare("DELETE FROM forwards WHERE instance_id = ?").run(id);
@@ -1707,11 +1641,11 @@ export class Cloud {
     return this.volumeView(this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery));
   }
 
-  createVolume(
+  async createVolume(
     p: Principal,
     req: { name: string; sizeGiB?: number; snapshot?: string },
     projectQuery?: string,
-  ): Volume {
+  ): Promise<Volume> {
     this.requireWrite(p);
     const projectId = this.actingProject(p, projectQuery);
     const snap = req.snapshot
@@ -1729,7 +1663,7 @@ export class Cloud {
     if (snap && size < snap.size_gib) throw badRequest(`sizeGiB: at least the snapshot's ${snap.size_gib} GiB`);
     const id = newId("vol");
     const path = join(this.dir, "volumes", `${id}.qcow2`);
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       if (this.db.prepare("SELECT 1 FROM volumes WHERE project_id = ? AND name = ?").get(projectId, req.name))
         throw conflict(`a volume named ${req.name} already exists`);
       this.checkQuota(projectId, { diskGiB: size });
@@ -1745,11 +1679,11 @@ export class Cloud {
     return this.getVolume(p, id, projectId);
   }
 
-  deleteVolume(p: Principal, id: string, projectQuery?: string): void {
+  async deleteVolume(p: Principal, id: string, projectQuery?: string): Promise<void> {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
-    this.operationOn(v.id);
-    immediate(this.db, () => {
+    await this.operationOn(v.id);
+    await this.store.transact(() => {
       const cur = this.db.prepare("SELECT instance_id FROM volumes WHERE id = ?").get(v.id) as {
         instance_id: string | null;
       };
@@ -1760,13 +1694,13 @@ export class Cloud {
     rmSync(v.path, { force: true });
   }
 
-  attachVolume(p: Principal, id: string, instance: string, projectQuery?: string): Volume {
+  async attachVolume(p: Principal, id: string, instance: string, projectQuery?: string): Promise<Volume> {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
-    this.operationOn(v.id);
+    await this.operationOn(v.id);
     const i = this.instanceRow(p, instance, v.project_id);
     if (i.project_id !== v.project_id) throw notFound(`no instance ${instance}`);
-    immediate(this.db, () => {
+    await this.store.transact(() => {
       const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
       if (cur.instance_id === i.id) return;
       if (cur.instance_id) throw conflict(`volume ${v.name} is already attached to another instance`);
@@ -1783,11 +1717,11 @@ export class Cloud {
     return this.getVolume(p, v.id);
   }
 
-  detachVolume(p: Principal, id: string, projectQuery?: string): Volume {
+  async detachVolume(p: Principal, id: string, projectQuery?: string): Promise<Volume> {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", id, projectQuery);
-    this.operationOn(v.id);
-    immediate(this.db, () => {
+    await this.operationOn(v.id);
+    await this.store.transact(() => {
       const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
       if (!cur.instance_id) throw conflict(`volume ${v.name} is not attached`);
       this.checkState(cur.instance_id, ["stopped", "error"], "lose a volume while it runs (stop it first)");
@@ -1822,15 +1756,15 @@ export class Cloud {
    * Copy-on-write snapshot: the volume's current file becomes the (read-only) snapshot, and the
    * volume continues as a new qcow2 overlay on it. Refused while the volume's instance runs.
    */
-  createSnapshot(p: Principal, volume: string, name: string, projectQuery?: string): Snapshot {
+  async createSnapshot(p: Principal, volume: string, name: string, projectQuery?: string): Promise<Snapshot> {
     this.requireWrite(p);
     const v = this.scoped<VolumeRow>(p, "volumes", "volume", volume, projectQuery);
-    this.operationOn(v.id);
+    await this.operationOn(v.id);
     const id = newId("snp");
     const snapPath = join(this.dir, "snapshots", `${id}.qcow2`);
     // Recorded before the files move, so that a crash in between is rolled back (recoverOperations).
-    this.noteIntent({ snapshot: snapPath, volume: v.path });
-    immediate(this.db, () => {
+    await this.noteIntent({ snapshot: snapPath, volume: v.path });
+    await this.store.transact(() => {
       const cur = this.db.prepare("SELECT * FROM volumes WHERE id = ?").get(v.id) as VolumeRow;
       if (cur.instance_id) {
         const i = this.rowById(cur.instance_id);
@@ -1853,7 +1787,7 @@ export class Cloud {
     return this.snapshotView(this.scoped(p, "snapshots", "snapshot", id));
   }
 
-  deleteSnapshot(p: Principal, id: string, projectQuery?: string): void {
+  async deleteSnapshot(p: Principal, id: string, projectQuery?: string): Promise<void> {
     this.requireWrite(p);
     const s = this.scoped<{ id: string; name: string; project_id: string; path: string }>(
       p,
@@ -1862,7 +1796,7 @@ export class Cloud {
       id,
       projectQuery,
     );
-    this.operationOn(s.id);
+    await this.operationOn(s.id);
     // Refused while any disk's backing chain goes through it.
     const disks = [
       ...(this.db.prepare("SELECT name, path FROM volumes").all() as { name: string; path: string }[]).map((v) => ({
@@ -1881,7 +1815,7 @@ export class Cloud {
         if (e instanceof ApiError) throw e;
       }
     }
-    immediate(this.db, () => this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(s.id));
+    await this.store.transact(() => this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(s.id));
     rmSync(s.path, { force: true });
   }
 
@@ -1976,27 +1910,38 @@ export class Cloud {
    * written when it ends (finishOperation), or by the next start's reconcile() if the server dies
    * first. Answers the journal id, to run the request under (withOperation).
    */
-  beginOperation(p: Principal, projectId: string, action: string, resource: string): number {
-    return Number(
-      this.db
-        .prepare(
-          "INSERT INTO operations (started_at, user_id, user_name, project_id, action, resource) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .run(this.iso(), p.userId, p.userName, projectId, action, resource).lastInsertRowid,
+  beginOperation(p: Principal, projectId: string, action: string, resource: string): Promise<number> {
+    return withoutOperation(() =>
+      this.store.transact(() =>
+        Number(
+          this.db
+            .prepare(
+              "INSERT INTO operations (started_at, user_id, user_name, project_id, action, resource) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .run(this.iso(), p.userId, p.userName, projectId, action, resource).lastInsertRowid,
+        ),
+      ),
     );
   }
 
   /** Names the current request's action and resource once the handler knows them. */
-  describeOperation(action: string, resource: string): void {
+  async describeOperation(action: string, resource: string): Promise<void> {
     const id = operationId();
     if (id !== undefined)
-      this.db.prepare("UPDATE operations SET action = ?, resource = ? WHERE id = ?").run(action, resource, id);
+      await withoutOperation(() =>
+        this.store.transact(() =>
+          this.db.prepare("UPDATE operations SET action = ?, resource = ? WHERE id = ?").run(action, resource, id),
+        ),
+      );
   }
 
   /** The current request acts on the resource with this id (it may have been named by its name). */
-  private operationOn(resource: string): void {
+  private async operationOn(resource: string): Promise<void> {
     const id = operationId();
-    if (id !== undefined) this.db.prepare("UPDATE operations SET resource = ? WHERE id = ?").run(resource, id);
+    if (id !== undefined)
+      await withoutOperation(() =>
+        this.store.transact(() => this.db.prepare("UPDATE operations SET resource = ? WHERE id = ?").run(resource, id)),
+      );
   }
 
   /** The action and resource journaled for operation `id`. */
@@ -2006,14 +1951,18 @@ export class Cloud {
   }
 
   /** Records what the current request is about to do to files, so that a crash can be rolled back. */
-  private noteIntent(intent: { snapshot: string; volume: string }): void {
+  private async noteIntent(intent: { snapshot: string; volume: string }): Promise<void> {
     const id = operationId();
     if (id !== undefined)
-      this.db.prepare("UPDATE operations SET intent = ? WHERE id = ?").run(JSON.stringify(intent), id);
+      await withoutOperation(() =>
+        this.store.transact(() =>
+          this.db.prepare("UPDATE operations SET intent = ? WHERE id = ?").run(JSON.stringify(intent), id),
+        ),
+      );
   }
 
   /** The request ended: its audit event and the end of its journal row, in one transaction. */
-  finishOperation(
+  async finishOperation(
     id: number,
     user: Actor | string,
     projectId: string,
@@ -2021,8 +1970,8 @@ export class Cloud {
     resource: string,
     outcome: string,
     message: string | null,
-  ): void {
-    immediate(this.db, () => {
+  ): Promise<void> {
+    await this.store.transact(() => {
       this.audit(user, projectId, action, resource, outcome, message);
       this.db.prepare("DELETE FROM operations WHERE id = ?").run(id);
     });
@@ -2064,7 +2013,7 @@ export class Cloud {
           message += " (the volume's file was moved back)";
         }
       }
-      this.finishOperation(
+      await this.finishOperation(
         op.id,
         { id: op.user_id, name: op.user_name },
         op.project_id,
@@ -2098,7 +2047,7 @@ export class Cloud {
     try {
       return (await this.createDisks(r, image, true)) ? "; its root disk was created at the restart" : "";
     } catch (e) {
-      this.setError(id, `its disk could not be created: ${(e as Error).message}`);
+      await this.setError(id, `its disk could not be created: ${(e as Error).message}`);
       return "; its disks could not be created";
     }
   }
@@ -2153,7 +2102,7 @@ export class Cloud {
         try {
           state = (await this.driver.control<{ state: string }>(r.id, "describe")).state;
         } catch {}
-        immediate(this.db, () => {
+        await this.store.transact(() => {
           const next = state === "paused" ? "paused" : "running";
           this.db.prepare("UPDATE instances SET state = ?, updated_at = ? WHERE id = ?").run(next, this.iso(), r.id);
           if (!this.meter.isOpen(r.id, "memory"))
@@ -2170,7 +2119,7 @@ export class Cloud {
       // A monitor that does not answer (or an instance that should not run) is stopped, then killed.
       if (r.pid !== null && this.driver.isMonitorOf(r.pid, r.id)) await this.driver.stop(r.id, r.pid);
       if (r.state === "deleting") {
-        immediate(this.db, () => {
+        await this.store.transact(() => {
           this.db.prepare("UPDATE volumes SET instance_id = NULL, attached_at = NULL WHERE instance_id = ?").run(r.id);
           this.meter.closeAtLastTick(r.id, ["cpu", "memory", "disk"]);
           this.db.prepare("DELETE FROM forwards WHERE instance_id = ?").run(r.id);
@@ -2180,7 +2129,7 @@ export class Cloud {
         out.stopped.push(r.id);
         continue;
       }
-      immediate(this.db, () => {
+      await this.store.transact(() => {
         this.meter.closeAtLastTick(r.id, ["cpu", "memory"]);
         const cur = this.rowById(r.id)!;
         const next = cur.state === "error" ? "error" : "stopped";
@@ -2194,7 +2143,7 @@ export class Cloud {
       out.stopped.push(r.id);
     }
     await this.recoverOperations();
-    this.sweepFiles();
+    await this.sweepFiles();
     // Monitors named like instances that no instance owns (any more).
     for (const vm of this.driver.runningVms()) {
       if (!/^ins-[a-z2-7]{10}$/.test(vm.name) || kept.has(vm.pid)) continue;
@@ -2205,7 +2154,7 @@ export class Cloud {
       if (alive(vm.pid)) this.driver.kill(vm.pid);
       out.orphans.push(vm.pid);
     }
-    this.meter.tick();
+    await this.store.transact(() => this.meter.tick());
     return out;
   }
 
@@ -2213,12 +2162,12 @@ export class Cloud {
    * After a crash: an instance whose disk was never created is marked error; instance
    * directories and volume files that no row owns (a delete interrupted half-way) are removed.
    */
-  private sweepFiles(): void {
+  private async sweepFiles(): Promise<void> {
     const rows = this.db.prepare("SELECT id, dir, state, project_id FROM instances").all() as InstanceRow[];
     const dirs = new Set(rows.map((r) => r.id));
     for (const r of rows) {
       if (r.state !== "error" && !existsSync(join(r.dir, "root.qcow2"))) {
-        this.setError(r.id, "its disk was not created (the server stopped while creating it); delete it");
+        await this.setError(r.id, "its disk was not created (the server stopped while creating it); delete it");
       }
     }
     for (const d of readdirSync(join(this.dir, "instances"))) {
@@ -2255,13 +2204,15 @@ export class Cloud {
     }
   }
 
-  close(): void {
+  /** Stops the ticker, the network services and the driver, and closes the store. */
+  close(): Promise<void> {
     this.closed = true;
     if (this.ticker) clearInterval(this.ticker);
-    this.meter.tick();
+    // SQLite: the tick and the close happen before close() returns; etcd: in turn.
+    void this.store.transact(() => this.meter.tick()).catch(() => undefined);
     this.netsvc.close();
     this.driver.close();
-    this.db.close();
+    return this.store.close();
   }
 }
 
@@ -2273,22 +2224,4 @@ function diskOpens(path: string): boolean {
   } catch {
     return false;
   }
-}
-
-// --------------------------------------------------------------------------------- addresses
-
-export function parseCidr(cidr: string): { base: number; prefix: number } {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
-  if (!m) throw badRequest(`cidr "${cidr}" is not an IPv4 network like 10.1.0.0/24`);
-  const parts = m.slice(1, 5).map(Number);
-  if (parts.some((x) => x > 255)) throw badRequest(`cidr "${cidr}" has an octet above 255`);
-  const prefix = Number(m[5]);
-  if (prefix > 32) throw badRequest(`cidr "${cidr}": the prefix must be at most 32`);
-  const addr = ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
-  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-  return { base: (addr & mask) >>> 0, prefix };
-}
-
-export function intToIp(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
 }

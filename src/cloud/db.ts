@@ -157,6 +157,11 @@ export function withOperation<T>(id: number, fn: () => T): T {
   return currentOperation.run({ id }, fn);
 }
 
+/** Runs fn outside any journal operation: the journal's own bookkeeping does not apply one. */
+export function withoutOperation<T>(fn: () => T): T {
+  return currentOperation.exit(fn);
+}
+
 /** The journal operation of the request being served, if any. */
 export function operationId(): number | undefined {
   return currentOperation.getStore()?.id;
@@ -168,16 +173,20 @@ export function operationId(): number | undefined {
  * operation applied, atomically with the change, so a restart knows whether it took effect.
  */
 export function immediate<T>(db: DB, fn: () => T): T {
-  return db
-    .transaction(() => {
-      const op = operationId();
-      if (op === undefined) return fn();
-      const before = totalChanges(db);
-      const out = fn();
-      if (totalChanges(db) !== before) db.prepare("UPDATE operations SET applied = 1 WHERE id = ?").run(op);
-      return out;
-    })
-    .immediate();
+  return db.transaction(() => journaled(db, fn)).immediate();
+}
+
+/**
+ * Runs fn (inside a transaction the caller opened) and, inside a request with a journal
+ * operation, marks that operation applied if fn changed anything.
+ */
+export function journaled<T>(db: DB, fn: () => T): T {
+  const op = operationId();
+  if (op === undefined) return fn();
+  const before = totalChanges(db);
+  const out = fn();
+  if (totalChanges(db) !== before) db.prepare("UPDATE operations SET applied = 1 WHERE id = ?").run(op);
+  return out;
 }
 
 function totalChanges(db: DB): number {

@@ -18,7 +18,7 @@ import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { openDiskImage } from "../storage/image.js";
 import { processAlive } from "../vmm/registry.js";
-import { cloudMonitorProcesses } from "./compute.js";
+import { cloudMonitorProcesses } from "./compute/driver.js";
 
 interface Row {
   [k: string]: string | number | null;

@@ -19,7 +19,7 @@ import {
 } from "../../src/cli/cloud.js";
 import { main } from "../../src/cli/main.js";
 import { Cloud } from "../../src/cloud/cloud.js";
-import { MonitorDriver } from "../../src/cloud/compute.js";
+import { MonitorDriver } from "../../src/cloud/compute/driver.js";
 import { listen, type RunningServer } from "../../src/cloud/server.js";
 import { YunClient } from "../../src/cloud/client.js";
 
@@ -187,7 +187,10 @@ before(async () => {
   if (existsSync(images)) symlinkSync(images, join(home, "images"));
   process.env.YUN_HOME = home;
   cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
-  assert.ok(cloud.bootstrap().adminToken, "a new cloud makes an admin token (the CLI reads it from admin.token)");
+  assert.ok(
+    (await cloud.bootstrap()).adminToken,
+    "a new cloud makes an admin token (the CLI reads it from admin.token)",
+  );
   server = await listen(cloud, "127.0.0.1", 0, { staticDir: join(home, "no-dashboard") });
   base = `http://127.0.0.1:${server.port}`;
 });

@@ -12,7 +12,7 @@ import { ROOT, YUN } from "../e2e/harness.js";
 import { isLoopback, upgradeOriginAllowed } from "../../src/cloud/security.js";
 import { localUrl, readServeRecord, serveRecordPath } from "../../src/cloud/endpoint.js";
 import { Cloud } from "../../src/cloud/cloud.js";
-import { MonitorDriver } from "../../src/cloud/compute.js";
+import { MonitorDriver } from "../../src/cloud/compute/driver.js";
 import { listen } from "../../src/cloud/server.js";
 
 let dir: string;
@@ -275,7 +275,7 @@ test("the CLI waits for a yun serve that is still starting (yun serve & yun inst
   // Stands in for a daemon busy re-attaching to its VMs: a live process named like yun serve.
   const daemon = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)", "serve"]);
   const cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
-  cloud.bootstrap();
+  await cloud.bootstrap();
   const server = await listen(cloud, "127.0.0.1", 0);
   const record = (state: string, url: string): void =>
     writeFileSync(serveRecordPath(home), JSON.stringify({ pid: daemon.pid, state, url, tls: false }));

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, symlinkSync, existsSync, readFileSync } from "node
 import { tmpdir, homedir } from "node:os";
 import { join } from "node:path";
 import { Cloud } from "../../src/cloud/cloud.js";
-import { MonitorDriver } from "../../src/cloud/compute.js";
+import { MonitorDriver } from "../../src/cloud/compute/driver.js";
 import { listen, type RunningServer } from "../../src/cloud/server.js";
 import type { LimitSettings } from "../../src/cloud/limits.js";
 import { YunClient, YunApiError } from "../../src/cloud/client.js";
@@ -38,7 +38,7 @@ export async function startCloud(
   const home = opts.home ?? tempHome();
   process.env.YUN_HOME = home;
   const cloud = new Cloud({ home, driver: new MonitorDriver(home), now: opts.now, tickMs: 500 });
-  cloud.bootstrap();
+  await cloud.bootstrap();
   await cloud.reconcile();
   const server = await listen(cloud, "127.0.0.1", 0, { limits: opts.limits });
   const url = `http://127.0.0.1:${server.port}`;

@@ -11,7 +11,7 @@ import { startCloud, tenant, raw, refusal, type TestCloud } from "./helpers.js";
 import { serveProcess } from "./serve-process.js";
 import { NO_RATE_LIMITS, RequestLimits, TokenBuckets, type LimitSettings } from "../../src/cloud/limits.js";
 import { Cloud } from "../../src/cloud/cloud.js";
-import { MonitorDriver } from "../../src/cloud/compute.js";
+import { MonitorDriver } from "../../src/cloud/compute/driver.js";
 import { createApp } from "../../src/cloud/server.js";
 
 const MiB = 1024 * 1024;

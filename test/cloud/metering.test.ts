@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../../src/cloud/db.js";
-import { Meter, usageCsv } from "../../src/cloud/metering.js";
+import { Meter, usageCsv } from "../../src/cloud/metering/meter.js";
 import { startCloud } from "./helpers.js";
 
 function meterWithClock() {

@@ -7,8 +7,8 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { NetworkServices } from "../../src/cloud/netsvc.js";
-import { parseCidr } from "../../src/cloud/cloud.js";
+import { NetworkServices } from "../../src/cloud/networks/netsvc.js";
+import { parseCidr } from "../../src/cloud/networks/addresses.js";
 import { joinNetwork, type NetworkLink } from "../../src/net/hub.js";
 import {
   buildDhcp,

@@ -17,7 +17,7 @@ import WebSocket from "ws";
 import { startCloud, tenant, refusal, type TestCloud } from "./helpers.js";
 import { YunClient } from "../../src/cloud/client.js";
 import { openDatabase } from "../../src/cloud/db.js";
-import { parseSshPublicKey } from "../../src/cloud/sshkey.js";
+import { parseSshPublicKey } from "../../src/cloud/keypairs/sshkey.js";
 
 let t: TestCloud;
 before(async () => {

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { parseSshPublicKey } from "../../src/cloud/sshkey.js";
+import { parseSshPublicKey } from "../../src/cloud/keypairs/sshkey.js";
 
 const ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@host";
 const TYPES =

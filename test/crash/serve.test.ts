@@ -11,7 +11,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { YunClient } from "../../src/cloud/client.js";
 import { checkCloudInvariants } from "../../src/cloud/invariants.js";
-import { cloudMonitorProcesses } from "../../src/cloud/compute.js";
+import { cloudMonitorProcesses } from "../../src/cloud/compute/driver.js";
 import { createQcow2 } from "../../src/storage/image.js";
 import { HAVE_DEBIAN, startCloud, tempHome, tenant } from "../cloud/helpers.js";
 import { killDaemon, serveCrashRounds, startDaemon } from "../../fuzz/crash-serve.js";
@@ -53,7 +53,9 @@ test(
       const user = await admin.createUser({ name: "carol", role: "member", project: project.id });
       const carol = new YunClient({ server: d.url, token: (await admin.createToken(user.id)).token });
       // The create answers once the VM monitor answers; the daemon dies as soon as it has spawned it.
-      const pending = carol.createInstance({ name: "web", image: "debian-tiny", flavor: "tiny" }).catch((e: Error) => e);
+      const pending = carol
+        .createInstance({ name: "web", image: "debian-tiny", flavor: "tiny" })
+        .catch((e: Error) => e);
       for (let i = 0; i < 600 && cloudMonitorProcesses(home).length === 0; i++) await sleep(10);
       assert.equal(cloudMonitorProcesses(home).length, 1, "the monitor was spawned");
       await killDaemon(d);

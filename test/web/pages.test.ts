@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { BrowserContext, Page } from "playwright-core";
 import { decodePng, launchBrowser } from "./browser.js";
 import { Cloud } from "../../src/cloud/cloud.js";
-import { MonitorDriver } from "../../src/cloud/compute.js";
+import { MonitorDriver } from "../../src/cloud/compute/driver.js";
 import { listen, type RunningServer } from "../../src/cloud/server.js";
 import { YunClient } from "../../src/cloud/client.js";
 import { ROOT } from "../e2e/harness.js";
@@ -29,7 +29,7 @@ before(async () => {
   const images = join(process.env.YUN_HOME ?? join(process.env.HOME ?? "/root", ".local/share/yun"), "images");
   if (existsSync(images)) symlinkSync(images, join(home, "images"));
   cloud = new Cloud({ home, driver: new MonitorDriver(home), tickMs: 0 });
-  token = cloud.bootstrap().adminToken!;
+  token = (await cloud.bootstrap()).adminToken!;
   server = await listen(cloud, "127.0.0.1", 0);
   base = `http://127.0.0.1:${server.port}`;
   api = new YunClient({ server: base, token });

@@ -5,7 +5,7 @@
  * ping. Networks are separate switches, so projects cannot see each other's traffic.
  */
 import { join } from "node:path";
-import { joinNetwork, type NetworkLink } from "../net/hub.js";
+import { joinNetwork, type NetworkLink } from "../../net/hub.js";
 import {
   dhcpServerReply,
   DHCP_CLIENT_PORT,
@@ -13,7 +13,7 @@ import {
   DHCP_NAK,
   DHCP_SERVER_PORT,
   parseDhcp,
-} from "../net/dhcp.js";
+} from "../../net/dhcp.js";
 import {
   ARP_REPLY,
   ARP_REQUEST,
@@ -26,7 +26,7 @@ import {
   parseArp,
   parseMac,
   stableMac,
-} from "../net/ethernet.js";
+} from "../../net/ethernet.js";
 import {
   buildIcmpEchoFrame,
   buildUdpFrame,
@@ -37,7 +37,7 @@ import {
   parseUdp,
   PROTO_ICMP,
   PROTO_UDP,
-} from "../net/ip.js";
+} from "../../net/ip.js";
 
 export const LEASE_SECONDS = 86_400;
 

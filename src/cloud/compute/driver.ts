@@ -9,9 +9,9 @@ import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync } 
 import type net from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { MonitorConnection, MonitorError, openStream } from "../vmm/client.js";
-import { processAlive as alive } from "../vmm/registry.js";
-import { PRIVATE_FILE_MODE } from "../storage/private.js";
+import { MonitorConnection, MonitorError, openStream } from "../../vmm/client.js";
+import { processAlive as alive } from "../../vmm/registry.js";
+import { PRIVATE_FILE_MODE } from "../../storage/private.js";
 
 export interface LaunchSpec {
   /** The instance id: also the VM's --name (unique among running VMs). */
@@ -87,7 +87,7 @@ export interface ComputeDriver {
   close(): void;
 }
 
-const BIN = resolve(fileURLToPath(import.meta.url), "../../../../bin/yun.js");
+const BIN = resolve(fileURLToPath(import.meta.url), "../../../../../bin/yun.js");
 
 interface Attached {
   conn: MonitorConnection;

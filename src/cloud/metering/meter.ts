@@ -5,8 +5,8 @@
  * open ones forward, so after a daemon crash an interval whose VM is gone closes at its last tick
  * (at most one tick lost) and one whose VM still runs simply stays open.
  */
-import type { DB } from "./db.js";
-import type { InstanceUsage, Usage } from "./types.js";
+import type { DB } from "../db.js";
+import type { InstanceUsage, Usage } from "../types.js";
 
 export type MeterKind = "cpu" | "memory" | "disk";
 
