@@ -236,13 +236,7 @@ export function formatIdleTable(results: IdleResult[]): string {
       y?.measure && q?.measure && q.measure.cpuPercent > 0
         ? `${(y.measure.cpuPercent / q.measure.cpuPercent).toFixed(1)}x`
         : "-";
-    body.push([
-      `idle ${cpus} vCPU${cpus > 1 ? "s" : ""} (% of a core)`,
-      cell(y),
-      cell(q),
-      ratio,
-      `<= ${IDLE_TARGET_PERCENT}`,
-    ]);
+    body.push([`idle ${cpus} vCPU${cpus > 1 ? "s" : ""}`, cell(y), cell(q), ratio, `<= ${IDLE_TARGET_PERCENT} %`]);
   }
   const y = find("yun", 1)?.measure;
   const q = find("qemu", 1)?.measure;
@@ -251,12 +245,10 @@ export function formatIdleTable(results: IdleResult[]): string {
       ? "-"
       : `RSS ${m.rssMiB.toFixed(0)}, guest ${m.guestMiB.toFixed(0)}, overhead ${(m.rssMiB - m.guestMiB).toFixed(0)}`;
   const memRatio = y && q ? `${((y.rssMiB - y.guestMiB) / (q.rssMiB - q.guestMiB)).toFixed(1)}x` : "-";
-  body.push([
-    `VMM memory (MiB, 1 vCPU, ${QEMU_MEMORY_MIB} MiB guest)`,
-    mem(y),
-    mem(q),
-    memRatio,
-    `overhead <= ${OVERHEAD_TARGET_MIB}`,
-  ]);
-  return table(["idle", "yun", "qemu TCG", "yun / qemu", "target"], body);
+  body.push(["VMM memory", mem(y), mem(q), memRatio, `overhead <= ${OVERHEAD_TARGET_MIB} MiB`]);
+  return (
+    table(["row", "yun", "qemu TCG", "yun / qemu", "target"], body) +
+    `\n  idle rows: host CPU, % of one core; VMM memory: MiB, 1 vCPU, ${QEMU_MEMORY_MIB} MiB guest; ` +
+    "overhead = RSS - guest RAM touched; the ratio compares the overheads."
+  );
 }
