@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk|idle|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -44,6 +44,7 @@ import { formatLifecycleTable, killLifecycleGuests, runLifecycleBench, type Life
 import { qemuVirtArgs } from "./qemu.js";
 import { formatSmpTable, runSmpBench, type SmpResult } from "./smp.js";
 import { formatDiskBootTable, runDiskBootBench, type DiskBootResult } from "./diskboot.js";
+import { formatIdleTable, killIdleGuests, runIdleBench, type IdleResult } from "./idle.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -57,10 +58,11 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io|lifecycle|smp|disk|full
+  --only boot|cpu|io|lifecycle|smp|disk|idle|full
                            run only the boots, the CPU workloads, the I/O, the VM lifecycle, the SMP
-                           benchmark, the disk boots through U-Boot or the full Debian image's boot
-                           and apt-get (default: all; full only when pulled)
+                           benchmark, the disk boots through U-Boot, an idle VM's host CPU and
+                           memory, or the full Debian image's boot and apt-get (default: all; full
+                           only when pulled)
   --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
@@ -515,8 +517,13 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk", "full"].includes(only)) {
-    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp, disk or full, got "${only}"\n`);
+  if (
+    only !== undefined &&
+    !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk", "idle", "full"].includes(only)
+  ) {
+    process.stderr.write(
+      `bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp, disk, idle or full, got "${only}"\n`,
+    );
     return 2;
   }
   const engineArg = values.engine!;
@@ -596,7 +603,13 @@ async function main(argv: string[]): Promise<number> {
   };
 
   const boots =
-    only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp" && only !== "disk" && only !== "full";
+    only !== "cpu" &&
+    only !== "io" &&
+    only !== "lifecycle" &&
+    only !== "smp" &&
+    only !== "disk" &&
+    only !== "idle" &&
+    only !== "full";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -701,6 +714,16 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
+  let idleRows: IdleResult[] = [];
+  if (only === undefined || only === "idle") {
+    log("bench: an idle VM at its shell (host CPU, VMM memory; Yun and QEMU) ...");
+    idleRows = await runIdleBench({ image, qemu, timeoutS, verbose: opts.verbose, log });
+    process.stdout.write(
+      `\nIdle VM at its shell: root disk and user-mode network; host CPU of the whole process over 60 s, ` +
+        `30 s after the prompt; memory from /proc (guest = resident pages of guest RAM)\n\n${formatIdleTable(idleRows)}\n`,
+    );
+  }
+
   let full: FullBench | undefined;
   const fullImage = findImage("debian");
   if (only === "full" && readManifest(fullImage?.dir ?? "")?.build === undefined) {
@@ -718,6 +741,7 @@ async function main(argv: string[]): Promise<number> {
     diskRows.filter((r) => r.error !== undefined).length +
     (full?.results.filter((r) => r.error !== undefined).length ?? 0) +
     lifecycleRows.filter((r) => r.error !== undefined).length +
+    idleRows.filter((r) => r.error !== undefined).length +
     smpRows.filter((r) => r.error !== undefined).length +
     rows.reduce((n, r) => n + r.failed, 0) +
     cpuRows.filter((r) => r.error !== undefined).length +
@@ -751,6 +775,7 @@ async function main(argv: string[]): Promise<number> {
       lifecycle: lifecycleRows,
       smp: smpRows,
       disk: diskRows,
+      idle: idleRows,
       full,
     };
     process.stdout.write("\n" + JSON.stringify(json, null, 2) + "\n");
@@ -773,6 +798,7 @@ function killAll(): void {
   liveWorkers.clear();
   killIoGuests();
   killLifecycleGuests();
+  killIdleGuests();
 }
 
 const job = (workerData as { yunBenchJob?: YunJob } | null)?.yunBenchJob;

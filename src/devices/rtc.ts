@@ -61,6 +61,13 @@ export class GoldfishRtc implements MmioDevice, Persistent<RtcState> {
     this.updateIrq();
   }
 
+  /** Nanoseconds until the armed alarm fires (0 when due), or Infinity with no alarm armed. */
+  nsUntilAlarm(): number {
+    if (!this.alarmRunning) return Infinity;
+    const left = this.alarmNext - this.now();
+    return left > 0n ? Number(left) : 0;
+  }
+
   /** Wall-clock time (in the injected clock's ns) at which the armed alarm fires, or undefined. */
   alarmDeadline(): bigint | undefined {
     return this.alarmRunning ? this.alarmNext - this.tickOffset : undefined;

@@ -224,7 +224,10 @@ function main(): void {
           publishStats();
           Atomics.store(control, base + ch.STATE, ch.STATE_WAITING);
         }
-        const deadline = clint.nextDeadline(me);
+        // A timer interrupt already pending but masked (OpenSBI clears MTIE when it passes the
+        // tick on as STIP, and mtimecmp stays in the past) is no deadline: sleeping 0 ms then
+        // would spin until the guest programs its next one.
+        const deadline = (hart.mip & (1 << MIP_MTIP)) !== 0 ? Infinity : clint.nextDeadline(me);
         const ms = Math.min(1000, Math.max(0, (deadline - clock.now()) / (TIMEBASE_HZ / 1000)));
         const t0 = performance.now();
         if (ms > 0) Atomics.wait(control, base + ch.WAKE, wake, ms);

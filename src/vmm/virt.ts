@@ -169,6 +169,12 @@ const YIELD_EVERY_MS = 25;
 /** ...and after every slice while its network card moved a frame within this many ms: TCP's
  *  acknowledgements then wait a slice (1-3 ms) rather than 25 ms, which bounds throughput. */
 const NET_ACTIVE_MS = 100;
+/**
+ * Longest host sleep while nothing is due (ms). Every event that needs the guest (timer deadlines,
+ * the RTC alarm, console input, a network frame, a hart's device access) wakes the loop itself;
+ * this bound only limits how long a missed wake-up could last.
+ */
+const MAX_SLEEP_MS = 1000;
 
 export class VirtMachine {
   readonly bus: Bus;
@@ -800,7 +806,11 @@ export class VirtMachine {
         }
         this.feedInput();
         if (hart.waiting && !hart.hasWakeup()) {
-          const ms = Math.min(1000, Math.max(0, (deadline - this.clock.now()) / (TIMEBASE_HZ / 1000)));
+          const ms = Math.min(
+            MAX_SLEEP_MS,
+            Math.max(0, (deadline - this.clock.now()) / (TIMEBASE_HZ / 1000)),
+            this.rtc.nsUntilAlarm() / 1e6,
+          );
           const t0 = performance.now();
           await new Promise<void>((resolve) => {
             const timer = setTimeout(() => {
@@ -842,6 +852,7 @@ export class VirtMachine {
     const keepAlive = setInterval(() => {}, 1 << 30);
     try {
       let lastService = 0;
+      let woke = true;
       while (this.power === null) {
         let seen = threads.doorbell();
         let served = threads.serve();
@@ -857,15 +868,23 @@ export class VirtMachine {
           if (more > 0) spin = 0;
         }
         const now = performance.now();
-        if (served > 0 || now - lastService > 5) {
+        // After a wake-up (input, a hart's doorbell, a timeout) and while serving a stream of
+        // accesses (throttled), hand over input, fire the RTC alarm and flush console output.
+        if (woke || served > 0 || now - lastService > 5) {
+          woke = false;
           lastService = now;
           this.feedInput();
           this.rtc.update();
           this.flushOutput();
         }
         if (this.power !== null) break;
-        if (served === 0) await threads.waitAsync(seen, 10);
-        else if (now - this.lastYield > YIELD_EVERY_MS) {
+        if (served === 0) {
+          // Nothing to serve: sleep until a hart rings, input comes (input() rings too), or the
+          // RTC alarm is due. The harts keep their own timers, so an idle guest costs this
+          // thread no wake-ups at all (a fixed 10 ms poll here was 100 a second).
+          await threads.waitAsync(seen, Math.min(MAX_SLEEP_MS, this.rtc.nsUntilAlarm() / 1e6));
+          woke = true;
+        } else if (now - this.lastYield > YIELD_EVERY_MS) {
           await new Promise<void>((resolve) => setImmediate(resolve));
           this.lastYield = performance.now();
         }
