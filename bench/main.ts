@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|micro|io|lifecycle|smp|disk|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -57,11 +57,13 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io|lifecycle|smp|disk|full
-                           run only the boots, the CPU workloads, the I/O, the VM lifecycle, the SMP
-                           benchmark, the disk boots through U-Boot or the full Debian image's boot
-                           and apt-get (default: all; full only when pulled)
-  --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
+  --only boot|cpu|micro|io|lifecycle|smp|disk|full
+                           run only the boots, the CPU workloads (bare-metal kernel, guest jobs and
+                           kernel micro-workloads), the micro-workloads alone, the I/O, the VM
+                           lifecycle, the SMP benchmark, the disk boots through U-Boot or the full
+                           Debian image's boot and apt-get (default: all; full only when pulled)
+  --engine interp|jit|both Yun's CPU engine for the boots and the bare-metal kernel (default: both);
+                           the guest workloads run on jit, or on interp when only it is given
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
                            or both (default)
@@ -515,8 +517,13 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const only = values.only;
-  if (only !== undefined && !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk", "full"].includes(only)) {
-    process.stderr.write(`bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp, disk or full, got "${only}"\n`);
+  if (
+    only !== undefined &&
+    !["yun", "qemu", "cpu", "micro", "boot", "io", "lifecycle", "smp", "disk", "full"].includes(only)
+  ) {
+    process.stderr.write(
+      `bench: --only takes yun, qemu, boot, cpu, micro, io, lifecycle, smp, disk or full, got "${only}"\n`,
+    );
     return 2;
   }
   const engineArg = values.engine!;
@@ -596,7 +603,13 @@ async function main(argv: string[]): Promise<number> {
   };
 
   const boots =
-    only !== "cpu" && only !== "io" && only !== "lifecycle" && only !== "smp" && only !== "disk" && only !== "full";
+    only !== "cpu" &&
+    only !== "micro" &&
+    only !== "io" &&
+    only !== "lifecycle" &&
+    only !== "smp" &&
+    only !== "disk" &&
+    only !== "full";
   if (only !== "qemu" && boots) {
     const fws: ("dynamic" | "none")[] = fwArg === "both" ? ["dynamic", "none"] : [fwArg];
     for (const fw of fws) {
@@ -650,12 +663,21 @@ async function main(argv: string[]): Promise<number> {
   process.stdout.write("\n" + [...footnotes, ...notes].map((n) => `  ${n}`).join("\n") + "\n");
 
   let cpuRows: CpuRow[] = [];
-  if (only === undefined || only === "cpu") {
+  if (only === undefined || only === "cpu" || only === "micro") {
     log(
       `bench: CPU workloads (${engineArg === "both" ? "interp, jit" : engineArg}${qemu !== undefined ? ", QEMU" : ""}) ...`,
     );
     // Interpreter first, as the table reads best that way; --engine picks one.
-    cpuRows = await runCpuBench(image, qemu !== undefined, log, engineArg === "both" ? ["interp", "jit"] : [engineArg]);
+    cpuRows = await runCpuBench(
+      image,
+      qemu !== undefined,
+      log,
+      engineArg === "both" ? ["interp", "jit"] : [engineArg],
+      {
+        groups: only === "micro" ? ["micro"] : undefined,
+        timeoutS,
+      },
+    );
     process.stdout.write(
       `\nCPU benchmark: guest code on the interpreter, the translator and QEMU TCG\n\n${formatCpuTable(cpuRows)}\n`,
     );
