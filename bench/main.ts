@@ -708,7 +708,7 @@ async function main(argv: string[]): Promise<number> {
     log("bench: SMP (a two-process job with 1 and 2 vCPUs; Yun and QEMU) ...");
     smpRows = await runSmpBench({ image, qemu, timeoutS, log });
     process.stdout.write(
-      `\nSMP: a CPU-bound job of two processes, guest time (/proc/uptime); Yun runs a thread per vCPU, ` +
+      `\nSMP: CPU-bound jobs of two processes, guest time (/proc/uptime); Yun runs a thread per vCPU, ` +
         `QEMU MTTCG a thread per vCPU\n\n${formatSmpTable(smpRows)}\n`,
     );
   }
