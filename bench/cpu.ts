@@ -289,6 +289,8 @@ interface ScriptIo {
  */
 class ShellScript {
   private text = "";
+  /** The last console output, for error messages. */
+  private recent = "";
   /** -2: booting, -1: setup, 0..: the workload running. */
   private stage = -2;
   private marker: RegExp | undefined;
@@ -311,8 +313,19 @@ class ShellScript {
     return "power-off";
   }
 
+  /** The last lines of console output, without terminal escapes. */
+  get tail(): string {
+    const lines = this.recent
+      .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
+      .replace(/\r/g, "")
+      .trimEnd()
+      .split("\n");
+    return lines.slice(-4).join(" | ");
+  }
+
   feed(chunk: string): void {
     this.text += chunk;
+    this.recent = (this.recent + chunk).slice(-1000);
     if (this.stage === -2 && this.text.includes("~ # ")) {
       this.stage = -1;
       this.text = "";
@@ -351,7 +364,10 @@ class ShellScript {
 
   private arm(): void {
     this.cancel();
-    this.timer = setTimeout(() => this.io.stuck(this.waitingFor), this.timeoutS * 1000);
+    this.timer = setTimeout(
+      () => this.io.stuck(`${this.waitingFor}; the console's last lines: ${this.tail}`),
+      this.timeoutS * 1000,
+    );
   }
 }
 
@@ -677,6 +693,7 @@ if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.
       "no-qemu": { type: "boolean", default: false },
       only: { type: "string" },
       match: { type: "string" },
+      timeout: { type: "string", default: "300" },
       json: { type: "boolean", default: false },
     },
   });
@@ -690,7 +707,7 @@ if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.
     !values["no-qemu"],
     (l) => process.stderr.write(l + "\n"),
     ["interp", "jit"],
-    { groups: only ? [only] : CPU_GROUPS, match: values.match },
+    { groups: only ? [only] : CPU_GROUPS, match: values.match, timeoutS: Number(values.timeout) },
   );
   process.stdout.write(formatCpuTable(rows) + "\n");
   if (values.json) process.stdout.write(JSON.stringify(rows, null, 2) + "\n");
