@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|io|lifecycle|smp|disk|idle|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|micro|io|lifecycle|smp|disk|idle|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -58,12 +58,14 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|io|lifecycle|smp|disk|idle|full
-                           run only the boots, the CPU workloads, the I/O, the VM lifecycle, the SMP
-                           benchmark, the disk boots through U-Boot, an idle VM's host CPU and
-                           memory, or the full Debian image's boot and apt-get (default: all; full
-                           only when pulled)
-  --engine interp|jit|both Yun's CPU engine for the boots and CPU workloads (default: both)
+  --only boot|cpu|micro|io|lifecycle|smp|disk|idle|full
+                           run only the boots, the CPU workloads (bare-metal kernel, guest jobs and
+                           kernel micro-workloads), the micro-workloads alone, the I/O, the VM
+                           lifecycle, the SMP benchmark, the disk boots through U-Boot, an idle VM's
+                           host CPU and memory, or the full Debian image's boot and apt-get
+                           (default: all; full only when pulled)
+  --engine interp|jit|both Yun's CPU engine for the boots and the bare-metal kernel (default: both);
+                           the guest workloads run on jit, or on interp when only it is given
   --firmware dynamic|none|both
                            Yun's firmware path: OpenSBI fw_dynamic, none (Yun's built-in SBI),
                            or both (default)
@@ -519,10 +521,10 @@ async function main(argv: string[]): Promise<number> {
   const only = values.only;
   if (
     only !== undefined &&
-    !["yun", "qemu", "cpu", "boot", "io", "lifecycle", "smp", "disk", "idle", "full"].includes(only)
+    !["yun", "qemu", "cpu", "micro", "boot", "io", "lifecycle", "smp", "disk", "idle", "full"].includes(only)
   ) {
     process.stderr.write(
-      `bench: --only takes yun, qemu, boot, cpu, io, lifecycle, smp, disk, idle or full, got "${only}"\n`,
+      `bench: --only takes yun, qemu, boot, cpu, micro, io, lifecycle, smp, disk, idle or full, got "${only}"\n`,
     );
     return 2;
   }
@@ -604,6 +606,7 @@ async function main(argv: string[]): Promise<number> {
 
   const boots =
     only !== "cpu" &&
+    only !== "micro" &&
     only !== "io" &&
     only !== "lifecycle" &&
     only !== "smp" &&
@@ -663,12 +666,21 @@ async function main(argv: string[]): Promise<number> {
   process.stdout.write("\n" + [...footnotes, ...notes].map((n) => `  ${n}`).join("\n") + "\n");
 
   let cpuRows: CpuRow[] = [];
-  if (only === undefined || only === "cpu") {
+  if (only === undefined || only === "cpu" || only === "micro") {
     log(
       `bench: CPU workloads (${engineArg === "both" ? "interp, jit" : engineArg}${qemu !== undefined ? ", QEMU" : ""}) ...`,
     );
     // Interpreter first, as the table reads best that way; --engine picks one.
-    cpuRows = await runCpuBench(image, qemu !== undefined, log, engineArg === "both" ? ["interp", "jit"] : [engineArg]);
+    cpuRows = await runCpuBench(
+      image,
+      qemu !== undefined,
+      log,
+      engineArg === "both" ? ["interp", "jit"] : [engineArg],
+      {
+        groups: only === "micro" ? ["micro"] : undefined,
+        timeoutS,
+      },
+    );
     process.stdout.write(
       `\nCPU benchmark: guest code on the interpreter, the translator and QEMU TCG\n\n${formatCpuTable(cpuRows)}\n`,
     );
@@ -699,7 +711,7 @@ async function main(argv: string[]): Promise<number> {
     log("bench: SMP (a two-process job with 1 and 2 vCPUs; Yun and QEMU) ...");
     smpRows = await runSmpBench({ image, qemu, timeoutS, log });
     process.stdout.write(
-      `\nSMP: a CPU-bound job of two processes, guest time (/proc/uptime); Yun runs a thread per vCPU, ` +
+      `\nSMP: CPU-bound jobs of two processes, guest time (/proc/uptime); Yun runs a thread per vCPU, ` +
         `QEMU MTTCG a thread per vCPU\n\n${formatSmpTable(smpRows)}\n`,
     );
   }
