@@ -269,7 +269,10 @@ export class Jit implements Translator {
         const pc = h.pc;
         const off = h.fetchOffset(pc);
         blk = this.find(pc, off);
-        if (blk !== null && blk.id !== 0) this.wasm!.remember(blk, h.fetchKey);
+        if (blk !== null) {
+          h.noteLinkTarget(pc);
+          if (blk.id !== 0) this.wasm!.remember(blk, h.fetchKey);
+        }
         if (blk === null) {
           const slot = (off >>> 1) & HOT_MASK;
           const count = hot[slot];
@@ -325,8 +328,9 @@ export class Jit implements Translator {
       }
       const pc = h.pc;
       const next = this.find(pc, h.fetchOffset(pc));
-      if (next !== null && next.id !== 0) this.wasm!.remember(next, key);
       if (next !== null) {
+        h.noteLinkTarget(pc);
+        if (next.id !== 0) this.wasm!.remember(next, key);
         blk.links[exit] = next;
         if (next.id !== 0 && blk.id !== 0) this.wasm!.link(blk, exit, next, pc, key);
         blk.linkPcs[exit] = pc;
