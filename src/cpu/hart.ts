@@ -36,6 +36,11 @@ const ACCESS_READ = 0;
 const ACCESS_WRITE = 1;
 const ACCESS_FETCH = 2;
 const TWO32 = 4294967296;
+/** 4 KiB pages a leaf PTE of each level maps (Sv39/Sv48: 4 KiB, 2 MiB, 1 GiB, 512 GiB). */
+const LEVEL_PAGES = [1, 512, 262144, 134217728];
+/** Entries per level of the filter of virtual pages translated code links assume (hashed). */
+const LINK_FILTER_BITS = 12;
+const LINK_FILTER_MASK = (1 << LINK_FILTER_BITS) - 1;
 
 /** Machine timer as the hart's `time` CSR sees it (ticks of the timebase). */
 export interface HartClock {
@@ -54,6 +59,13 @@ export class TlbSet {
   readonly readOff: Int32Array;
   readonly writeOff: Int32Array;
   readonly fetchOff: Int32Array;
+  /**
+   * The level of the leaf PTE each entry came from (read, write, fetch: TLB_SIZE each), so that
+   * sfence.vma of one address also drops the entries of a superpage that covers it.
+   */
+  readonly levels = new Uint8Array(3 * TLB_SIZE);
+  /** Whether any entry came from a superpage since the last flush (else a page flush is one slot). */
+  hasSuperpages = false;
   /**
    * Where the set lives in the WebAssembly memory (translated WebAssembly code reads it there), or
    * -1 for a set of its own. Layout: TLB_SET_BYTES, see bus.ts.
@@ -75,10 +87,31 @@ export class TlbSet {
     this.readTag.fill(NaN);
     this.writeTag.fill(NaN);
     this.fetchTag.fill(NaN);
+    this.hasSuperpages = false;
+  }
+  /** Drops the entries that translate virtual page `tag` (slot `idx`), including superpages over it. */
+  flushPage(tag: number, idx: number): void {
+    if (this.readTag[idx] === tag) this.readTag[idx] = NaN;
+    if (this.writeTag[idx] === tag) this.writeTag[idx] = NaN;
+    if (this.fetchTag[idx] === tag) this.fetchTag[idx] = NaN;
+    if (!this.hasSuperpages) return;
+    flushSuperpages(this.readTag, this.levels, 0, tag);
+    flushSuperpages(this.writeTag, this.levels, TLB_SIZE, tag);
+    flushSuperpages(this.fetchTag, this.levels, 2 * TLB_SIZE, tag);
   }
   flushData(): void {
     this.readTag.fill(NaN);
     this.writeTag.fill(NaN);
+  }
+}
+
+/** Drops the entries of `tags` that came from a superpage covering virtual page `tag`. */
+function flushSuperpages(tags: Float64Array, levels: Uint8Array, at: number, tag: number): void {
+  for (let i = 0; i < TLB_SIZE; i++) {
+    const level = levels[at + i];
+    if (level === 0) continue;
+    const span = LEVEL_PAGES[level];
+    if (Math.floor(tags[i] / span) === Math.floor(tag / span)) tags[i] = NaN;
   }
 }
 
@@ -192,6 +225,14 @@ export class Hart {
    */
   fetchKey = 0;
   private tlbEpoch = 0;
+  /**
+   * The virtual pages (hashed, one table per leaf level) whose mapping translated code links and
+   * the jump cache assume under the current key (`noteLinkTarget`): sfence.vma of one address
+   * changes the key only when it may touch one of them, so the links elsewhere survive it.
+   */
+  private readonly linkedPages = new Uint8Array(4 << LINK_FILTER_BITS);
+  /** Level of the leaf PTE the last walk() ended at. */
+  private walkLevel = 0;
 
   /** The translator, when one runs this hart (`--engine jit`); null runs the interpreter. */
   translator: Translator | null = null;
@@ -779,7 +820,45 @@ export class Hart {
     this.tlbSets[2].flush();
     this.fetchPageVa = NaN;
     this.tlbEpoch++;
+    this.linkedPages.fill(0);
     this.updateMode();
+  }
+
+  /**
+   * sfence.vma of one virtual address: drops its S and U entries (and those of a superpage over
+   * it). Linux does this after every page fault it fixes; flushing everything there made every
+   * fork refill the TLB and lose every translated-code link hundreds of times.
+   */
+  flushTlbPage(lo: number, hi: number): void {
+    const tag = hi * 1048576 + (lo >>> 12);
+    const idx = (lo >>> 12) & TLB_MASK;
+    this.tlbSets[1].flushPage(tag, idx);
+    this.tlbSets[2].flushPage(tag, idx);
+    this.fetchPageVa = NaN;
+    const f = this.linkedPages;
+    let hit = 0;
+    for (let level = 0; level < 4; level++) {
+      hit |= f[(level << LINK_FILTER_BITS) + (Math.floor(tag / LEVEL_PAGES[level]) & LINK_FILTER_MASK)];
+    }
+    if (hit !== 0) {
+      // A link may lead to code on this page: links hold only within one key.
+      this.tlbEpoch++;
+      f.fill(0);
+      this.updateMode();
+    }
+  }
+
+  /**
+   * The translator is about to link to (or cache) the block at `pc`, found through the fetch TLB
+   * just now: note its virtual page at the level of the leaf that maps it, for flushTlbPage.
+   */
+  noteLinkTarget(pc: number): void {
+    const lo = pc | 0;
+    const tag = (Math.floor(pc / TWO32) | 0) * 1048576 + (lo >>> 12);
+    const idx = (lo >>> 12) & TLB_MASK;
+    const set = this.fetchSet;
+    const level = set.fetchTag[idx] === tag ? set.levels[2 * TLB_SIZE + idx] : 0;
+    this.linkedPages[(level << LINK_FILTER_BITS) + (Math.floor(tag / LEVEL_PAGES[level]) & LINK_FILTER_MASK)] = 1;
   }
 
   /** Drops every write translation: the next store to each page goes through translate() again. */
@@ -849,10 +928,12 @@ export class Hart {
     }
     const mode = this.satpHi >>> 28;
     let pa: number;
+    let level = 0;
     if (priv === PRIV_M || mode === 0) {
       pa = (hi >>> 0) * TWO32 + (lo >>> 0);
     } else {
       pa = this.walk(lo, hi, access, priv, mode);
+      level = this.walkLevel;
     }
     const off = pa - this.ramBase;
     if (off >= 0 && off < this.ramSize) {
@@ -860,6 +941,8 @@ export class Hart {
       const idx = (lo >>> 12) & TLB_MASK;
       const tag = hi * 1048576 + (lo >>> 12);
       const pageOff = off - (off & 0xfff);
+      set.levels[access * TLB_SIZE + idx] = level;
+      if (level !== 0) set.hasSuperpages = true;
       if (access === ACCESS_READ) { set.readTag[idx] = tag; set.readOff[idx] = pageOff; }
       else if (access === ACCESS_WRITE) {
         const codePages = this.codePages;
@@ -939,6 +1022,7 @@ export class Hart {
         if (this.dirtyPages !== null) this.dirtyPages[poff >>> 12] = 1;
       }
       const vpnLow = ((lo >>> 12) | (hi << 20)) & lowMask;
+      this.walkLevel = level;
       return (ppn + vpnLow) * 4096 + (lo & 0xfff);
     }
     return this.pageFault(access, lo, hi);
@@ -1072,7 +1156,10 @@ export class Hart {
     if ((insn >>> 25) === 0x09 && rd === 0) {
       // SFENCE.VMA
       if (this.priv === PRIV_U || (this.priv === PRIV_S && (this.mstatus & MSTATUS_TVM) !== 0)) this.illegal(insn);
-      this.flushTlb();
+      // One address (any ASID: ASIDs are not kept apart, so dropping more is always right) or all.
+      const rs1 = (insn >> 15) & 31;
+      if (rs1 !== 0) this.flushTlbPage(this.x[2 * rs1], this.x[2 * rs1 + 1]);
+      else this.flushTlb();
       return next;
     }
     this.illegal(insn);

@@ -5,9 +5,10 @@
  * Unit of translation is a block (block.ts): straight-line guest instructions within one 4 KiB
  * page, ending at a branch or jump, at an instruction the block cannot express (SYSTEM: CSRs,
  * ecall, mret, wfi, sfence.vma; fence.i; reserved encodings), at the page end, or after MAX_BLOCK
- * instructions. Blocks are found by the RAM offset of their first instruction (physical address)
- * and the virtual pc they were translated at (the code embeds pc-relative constants); nothing else
- * about the CPU state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
+ * instructions. Blocks are found by the RAM offset of their first instruction (physical address);
+ * a WebAssembly block is position-independent (it computes pc-relative values from the pc it runs
+ * at), a JavaScript block embeds the virtual pc it was translated at and is found by both. Nothing
+ * else about the CPU state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
  *
  * Tiers: a new block is interpreted (the interpreter is the reference) until it has run the
  * threshold's number of times (WASM_THRESHOLD, or COMPILE_THRESHOLD for JavaScript, which V8
@@ -269,7 +270,10 @@ export class Jit implements Translator {
         const pc = h.pc;
         const off = h.fetchOffset(pc);
         blk = this.find(pc, off);
-        if (blk !== null && blk.id !== 0) this.wasm!.remember(blk, h.fetchKey);
+        if (blk !== null) {
+          h.noteLinkTarget(pc);
+          if (blk.id !== 0) this.wasm!.remember(blk, pc, h.fetchKey);
+        }
         if (blk === null) {
           const slot = (off >>> 1) & HOT_MASK;
           const count = hot[slot];
@@ -325,8 +329,9 @@ export class Jit implements Translator {
       }
       const pc = h.pc;
       const next = this.find(pc, h.fetchOffset(pc));
-      if (next !== null && next.id !== 0) this.wasm!.remember(next, key);
       if (next !== null) {
+        h.noteLinkTarget(pc);
+        if (next.id !== 0) this.wasm!.remember(next, pc, key);
         blk.links[exit] = next;
         if (next.id !== 0 && blk.id !== 0) this.wasm!.link(blk, exit, next, pc, key);
         blk.linkPcs[exit] = pc;
@@ -335,11 +340,14 @@ export class Jit implements Translator {
     }
   }
 
-  /** The translated block for virtual pc at RAM offset off, if there is one. */
+  /**
+   * The translated block for virtual pc at RAM offset off, if there is one. A WebAssembly block
+   * serves every virtual pc (its code is position-independent); a JavaScript block only its own.
+   */
   private find(pc: number, off: number): Block | null {
     let b: Block | null = this.blocks.get(off) ?? null;
     while (b !== null) {
-      if (b.vpc === pc) return b;
+      if (b.vpc === pc || b.id !== 0) return b;
       b = b.alias;
     }
     return null;
@@ -1023,6 +1031,7 @@ class WasmBackend {
       this.table.set(id, instance.exports[`b${i}`] as () => number);
       const fn = (end: number): number => {
         slots[4] = h.fetchKey;
+        slotPc[0] = h.pc;
         const exit = run(end - h.instret, h.dataSet.base, id);
         h.instret += slots[0];
         h.pc = slotPc[0];
@@ -1050,9 +1059,9 @@ class WasmBackend {
     if (to.incoming !== null) to.incoming.add(at);
   }
 
-  /** Notes in the jump cache that `blk` runs at its pc under fetchKey `key` (for indirect jumps). */
-  remember(blk: Block, key: number): void {
-    this.writeSlot(this.jumpCacheEntry(blk.vpc), blk.vpc, blk, key);
+  /** Notes in the jump cache that `blk` runs at `pc` under fetchKey `key` (for indirect jumps). */
+  remember(blk: Block, pc: number, key: number): void {
+    this.writeSlot(this.jumpCacheEntry(pc), pc, blk, key);
   }
 
   /** A link slot or jump-cache entry at `at` leads to `to`, for target pc and fetchKey `key`. */
@@ -1070,8 +1079,11 @@ class WasmBackend {
   /** `blk` is dropped: no link leads to it any more. */
   unlink(blk: Block): void {
     for (const at of blk.incoming!) this.linkI32[(at + LINK_INDEX) >>> 2] = 0;
-    const cached = this.jumpCacheEntry(blk.vpc);
-    if (this.linkI32[(cached + LINK_INDEX) >>> 2] === blk.id) this.linkI32[(cached + LINK_INDEX) >>> 2] = 0;
+    // The jump cache may name it at any pc it ran at (its code is position-independent).
+    const first = (this.linkArea + LINK_INDEX) >>> 2;
+    const stride = LINK_SLOT_BYTES >>> 2;
+    const last = first + JUMP_CACHE_ENTRIES * stride;
+    for (let at = first; at < last; at += stride) if (this.linkI32[at] === blk.id) this.linkI32[at] = 0;
     blk.incoming = null;
   }
 

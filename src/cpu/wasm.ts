@@ -68,6 +68,7 @@ export interface WasmLayout {
 
 const I32 = 0x7f;
 const I64 = 0x7e;
+const F64 = 0x7c;
 const VOID = 0x40;
 
 const OP = {
@@ -147,6 +148,8 @@ const OP = {
   i64ExtendI32S: 0xac,
   i64ExtendI32U: 0xad,
   f64ConvertI64S: 0xb9,
+  f64Add: 0xa0,
+  i64TruncF64S: 0xb0,
   i32Extend8S: 0xc0,
   i32Extend16S: 0xc1,
 } as const;
@@ -254,11 +257,15 @@ const L_N = 2;
 const L_VA = 3; // i64 × 6: va, v, t0..t3
 const L_V = 4;
 const L_T0 = 5;
-const L_IDX = 9; // i32 × 2: idx, link
-const L_LINK = 10;
-const FIXED_I64 = 6;
+/** The virtual pc the block runs at, as an i64 (L_BASE_I64) and an f64 (L_BASE): see blockFunction. */
+const L_BASE_I64 = 9;
+const L_IDX = 10; // i32 × 2: idx, link
+const L_LINK = 11;
+const L_BASE = 12; // f64
+const FIXED_I64 = 7;
 const FIXED_I32 = 2;
-const FIRST_REG_LOCAL = 11;
+const FIXED_F64 = 1;
+const FIRST_REG_LOCAL = 13;
 
 /** Link slot fields (LINK_SLOT_BYTES each): the target pc it was made for, the target's table index and length, the fetchKey. */
 export const LINK_PC = 0;
@@ -282,10 +289,15 @@ export function exitBound(insns: Insn[]): number {
  * offset >> 12), `id` its index in the shared function table, `links` the address of its first link
  * slot (exitBound(insns) of them).
  *
+ * The code is position-independent: it reads the virtual pc it runs at from the hart area's pc
+ * slot on entry (the dispatcher, or the block that chains to it, stores it there) and computes
+ * auipc, link values and exit pcs from it, so one translation serves every virtual address of
+ * the same physical code.
+ *
  * Each linkable exit tries its link slot first: when the dispatcher has linked it to a block (the
  * slot names its table index) that was made for this target pc and the current fetchKey (implied
  * for a direct jump within the page: the block itself runs from that page) and fits the budget,
- * the exit tail-calls it; registers go through the hart area. Slots are cleared when their target
+ * the exit stores the target pc and tail-calls it; registers go through the hart area. Slots are cleared when their target
  * is dropped (jit.ts), so a link never reaches stale code.
  */
 export function blockFunction(
@@ -320,11 +332,13 @@ export function blockFunction(
   const loopDepth = 0;
 
   // Locals: the fixed ones, then one i64 per register the block uses.
-  uleb(c, 3);
+  uleb(c, 4);
   uleb(c, FIXED_I64);
   c.push(I64);
   uleb(c, FIXED_I32);
   c.push(I32);
+  uleb(c, FIXED_F64);
+  c.push(F64);
   uleb(c, nRegs);
   c.push(I64);
 
@@ -422,6 +436,10 @@ export function blockFunction(
     get(L_BUDGET);
     op(OP.i32LeS, OP.i32And);
     open(OP.if, VOID);
+    // The next block runs at this pc (its base: blocks are position-independent).
+    i32(0);
+    pc();
+    mem(OP.f64Store, 3, area + HART_AREA.pc);
     i32(0);
     get(L_LINK);
     mem(OP.i32Store, 2, area + HART_AREA.next);
@@ -442,7 +460,8 @@ export function blockFunction(
     if (code >= 0) {
       const samePage = pcKnown !== -1 && Math.floor(pcKnown / 4096) === Math.floor(start / 4096);
       const zero = (): void => i32(0);
-      tryChain(zero, links + code * LINK_SLOT_BYTES, pc, k, pcKnown === -1, !samePage);
+      // A direct exit to another page leads to another pc in each place the block runs: compare it.
+      tryChain(zero, links + code * LINK_SLOT_BYTES, pc, k, !samePage, !samePage);
       if (pcKnown === -1) {
         get(L_V);
         op(OP.i32WrapI64);
@@ -463,7 +482,22 @@ export function blockFunction(
     i32(code);
     op(OP.return);
   };
-  const constPc = (v: number) => (): void => f64(v);
+  /** The pc `v` had when the block was decoded, where the block runs now: base + (v - start). */
+  const constPc = (v: number) => (): void => {
+    get(L_BASE);
+    if (v !== start) {
+      f64(v - start);
+      op(OP.f64Add);
+    }
+  };
+  /** The same as a register value (i64). */
+  const pcValue = (v: number): void => {
+    get(L_BASE_I64);
+    if (v !== start) {
+      i64(v - start);
+      op(OP.i64Add);
+    }
+  };
   const to = (target: number, k: number, code: number): void => exit(constPc(target), k, code, target);
   /** A control transfer to `target` after `k` instructions of this pass: back to the top when it is the loop. */
   const jump = (target: number, k: number): void => {
@@ -500,7 +534,12 @@ export function blockFunction(
     op(OP.i32WrapI64);
   };
 
-  // Prologue: the registers the block uses, from the hart area.
+  // Prologue: the pc the block runs at (the caller stored it), then the registers the block uses.
+  i32(0);
+  mem(OP.f64Load, 3, area + HART_AREA.pc);
+  op(OP.localTee, L_BASE);
+  op(OP.i64TruncF64S);
+  set(L_BASE_I64);
   for (let r = 1; r < 32; r++) {
     if (local[r] < 0) continue;
     i32(0);
@@ -599,12 +638,12 @@ export function blockFunction(
         break;
       case 0x17:
         if (rd === 0) break;
-        i64(pc + ((insn & 0xfffff000) | 0));
+        pcValue(pc + ((insn & 0xfffff000) | 0));
         setRd(rd);
         break;
       case 0x6f:
         if (rd !== 0) {
-          i64(next);
+          pcValue(next);
           setRd(rd);
         }
         jump(pc + jImm(insn), k + 1);
@@ -617,7 +656,7 @@ export function blockFunction(
         op(OP.i64And);
         set(L_V);
         if (rd !== 0) {
-          i64(next);
+          pcValue(next);
           setRd(rd);
         }
         exit(

@@ -531,6 +531,33 @@ for (const levels of [3, 4] as const) {
       expectMTrap(m, STORE_PF, CODE, va);
     });
 
+    test("sfence.vma of one address makes its new mapping visible, also of a megapage it lies in", () => {
+      const m = machine(levels);
+      const va = 0x1000_0000n;
+      const mega = 0x0020_0000n;
+      const mega2Pa = RAM_BASE + 0x60_0000; // 2 MiB aligned
+      const pte = m.pt.map(va, DPAGE, RW);
+      const megaPte = m.pt.map(mega, MEGA_PA, RW, 1);
+      w64(m, DPAGE, 0x1111n);
+      w64(m, DPAGE2, 0x2222n);
+      w64(m, MEGA_PA + 0x12340, 0x3333n);
+      w64(m, mega2Pa + 0x12340, 0x4444n);
+      setX(m, A0, va);
+      setX(m, A1, mega + 0x12340n);
+      setX(m, T1, mega + 0x5000n); // another 4 KiB page of the megapage
+      const sfenceOf = (rs1: number) => SFENCE | (rs1 << 15);
+      code(m, CODE, [A.ld(T0, 0, A0), A.ld(T0, 0, A1), sfenceOf(A0), sfenceOf(T1), A.ld(T0, 0, A0), A.ld(A1, 0, A1)]);
+      enter(m, PRIV_S, CODE);
+      m.hart.run(2);
+      assert.equal(x(m, T0), 0x3333n);
+      m.pt.setPte(pte, (BigInt(DPAGE2 / 4096) << 10n) | BigInt(RW));
+      m.pt.setPte(megaPte, (BigInt(mega2Pa / 4096) << 10n) | BigInt(RW));
+      m.hart.run(4);
+      expectNoTrap(m);
+      assert.equal(x(m, T0), 0x2222n, "the page's new mapping");
+      assert.equal(x(m, A1), 0x4444n, "the megapage's new mapping");
+    });
+
     test("sfence.vma also drops a cached instruction translation", () => {
       const m = machine(levels);
       const va = 0x1000_0000n;
