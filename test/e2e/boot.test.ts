@@ -19,6 +19,7 @@ import {
   runYun,
   assertCleanExit,
   after,
+  around,
   lineEnd,
   sleep,
 } from "./harness.js";
@@ -48,7 +49,10 @@ test("the debian image is in $YUN_HOME (pulled with yun image pull if missing)",
   t.diagnostic(`no image in ${yunHome()}; running yun image pull debian-tiny`);
   const r = await runYun(["image", "pull", "debian-tiny"], "", 1_750_000);
   assert.equal(r.code, 0, `yun image pull debian-tiny failed (${r.code ?? r.signal})${tail(r.console)}`);
-  assert.ok(findImage("debian-tiny"), `yun image pull debian-tiny exited 0 but no image is in ${yunHome()}${tail(r.console)}`);
+  assert.ok(
+    findImage("debian-tiny"),
+    `yun image pull debian-tiny exited 0 but no image is in ${yunHome()}${tail(r.console)}`,
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -79,7 +83,11 @@ test(
     assert.match(out, /yun: init ready/, `no "yun: init ready" on the console${tail(out)}`);
 
     // The answer, on a line of its own after the command was echoed.
-    assert.match(after(out, "echo $((6*7))", out), /^42\r?$/m, `no line "42" after the command${tail(out)}`);
+    assert.match(
+      after(out, "echo $((6*7))", out),
+      /^42\r?$/m,
+      `no line "42" after the command${around(out, "echo $((6*7))")}${tail(out)}`,
+    );
 
     // /proc/cpuinfo: the ISA string.
     const isa = /^isa\t\t: (\S+)\r?$/m.exec(out);

@@ -22,6 +22,13 @@ export function tail(text: string, bytes = 2048): string {
   return `\n----- last ${t.length} chars of console -----\n${t}\n----- end of console -----`;
 }
 
+/** The console around the first `needle` (all of its start when absent), to show what the guest did there. */
+export function around(text: string, needle: string, before = 1024, afterBytes = 1024): string {
+  const i = Math.max(0, text.indexOf(needle));
+  const t = JSON.stringify(text.slice(Math.max(0, i - before), i + needle.length + afterBytes));
+  return `\n----- console around ${JSON.stringify(needle)} (as a JSON string) -----\n${t}\n----- end -----`;
+}
+
 /** What fencedShell needs of a console: its text so far, a way to type, and a wait. */
 interface Console {
   text(): string;
