@@ -114,6 +114,14 @@ const MIGRATIONS: string[] = [
   CREATE INDEX forwards_instance ON forwards (instance_id);
   UPDATE instances SET address = NULL WHERE network_id IS NULL;
   `,
+  // 5: the metering tick is one record (when the daemon last saw its resources running) instead
+  // of a write to every open interval: with etcd each write is a key, and a tick over hundreds
+  // of resources was hundreds of keys every few seconds (more than one etcd transaction may hold).
+  // An interval closed at the last tick ends at max(its start, that tick), as before.
+  `
+  CREATE TABLE meter_ticks (id INTEGER PRIMARY KEY CHECK (id = 1), last_ms INTEGER NOT NULL);
+  INSERT INTO meter_ticks SELECT 1, coalesce(max(last_ms), 0) FROM usage_intervals;
+  `,
 ];
 
 /** The schema version this code expects. */
