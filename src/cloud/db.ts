@@ -120,7 +120,7 @@ const MIGRATIONS: string[] = [
   // An interval closed at the last tick ends at max(its start, that tick), as before.
   `
   CREATE TABLE meter_ticks (id INTEGER PRIMARY KEY CHECK (id = 1), last_ms INTEGER NOT NULL);
-  INSERT INTO meter_ticks SELECT 1, coalesce(max(last_ms), 0) FROM usage_intervals;
+  INSERT INTO meter_ticks SELECT 1, max(last_ms) FROM usage_intervals HAVING count(*) > 0;
   `,
 ];
 
@@ -155,6 +155,36 @@ export function migrate(db: DB): void {
       db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(v, new Date().toISOString());
     }).immediate();
   }
+}
+
+/** The tables that hold records (not SQLite's or the migrations' own). */
+export function recordTables(db: DB): string[] {
+  const names = (
+    db
+      .prepare(
+        "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'schema_migrations' ORDER BY name",
+      )
+      .all() as { name: string }[]
+  ).map((r) => r.name);
+  // Parents before children (foreign keys), so a store that applies rows in order never sees a
+  // record whose parent is missing.
+  const parents = new Map(
+    names.map((n) => [
+      n,
+      (db.prepare(`PRAGMA foreign_key_list(${n})`).all() as { table: string }[])
+        .map((f) => f.table)
+        .filter((t) => t !== n),
+    ]),
+  );
+  const out: string[] = [];
+  const visit = (n: string, path: Set<string>): void => {
+    if (out.includes(n) || path.has(n)) return;
+    path.add(n);
+    for (const p of parents.get(n) ?? []) if (parents.has(p)) visit(p, path);
+    out.push(n);
+  };
+  for (const n of names) visit(n, new Set());
+  return out;
 }
 
 /** The journal row (operations.id) of the request being served, carried through its async calls. */
