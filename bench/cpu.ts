@@ -44,6 +44,9 @@ export interface CpuRow {
   instructions: number;
   mips: number;
   translator?: TranslatorStats;
+  /** Yun's translator between the markers: instructions run in translated code, and dispatcher lookups. */
+  translatedInstructions?: number;
+  lookups?: number;
   error?: string;
 }
 
@@ -380,6 +383,9 @@ interface GuestTiming {
   cpuSeconds: number;
   /** Guest instructions between the markers (Yun only). */
   instructions: number;
+  /** Of them, run in translated code; and the dispatcher's block lookups (Yun's translator only). */
+  translatedInstructions?: number;
+  lookups?: number;
   status: number;
 }
 
@@ -404,6 +410,7 @@ async function guestWorker(job: GuestJob): Promise<GuestRun> {
   let t0 = 0;
   let i0 = 0;
   let c0 = process.cpuUsage();
+  let s0: TranslatorStats | undefined;
   const script = new ShellScript(
     job.workloads.map((w) => w.command),
     guestSetup(job.micro),
@@ -414,15 +421,20 @@ async function guestWorker(job: GuestJob): Promise<GuestRun> {
         t0 = performance.now();
         i0 = machine.hart.instret;
         c0 = process.cpuUsage();
+        s0 = machine.jit?.stats();
       },
-      finished: (i, status) =>
+      finished: (i, status) => {
+        const s1 = machine.jit?.stats();
         rows.push({
           name: job.workloads[i].name,
           seconds: (performance.now() - t0) / 1000,
           cpuSeconds: cpuSecondsSince(c0),
           instructions: machine.hart.instret - i0,
+          translatedInstructions: s0 && s1 ? s1.translatedInstructions - s0.translatedInstructions : undefined,
+          lookups: s0 && s1 ? s1.lookups - s0.lookups : undefined,
           status,
-        }),
+        });
+      },
       done: () => machine.input(Buffer.from("poweroff -f\n")),
       stuck: (what) => {
         error = `timed out after ${job.timeoutS} s waiting for ${what}`;
@@ -552,6 +564,10 @@ function guestRows(
     };
     if (g.status !== 0) row.error = `exited with status ${g.status}`;
     if (engine !== "qemu" && run.stats) row.translator = run.stats;
+    if (engine !== "qemu" && g.translatedInstructions !== undefined) {
+      row.translatedInstructions = g.translatedInstructions;
+      row.lookups = g.lookups;
+    }
     return row;
   });
 }
@@ -726,6 +742,12 @@ export function formatCpuTable(rows: CpuRow[]): string {
     lines.push(
       "  times: wall seconds between typing the command and its marker; cpu: the engine's host CPU seconds over the",
       "  same span (Yun's process, QEMU's from /proc), which a busy host inflates far less; met? judges the cpu ratio.",
+    );
+  }
+  for (const r of rows) {
+    if (r.translatedInstructions === undefined || r.error !== undefined || r.instructions === 0) continue;
+    lines.push(
+      `  ${r.workload}: ${((100 * r.translatedInstructions) / r.instructions).toFixed(1)} % of the instructions translated, ${((r.lookups ?? 0) / 1e6).toFixed(2)} M dispatcher lookups`,
     );
   }
   const t = rows.filter((r) => r.translator && r.group !== "kernel").pop()?.translator;

@@ -81,9 +81,36 @@ export function classify(insn: number): number {
     case 0x4b:
     case 0x4f:
       return KIND_NEXT; // through Hart.executeHelper, which checks the encoding
+    case 0x73:
+      return csrInBlock(insn) ? KIND_NEXT : KIND_STOP;
     default:
       return KIND_STOP;
   }
+}
+
+/**
+ * CSRs a block may access through Hart.executeHelper and go on: none whose write changes what a
+ * block assumes at entry (satp: the address space; mstatus: MPRV and MPP pick the data TLB) or the
+ * instruction count (mcycle, minstret). A write that may make an interrupt pending raises attention,
+ * which ends the block after the instruction, as for MMIO.
+ */
+const CSR_IN_BLOCK = new Set([
+  ...[0x001, 0x002, 0x003], // fflags, frm, fcsr
+  ...[0xc00, 0xc01, 0xc02], // cycle, time, instret (read-only: a write traps, precisely)
+  ...[0x100, 0x104, 0x105, 0x106, 0x10a], // sstatus (no MPRV or MPP in it), sie, stvec, scounteren, senvcfg
+  ...[0x140, 0x141, 0x142, 0x143, 0x144], // sscratch, sepc, scause, stval, sip
+  ...[0x304, 0x340, 0x341, 0x342, 0x343, 0x344, 0xf14], // mie, mscratch, mepc, mcause, mtval, mip, mhartid
+]);
+/** CSRs a block may read but not write (csrrs/csrrc with x0 or a zero immediate write nothing). */
+const CSR_READ_IN_BLOCK = new Set([0x180, 0x300]); // satp, mstatus
+
+/** A CSR instruction (csrrw, csrrs, csrrc and their immediate forms) that a block may run and go on after. */
+export function csrInBlock(insn: number): boolean {
+  const f3 = (insn >> 12) & 7;
+  if (f3 === 0 || f3 === 4) return false; // ecall, xret, wfi, sfence.vma; reserved
+  const csr = insn >>> 20;
+  if (CSR_IN_BLOCK.has(csr)) return true;
+  return (f3 & 3) !== 1 && ((insn >> 15) & 31) === 0 && CSR_READ_IN_BLOCK.has(csr);
 }
 
 export function iImm(insn: number): number {
@@ -130,6 +157,8 @@ export function registersOf(insn: number): { reads: number[]; writes: number[] }
       return { reads: [rs1, rs2], writes: [rd] };
     case 0x53:
       return { reads: [rs1], writes: [rd] }; // fmv.x, fcvt.x, fclass, compares write rd
+    case 0x73: // a CSR instruction (csrInBlock); the immediate forms read no register
+      return { reads: (insn >> 12) & 4 ? [] : [rs1], writes: [rd] };
     default:
       return { reads: [], writes: [] };
   }

@@ -64,6 +64,11 @@ export class TlbSet {
    * sfence.vma of one address also drops the entries of a superpage that covers it.
    */
   readonly levels = new Uint8Array(3 * TLB_SIZE);
+  /**
+   * Whether each entry (same layout as `levels`) came from a global mapping (G set in the leaf or
+   * a table above it): valid in every address space, so a satp write keeps it.
+   */
+  readonly globals = new Uint8Array(3 * TLB_SIZE);
   /** Whether any entry came from a superpage since the last flush (else a page flush is one slot). */
   hasSuperpages = false;
   /**
@@ -102,6 +107,18 @@ export class TlbSet {
   flushData(): void {
     this.readTag.fill(NaN);
     this.writeTag.fill(NaN);
+  }
+  /** Drops every entry but those of global mappings (a satp write: another address space). */
+  flushNonGlobal(): void {
+    const g = this.globals;
+    const read = this.readTag,
+      write = this.writeTag,
+      fetch = this.fetchTag;
+    for (let i = 0; i < TLB_SIZE; i++) {
+      if (g[i] === 0) read[i] = NaN;
+      if (g[TLB_SIZE + i] === 0) write[i] = NaN;
+      if (g[2 * TLB_SIZE + i] === 0) fetch[i] = NaN;
+    }
   }
 }
 
@@ -224,15 +241,27 @@ export class Hart {
    * (TLB flush, privilege change): translated code links between blocks are valid only within one key.
    */
   fetchKey = 0;
-  private tlbEpoch = 0;
   /**
-   * The virtual pages (hashed, one table per leaf level) whose mapping translated code links and
-   * the jump cache assume under the current key (`noteLinkTarget`): sfence.vma of one address
-   * changes the key only when it may touch one of them, so the links elsewhere survive it.
+   * Per TLB set (M, S, U): bumped when the set's fetch translations that links may assume change;
+   * the fetchKey is the active set's epoch and index.
    */
-  private readonly linkedPages = new Uint8Array(4 << LINK_FILTER_BITS);
-  /** Level of the leaf PTE the last walk() ended at. */
+  private readonly tlbEpochs = [0, 0, 0];
+  /**
+   * The virtual pages (hashed, one table per leaf level, one group of tables per TLB set) whose
+   * mapping translated code links and the jump cache assume under the set's current key
+   * (`noteLinkTarget`): sfence.vma of one address changes a key only when it may touch one of
+   * them, so the links elsewhere survive it.
+   */
+  private readonly linkedPages = new Uint8Array(3 * (4 << LINK_FILTER_BITS));
+  /**
+   * Per TLB set: whether a link or jump-cache entry under the current key leads to a page mapped
+   * without G. A satp write keeps global translations, and the key too unless this is set (Linux
+   * maps the kernel global: its links survive a context switch).
+   */
+  private readonly linkedNonGlobal = new Uint8Array(3);
+  /** Level of the leaf PTE the last walk() ended at, and whether its mapping is global. */
   private walkLevel = 0;
+  private walkGlobal = false;
 
   /** The translator, when one runs this hart (`--engine jit`); null runs the interpreter. */
   translator: Translator | null = null;
@@ -808,7 +837,7 @@ export class Hart {
   private updateMode(): void {
     const fetchIndex = this.priv === PRIV_M ? 0 : this.priv === PRIV_S ? 1 : 2;
     this.fetchSet = this.tlbSets[fetchIndex];
-    this.fetchKey = this.tlbEpoch * 4 + fetchIndex;
+    this.fetchKey = this.tlbEpochs[fetchIndex] * 4 + fetchIndex;
     const dp = this.dataPriv();
     this.dataSet = this.tlbSets[dp === PRIV_M ? 0 : dp === PRIV_S ? 1 : 2];
     this.fetchPageVa = NaN;
@@ -819,8 +848,28 @@ export class Hart {
     this.tlbSets[1].flush();
     this.tlbSets[2].flush();
     this.fetchPageVa = NaN;
-    this.tlbEpoch++;
+    this.tlbEpochs[1]++;
+    this.tlbEpochs[2]++;
     this.linkedPages.fill(0);
+    this.linkedNonGlobal.fill(0);
+    this.updateMode();
+  }
+
+  /**
+   * A satp write with paging on before and after: another address space (Yun keeps no ASIDs), in
+   * which global mappings stay valid (the privileged spec lets them serve every address space).
+   * A set's key changes only when its links may lead to a non-global page.
+   */
+  private switchAddressSpace(): void {
+    this.fetchPageVa = NaN;
+    const span = 4 << LINK_FILTER_BITS;
+    for (let set = 1; set <= 2; set++) {
+      this.tlbSets[set].flushNonGlobal();
+      if (this.linkedNonGlobal[set] === 0) continue;
+      this.linkedNonGlobal[set] = 0;
+      this.tlbEpochs[set]++;
+      this.linkedPages.fill(0, set * span, (set + 1) * span);
+    }
     this.updateMode();
   }
 
@@ -836,16 +885,21 @@ export class Hart {
     this.tlbSets[2].flushPage(tag, idx);
     this.fetchPageVa = NaN;
     const f = this.linkedPages;
-    let hit = 0;
-    for (let level = 0; level < 4; level++) {
-      hit |= f[(level << LINK_FILTER_BITS) + (Math.floor(tag / LEVEL_PAGES[level]) & LINK_FILTER_MASK)];
-    }
-    if (hit !== 0) {
+    const span = 4 << LINK_FILTER_BITS;
+    let changed = false;
+    for (let set = 1; set <= 2; set++) {
+      let hit = 0;
+      for (let level = 0; level < 4; level++) {
+        hit |= f[set * span + (level << LINK_FILTER_BITS) + (Math.floor(tag / LEVEL_PAGES[level]) & LINK_FILTER_MASK)];
+      }
+      if (hit === 0) continue;
       // A link may lead to code on this page: links hold only within one key.
-      this.tlbEpoch++;
-      f.fill(0);
-      this.updateMode();
+      this.tlbEpochs[set]++;
+      f.fill(0, set * span, (set + 1) * span);
+      this.linkedNonGlobal[set] = 0;
+      changed = true;
     }
+    if (changed) this.updateMode();
   }
 
   /**
@@ -857,8 +911,11 @@ export class Hart {
     const tag = (Math.floor(pc / TWO32) | 0) * 1048576 + (lo >>> 12);
     const idx = (lo >>> 12) & TLB_MASK;
     const set = this.fetchSet;
-    const level = set.fetchTag[idx] === tag ? set.levels[2 * TLB_SIZE + idx] : 0;
-    this.linkedPages[(level << LINK_FILTER_BITS) + (Math.floor(tag / LEVEL_PAGES[level]) & LINK_FILTER_MASK)] = 1;
+    const hit = set.fetchTag[idx] === tag;
+    const level = hit ? set.levels[2 * TLB_SIZE + idx] : 0;
+    const index = this.fetchKey & 3;
+    if (!hit || set.globals[2 * TLB_SIZE + idx] === 0) this.linkedNonGlobal[index] = 1;
+    this.linkedPages[index * (4 << LINK_FILTER_BITS) + (level << LINK_FILTER_BITS) + (Math.floor(tag / LEVEL_PAGES[level]) & LINK_FILTER_MASK)] = 1;
   }
 
   /** Drops every write translation: the next store to each page goes through translate() again. */
@@ -894,14 +951,16 @@ export class Hart {
   }
 
   /**
-   * Executes one instruction that neither transfers control nor depends on the pc (AMO, FP) for
-   * translated code; `this.pc` must point at it so that a trap reports the right address.
+   * Executes one instruction that neither transfers control nor depends on the pc (AMO, FP, the CSR
+   * instructions of block.ts csrInBlock) for translated code; `this.pc` must point at it so that a
+   * trap reports the right address.
    */
   executeHelper(insn: number): void {
     switch (insn & 0x7f) {
       case 0x2f: this.atomic(insn); break;
       case 0x07: this.fpLoad(insn); break;
       case 0x27: this.fpStore(insn); break;
+      case 0x73: this.csrInstruction(insn, (insn >> 12) & 7); break; // block.ts csrInBlock
       default:
         if ((this.mstatus & MSTATUS_FS) === 0 || !executeFp(this, insn)) this.illegal(insn);
         this.mstatus |= MSTATUS_FS;
@@ -929,11 +988,13 @@ export class Hart {
     const mode = this.satpHi >>> 28;
     let pa: number;
     let level = 0;
+    let global = 0;
     if (priv === PRIV_M || mode === 0) {
       pa = (hi >>> 0) * TWO32 + (lo >>> 0);
     } else {
       pa = this.walk(lo, hi, access, priv, mode);
       level = this.walkLevel;
+      global = this.walkGlobal ? 1 : 0;
     }
     const off = pa - this.ramBase;
     if (off >= 0 && off < this.ramSize) {
@@ -942,6 +1003,7 @@ export class Hart {
       const tag = hi * 1048576 + (lo >>> 12);
       const pageOff = off - (off & 0xfff);
       set.levels[access * TLB_SIZE + idx] = level;
+      set.globals[access * TLB_SIZE + idx] = global;
       if (level !== 0) set.hasSuperpages = true;
       if (access === ACCESS_READ) { set.readTag[idx] = tag; set.readOff[idx] = pageOff; }
       else if (access === ACCESS_WRITE) {
@@ -968,6 +1030,7 @@ export class Hart {
     const top = mode === 9 ? hi >> 15 : hi >> 6;
     if (top !== 0 && top !== -1) this.pageFault(access, lo, hi);
     let table = ((this.satpHi & 0xfff) * TWO32 + (this.satpLo >>> 0)) * 4096;
+    let global = 0;
     for (let level = levels - 1; level >= 0; level--) {
       let vpn: number;
       if (level === 0) vpn = (lo >>> 12) & 0x1ff;
@@ -983,6 +1046,7 @@ export class Hart {
       const pteHi = this.ram32[(poff >> 2) + 1];
       if ((pteLo & 1) === 0 || (pteLo & 6) === 4 || (pteHi >>> 22) !== 0) this.pageFault(access, lo, hi);
       const ppn = (pteHi & 0x3fffff) * 4194304 + (pteLo >>> 10);
+      global |= pteLo & 0x20; // G: here and in every table above
       if ((pteLo & 0xa) === 0) {
         // pointer to the next level
         if (level === 0 || (pteLo & 0xd0) !== 0) this.pageFault(access, lo, hi);
@@ -1023,6 +1087,7 @@ export class Hart {
       }
       const vpnLow = ((lo >>> 12) | (hi << 20)) & lowMask;
       this.walkLevel = level;
+      this.walkGlobal = global !== 0;
       return (ppn + vpnLow) * 4096 + (lo & 0xfff);
     }
     return this.pageFault(access, lo, hi);
@@ -1295,9 +1360,12 @@ export class Hart {
         const mode = hi >>> 28;
         if (mode !== 0 && mode !== 8 && mode !== 9) return;
         // ASID: 16 bits writable; PPN: 44 bits
+        const oldMode = this.satpHi >>> 28;
         this.satpHi = hi;
         this.satpLo = lo;
-        this.flushTlb();
+        // Paging turned on or off (or Sv39 <-> Sv48): nothing cached holds.
+        if (oldMode !== 0 && oldMode === mode) this.switchAddressSpace();
+        else this.flushTlb();
         return;
       }
       case CSR.mstatus: this.setMstatus((this.mstatus & ~MSTATUS_WRITABLE) | (lo & MSTATUS_WRITABLE)); return;
@@ -1349,7 +1417,8 @@ export class Hart {
       this.tlbSets[2].flushData();
     }
     if (changed & (MSTATUS_MPRV | MSTATUS_MPP)) this.updateMode();
-    if (changed & (MSTATUS_MIE | MSTATUS_SIE)) this.attention = true;
+    // Only enabling can make a pending interrupt taken (translated code leaves on attention).
+    if (v & changed & (MSTATUS_MIE | MSTATUS_SIE)) this.attention = true;
   }
 
   // ---------------------------------------------------------------- A extension

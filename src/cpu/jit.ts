@@ -3,12 +3,13 @@
  * compiles to machine code; this file is the dispatcher, the cache and the JavaScript backend.
  *
  * Unit of translation is a block (block.ts): straight-line guest instructions within one 4 KiB
- * page, ending at a branch or jump, at an instruction the block cannot express (SYSTEM: CSRs,
- * ecall, mret, wfi, sfence.vma; fence.i; reserved encodings), at the page end, or after MAX_BLOCK
- * instructions. Blocks are found by the RAM offset of their first instruction (physical address);
- * a WebAssembly block is position-independent (it computes pc-relative values from the pc it runs
- * at), a JavaScript block embeds the virtual pc it was translated at and is found by both. Nothing
- * else about the CPU state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
+ * page, ending at a branch or jump, at an instruction the block cannot express (SYSTEM: the CSR
+ * accesses block.ts csrInBlock leaves out, ecall, mret, wfi, sfence.vma; fence.i; reserved
+ * encodings), at the page end, or after MAX_BLOCK instructions. Blocks are found by the RAM
+ * offset of their first instruction (physical address); a WebAssembly block is
+ * position-independent (it computes pc-relative values from the pc it runs at), a JavaScript
+ * block embeds the virtual pc it was translated at and is found by both. Nothing else about the
+ * CPU state is baked in: privilege, MPRV, FS and TLB contents are read at run time.
  *
  * Tiers: a new block is interpreted (the interpreter is the reference) until it has run the
  * threshold's number of times (WASM_THRESHOLD, or COMPILE_THRESHOLD for JavaScript, which V8
@@ -143,6 +144,8 @@ export interface TranslatorStats {
   invalidations: number;
   /** Guest instructions executed inside translated code (the rest were interpreted). */
   translatedInstructions: number;
+  /** Blocks the dispatcher looked up by address (each link or chain it follows instead saves one). */
+  lookups: number;
 }
 
 export class Jit implements Translator {
@@ -165,6 +168,7 @@ export class Jit implements Translator {
   private invalidations = 0;
   /** Instructions retired in translated blocks (exact at block exits). */
   private jitInstret = -0; // a double field from the start, as Hart.instret (+0 set in the constructor)
+  private lookups = -0;
   readonly threshold: number;
 
   private readonly maxBlocks: number;
@@ -189,6 +193,7 @@ export class Jit implements Translator {
   ) {
     this.hart = hart;
     this.jitInstret = 0;
+    this.lookups = 0;
     const shared = options.shared ?? null;
     const bus = hart.bus;
     const wasmCapable = bus.ramMemory !== null && bus.hartArea(hart.hartId) >= 0;
@@ -249,6 +254,7 @@ export class Jit implements Translator {
       flushes: this.flushes,
       invalidations: this.invalidations,
       translatedInstructions: this.jitInstret,
+      lookups: this.lookups,
     };
   }
 
@@ -345,6 +351,7 @@ export class Jit implements Translator {
    * serves every virtual pc (its code is position-independent); a JavaScript block only its own.
    */
   private find(pc: number, off: number): Block | null {
+    this.lookups++;
     let b: Block | null = this.blocks.get(off) ?? null;
     while (b !== null) {
       if (b.vpc === pc || b.id !== 0) return b;
@@ -900,8 +907,9 @@ export function generate(insns: Insn[], page = 0, sharedRam = false): { source: 
         if (f3 === 1) emit(`h.translator.fenceI(); ${exit(next, k + 1, EXIT_NOLINK)}`);
         break;
       default: {
-        // AMO and F/D: the hart's own code, with state made precise first; rd may change.
-        emit(`${sync} h.executeHelper(${insn}); ${unsync}`);
+        // AMO, F/D and CSRs: the hart's own code, with state made precise first; rd may change. A
+        // CSR write that may make an interrupt pending leaves (its result is in x[rd] already).
+        emit(`${sync} h.executeHelper(${insn}); ${(insn & 0x7f) === 0x73 ? afterSlow() : ""} ${unsync}`);
         const { writes } = registersOf(insn);
         for (const r of writes) if (r !== 0) emit(`r${r}l = x[${2 * r}]; r${r}h = x[${2 * r + 1}];`);
         break;

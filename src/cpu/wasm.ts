@@ -771,9 +771,11 @@ export function blockFunction(
         }
         break;
       default: {
-        // AMO and F/D: the hart's own code, with the state made precise first; rd may change.
+        // AMO, F/D and CSRs: the hart's own code, with the state made precise first; rd may change.
         sync();
         slowCall(SLOW_HELPER, insn);
+        // A CSR write that may make an interrupt pending (sie, sstatus.SIE) leaves, the result in x[rd].
+        if ((insn & 0x7f) === 0x73) afterSlow(0);
         for (const r of registersOf(insn).writes) {
           if (r === 0) continue;
           i32(0);

@@ -29,7 +29,9 @@ const CSR_MTVEC = 0x305,
   CSR_MEPC = 0x341,
   CSR_MCAUSE = 0x342,
   CSR_MIE = 0x304,
-  CSR_MSTATUS = 0x300;
+  CSR_MSTATUS = 0x300,
+  CSR_MSCRATCH = 0x340,
+  CSR_INSTRET = 0xc02;
 
 /** A device whose every write raises the machine software interrupt of its hart. */
 class DoorBell implements MmioDevice {
@@ -147,6 +149,37 @@ for (const backend of ["wasm", "js"] as const) {
     assert.equal(BigInt.asUintN(64, m.hart.getCsr(CSR_MCAUSE)), (1n << 63n) | 3n);
     assert.equal(Number(m.hart.getCsr(CSR_MEPC)), CODE + 8);
     assert.equal(m.hart.getX(A1), 0n);
+  });
+
+  test(`CSR accesses run inside a block: exact counters, and a write enabling an interrupt takes it right after (${backend})`, () => {
+    const program = [
+      A.addi(A0, 0, 5),
+      A.csrrw(A1, CSR_MSCRATCH, A0), // a1 = 0, mscratch = 5
+      A.csrrs(A2, CSR_INSTRET, 0), // a2 = 2: the instructions retired before it
+      A.csrrs(A3, CSR_MSCRATCH, 0), // a3 = 5
+      A.csrrw(0, CSR_MIE, T0), // enables the pending software interrupt: taken after this
+      A.addi(A0, A0, 1), // not reached
+      WFI,
+    ];
+    const jit = machine(program, { backend });
+    const ref = machine(program, { jit: false });
+    for (const m of [jit, ref]) {
+      m.hart.setX(T0, 1n << 3n);
+      m.hart.setPending(3, true);
+      m.hart.setCsr(CSR_MSTATUS, m.hart.getCsr(CSR_MSTATUS) | 8n); // MIE
+      m.hart.run(6); // up to the interrupt, then the handler's first instruction
+    }
+    assert.equal(jit.hart.getX(A1), 0n);
+    assert.equal(jit.hart.getX(A2), 2n);
+    assert.equal(jit.hart.getX(A3), 5n);
+    assert.equal(jit.hart.getX(A0), 5n);
+    assert.equal(BigInt.asUintN(64, jit.hart.getCsr(CSR_MCAUSE)), (1n << 63n) | 3n);
+    assert.equal(Number(jit.hart.getCsr(CSR_MEPC)), CODE + 20);
+    for (const r of [A0, A1, A2, A3]) assert.equal(jit.hart.getX(r), ref.hart.getX(r), `x${r}`);
+    assert.equal(jit.hart.instret, ref.hart.instret);
+    assert.equal(jit.hart.pc, ref.hart.pc);
+    // The five up to the interrupt in one block (ending at the first CSR access, it would be one).
+    assert.equal(jit.jit!.stats().translatedInstructions, 6, "the block ran through its CSR accesses");
   });
 
   test(`the translation cache is bounded: past its limit it is flushed and code is translated again (${backend})`, () => {

@@ -621,6 +621,64 @@ for (const levels of [3, 4] as const) {
       assert.equal(x(m, T0), 0x4242n);
     });
 
+    /** A second tree like the first (RAM identity-mapped), and A0 = va, A1 = its satp. */
+    const secondTree = (m: Machine, va: bigint): PageTables => {
+      const other = new PageTables(m.dv, levels, TABLES + 0x8_0000);
+      other.map(BigInt(RAM_BASE), RAM_BASE, RWX, 2);
+      setX(m, A0, va);
+      setX(m, A1, other.satp);
+      return other;
+    };
+
+    test("a satp write to another tree drops the old tree's (non-global) translations", () => {
+      const m = machine(levels);
+      const va = 0x1000_0000n;
+      m.pt.map(va, DPAGE, RW);
+      w64(m, DPAGE, 0x1111n);
+      w64(m, DPAGE2, 0x2222n);
+      secondTree(m, va).map(va, DPAGE2, RW);
+      code(m, CODE, [A.ld(T0, 0, A0), A.csrrw(0, CSR.satp, A1), A.ld(T1, 0, A0)]);
+      enter(m, PRIV_S, CODE);
+      m.hart.run(3);
+      expectNoTrap(m);
+      assert.equal(x(m, T0), 0x1111n);
+      assert.equal(x(m, T1), 0x2222n);
+    });
+
+    test("global translations kept across a satp write go at sfence.vma, and when paging goes off", () => {
+      const G = 32;
+      const m = machine(levels);
+      // Two trees that map the code's megapage alike and DPAGE (as a virtual address; in Bare
+      // mode it reads DPAGE itself) globally to different pages.
+      const tree = (base: number, pa: number): PageTables => {
+        const t = new PageTables(m.dv, levels, base);
+        t.map(BigInt(RAM_BASE), RAM_BASE, RWX, 1);
+        t.map(BigInt(DPAGE), pa, RW | G);
+        return t;
+      };
+      const first = tree(TABLES + 0x4_0000, DPAGE2);
+      const second = tree(TABLES + 0x8_0000, DPAGE2 + 0x1000);
+      w64(m, DPAGE, 0x1111n);
+      w64(m, DPAGE2, 0x2222n);
+      w64(m, DPAGE2 + 0x1000, 0x3333n);
+      m.hart.setCsr(CSR.satp, first.satp);
+      setX(m, A0, DPAGE);
+      setX(m, A1, second.satp);
+      code(m, CODE, [A.ld(T0, 0, A0), A.csrrw(0, CSR.satp, A1), SFENCE, A.ld(T1, 0, A0)]);
+      enter(m, PRIV_S, CODE);
+      m.hart.run(4);
+      expectNoTrap(m);
+      assert.equal(x(m, T0), 0x2222n);
+      assert.equal(x(m, T1), 0x3333n, "sfence.vma x0 drops global translations too");
+      setX(m, A1, 0);
+      code(m, CODE, [A.ld(T0, 0, A0), A.csrrw(0, CSR.satp, A1), A.ld(T1, 0, A0)]);
+      enter(m, PRIV_S, CODE);
+      m.hart.run(3);
+      expectNoTrap(m);
+      assert.equal(x(m, T0), 0x3333n);
+      assert.equal(x(m, T1), 0x1111n, "Bare: no translation, global or not");
+    });
+
     test("a misaligned load/store across a page boundary uses both translations", () => {
       const m = machine(levels);
       const va = 0x1000_0000n;
