@@ -38,6 +38,7 @@ import { SqliteStore } from "./store/sqlite.js";
 import { intToIp, parseCidr } from "./networks/addresses.js";
 import { NetworkService } from "./networks/service.js";
 import { KeyPairService } from "./keypairs/service.js";
+import { ObjectService, objectBytesUsed } from "./objects/service.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
@@ -67,7 +68,13 @@ import type {
   Whoami,
 } from "./types.js";
 
-export const DEFAULT_QUOTAS: Quotas = { instances: 10, vcpus: 16, memoryMiB: 8192, diskGiB: 200 };
+export const DEFAULT_QUOTAS: Quotas = {
+  instances: 10,
+  vcpus: 16,
+  memoryMiB: 8192,
+  diskGiB: 200,
+  objectBytes: 100 * 1024 ** 3,
+};
 export const DEFAULT_FLAVORS = [
   { name: "tiny", vcpus: 1, memoryMiB: 128, diskGiB: 2 },
   { name: "small", vcpus: 1, memoryMiB: 256, diskGiB: 4 },
@@ -157,6 +164,8 @@ interface ProjectRow {
   q_memory_mib: number;
   q_disk_gib: number;
   created_at: string;
+  /** NULL: DEFAULT_QUOTAS.objectBytes (projects from before object storage). */
+  q_object_bytes: number | null;
 }
 interface InstanceRow {
   id: string;
@@ -230,6 +239,8 @@ export class Cloud implements ServiceContext {
   /** The services whose logic lives in their own folder (the others are still methods here). */
   readonly networks: NetworkService;
   readonly keypairs: KeyPairService;
+  /** Object storage (buckets, objects, access keys); its S3 API is objects/server.ts. */
+  readonly objects: ObjectService;
   readonly now: () => number;
   /** The records as SQL tables (read them here; change them in store.transact()). */
   get db(): DB {
@@ -253,6 +264,7 @@ export class Cloud implements ServiceContext {
     this.netsvc = new NetworkServices(opts.home);
     this.networks = new NetworkService(this, this.netsvc);
     this.keypairs = new KeyPairService(this);
+    this.objects = new ObjectService(this, this.meter, join(this.dir, "objects"));
     this.driver.onExit = (id) => void this.onVmExit(id);
     // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
     this.settled = this.settleImageStorage();
@@ -260,7 +272,10 @@ export class Cloud implements ServiceContext {
 
     const tick = opts.tickMs ?? 2000;
     if (tick > 0) {
-      this.ticker = setInterval(() => void this.store.transact(() => this.meter.tick()).catch(() => undefined), tick);
+      this.ticker = setInterval(() => {
+        void this.store.transact(() => this.meter.tick()).catch(() => undefined);
+        void this.objects.flushRequests().catch(() => undefined);
+      }, tick);
       this.ticker.unref();
     }
   }
@@ -301,8 +316,8 @@ export class Cloud implements ServiceContext {
         const pid = newId("prj");
         const q = DEFAULT_QUOTAS;
         this.db
-          .prepare("INSERT INTO projects VALUES (?, 'admin', ?, ?, ?, ?, ?)")
-          .run(pid, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
+          .prepare("INSERT INTO projects VALUES (?, 'admin', ?, ?, ?, ?, ?, ?)")
+          .run(pid, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso(), q.objectBytes);
         const uid = newId("usr");
         this.db.prepare("INSERT INTO users VALUES (?, 'admin', ?, 'admin', ?)").run(uid, pid, this.iso());
         adminToken = newToken();
@@ -418,7 +433,13 @@ export class Cloud implements ServiceContext {
     return {
       id: r.id,
       name: r.name,
-      quotas: { instances: r.q_instances, vcpus: r.q_vcpus, memoryMiB: r.q_memory_mib, diskGiB: r.q_disk_gib },
+      quotas: {
+        instances: r.q_instances,
+        vcpus: r.q_vcpus,
+        memoryMiB: r.q_memory_mib,
+        diskGiB: r.q_disk_gib,
+        objectBytes: r.q_object_bytes ?? DEFAULT_QUOTAS.objectBytes,
+      },
       createdAt: r.created_at,
     };
   }
@@ -450,8 +471,8 @@ export class Cloud implements ServiceContext {
       if (this.db.prepare("SELECT 1 FROM projects WHERE name = ?").get(req.name))
         throw conflict(`a project named ${req.name} already exists`);
       this.db
-        .prepare("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)")
-        .run(id, req.name, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
+        .prepare("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        .run(id, req.name, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso(), q.objectBytes);
     });
     return this.getProject(p, id);
   }
@@ -461,13 +482,15 @@ export class Cloud implements ServiceContext {
     await this.store.transact(() => {
       const r = this.projectRow(idOrName);
       if (r.name === "admin") throw conflict("the admin project cannot be deleted");
-      for (const t of ["instances", "volumes", "networks", "snapshots", "images"]) {
+      for (const t of ["instances", "volumes", "networks", "snapshots", "images", "buckets"]) {
         const n = (this.db.prepare(`SELECT count(*) AS n FROM ${t} WHERE project_id = ?`).get(r.id) as { n: number }).n;
         if (n > 0)
           throw conflict(`project ${r.name} still has ${n} ${n === 1 ? t.slice(0, -1) : t}; delete them first`);
       }
       this.db.prepare("DELETE FROM keypairs WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
+      this.db.prepare("DELETE FROM access_keys WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
+      this.db.prepare("DELETE FROM object_requests WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM users WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM projects WHERE id = ?").run(r.id);
     });
@@ -486,7 +509,13 @@ export class Cloud implements ServiceContext {
     const img = this.db
       .prepare(`SELECT ifnull(sum((size_bytes + ${GiB - 1}) / ${GiB}), 0) AS d FROM images WHERE project_id = ?`)
       .get(projectId) as { d: number };
-    return { instances: i.n, vcpus: i.c, memoryMiB: i.m, diskGiB: i.d + v.d + img.d };
+    return {
+      instances: i.n,
+      vcpus: i.c,
+      memoryMiB: i.m,
+      diskGiB: i.d + v.d + img.d,
+      objectBytes: objectBytesUsed(this.db, projectId),
+    };
   }
 
   getQuotas(p: Principal, project: string): QuotaUsage {
@@ -499,12 +528,15 @@ export class Cloud implements ServiceContext {
     await this.store.transact(() => {
       const r = this.projectRow(project);
       this.db
-        .prepare("UPDATE projects SET q_instances = ?, q_vcpus = ?, q_memory_mib = ?, q_disk_gib = ? WHERE id = ?")
+        .prepare(
+          "UPDATE projects SET q_instances = ?, q_vcpus = ?, q_memory_mib = ?, q_disk_gib = ?, q_object_bytes = ? WHERE id = ?",
+        )
         .run(
           q.instances ?? r.q_instances,
           q.vcpus ?? r.q_vcpus,
           q.memoryMiB ?? r.q_memory_mib,
           q.diskGiB ?? r.q_disk_gib,
+          q.objectBytes ?? r.q_object_bytes,
           r.id,
         );
     });
@@ -512,7 +544,7 @@ export class Cloud implements ServiceContext {
   }
 
   /** Throws quota_exceeded naming the first quota that `add` would overrun. Call inside a transaction. */
-  private checkQuota(projectId: string, add: Partial<Quotas>): void {
+  checkQuota(projectId: string, add: Partial<Quotas>): void {
     const r = this.projectRow(projectId);
     const used = this.used(projectId);
     const limits: [keyof Quotas, number, string][] = [
@@ -520,6 +552,7 @@ export class Cloud implements ServiceContext {
       ["vcpus", r.q_vcpus, "vcpus"],
       ["memoryMiB", r.q_memory_mib, "memoryMiB"],
       ["diskGiB", r.q_disk_gib, "diskGiB"],
+      ["objectBytes", r.q_object_bytes ?? DEFAULT_QUOTAS.objectBytes, "objectBytes"],
     ];
     for (const [k, limit, label] of limits) {
       const a = add[k] ?? 0;
@@ -592,6 +625,7 @@ export class Cloud implements ServiceContext {
     if (u.id === p.userId) throw conflict("you cannot delete yourself");
     await this.store.transact(() => {
       this.db.prepare("DELETE FROM tokens WHERE user_id = ?").run(u.id);
+      this.db.prepare("DELETE FROM access_keys WHERE user_id = ?").run(u.id);
       this.db.prepare("DELETE FROM users WHERE id = ?").run(u.id);
     });
   }
@@ -2196,6 +2230,8 @@ export class Cloud implements ServiceContext {
       const path = join(this.dir, "snapshots", f);
       if (!recorded(path, vols) && !bases.has(path)) rmSync(path, { force: true });
     }
+    // Object storage: blobs written but never committed, or whose last record went.
+    this.objects.sweep();
     // Uploads cut off before their row was written, and images deleted before their file was.
     const images = new Set((this.db.prepare("SELECT path FROM images").all() as { path: string }[]).map((r) => r.path));
     for (const f of readdirSync(join(this.dir, "images"))) {
@@ -2210,6 +2246,7 @@ export class Cloud implements ServiceContext {
     if (this.ticker) clearInterval(this.ticker);
     // SQLite: the tick and the close happen before close() returns; etcd: in turn.
     void this.store.transact(() => this.meter.tick()).catch(() => undefined);
+    void this.objects.flushRequests().catch(() => undefined);
     this.netsvc.close();
     this.driver.close();
     return this.store.close();
