@@ -43,6 +43,30 @@ const MAX_DELETE_KEYS = 1000;
 /** Virtual-host-style requests name the bucket as the first label of a host under this domain. */
 const VHOST_DOMAIN = ".localhost";
 
+/** Bucket settings this store has none of: asked for, S3 answers these 404s. */
+const NOT_CONFIGURED: [string, string, string][] = [
+  ["policy", "NoSuchBucketPolicy", "bucket policy (access is by canned ACL: private or public-read)"],
+  ["cors", "NoSuchCORSConfiguration", "CORS configuration"],
+  ["lifecycle", "NoSuchLifecycleConfiguration", "lifecycle configuration"],
+  ["tagging", "NoSuchTagSet", "tags"],
+  ["website", "NoSuchWebsiteConfiguration", "website configuration"],
+];
+const UNSUPPORTED_SUBRESOURCES = [
+  "logging",
+  "encryption",
+  "replication",
+  "notification",
+  "accelerate",
+  "ownershipControls",
+  "publicAccessBlock",
+  "requestPayment",
+  "object-lock",
+  "inventory",
+  "metrics",
+  "analytics",
+  "intelligent-tiering",
+];
+
 interface Call {
   req: IncomingMessage;
   res: ServerResponse;
@@ -355,6 +379,13 @@ export class ObjectApi {
           return this.xml(c, 200, "VersioningConfiguration", []);
         }
         if (q.has("uploads")) return this.listUploads(c);
+        for (const [sub, code, what] of NOT_CONFIGURED)
+          if (q.has(sub)) {
+            this.bucketFor(c, false);
+            throw new S3Error(404, code, `The bucket has no ${what}`);
+          }
+        for (const sub of UNSUPPORTED_SUBRESOURCES)
+          if (q.has(sub)) throw new S3Error(501, "NotImplemented", `the bucket's ${sub} is not implemented`);
         return this.listObjects(c);
       }
     }
@@ -798,6 +829,10 @@ export function listenObjects(cloud: Cloud, host: string, port: number, tls?: Tl
   // Large uploads may take long; a stalled client is cut off after 5 minutes of silence.
   server.requestTimeout = 0;
   server.setTimeout(5 * 60 * 1000);
+  // Idle keep-alive connections stay open longer than clients' pauses between requests: a
+  // server closing one just as a client reuses it costs that client a reset request.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 70_000;
   return new Promise((resolveListen, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {

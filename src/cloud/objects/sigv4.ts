@@ -187,7 +187,7 @@ export function parseSignedRequest(
       signedHeaders: (q.get("X-Amz-SignedHeaders") ?? "host").split(";"),
       signature: q.get("X-Amz-Signature") ?? "",
       presigned: true,
-      payloadHash: UNSIGNED_PAYLOAD,
+      payloadHash: q.get("X-Amz-Content-Sha256") ?? UNSIGNED_PAYLOAD,
     };
   }
   return undefined;

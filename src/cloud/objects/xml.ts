@@ -18,8 +18,9 @@ export class S3Error extends Error {
   }
 }
 
+/** Text content escaped (the documents have no attributes, so quotes stay as they are). */
 export function escapeXml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&${{ "&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos" }[c]};`);
+  return s.replace(/[&<>]/g, (c) => (c === "&" ? "&amp;" : c === "<" ? "&lt;" : "&gt;"));
 }
 
 function unescapeXml(s: string): string {
