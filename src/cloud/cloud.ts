@@ -38,7 +38,7 @@ import { SqliteStore } from "./store/sqlite.js";
 import { intToIp, parseCidr } from "./networks/addresses.js";
 import { NetworkService } from "./networks/service.js";
 import { KeyPairService } from "./keypairs/service.js";
-import { ObjectService, objectBytesUsed } from "./objects/service.js";
+import { DEFAULT_OBJECT_QUOTA, ObjectService, objectBytesUsed } from "./objects/service.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
@@ -73,7 +73,7 @@ export const DEFAULT_QUOTAS: Quotas = {
   vcpus: 16,
   memoryMiB: 8192,
   diskGiB: 200,
-  objectBytes: 100 * 1024 ** 3,
+  objectBytes: DEFAULT_OBJECT_QUOTA,
 };
 export const DEFAULT_FLAVORS = [
   { name: "tiny", vcpus: 1, memoryMiB: 128, diskGiB: 2 },
@@ -156,6 +156,10 @@ interface ForwardRow {
   created_at: string;
 }
 
+/** A project's row with its object storage quota (kept in a table of its own). */
+const PROJECT_SELECT =
+  "SELECT *, (SELECT bytes FROM object_quotas WHERE project_id = projects.id) AS q_object_bytes FROM projects";
+
 interface ProjectRow {
   id: string;
   name: string;
@@ -164,7 +168,7 @@ interface ProjectRow {
   q_memory_mib: number;
   q_disk_gib: number;
   created_at: string;
-  /** NULL: DEFAULT_QUOTAS.objectBytes (projects from before object storage). */
+  /** From object_quotas (PROJECT_SELECT); NULL: DEFAULT_QUOTAS.objectBytes. */
   q_object_bytes: number | null;
 }
 interface InstanceRow {
@@ -316,8 +320,8 @@ export class Cloud implements ServiceContext {
         const pid = newId("prj");
         const q = DEFAULT_QUOTAS;
         this.db
-          .prepare("INSERT INTO projects VALUES (?, 'admin', ?, ?, ?, ?, ?, ?)")
-          .run(pid, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso(), q.objectBytes);
+          .prepare("INSERT INTO projects VALUES (?, 'admin', ?, ?, ?, ?, ?)")
+          .run(pid, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
         const uid = newId("usr");
         this.db.prepare("INSERT INTO users VALUES (?, 'admin', ?, 'admin', ?)").run(uid, pid, this.iso());
         adminToken = newToken();
@@ -423,7 +427,7 @@ export class Cloud implements ServiceContext {
   // -------------------------------------------------------------------------------- projects
 
   private projectRow(idOrName: string): ProjectRow {
-    const r = this.db.prepare("SELECT * FROM projects WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+    const r = this.db.prepare(`${PROJECT_SELECT} WHERE id = ? OR name = ?`).get(idOrName, idOrName) as
       ProjectRow | undefined;
     if (!r) throw notFound(`no project ${idOrName}`);
     return r;
@@ -446,7 +450,7 @@ export class Cloud implements ServiceContext {
 
   /** A project the caller may see (its own; admins: any); 404 otherwise. */
   private visibleProject(p: Principal, idOrName: string): ProjectRow {
-    const r = this.db.prepare("SELECT * FROM projects WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+    const r = this.db.prepare(`${PROJECT_SELECT} WHERE id = ? OR name = ?`).get(idOrName, idOrName) as
       ProjectRow | undefined;
     if (!r || (!p.admin && r.id !== p.projectId)) throw notFound(`no project ${idOrName}`);
     return r;
@@ -454,7 +458,7 @@ export class Cloud implements ServiceContext {
 
   listProjects(p: Principal): Project[] {
     const rows = p.admin
-      ? (this.db.prepare("SELECT * FROM projects ORDER BY created_at, name").all() as ProjectRow[])
+      ? (this.db.prepare(`${PROJECT_SELECT} ORDER BY created_at, name`).all() as ProjectRow[])
       : [this.projectRow(p.projectId)];
     return rows.map((r) => this.projectView(r));
   }
@@ -471,8 +475,10 @@ export class Cloud implements ServiceContext {
       if (this.db.prepare("SELECT 1 FROM projects WHERE name = ?").get(req.name))
         throw conflict(`a project named ${req.name} already exists`);
       this.db
-        .prepare("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        .run(id, req.name, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso(), q.objectBytes);
+        .prepare("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .run(id, req.name, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
+      if (req.quotas?.objectBytes !== undefined)
+        this.db.prepare("INSERT INTO object_quotas VALUES (?, ?)").run(id, req.quotas.objectBytes);
     });
     return this.getProject(p, id);
   }
@@ -491,6 +497,7 @@ export class Cloud implements ServiceContext {
       this.db.prepare("DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
       this.db.prepare("DELETE FROM access_keys WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
       this.db.prepare("DELETE FROM object_requests WHERE project_id = ?").run(r.id);
+      this.db.prepare("DELETE FROM object_quotas WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM users WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM projects WHERE id = ?").run(r.id);
     });
@@ -528,17 +535,20 @@ export class Cloud implements ServiceContext {
     await this.store.transact(() => {
       const r = this.projectRow(project);
       this.db
-        .prepare(
-          "UPDATE projects SET q_instances = ?, q_vcpus = ?, q_memory_mib = ?, q_disk_gib = ?, q_object_bytes = ? WHERE id = ?",
-        )
+        .prepare("UPDATE projects SET q_instances = ?, q_vcpus = ?, q_memory_mib = ?, q_disk_gib = ? WHERE id = ?")
         .run(
           q.instances ?? r.q_instances,
           q.vcpus ?? r.q_vcpus,
           q.memoryMiB ?? r.q_memory_mib,
           q.diskGiB ?? r.q_disk_gib,
-          q.objectBytes ?? r.q_object_bytes,
           r.id,
         );
+      if (q.objectBytes !== undefined)
+        this.db
+          .prepare(
+            "INSERT INTO object_quotas VALUES (?, ?) ON CONFLICT (project_id) DO UPDATE SET bytes = excluded.bytes",
+          )
+          .run(r.id, q.objectBytes);
     });
     return this.getQuotas(p, project);
   }

@@ -117,8 +117,8 @@ const MIGRATIONS: string[] = [
   // 5: object storage (src/cloud/objects). Access keys of users (the secret is kept: SigV4 checks
   // an HMAC made with it); buckets (names unique across the cloud, as S3's are), objects and
   // multipart uploads, whose bytes are content-addressed blobs on disk (column blob: their
-  // sha256); request counts per project and hour; a quota on a project's stored bytes (NULL: the
-  // default); usage intervals of kind 'object' (GiB stored in a bucket), for which the kind's
+  // sha256); request counts per project and hour; a quota on a project's stored bytes (a table of
+  // its own, so rows of projects keep their columns; no row: the default); usage intervals of kind 'object' (GiB stored in a bucket), for which the kind's
   // CHECK is widened (SQLite cannot alter a CHECK: the table is copied).
   `
   CREATE TABLE access_keys (
@@ -150,7 +150,7 @@ const MIGRATIONS: string[] = [
     reads INTEGER NOT NULL, writes INTEGER NOT NULL
   );
   CREATE INDEX object_requests_project ON object_requests (project_id, hour_ms);
-  ALTER TABLE projects ADD COLUMN q_object_bytes INTEGER;
+  CREATE TABLE object_quotas (project_id TEXT PRIMARY KEY REFERENCES projects(id), bytes INTEGER NOT NULL);
   CREATE TABLE usage_intervals_v5 (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project_id TEXT NOT NULL, resource_id TEXT NOT NULL,
     resource_name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('cpu', 'memory', 'disk', 'object')),

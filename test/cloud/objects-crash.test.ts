@@ -37,6 +37,7 @@ import {
   type Served,
 } from "./s3-support.js";
 import { YunClient } from "../../src/cloud/client.js";
+import { checkCloudInvariants } from "../../src/cloud/invariants.js";
 
 const MiB = 1024 * 1024;
 
@@ -131,6 +132,7 @@ test("kill -9 during a multipart upload and during its completion: no half objec
     port = s3PortOf(srv);
     s3 = s3Client(port, key);
     assert.deepEqual(files(tmp), [], "the restart removed the temporary file");
+    assert.deepEqual(checkCloudInvariants(home), []);
     assert.equal((await s3.send(new ListObjectsV2Command({ Bucket: "crashy" }))).KeyCount, 0);
     assert.equal((await s3Failure(s3.send(new HeadObjectCommand({ Bucket: "crashy", Key: "big" })))).status, 404);
     const parts = await s3.send(new ListPartsCommand({ Bucket: "crashy", Key: "big", UploadId }));
@@ -160,6 +162,7 @@ test("kill -9 during a multipart upload and during its completion: no half objec
     port = s3PortOf(srv);
     s3 = s3Client(port, key);
     assert.deepEqual(files(tmp), []);
+    assert.deepEqual(checkCloudInvariants(home), []);
     const listed = await s3.send(new ListObjectsV2Command({ Bucket: "crashy" }));
     const uploads = await s3.send(new ListMultipartUploadsCommand({ Bucket: "crashy" }));
     if (listed.KeyCount === 0) {
@@ -202,6 +205,7 @@ test("kill -9 during a multipart upload and during its completion: no half objec
     await s3.send(new DeleteObjectCommand({ Bucket: "crashy", Key: "big" }));
     await s3.send(new DeleteBucketCommand({ Bucket: "crashy" }));
     assert.deepEqual(files(join(objectsDir, "blobs")), []);
+    assert.deepEqual(checkCloudInvariants(home), []);
   } finally {
     await srv.stop(true);
     rmSync(home, { recursive: true, force: true });

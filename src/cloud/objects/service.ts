@@ -83,6 +83,8 @@ export interface Listing {
 }
 
 const GiB = 1024 ** 3;
+/** A project's objectBytes quota unless set (as DEFAULT_QUOTAS.objectBytes). */
+export const DEFAULT_OBJECT_QUOTA = 100 * GiB;
 /** The largest single PUT (S3's own limit). */
 export const MAX_OBJECT_BYTES = 5 * GiB;
 /** Parts of a multipart upload, except the last, are at least this big (S3's rule). */
@@ -259,6 +261,7 @@ export class ObjectService {
           : new S3Error(409, "BucketAlreadyExists", `the bucket name ${name} is taken; choose another`);
       this.db.prepare("INSERT INTO buckets VALUES (?, ?, ?, ?, ?)").run(id, name, p.projectId, acl, this.cx.iso());
       this.meter.open(p.projectId, id, name, "object", 0);
+      this.cx.audit({ id: p.userId, name: p.userName }, p.projectId, "bucket.create", id, "ok", name);
     });
     return this.bucket(name);
   }
@@ -276,6 +279,7 @@ export class ObjectService {
         throw new S3Error(409, "BucketNotEmpty", "The bucket you tried to delete is not empty (objects or uploads)");
       this.db.prepare("DELETE FROM buckets WHERE id = ?").run(b.id);
       this.meter.close(b.id, ["object"]);
+      this.cx.audit({ id: p.userId, name: p.userName }, b.project_id, "bucket.delete", b.id, "ok", b.name);
     });
   }
 
@@ -318,9 +322,9 @@ export class ObjectService {
 
   /** How many bytes a write into `b` may still store (the project's quota room, plus `freed`). */
   room(b: BucketRow, freed = 0): number {
-    const q = this.db.prepare("SELECT q_object_bytes FROM projects WHERE id = ?").get(b.project_id) as
-      { q_object_bytes: number | null } | undefined;
-    const limit = q?.q_object_bytes ?? 100 * GiB;
+    const q = this.db.prepare("SELECT bytes FROM object_quotas WHERE project_id = ?").get(b.project_id) as
+      { bytes: number } | undefined;
+    const limit = q?.bytes ?? DEFAULT_OBJECT_QUOTA;
     return Math.max(0, limit - objectBytesUsed(this.db, b.project_id) + freed);
   }
 
