@@ -256,6 +256,11 @@ test("the AWS SDK: bucket, 100 MiB multipart, listing, ranges, conditionals, cop
   // A presigned GET (made by @smithy's signer) works in curl; the same URL for another key does not.
   const url = await presignedGet(port, alice.key, "/photos/readme.md");
   assert.equal(execFileSync("curl", ["-sf", url], { encoding: "utf8" }), readme.toString());
+  const download = await presignedGet(port, alice.key, "/photos/readme.md", 300, {
+    "response-content-disposition": 'attachment; filename="notes.md"',
+  });
+  const headers = execFileSync("curl", ["-sf", "-D", "-", "-o", "/dev/null", download], { encoding: "utf8" });
+  assert.match(headers, /content-disposition: attachment; filename="notes.md"/i);
   const tampered = url.replace("/photos/readme.md", "/photos/2027/d.jpg");
   const refused = spawnSync("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", tampered], { encoding: "utf8" });
   assert.equal(refused.stdout, "403");

@@ -100,7 +100,13 @@ export function signer(key: AccessKey): SignatureV4 {
 }
 
 /** A presigned GET URL (path style) made by @smithy/signature-v4, valid for `seconds`. */
-export async function presignedGet(port: number, key: AccessKey, path: string, seconds = 300): Promise<string> {
+export async function presignedGet(
+  port: number,
+  key: AccessKey,
+  path: string,
+  seconds = 300,
+  query: Record<string, string> = {},
+): Promise<string> {
   const signed = await signer(key).presign(
     {
       method: "GET",
@@ -108,7 +114,7 @@ export async function presignedGet(port: number, key: AccessKey, path: string, s
       hostname: "127.0.0.1",
       port,
       path,
-      query: {},
+      query,
       // As @aws-sdk/s3-request-presigner does: S3's presigned URLs leave the payload unsigned.
       headers: { host: `127.0.0.1:${port}`, "x-amz-content-sha256": "UNSIGNED-PAYLOAD" },
     },

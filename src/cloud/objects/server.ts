@@ -67,6 +67,16 @@ const UNSUPPORTED_SUBRESOURCES = [
   "intelligent-tiering",
 ];
 
+/** GET's query parameters that set an answer header (S3's response-*). */
+const RESPONSE_OVERRIDES: [string, string][] = [
+  ["response-content-type", "content-type"],
+  ["response-content-disposition", "content-disposition"],
+  ["response-content-language", "content-language"],
+  ["response-content-encoding", "content-encoding"],
+  ["response-cache-control", "cache-control"],
+  ["response-expires", "expires"],
+];
+
 interface Call {
   req: IncomingMessage;
   res: ServerResponse;
@@ -730,6 +740,14 @@ export class ObjectApi {
       headers["content-range"] = `bytes ${start}-${end}/${o.size}`;
     }
     headers["content-length"] = end - start + 1;
+    // A (presigned) GET may ask for other answer headers, e.g. a download's file name.
+    for (const [param, name] of RESPONSE_OVERRIDES) {
+      const v = c.query.get(param);
+      if (v === undefined) continue;
+      if (!c.principal) throw new S3Error(400, "InvalidRequest", `${param} needs a signed request`);
+      if (!/^[\x20-\x7e\t]*$/.test(v)) throw new S3Error(400, "InvalidArgument", `${param} must be printable ASCII`);
+      headers[name] = v;
+    }
     if (c.method === "HEAD") {
       c.res.writeHead(status, headers);
       return void c.res.end();
