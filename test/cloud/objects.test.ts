@@ -31,6 +31,7 @@ import {
   DeleteObjectCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
   ListPartsCommand,
@@ -90,6 +91,12 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+test("yun serve --s3-port: a bad value is one sentence and exit 2", () => {
+  const r = yun(srv, srv.token, "serve", "--s3-port", "lots");
+  assert.equal(r.status, 2);
+  assert.equal(r.err, 'yun serve: --s3-port takes a port number 0-65535 or off, got "lots"\n');
+});
+
 test("yun user keys: create --json prints exactly the key id and secret; list and delete", async () => {
   const made = yun(srv, alice.token, "user", "keys", "create", "--json");
   assert.equal(made.status, 0, made.err);
@@ -119,6 +126,10 @@ test("yun user keys: create --json prints exactly the key id and secret; list an
 
 test("the AWS SDK: bucket, 100 MiB multipart, listing, ranges, conditionals, copy, metadata, delete", async () => {
   await s3.send(new CreateBucketCommand({ Bucket: "photos" }));
+  assert.equal((await s3.send(new HeadBucketCommand({ Bucket: "photos" }))).$metadata.httpStatusCode, 200);
+  assert.equal((await s3Failure(s3.send(new HeadBucketCommand({ Bucket: "no-such-bucket" })))).status, 404);
+  const bad = await s3Failure(s3.send(new CreateBucketCommand({ Bucket: "Not_A_Bucket" })));
+  assert.deepEqual(bad, { status: 400, code: "InvalidBucketName" });
   const exists = await s3Failure(s3.send(new CreateBucketCommand({ Bucket: "photos" })));
   assert.deepEqual(exists, { status: 409, code: "BucketAlreadyOwnedByYou" });
 
