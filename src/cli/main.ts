@@ -16,6 +16,7 @@ Commands:
   vm         drive running VMs: list, pause, resume, stop, snapshot, migrate, console
   ssh        SSH into a local VM through its published port 22 (yun ssh VM [-- CMD])
   serve      run the cloud: API, dashboard and consoles (yun serve --port N)
+  cloud      export the cloud's records to a file, or import them (yun cloud export FILE)
   help       show this help
 
 ${CLOUD_HELP}
@@ -38,6 +39,8 @@ export async function main(args: string[]): Promise<number> {
       return vmCommand(rest);
     case "ssh":
       return sshCommand(rest);
+    case "cloud":
+      return (await import("./records.js")).cloudRecordsCommand(rest);
     case "serve":
       // Loaded only here: the API server's libraries would slow every other command's start.
       return (await import("./serve.js")).serveCommand(rest);

@@ -114,12 +114,21 @@ const MIGRATIONS: string[] = [
   CREATE INDEX forwards_instance ON forwards (instance_id);
   UPDATE instances SET address = NULL WHERE network_id IS NULL;
   `,
-  // 5: object storage (src/cloud/objects). Access keys of users (the secret is kept: SigV4 checks
+  // 5: the metering tick is one record (when the daemon last saw its resources running) instead
+  // of a write to every open interval: with etcd each write is a key, and a tick over hundreds
+  // of resources was hundreds of keys every few seconds (more than one etcd transaction may hold).
+  // An interval closed at the last tick ends at max(its start, that tick), as before.
+  `
+  CREATE TABLE meter_ticks (id INTEGER PRIMARY KEY CHECK (id = 1), last_ms INTEGER NOT NULL);
+  INSERT INTO meter_ticks SELECT 1, max(last_ms) FROM usage_intervals HAVING count(*) > 0;
+  `,
+  // 6: object storage (src/cloud/objects). Access keys of users (the secret is kept: SigV4 checks
   // an HMAC made with it); buckets (names unique across the cloud, as S3's are), objects and
   // multipart uploads, whose bytes are content-addressed blobs on disk (column blob: their
   // sha256); request counts per project and hour; a quota on a project's stored bytes (a table of
-  // its own, so rows of projects keep their columns; no row: the default); usage intervals of kind 'object' (GiB stored in a bucket), for which the kind's
-  // CHECK is widened (SQLite cannot alter a CHECK: the table is copied).
+  // its own, so rows of projects keep their columns; no row: the default); usage intervals of
+  // kind 'object' (GiB stored in a bucket), for which the kind's CHECK is widened (SQLite cannot
+  // alter a CHECK: the table is copied).
   `
   CREATE TABLE access_keys (
     id TEXT PRIMARY KEY, secret TEXT NOT NULL, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -151,14 +160,14 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX object_requests_project ON object_requests (project_id, hour_ms);
   CREATE TABLE object_quotas (project_id TEXT PRIMARY KEY REFERENCES projects(id), bytes INTEGER NOT NULL);
-  CREATE TABLE usage_intervals_v5 (
+  CREATE TABLE usage_intervals_v6 (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project_id TEXT NOT NULL, resource_id TEXT NOT NULL,
     resource_name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('cpu', 'memory', 'disk', 'object')),
     amount REAL NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER, last_ms INTEGER NOT NULL
   );
-  INSERT INTO usage_intervals_v5 SELECT id, project_id, resource_id, resource_name, kind, amount, start_ms, end_ms, last_ms FROM usage_intervals;
+  INSERT INTO usage_intervals_v6 SELECT id, project_id, resource_id, resource_name, kind, amount, start_ms, end_ms, last_ms FROM usage_intervals;
   DROP TABLE usage_intervals;
-  ALTER TABLE usage_intervals_v5 RENAME TO usage_intervals;
+  ALTER TABLE usage_intervals_v6 RENAME TO usage_intervals;
   CREATE INDEX usage_open ON usage_intervals (resource_id) WHERE end_ms IS NULL;
   CREATE INDEX usage_project ON usage_intervals (project_id, start_ms);
   `,
@@ -195,6 +204,36 @@ export function migrate(db: DB): void {
       db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(v, new Date().toISOString());
     }).immediate();
   }
+}
+
+/** The tables that hold records (not SQLite's or the migrations' own). */
+export function recordTables(db: DB): string[] {
+  const names = (
+    db
+      .prepare(
+        "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'schema_migrations' ORDER BY name",
+      )
+      .all() as { name: string }[]
+  ).map((r) => r.name);
+  // Parents before children (foreign keys), so a store that applies rows in order never sees a
+  // record whose parent is missing.
+  const parents = new Map(
+    names.map((n) => [
+      n,
+      (db.prepare(`PRAGMA foreign_key_list(${n})`).all() as { table: string }[])
+        .map((f) => f.table)
+        .filter((t) => t !== n),
+    ]),
+  );
+  const out: string[] = [];
+  const visit = (n: string, path: Set<string>): void => {
+    if (out.includes(n) || path.has(n)) return;
+    path.add(n);
+    for (const p of parents.get(n) ?? []) if (parents.has(p)) visit(p, path);
+    out.push(n);
+  };
+  for (const n of names) visit(n, new Set());
+  return out;
 }
 
 /** The journal row (operations.id) of the request being served, carried through its async calls. */

@@ -1,5 +1,5 @@
 /** A cloud server on port 0 with a temporary YUN_HOME (the Debian image linked in) and database. */
-import { mkdtempSync, rmSync, symlinkSync, existsSync, readFileSync } from "node:fs";
+import { mkdtempSync, rmSync, symlinkSync, existsSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir, homedir } from "node:os";
 import { join } from "node:path";
 import { Cloud } from "../../src/cloud/cloud.js";
@@ -53,9 +53,29 @@ export async function startCloud(
     close: async () => {
       await server.close();
       cloud.close();
-      if (!opts.home) rmSync(home, { recursive: true, force: true });
+      if (!opts.home) {
+        killMonitorsOf(home);
+        rmSync(home, { recursive: true, force: true });
+      }
     },
   };
+}
+
+/**
+ * Kills the VM monitors started for a YUN_HOME. They are detached on purpose (a restarted cloud
+ * attaches to them again), so a test that ends without deleting its instances would leave them
+ * running for the rest of the run.
+ */
+export function killMonitorsOf(home: string): void {
+  const mark = Buffer.from(`YUN_HOME=${home}\0`);
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/environ`).includes(mark)) process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
 }
 
 /** A project with a member (and a reader), as clients. */

@@ -160,6 +160,39 @@ for (const impl of impls) {
       assert.equal((a.db.prepare("SELECT count(*) AS n FROM networks").get() as { n: number }).n, 5);
     });
 
+    test("replaceAll (yun cloud import) swaps every record, in more than one etcd transaction holds", async () => {
+      const projects = Array.from({ length: 250 }, (_, i) => ({
+        id: `prj-${String(i).padStart(10, "0")}`,
+        name: `p${i}`,
+        q_instances: 1,
+        q_vcpus: 1,
+        q_memory_mib: 256,
+        q_disk_gib: 1,
+        created_at: NOW,
+      }));
+      const users = projects.map((p, i) => ({
+        id: `usr-${String(i).padStart(10, "0")}`,
+        name: "u",
+        project_id: p.id,
+        role: "member",
+        created_at: NOW,
+      }));
+      await a.replaceAll([
+        { table: "projects", rows: projects },
+        { table: "users", rows: users },
+      ]);
+      await b.sync();
+      for (const s of [a, b]) {
+        assert.equal(names(s).length, 250);
+        assert.equal((s.db.prepare("SELECT count(*) AS n FROM users").get() as { n: number }).n, 250);
+        assert.equal((s.db.prepare("SELECT count(*) AS n FROM networks").get() as { n: number }).n, 0);
+      }
+      // And back to what the other tests left, through the other server.
+      await b.replaceAll([{ table: "projects", rows: [{ ...projects[0]!, id: "prj-aaaaaaaaaa", name: "alpha" }] }]);
+      await a.sync();
+      assert.deepEqual(names(a), ["alpha"]);
+    });
+
     if (impl.name === "etcd")
       test("a change outside a transaction is refused (it would reach no other server)", () => {
         assert.throws(() => addProject(a, "prj-dddddddddd", "delta"), /only inside a Store transaction/);

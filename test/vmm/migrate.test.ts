@@ -77,6 +77,14 @@ const machine = (disks: IncomingMachine["disks"] = []): IncomingMachine => ({
 
 const listeners: import("node:net").Server[] = [];
 
+/** Waits until the monitor's guest has counted (it runs), and returns the count. */
+async function counted(m: VmMonitor): Promise<number> {
+  for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(10)) {
+    if (counter(m) > 0) return counter(m);
+  }
+  throw new Error("the guest did not start counting within 20 s");
+}
+
 /** A destination waiting on a fresh listener; `stages` collects what it reports. */
 async function destination(
   token: string,
@@ -357,7 +365,9 @@ test("TLS: a pinned or CA-signed certificate carries the migration; a wrong one,
     const d = await destination(token, {}, { tls: good });
     const { monitor: src } = await VmMonitor.boot(spec(`tls-${how}`), opts());
     const runSrc = src.run();
-    await sleep(50);
+    // The guest must have run before the copy: under load its first slice can come after a fixed
+    // sleep, and a migration of a guest that never ran carries a counter of 0.
+    const before = await counted(src);
     const to = (tls?: { ca?: string; fingerprint?: string }) => ({ host: "127.0.0.1", port: d.port, token, tls });
     await assert.rejects(migrateTo(src, to()), /before the handshake \(if the destination uses TLS, give --tls-ca/);
     await assert.rejects(
@@ -374,7 +384,7 @@ test("TLS: a pinned or CA-signed certificate carries the migration; a wrong one,
     assert.ok(result.pages > 0);
     await runSrc;
     const { monitor: dst } = await d.result;
-    assert.ok(counter(dst) > 0);
+    assert.ok(counter(dst) >= before, `the destination carries the count (${counter(dst)} < ${before})`);
     dst.machine.close();
   }
 });

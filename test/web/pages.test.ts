@@ -334,7 +334,11 @@ test("the console draws underscores (PRETTY_NAME is not PRETTY NAME)", async () 
   await page.evaluate(`new Promise((done) => window.yunTerminal.write('PRETTY_NAME\\r\\nPRETTY NAME\\r\\n', done))`);
   // A locator, not waitForFunction: that evaluates a string in the page, which the CSP forbids
   // (it passes only when the first check already holds, so it failed now and then).
-  await page.locator(".xterm-rows > div").first().filter({ hasText: /^PRETTY_NAME$/ }).waitFor();
+  await page
+    .locator(".xterm-rows > div")
+    .first()
+    .filter({ hasText: /^PRETTY_NAME$/ })
+    .waitFor();
   const cols = await page.evaluate<number>("window.yunTerminal.cols");
   // The cell of the 7th character (the underscore, or the space) of each row, as drawn on screen.
   const inkOfCell = async (row: number): Promise<number> => {

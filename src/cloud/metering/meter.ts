@@ -1,11 +1,11 @@
 /**
  * Metering: usage is a set of intervals per resource and kind (cpu: vCPUs while running; memory:
  * GiB while running or paused; disk: GiB while the disk exists). An interval opens and closes with
- * state transitions (inside the transition's transaction); a periodic tick moves `last_ms` of the
- * open ones forward, so after a daemon crash an interval whose VM is gone closes at its last tick
- * (at most one tick lost) and one whose VM still runs simply stays open. Object storage: object
- * (GiB a bucket holds, re-opened as it changes; see objects/service.ts), and request counts per
- * project and hour (table object_requests).
+ * state transitions (inside the transition's transaction); a periodic tick records when the daemon
+ * last saw its resources (one record, meter_ticks), so after a daemon crash an interval whose VM is
+ * gone closes at the last tick (at most one tick lost) and one whose VM still runs stays open.
+ * Object storage: object (GiB a bucket holds, re-opened as it changes; see objects/service.ts),
+ * and request counts per project and hour (table object_requests).
  */
 import type { DB } from "../db.js";
 import type { InstanceUsage, Usage } from "../types.js";
@@ -38,7 +38,9 @@ export class Meter {
   /** Closes open intervals at their last tick (the resource stopped while nobody watched). */
   closeAtLastTick(resourceId: string, kinds: MeterKind[]): void {
     const st = this.db.prepare(
-      "UPDATE usage_intervals SET end_ms = last_ms WHERE resource_id = ? AND kind = ? AND end_ms IS NULL",
+      `UPDATE usage_intervals SET end_ms = max(start_ms, coalesce((SELECT last_ms FROM meter_ticks), 0)),
+         last_ms = max(start_ms, coalesce((SELECT last_ms FROM meter_ticks), 0))
+       WHERE resource_id = ? AND kind = ? AND end_ms IS NULL`,
     );
     for (const k of kinds) st.run(resourceId, k);
   }
@@ -52,7 +54,11 @@ export class Meter {
   }
 
   tick(at = this.now()): void {
-    this.db.prepare("UPDATE usage_intervals SET last_ms = ? WHERE end_ms IS NULL AND last_ms < ?").run(at, at);
+    this.db
+      .prepare(
+        "INSERT INTO meter_ticks VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET last_ms = excluded.last_ms WHERE excluded.last_ms > last_ms",
+      )
+      .run(at);
   }
 
   /** Usage of `projectId` between fromMs and toMs (open intervals count until now). */

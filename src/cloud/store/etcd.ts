@@ -19,15 +19,17 @@
  */
 import Database from "better-sqlite3";
 import { randomUUID } from "node:crypto";
-import { Etcd3, type IKeyValue, type Lease, type Watcher } from "etcd3";
-import { type DB, journaled, migrate, SCHEMA_VERSION } from "../db.js";
-import type { Store } from "./store.js";
+import { type DeleteBuilder, Etcd3, type IKeyValue, type Lease, type PutBuilder, type Watcher } from "etcd3";
+import { type DB, journaled, migrate, recordTables, SCHEMA_VERSION } from "../db.js";
+import type { Store, TableRows } from "./store.js";
 
 const PREFIX = "/yun/v1/";
 const TABLES = `${PREFIX}t/`;
 /** Written by every commit: its mod revision is the revision of the latest commit. */
 const REVISION = `${PREFIX}revision`;
 const LOCK = `${PREFIX}lock`;
+/** Operations per etcd transaction in replaceAll (etcd's --max-txn-ops is 128 by default). */
+const MAX_TXN_OPS = 100;
 const SCHEMA = `${PREFIX}schema`;
 
 export interface EtcdStoreOptions {
@@ -213,7 +215,13 @@ export class EtcdStore implements Store {
       const key = e.kv.key.toString();
       if (key.startsWith(TABLES)) changes.push({ key, value: e.type === "Put" ? e.kv.value.toString() : null });
     }
-    if (changes.length > 0) this.apply(changes);
+    try {
+      if (changes.length > 0) this.apply(changes);
+    } catch (err) {
+      // The view cannot follow etcd any more: every wait fails at once with why, not a timeout.
+      this.fail(new Error(`this server's view of the etcd records failed: ${(err as Error).message}`));
+      return;
+    }
     this.advance(top);
   }
 
@@ -328,6 +336,63 @@ export class EtcdStore implements Store {
       // Unreleased (etcd unreachable), the lock lapses with this server's lease.
       await this.release().catch(() => undefined);
     }
+  }
+
+  async replaceAll(tables: TableRows): Promise<void> {
+    const run = this.tail.then(async () => {
+      if (this.closed) throw new Error("the cloud's store is closed");
+      await this.acquire();
+      try {
+        await this.catchUp();
+        // The records that go (children first), then the new ones (parents first), so every
+        // server's view, which applies them batch by batch, never holds a record without its
+        // parent. The last transaction writes the revision every commit writes.
+        const changes: Change[] = [];
+        const wanted = new Set<string>();
+        const puts: Change[] = [];
+        for (const { table: name, rows } of tables) {
+          const table = this.tables.get(name);
+          if (!table) throw new Error(`this yun has no table ${name}`);
+          for (const row of rows) {
+            const key = `${TABLES}${name}/${String(row[table.key])}`;
+            wanted.add(key);
+            puts.push({ key, value: JSON.stringify(row) });
+          }
+        }
+        for (const name of recordTables(this.db).reverse()) {
+          const table = this.tables.get(name)!;
+          for (const { pk } of this.db.prepare(`SELECT ${table.key} AS pk FROM ${name}`).all() as { pk: unknown }[]) {
+            const key = `${TABLES}${name}/${String(pk)}`;
+            if (!wanted.has(key)) changes.push({ key, value: null });
+          }
+        }
+        changes.push(...puts);
+        for (let i = 0, last = false; !last;) {
+          const chunk = changes.slice(i, i + MAX_TXN_OPS - 1);
+          i += chunk.length;
+          last = i >= changes.length;
+          const ops: (PutBuilder | DeleteBuilder)[] = chunk.map((c) =>
+            c.value === null ? this.client.delete().key(c.key) : this.client.put(c.key).value(c.value),
+          );
+          if (last) ops.push(this.client.put(REVISION).value(this.holder));
+          const r = await this.within(
+            this.client
+              .if(LOCK, "Value", "==", this.holder)
+              .then(...ops)
+              .commit(),
+            "etcd did not answer the import",
+          );
+          if (!r.succeeded)
+            throw new Error("this server lost the cloud's etcd lock (its lease lapsed) in the middle of the import");
+        }
+        // The watch brings the new records into this view, as it does into every server's.
+        await this.catchUp();
+      } finally {
+        await this.release().catch(() => undefined);
+      }
+    });
+    this.tail = run.catch(() => undefined);
+    return run;
   }
 
   /** The records fn changed: deletions first, so a name freed and taken again applies in order. */

@@ -11,6 +11,9 @@
  */
 import type { DB } from "../db.js";
 
+/** Every record of every table, tables in an order where parents come before children. */
+export type TableRows = { table: string; rows: Record<string, unknown>[] }[];
+
 export interface Store {
   /** Where the records live, for messages: `sqlite:PATH` or `etcd:URL,...`. */
   readonly location: string;
@@ -32,5 +35,11 @@ export interface Store {
    * through one server reads its change through another.
    */
   sync(): Promise<void>;
+  /**
+   * Replaces every record with `tables` (`yun cloud import`, see transfer.ts). SQLite: one
+   * transaction. etcd: more records than one etcd transaction holds, so in several under the
+   * cluster's write lock; the API servers on that cluster are to be stopped meanwhile.
+   */
+  replaceAll(tables: TableRows): Promise<void>;
   close(): Promise<void>;
 }
