@@ -710,6 +710,7 @@ const QUOTA_FLAGS: Options = {
   vcpus: { type: "string" },
   memory: { type: "string" },
   disk: { type: "string" },
+  "object-bytes": { type: "string" },
 };
 
 function quotaFlags(ctx: Ctx): Partial<Quotas> {
@@ -722,11 +723,12 @@ function quotaFlags(ctx: Ctx): Partial<Quotas> {
   set("vcpus", "vcpus");
   set("memoryMiB", "memory");
   set("diskGiB", "disk");
+  set("objectBytes", "object-bytes");
   return q;
 }
 
 export function quotaTable(q: QuotaUsage): string {
-  const rows: (keyof Quotas)[] = ["instances", "vcpus", "memoryMiB", "diskGiB"];
+  const rows: (keyof Quotas)[] = ["instances", "vcpus", "memoryMiB", "diskGiB", "objectBytes"];
   return formatTable(
     ["QUOTA", "USED", "LIMIT"],
     rows.map((k) => [k, q.used?.[k] ?? "", q[k]]),
@@ -747,7 +749,7 @@ const project: Noun = {
   summary: "tenants and their quotas (admins)",
   subs: {
     create: {
-      usage: "NAME [--instances N] [--vcpus N] [--memory MIB] [--disk GIB]",
+      usage: "NAME [--instances N] [--vcpus N] [--memory MIB] [--disk GIB] [--object-bytes N]",
       summary: "create a project, optionally with quotas",
       options: QUOTA_FLAGS,
       arity: [1, 1],
@@ -783,7 +785,7 @@ const project: Noun = {
       },
     },
     quota: {
-      usage: "PROJECT [--instances N] [--vcpus N] [--memory MIB] [--disk GIB]",
+      usage: "PROJECT [--instances N] [--vcpus N] [--memory MIB] [--disk GIB] [--object-bytes N]",
       summary: "show a project's quotas and use; with flags, set them (admins)",
       options: QUOTA_FLAGS,
       arity: [1, 1],
@@ -911,6 +913,39 @@ const user: Noun = {
         const c = ctx.client();
         await c.revokeToken(await resolveUser(c, ctx.args[0]!), ctx.args[1]!);
         out(`${ctx.args[1]}: revoked`);
+      },
+    },
+    keys: {
+      usage: "create|list|delete [ACCESS_KEY_ID] [--user USER]",
+      summary:
+        "object storage access keys (S3 clients sign with them): your own, or (admins) --user's; create prints the secret once",
+      options: { user: { type: "string" } },
+      arity: [1, 2],
+      async run(ctx) {
+        const c = ctx.client();
+        const named = str(ctx, "user");
+        const who = named !== undefined ? await resolveUser(c, named) : (await c.whoami()).user.id;
+        const [action, keyId] = ctx.args;
+        if (action === "create") {
+          if (keyId !== undefined) throw new UsageError("keys create takes no ACCESS_KEY_ID");
+          const k = await c.createAccessKey(who);
+          if (ctx.json) json({ accessKeyId: k.accessKeyId, secretAccessKey: k.secretAccessKey });
+          else {
+            out(`accessKeyId      ${k.accessKeyId}\nsecretAccessKey  ${k.secretAccessKey}`);
+            io.err("The secret above is shown only this once.\n");
+          }
+        } else if (action === "list") {
+          if (keyId !== undefined) throw new UsageError("keys list takes no ACCESS_KEY_ID");
+          list(ctx, await c.listAccessKeys(who), ["ACCESS KEY ID", "USER", "CREATED"], (k) => [
+            k.accessKeyId,
+            k.user,
+            shortTime(k.createdAt),
+          ]);
+        } else if (action === "delete") {
+          if (keyId === undefined) throw new UsageError("keys delete needs the ACCESS_KEY_ID");
+          await c.deleteAccessKey(who, keyId);
+          out(`${keyId}: deleted`);
+        } else throw new UsageError(`keys takes create, list or delete, got "${action}"`);
       },
     },
     delete: {

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { Cloud } from "../cloud/cloud.js";
 import { MonitorDriver } from "../cloud/compute/driver.js";
 import { listen } from "../cloud/server.js";
+import { DEFAULT_S3_PORT, listenObjects, type RunningObjectServer } from "../cloud/objects/server.js";
 import { isLoopback, readTlsFiles, type TlsFiles } from "../cloud/security.js";
 import { DEFAULT_PORT } from "../cloud/client.js";
 import { localUrl, readServeRecord, removeServeRecord, serveRecordPath, writeServeRecord } from "../cloud/endpoint.js";
@@ -29,6 +30,10 @@ written to $YUN_HOME/cloud/admin.token (mode 0600).
 Options:
   --port N          TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
   --listen ADDR     address to listen on (default 127.0.0.1)
+  --s3-port N|off   the S3-compatible object storage's TCP port, on the same address (default
+                    ${DEFAULT_S3_PORT}, or a free one when --port is 0; 0 picks a free one; off: none).
+                    Buckets by path (http://HOST:N/BUCKET/KEY) or by host (BUCKET.localhost:N);
+                    S3 clients sign with an access key: yun user keys create
   --tls-cert FILE   serve HTTPS (and WSS consoles) with this PEM certificate (chain)
   --tls-key FILE    ... and this PEM private key
   --insecure        allow plain HTTP on an address other than loopback (tokens then cross the
@@ -65,6 +70,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       allowPositionals: false,
       options: {
         port: { type: "string" },
+        "s3-port": { type: "string" },
         listen: { type: "string" },
         "tls-cert": { type: "string" },
         "tls-key": { type: "string" },
@@ -91,6 +97,15 @@ export async function serveCommand(args: string[]): Promise<number> {
       return 2;
     }
     port = Number(v.port);
+  }
+  // With --port 0 (tests, several servers on one machine) the S3 port is a free one too.
+  let s3Port: number | null = port === 0 ? 0 : DEFAULT_S3_PORT;
+  if (v["s3-port"] !== undefined) {
+    if (v["s3-port"] === "off") s3Port = null;
+    else if (!/^\d{1,5}$/.test(v["s3-port"]) || Number(v["s3-port"]) > 65535) {
+      process.stderr.write(`yun serve: --s3-port takes a port number 0-65535 or off, got "${v["s3-port"]}"\n`);
+      return 2;
+    } else s3Port = Number(v["s3-port"]);
   }
   const host = v.listen ?? "127.0.0.1";
   const limits: Partial<LimitSettings> = {};
@@ -206,6 +221,22 @@ export async function serveCommand(args: string[]): Promise<number> {
   }
   const shown = host.includes(":") ? `[${host}]` : host;
   const scheme = tls ? "https" : "http";
+  let s3: RunningObjectServer | undefined;
+  if (s3Port !== null) {
+    try {
+      s3 = await listenObjects(cloud, host, s3Port, tls);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      process.stderr.write(
+        `yun serve: ${code === "EADDRINUSE" ? `the object storage's port ${s3Port} on ${host} is in use; choose one with --s3-port (or --s3-port off)` : (e as Error).message}\n`,
+      );
+      await running.close();
+      await cloud.close();
+      forget();
+      return 1;
+    }
+    process.stdout.write(`yun serve: object storage (S3) on ${scheme}://${shown}:${s3.port}/\n`);
+  }
   // Where the CLI finds this daemon; removed at exit (a record left by a kill is seen as stale).
   try {
     writeServeRecord(home, {
@@ -232,6 +263,7 @@ export async function serveCommand(args: string[]): Promise<number> {
   forget();
   process.off("exit", forget);
   await running.close();
+  await s3?.close();
   await cloud.close();
   process.stdout.write("yun serve: stopped (running VMs keep running)\n");
   return 0;

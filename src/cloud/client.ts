@@ -24,6 +24,8 @@ import type {
   CreateForwardRequest,
   List,
   NewToken,
+  NewAccessKey,
+  AccessKeyInfo,
   Network,
   Project,
   QuotaUsage,
@@ -188,6 +190,16 @@ export class YunClient {
   }
   revokeToken(user: string, tokenId: string): Promise<void> {
     return this.request("DELETE", `/api/v1/users/${enc(user)}/tokens/${enc(tokenId)}`);
+  }
+  /** A new object storage access key of `user` (the secret is answered only this once). */
+  createAccessKey(user: string): Promise<NewAccessKey> {
+    return this.request("POST", `/api/v1/users/${enc(user)}/keys`);
+  }
+  async listAccessKeys(user: string): Promise<AccessKeyInfo[]> {
+    return (await this.request<List<AccessKeyInfo>>("GET", `/api/v1/users/${enc(user)}/keys`)).items;
+  }
+  deleteAccessKey(user: string, keyId: string): Promise<void> {
+    return this.request("DELETE", `/api/v1/users/${enc(user)}/keys/${enc(keyId)}`);
   }
 
   // ---------------------------------------------------------------------------- flavors, images

@@ -38,6 +38,7 @@ import { SqliteStore } from "./store/sqlite.js";
 import { intToIp, parseCidr } from "./networks/addresses.js";
 import { NetworkService } from "./networks/service.js";
 import { KeyPairService } from "./keypairs/service.js";
+import { DEFAULT_OBJECT_QUOTA, ObjectService, objectBytesUsed } from "./objects/service.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
@@ -67,7 +68,13 @@ import type {
   Whoami,
 } from "./types.js";
 
-export const DEFAULT_QUOTAS: Quotas = { instances: 10, vcpus: 16, memoryMiB: 8192, diskGiB: 200 };
+export const DEFAULT_QUOTAS: Quotas = {
+  instances: 10,
+  vcpus: 16,
+  memoryMiB: 8192,
+  diskGiB: 200,
+  objectBytes: DEFAULT_OBJECT_QUOTA,
+};
 export const DEFAULT_FLAVORS = [
   { name: "tiny", vcpus: 1, memoryMiB: 128, diskGiB: 2 },
   { name: "small", vcpus: 1, memoryMiB: 256, diskGiB: 4 },
@@ -149,6 +156,10 @@ interface ForwardRow {
   created_at: string;
 }
 
+/** A project's row with its object storage quota (kept in a table of its own). */
+const PROJECT_SELECT =
+  "SELECT *, (SELECT bytes FROM object_quotas WHERE project_id = projects.id) AS q_object_bytes FROM projects";
+
 interface ProjectRow {
   id: string;
   name: string;
@@ -157,6 +168,8 @@ interface ProjectRow {
   q_memory_mib: number;
   q_disk_gib: number;
   created_at: string;
+  /** From object_quotas (PROJECT_SELECT); NULL: DEFAULT_QUOTAS.objectBytes. */
+  q_object_bytes: number | null;
 }
 interface InstanceRow {
   id: string;
@@ -230,6 +243,8 @@ export class Cloud implements ServiceContext {
   /** The services whose logic lives in their own folder (the others are still methods here). */
   readonly networks: NetworkService;
   readonly keypairs: KeyPairService;
+  /** Object storage (buckets, objects, access keys); its S3 API is objects/server.ts. */
+  readonly objects: ObjectService;
   readonly now: () => number;
   /** The records as SQL tables (read them here; change them in store.transact()). */
   get db(): DB {
@@ -253,6 +268,7 @@ export class Cloud implements ServiceContext {
     this.netsvc = new NetworkServices(opts.home);
     this.networks = new NetworkService(this, this.netsvc);
     this.keypairs = new KeyPairService(this);
+    this.objects = new ObjectService(this, this.meter, join(this.dir, "objects"));
     this.driver.onExit = (id) => void this.onVmExit(id);
     // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
     this.settled = this.settleImageStorage();
@@ -260,7 +276,10 @@ export class Cloud implements ServiceContext {
 
     const tick = opts.tickMs ?? 2000;
     if (tick > 0) {
-      this.ticker = setInterval(() => void this.store.transact(() => this.meter.tick()).catch(() => undefined), tick);
+      this.ticker = setInterval(() => {
+        void this.store.transact(() => this.meter.tick()).catch(() => undefined);
+        void this.objects.flushRequests().catch(() => undefined);
+      }, tick);
       this.ticker.unref();
     }
   }
@@ -408,7 +427,7 @@ export class Cloud implements ServiceContext {
   // -------------------------------------------------------------------------------- projects
 
   private projectRow(idOrName: string): ProjectRow {
-    const r = this.db.prepare("SELECT * FROM projects WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+    const r = this.db.prepare(`${PROJECT_SELECT} WHERE id = ? OR name = ?`).get(idOrName, idOrName) as
       ProjectRow | undefined;
     if (!r) throw notFound(`no project ${idOrName}`);
     return r;
@@ -418,14 +437,20 @@ export class Cloud implements ServiceContext {
     return {
       id: r.id,
       name: r.name,
-      quotas: { instances: r.q_instances, vcpus: r.q_vcpus, memoryMiB: r.q_memory_mib, diskGiB: r.q_disk_gib },
+      quotas: {
+        instances: r.q_instances,
+        vcpus: r.q_vcpus,
+        memoryMiB: r.q_memory_mib,
+        diskGiB: r.q_disk_gib,
+        objectBytes: r.q_object_bytes ?? DEFAULT_QUOTAS.objectBytes,
+      },
       createdAt: r.created_at,
     };
   }
 
   /** A project the caller may see (its own; admins: any); 404 otherwise. */
   private visibleProject(p: Principal, idOrName: string): ProjectRow {
-    const r = this.db.prepare("SELECT * FROM projects WHERE id = ? OR name = ?").get(idOrName, idOrName) as
+    const r = this.db.prepare(`${PROJECT_SELECT} WHERE id = ? OR name = ?`).get(idOrName, idOrName) as
       ProjectRow | undefined;
     if (!r || (!p.admin && r.id !== p.projectId)) throw notFound(`no project ${idOrName}`);
     return r;
@@ -433,7 +458,7 @@ export class Cloud implements ServiceContext {
 
   listProjects(p: Principal): Project[] {
     const rows = p.admin
-      ? (this.db.prepare("SELECT * FROM projects ORDER BY created_at, name").all() as ProjectRow[])
+      ? (this.db.prepare(`${PROJECT_SELECT} ORDER BY created_at, name`).all() as ProjectRow[])
       : [this.projectRow(p.projectId)];
     return rows.map((r) => this.projectView(r));
   }
@@ -452,6 +477,8 @@ export class Cloud implements ServiceContext {
       this.db
         .prepare("INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)")
         .run(id, req.name, q.instances, q.vcpus, q.memoryMiB, q.diskGiB, this.iso());
+      if (req.quotas?.objectBytes !== undefined)
+        this.db.prepare("INSERT INTO object_quotas VALUES (?, ?)").run(id, req.quotas.objectBytes);
     });
     return this.getProject(p, id);
   }
@@ -461,13 +488,16 @@ export class Cloud implements ServiceContext {
     await this.store.transact(() => {
       const r = this.projectRow(idOrName);
       if (r.name === "admin") throw conflict("the admin project cannot be deleted");
-      for (const t of ["instances", "volumes", "networks", "snapshots", "images"]) {
+      for (const t of ["instances", "volumes", "networks", "snapshots", "images", "buckets"]) {
         const n = (this.db.prepare(`SELECT count(*) AS n FROM ${t} WHERE project_id = ?`).get(r.id) as { n: number }).n;
         if (n > 0)
           throw conflict(`project ${r.name} still has ${n} ${n === 1 ? t.slice(0, -1) : t}; delete them first`);
       }
       this.db.prepare("DELETE FROM keypairs WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
+      this.db.prepare("DELETE FROM access_keys WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
+      this.db.prepare("DELETE FROM object_requests WHERE project_id = ?").run(r.id);
+      this.db.prepare("DELETE FROM object_quotas WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM users WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM projects WHERE id = ?").run(r.id);
     });
@@ -486,7 +516,13 @@ export class Cloud implements ServiceContext {
     const img = this.db
       .prepare(`SELECT ifnull(sum((size_bytes + ${GiB - 1}) / ${GiB}), 0) AS d FROM images WHERE project_id = ?`)
       .get(projectId) as { d: number };
-    return { instances: i.n, vcpus: i.c, memoryMiB: i.m, diskGiB: i.d + v.d + img.d };
+    return {
+      instances: i.n,
+      vcpus: i.c,
+      memoryMiB: i.m,
+      diskGiB: i.d + v.d + img.d,
+      objectBytes: objectBytesUsed(this.db, projectId),
+    };
   }
 
   getQuotas(p: Principal, project: string): QuotaUsage {
@@ -507,12 +543,18 @@ export class Cloud implements ServiceContext {
           q.diskGiB ?? r.q_disk_gib,
           r.id,
         );
+      if (q.objectBytes !== undefined)
+        this.db
+          .prepare(
+            "INSERT INTO object_quotas VALUES (?, ?) ON CONFLICT (project_id) DO UPDATE SET bytes = excluded.bytes",
+          )
+          .run(r.id, q.objectBytes);
     });
     return this.getQuotas(p, project);
   }
 
   /** Throws quota_exceeded naming the first quota that `add` would overrun. Call inside a transaction. */
-  private checkQuota(projectId: string, add: Partial<Quotas>): void {
+  checkQuota(projectId: string, add: Partial<Quotas>): void {
     const r = this.projectRow(projectId);
     const used = this.used(projectId);
     const limits: [keyof Quotas, number, string][] = [
@@ -520,6 +562,7 @@ export class Cloud implements ServiceContext {
       ["vcpus", r.q_vcpus, "vcpus"],
       ["memoryMiB", r.q_memory_mib, "memoryMiB"],
       ["diskGiB", r.q_disk_gib, "diskGiB"],
+      ["objectBytes", r.q_object_bytes ?? DEFAULT_QUOTAS.objectBytes, "objectBytes"],
     ];
     for (const [k, limit, label] of limits) {
       const a = add[k] ?? 0;
@@ -592,6 +635,7 @@ export class Cloud implements ServiceContext {
     if (u.id === p.userId) throw conflict("you cannot delete yourself");
     await this.store.transact(() => {
       this.db.prepare("DELETE FROM tokens WHERE user_id = ?").run(u.id);
+      this.db.prepare("DELETE FROM access_keys WHERE user_id = ?").run(u.id);
       this.db.prepare("DELETE FROM users WHERE id = ?").run(u.id);
     });
   }
@@ -2196,6 +2240,8 @@ export class Cloud implements ServiceContext {
       const path = join(this.dir, "snapshots", f);
       if (!recorded(path, vols) && !bases.has(path)) rmSync(path, { force: true });
     }
+    // Object storage: blobs written but never committed, or whose last record went.
+    this.objects.sweep();
     // Uploads cut off before their row was written, and images deleted before their file was.
     const images = new Set((this.db.prepare("SELECT path FROM images").all() as { path: string }[]).map((r) => r.path));
     for (const f of readdirSync(join(this.dir, "images"))) {
@@ -2210,6 +2256,7 @@ export class Cloud implements ServiceContext {
     if (this.ticker) clearInterval(this.ticker);
     // SQLite: the tick and the close happen before close() returns; etcd: in turn.
     void this.store.transact(() => this.meter.tick()).catch(() => undefined);
+    void this.objects.flushRequests().catch(() => undefined);
     this.netsvc.close();
     this.driver.close();
     return this.store.close();

@@ -6,6 +6,7 @@
 import type { DB } from "./db.js";
 import type { Store } from "./store/store.js";
 import type { Principal } from "./cloud.js";
+import type { Quotas } from "./types.js";
 
 export interface ServiceContext {
   readonly store: Store;
@@ -25,6 +26,17 @@ export interface ServiceContext {
     idOrName: string,
     projectQuery?: string,
   ): T;
+  /** Throws quota_exceeded naming the first quota that `add` would overrun (inside a transaction). */
+  checkQuota(projectId: string, add: Partial<Quotas>): void;
+  /** Records an audit event (inside the transaction of the change it describes). */
+  audit(
+    actor: { id: string | null; name: string } | string,
+    projectId: string,
+    action: string,
+    resource: string,
+    outcome: string,
+    message?: string | null,
+  ): void;
   /** The rows of `table` the caller may list, oldest first. */
   listScoped<T>(p: Principal, table: string, projectQuery?: string): T[];
 }

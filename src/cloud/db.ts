@@ -122,6 +122,55 @@ const MIGRATIONS: string[] = [
   CREATE TABLE meter_ticks (id INTEGER PRIMARY KEY CHECK (id = 1), last_ms INTEGER NOT NULL);
   INSERT INTO meter_ticks SELECT 1, max(last_ms) FROM usage_intervals HAVING count(*) > 0;
   `,
+  // 6: object storage (src/cloud/objects). Access keys of users (the secret is kept: SigV4 checks
+  // an HMAC made with it); buckets (names unique across the cloud, as S3's are), objects and
+  // multipart uploads, whose bytes are content-addressed blobs on disk (column blob: their
+  // sha256); request counts per project and hour; a quota on a project's stored bytes (a table of
+  // its own, so rows of projects keep their columns; no row: the default); usage intervals of
+  // kind 'object' (GiB stored in a bucket), for which the kind's CHECK is widened (SQLite cannot
+  // alter a CHECK: the table is copied).
+  `
+  CREATE TABLE access_keys (
+    id TEXT PRIMARY KEY, secret TEXT NOT NULL, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX access_keys_user ON access_keys (user_id);
+  CREATE TABLE buckets (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, project_id TEXT NOT NULL REFERENCES projects(id),
+    acl TEXT NOT NULL CHECK (acl IN ('private', 'public-read')), created_at TEXT NOT NULL
+  );
+  CREATE TABLE objects (
+    id TEXT PRIMARY KEY, bucket_id TEXT NOT NULL REFERENCES buckets(id), key TEXT NOT NULL, blob TEXT NOT NULL,
+    size INTEGER NOT NULL, etag TEXT NOT NULL, content_type TEXT NOT NULL, meta TEXT NOT NULL,
+    acl TEXT NOT NULL CHECK (acl IN ('private', 'public-read')), modified_at TEXT NOT NULL, UNIQUE (bucket_id, key)
+  );
+  CREATE INDEX objects_blob ON objects (blob);
+  CREATE TABLE uploads (
+    id TEXT PRIMARY KEY, bucket_id TEXT NOT NULL REFERENCES buckets(id), key TEXT NOT NULL,
+    content_type TEXT NOT NULL, meta TEXT NOT NULL, acl TEXT NOT NULL, created_at TEXT NOT NULL
+  );
+  CREATE TABLE upload_parts (
+    id TEXT PRIMARY KEY, upload_id TEXT NOT NULL REFERENCES uploads(id), part INTEGER NOT NULL, blob TEXT NOT NULL,
+    size INTEGER NOT NULL, etag TEXT NOT NULL, modified_at TEXT NOT NULL, UNIQUE (upload_id, part)
+  );
+  CREATE INDEX upload_parts_blob ON upload_parts (blob);
+  CREATE TABLE object_requests (
+    id TEXT PRIMARY KEY, project_id TEXT NOT NULL, hour_ms INTEGER NOT NULL,
+    reads INTEGER NOT NULL, writes INTEGER NOT NULL
+  );
+  CREATE INDEX object_requests_project ON object_requests (project_id, hour_ms);
+  CREATE TABLE object_quotas (project_id TEXT PRIMARY KEY REFERENCES projects(id), bytes INTEGER NOT NULL);
+  CREATE TABLE usage_intervals_v6 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, project_id TEXT NOT NULL, resource_id TEXT NOT NULL,
+    resource_name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('cpu', 'memory', 'disk', 'object')),
+    amount REAL NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER, last_ms INTEGER NOT NULL
+  );
+  INSERT INTO usage_intervals_v6 SELECT id, project_id, resource_id, resource_name, kind, amount, start_ms, end_ms, last_ms FROM usage_intervals;
+  DROP TABLE usage_intervals;
+  ALTER TABLE usage_intervals_v6 RENAME TO usage_intervals;
+  CREATE INDEX usage_open ON usage_intervals (resource_id) WHERE end_ms IS NULL;
+  CREATE INDEX usage_project ON usage_intervals (project_id, start_ms);
+  `,
 ];
 
 /** The schema version this code expects. */

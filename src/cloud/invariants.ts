@@ -6,8 +6,10 @@
  * - every live VM monitor of this cloud belongs to a running or paused instance, and every running
  *   or paused instance has its monitor; no instance is left in a transient state;
  * - metering matches the records (one open disk interval per instance and volume, of its size;
- *   cpu for running instances, memory for running and paused ones), so quota usage, computed from
- *   the same records, does too;
+ *   cpu for running instances, memory for running and paused ones; object per bucket, at the GiB
+ *   it holds), so quota usage, computed from the same records, does too;
+ * - object storage: every record's blob is on disk and every blob belongs to a record, with no
+ *   temporary file left;
  * - the audit log is complete: the journal holds no unfinished operation, every instance and
  *   volume has its successful create event, every one created and gone has its delete event, every
  *   snapshot its volume.snapshot event.
@@ -109,6 +111,20 @@ export function checkCloudInvariants(home: string): string[] {
     for (const d of readdirSync(join(dir, "instances")))
       if (!ids.has(d)) v.push(`instances/${d} belongs to no instance (an orphan directory)`);
 
+    // ---- object storage: every record's blob is on disk, every blob a record's, no temporaries
+    const blobRefs = new Set(
+      all("SELECT blob FROM objects UNION SELECT blob FROM upload_parts").map((r) => r.blob as string),
+    );
+    const blobDir = join(dir, "objects", "blobs");
+    const onDisk = new Set<string>();
+    if (existsSync(blobDir))
+      for (const d of readdirSync(blobDir)) for (const f of readdirSync(join(blobDir, d))) onDisk.add(f);
+    for (const b of blobRefs) if (!onDisk.has(b)) v.push(`object storage: blob ${b} of a record is missing`);
+    for (const b of onDisk) if (!blobRefs.has(b)) v.push(`objects/blobs/${b} belongs to no record (an orphan blob)`);
+    const tmpDir = join(dir, "objects", "tmp");
+    if (existsSync(tmpDir))
+      for (const f of readdirSync(tmpDir)) v.push(`objects/tmp/${f} is a temporary file left behind`);
+
     // ---- metering (and so quota usage) against the records
     const open = new Map<string, number>();
     for (const r of all("SELECT resource_id, kind, amount FROM usage_intervals WHERE end_ms IS NULL")) {
@@ -123,6 +139,10 @@ export function checkCloudInvariants(home: string): string[] {
       if (r.state === "running" || r.state === "paused") want.set(`${r.id} memory`, (r.memory_mib as number) / 1024);
     }
     for (const r of volumes) want.set(`${r.id} disk`, r.size_gib as number);
+    for (const r of all(
+      "SELECT b.id AS id, (SELECT ifnull(sum(size), 0) FROM objects WHERE bucket_id = b.id) AS bytes FROM buckets b",
+    ))
+      want.set(`${r.id} object`, (r.bytes as number) / 1024 ** 3);
     for (const [key, amount] of want)
       if (open.get(key) !== amount)
         v.push(`metering: ${key} should be open at ${amount}, is ${open.get(key) ?? "not open"}`);

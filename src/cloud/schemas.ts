@@ -38,6 +38,12 @@ const QuotasShape = {
     .int()
     .min(0)
     .max(1 << 30),
+  objectBytes: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 50)
+    .openapi({ description: "bytes the project's buckets may hold (object storage)" }),
 };
 export const Quotas = z.object(QuotasShape).openapi("Quotas");
 export const QuotasUpdate = z.object(QuotasShape).partial().strict();
@@ -69,6 +75,16 @@ export const CreatedUser = User.extend({
 }).openapi("CreatedUser");
 export const NewToken = z.object({ token: z.string(), user: z.string(), id: z.string() }).openapi("NewToken");
 export const TokenInfo = z.object({ id: z.string(), createdAt: z.string() }).openapi("TokenInfo");
+export const AccessKeyInfo = z
+  .object({ accessKeyId: z.string(), user: z.string(), createdAt: z.string() })
+  .openapi("AccessKeyInfo");
+export const NewAccessKey = AccessKeyInfo.extend({
+  secretAccessKey: z.string().openapi({ description: "the secret, shown only this once" }),
+}).openapi("NewAccessKey");
+export const AccessKeyParam = z.object({
+  id: z.string().min(1).max(80).openapi({ description: "the user: an id or a name" }),
+  keyId: z.string().regex(/^YUN[A-Z2-7]{17}$/, "an access key id looks like YUN and 17 letters or digits"),
+});
 export const TokenParam = z.object({
   id: z.string().min(1).max(80).openapi({ description: "the user: an id or a name" }),
   tokenId: z.string().regex(/^tok-[0-9a-f]{16}$/, "a token id looks like tok- and 16 hex digits"),
@@ -275,6 +291,7 @@ const UsageItem = z.object({
   vcpuSeconds: z.number(),
   memoryGiBHours: z.number(),
   diskGiBHours: z.number(),
+  objectGiBHours: z.number(),
 });
 export const Usage = z
   .object({
@@ -284,6 +301,8 @@ export const Usage = z
     vcpuSeconds: z.number(),
     memoryGiBHours: z.number(),
     diskGiBHours: z.number(),
+    objectGiBHours: z.number(),
+    objectRequests: z.object({ reads: z.number(), writes: z.number() }),
     instances: z.array(UsageItem),
   })
   .openapi("Usage");

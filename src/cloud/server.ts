@@ -24,6 +24,7 @@ import { volumeRoutes } from "./volumes/routes.js";
 import { networkRoutes } from "./networks/routes.js";
 import { keyPairRoutes } from "./keypairs/routes.js";
 import { meteringRoutes } from "./metering/routes.js";
+import { objectRoutes } from "./objects/routes.js";
 import { SECURITY_HEADERS, securityHeaders, upgradeOriginAllowed, type TlsFiles } from "./security.js";
 import { RequestLimits, refusalResponse, type LimitSettings } from "./limits.js";
 
@@ -175,6 +176,7 @@ export function createApp(
   networkRoutes(routes);
   keyPairRoutes(routes);
   meteringRoutes(routes);
+  objectRoutes(routes);
   return app;
 }
 

@@ -23,6 +23,8 @@ export interface Quotas {
   vcpus: number;
   memoryMiB: number;
   diskGiB: number;
+  /** Bytes the project's buckets may hold (objects and the parts of unfinished multipart uploads). */
+  objectBytes: number;
 }
 
 /** The limits, and what the project uses now. */
@@ -59,6 +61,18 @@ export interface NewToken {
   user: string;
   /** The token's id (for listing and revoking; not the token). */
   id: string;
+}
+
+/** An object storage access key (S3 clients sign with its id and secret). */
+export interface AccessKeyInfo {
+  accessKeyId: string;
+  user: string;
+  createdAt: string;
+}
+
+export interface NewAccessKey extends AccessKeyInfo {
+  /** The secret, shown only this once. */
+  secretAccessKey: string;
 }
 
 /** An issued token as it can be shown again: its id and when it was issued. */
@@ -190,6 +204,8 @@ export interface InstanceUsage {
   vcpuSeconds: number;
   memoryGiBHours: number;
   diskGiBHours: number;
+  /** A bucket's stored bytes over time (object storage). */
+  objectGiBHours: number;
 }
 
 export interface Usage {
@@ -199,6 +215,9 @@ export interface Usage {
   vcpuSeconds: number;
   memoryGiBHours: number;
   diskGiBHours: number;
+  objectGiBHours: number;
+  /** Object storage requests in the period (counted per hour: the hours that overlap it). */
+  objectRequests: { reads: number; writes: number };
   instances: InstanceUsage[];
 }
 

@@ -4,11 +4,13 @@
  * state transitions (inside the transition's transaction); a periodic tick records when the daemon
  * last saw its resources (one record, meter_ticks), so after a daemon crash an interval whose VM is
  * gone closes at the last tick (at most one tick lost) and one whose VM still runs stays open.
+ * Object storage: object (GiB a bucket holds, re-opened as it changes; see objects/service.ts),
+ * and request counts per project and hour (table object_requests).
  */
 import type { DB } from "../db.js";
 import type { InstanceUsage, Usage } from "../types.js";
 
-export type MeterKind = "cpu" | "memory" | "disk";
+export type MeterKind = "cpu" | "memory" | "disk" | "object";
 
 export class Meter {
   constructor(
@@ -80,11 +82,12 @@ export class Meter {
     let cpuMs = 0;
     let memMs = 0;
     let diskMs = 0;
+    let objectMs = 0;
     for (const r of rows) {
       const ms = Math.max(0, Math.min(r.e ?? now, toMs) - Math.max(r.s, fromMs)) * r.amount;
       let u = per.get(r.id);
       if (!u) {
-        u = { id: r.id, name: r.name, vcpuSeconds: 0, memoryGiBHours: 0, diskGiBHours: 0 };
+        u = { id: r.id, name: r.name, vcpuSeconds: 0, memoryGiBHours: 0, diskGiBHours: 0, objectGiBHours: 0 };
         per.set(r.id, u);
       }
       if (r.kind === "cpu") {
@@ -93,6 +96,9 @@ export class Meter {
       } else if (r.kind === "memory") {
         memMs += ms;
         u.memoryGiBHours += ms / 3_600_000;
+      } else if (r.kind === "object") {
+        objectMs += ms;
+        u.objectGiBHours += ms / 3_600_000;
       } else {
         diskMs += ms;
         u.diskGiBHours += ms / 3_600_000;
@@ -104,7 +110,14 @@ export class Meter {
       vcpuSeconds: round(u.vcpuSeconds, 3),
       memoryGiBHours: round(u.memoryGiBHours, 6),
       diskGiBHours: round(u.diskGiBHours, 6),
+      objectGiBHours: round(u.objectGiBHours, 6),
     }));
+    const hour = 3_600_000;
+    const requests = this.db
+      .prepare(
+        "SELECT ifnull(sum(reads), 0) AS reads, ifnull(sum(writes), 0) AS writes FROM object_requests WHERE project_id = ? AND hour_ms < ? AND hour_ms > ?",
+      )
+      .get(projectId, toMs, fromMs - hour) as { reads: number; writes: number };
     return {
       project: projectId,
       from: new Date(fromMs).toISOString(),
@@ -112,6 +125,8 @@ export class Meter {
       vcpuSeconds: round(cpuMs / 1000, 3),
       memoryGiBHours: round(memMs / 3_600_000, 6),
       diskGiBHours: round(diskMs / 3_600_000, 6),
+      objectGiBHours: round(objectMs / 3_600_000, 6),
+      objectRequests: requests,
       instances: items,
     };
   }
