@@ -70,7 +70,9 @@ export function execCommand(args: string[]): number {
     return 2;
   }
   if (root === "") {
-    process.stderr.write("yun exec: --root DIR is required (a riscv64 root file system, e.g. unpacked Debian packages)\n");
+    process.stderr.write(
+      "yun exec: --root DIR is required (a riscv64 root file system, e.g. unpacked Debian packages)\n",
+    );
     return 2;
   }
   if (!existsSync(root) || !statSync(root).isDirectory()) {
@@ -78,7 +80,8 @@ export function execCommand(args: string[]): number {
     return 2;
   }
   const env = new Map<string, string>();
-  if (!clearEnv) for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("YUN_")) env.set(k, v);
+  if (!clearEnv)
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("YUN_")) env.set(k, v);
   for (const kv of extraEnv) env.set(kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1));
   let proc: UserProcess;
   try {

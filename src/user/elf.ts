@@ -48,11 +48,19 @@ export interface ElfImage {
   interpreter: string | null;
 }
 
-const MACHINES: Record<number, string> = { 3: "x86", 40: "ARM", 62: "x86-64", 183: "AArch64", 8: "MIPS", 21: "PowerPC64" };
+const MACHINES: Record<number, string> = {
+  3: "x86",
+  40: "ARM",
+  62: "x86-64",
+  183: "AArch64",
+  8: "MIPS",
+  21: "PowerPC64",
+};
 
 function u64(buf: Buffer, off: number, what: string): number {
   const v = buf.readBigUInt64LE(off);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ExecError(`${what}: address 0x${v.toString(16)} out of range`, 126);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new ExecError(`${what}: address 0x${v.toString(16)} out of range`, 126);
   return Number(v);
 }
 
@@ -94,7 +102,10 @@ export function parseElf(buf: Buffer, name: string): ElfImage {
     }
     if (h.type === PT_INTERP) {
       if (h.offset + h.filesz > buf.length) throw new ExecError(`${name}: truncated ELF file`, 126);
-      interpreter = buf.subarray(h.offset, h.offset + h.filesz).toString("latin1").replace(/\0.*$/s, "");
+      interpreter = buf
+        .subarray(h.offset, h.offset + h.filesz)
+        .toString("latin1")
+        .replace(/\0.*$/s, "");
     }
     headers.push(h);
   }

@@ -11,7 +11,7 @@
  * positional and the offset is kept here). Terminals, pipes and other streams use the host fd's
  * own position.
  */
-import { closeSync, existsSync, fstatSync, lstatSync, readdirSync, type Dirent } from "node:fs";
+import { closeSync, existsSync, fstatSync, lstatSync, opendirSync, type Dirent } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 
 export const AT_FDCWD = -100;
@@ -87,16 +87,17 @@ export class FileTable {
   private readonly slots: (Slot | undefined)[] = [];
   readonly root: string;
 
-  constructor(root: string) {
+  /** `stdio`: the host fds that are the guest's 0, 1 and 2 (default: this process's own). */
+  constructor(root: string, stdio: readonly number[] = [0, 1, 2]) {
     this.root = root;
     for (let fd = 0; fd < 3; fd++) {
       try {
-        fstatSync(fd);
+        fstatSync(stdio[fd]);
       } catch {
         continue; // not open on the host: not open in the guest either
       }
       // The host fd's own offset: a file the shell redirected stdout to is shared with others.
-      this.slots[fd] = { file: new OpenFile(fd, "", fd === 0 ? 0 : 2, false, true, true), cloexec: false };
+      this.slots[fd] = { file: new OpenFile(stdio[fd], "", fd === 0 ? 0 : 2, false, true, true), cloexec: false };
     }
   }
 
@@ -167,8 +168,14 @@ export class FileTable {
       { name: ".", type: DT_DIR, ino: ino(dir) },
       { name: "..", type: DT_DIR, ino: ino(join(dir, "..")) },
     ];
-    for (const d of readdirSync(dir, { withFileTypes: true })) {
-      out.push({ name: d.name, type: direntType(d), ino: ino(join(dir, d.name)) });
+    // In the directory's own order, as the host's getdents gives it (readdirSync sorts).
+    const handle = opendirSync(dir);
+    try {
+      for (let d = handle.readSync(); d !== null; d = handle.readSync()) {
+        out.push({ name: d.name, type: direntType(d), ino: ino(join(dir, d.name)) });
+      }
+    } finally {
+      handle.closeSync();
     }
     file.entries = out;
     return out;
@@ -191,7 +198,13 @@ export class FileTable {
 
   /** Where an absolute guest path lives on the host. */
   inRoot(path: string): string {
-    if (this.root === "/" || path.startsWith("/proc/") || path.startsWith("/dev/") || path === "/tmp" || path.startsWith("/tmp/")) {
+    if (
+      this.root === "/" ||
+      path.startsWith("/proc/") ||
+      path.startsWith("/dev/") ||
+      path === "/tmp" ||
+      path.startsWith("/tmp/")
+    ) {
       return path;
     }
     const inside = join(this.root, path);

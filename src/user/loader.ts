@@ -80,7 +80,13 @@ function phdrAddress(image: ElfImage, bias: number): number {
  * Loads `files.path` with `argv` and `envp` into `space`; `execfn` is the name AT_EXECFN gives.
  * Throws an ExecError for a program that cannot run (its message is one line for the user).
  */
-export function loadProgram(space: AddressSpace, files: ProgramFiles, argv: string[], envp: string[], execfn: string): LoadedProgram {
+export function loadProgram(
+  space: AddressSpace,
+  files: ProgramFiles,
+  argv: string[],
+  envp: string[],
+  execfn: string,
+): LoadedProgram {
   const name = execfn;
   const file = readProgram(files.path, name);
   const image = parseElf(file, name);
@@ -90,14 +96,18 @@ export function loadProgram(space: AddressSpace, files: ProgramFiles, argv: stri
     if (path === null) throw new ExecError(`${name}: its interpreter ${image.interpreter} was not found`, 127);
     const interpFile = readProgram(path, image.interpreter);
     const interpImage = parseElf(interpFile, image.interpreter);
-    if (interpImage.interpreter !== null) throw new ExecError(`${image.interpreter}: an interpreter that needs an interpreter`, 126);
+    if (interpImage.interpreter !== null)
+      throw new ExecError(`${image.interpreter}: an interpreter that needs an interpreter`, 126);
     interp = { file: interpFile, image: interpImage };
   }
 
   const span = loadSpan(image);
   const bias = image.dynamic ? PIE_BASE - span.low : 0;
   if (span.low + bias < PAGE || span.high + bias > space.mmapTop - (64 << 20)) {
-    throw new ExecError(`${name}: its segments (0x${span.low.toString(16)}-0x${span.high.toString(16)}) do not fit the address space`, 126);
+    throw new ExecError(
+      `${name}: its segments (0x${span.low.toString(16)}-0x${span.high.toString(16)}) do not fit the address space`,
+      126,
+    );
   }
   space.mapFixed(span.low + bias, span.high - span.low);
   copySegments(space, file, image, bias);

@@ -152,7 +152,8 @@ export class AddressSpace {
     const oldTop = Math.ceil(this.brk / PAGE) * PAGE;
     const newTop = Math.ceil(addr / PAGE) * PAGE;
     if (newTop > oldTop) {
-      for (let p = oldTop / PAGE; p < newTop / PAGE; p++) if (p >= this.pages.length || this.pages[p] === MAPPED) return this.brk;
+      for (let p = oldTop / PAGE; p < newTop / PAGE; p++)
+        if (p >= this.pages.length || this.pages[p] === MAPPED) return this.brk;
       this.mark(oldTop, newTop - oldTop, MAPPED);
     } else if (newTop < oldTop) {
       this.mark(newTop, oldTop - newTop, USED);

@@ -6,7 +6,7 @@
  * hart in M-mode and mcause/mepc/mtval set; this loop serves it and puts the hart back in U-mode.
  * The translator (WebAssembly when RAM is a WebAssembly memory) runs the hot code as in a VM.
  */
-import { existsSync, realpathSync } from "node:fs";
+import { existsSync, realpathSync, writeSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { allocateRam, Bus } from "../cpu/bus.js";
 import { MSTATUS_FS } from "../cpu/csr.js";
@@ -47,6 +47,8 @@ export interface UserProgramOptions {
   interpret?: boolean;
   /** Where diagnostics go (default stderr). */
   log?: (line: string) => void;
+  /** Host fds to serve as the program's stdin, stdout and stderr (default: this process's). */
+  stdio?: readonly [number, number, number];
   /** Log every system call (strace-like) to `log`. */
   trace?: boolean;
 }
@@ -82,9 +84,9 @@ export class UserProcess {
 
   /** Builds the process and loads its program; throws an ExecError when it cannot run. */
   constructor(options: UserProgramOptions) {
-    this.log = options.log ?? ((line) => process.stderr.write(line + "\n"));
+    this.log = options.log ?? ((line) => writeSync(2, line + "\n"));
     const root = realpathSync(options.root);
-    this.files = new FileTable(root);
+    this.files = new FileTable(root, options.stdio);
     const path = findProgram(this.files, options.program);
     this.name = options.program;
     this.trace = options.trace === true;
@@ -115,7 +117,7 @@ export class UserProcess {
     const h = this.hart;
     const x = h.x;
     const sys = this.syscalls;
-    const arg = (r: number): number => (x[2 * r + 1] * 4294967296 + (x[2 * r] >>> 0));
+    const arg = (r: number): number => x[2 * r + 1] * 4294967296 + (x[2 * r] >>> 0);
     for (;;) {
       h.run(50_000_000);
       if (h.priv !== PRIV_M) continue; // budget spent
@@ -123,7 +125,10 @@ export class UserProcess {
       const pc = h.mepc;
       if (cause === CAUSE_ECALL_U && !h.mcauseInterrupt) {
         const result = sys.call(arg(17), arg(10), arg(11), arg(12), arg(13), arg(14), arg(15));
-        if (this.trace) this.log(`[syscall ${arg(17)}(${[10, 11, 12, 13].map((r) => "0x" + arg(r).toString(16)).join(", ")}) = ${result}]`);
+        if (this.trace)
+          this.log(
+            `[syscall ${arg(17)}(${[10, 11, 12, 13].map((r) => "0x" + arg(r).toString(16)).join(", ")}) = ${result}]`,
+          );
         if (sys.exit !== null) break;
         h.setXNumber(10, result);
         h.enterUserMode(pc + 4);

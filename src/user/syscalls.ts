@@ -14,7 +14,6 @@ import { AT_FDCWD, FileTable, OpenFile, PipeBuffer } from "./files.js";
 import { AddressSpace, PAGE } from "./memory.js";
 
 const EPERM = 1;
-const ENOENT = 2;
 const ESRCH = 3;
 const EINTR = 4;
 const EBADF = 9;
@@ -336,7 +335,8 @@ export class Syscalls {
       case 153: {
         // times
         const ticks = Math.floor(performance.now() / 10);
-        if (a0 !== 0) for (let i = 0; i < 4; i++) sp.setU64(a0 + 8 * i, i === 0 ? Math.floor(process.cpuUsage().user / 10000) : 0);
+        if (a0 !== 0)
+          for (let i = 0; i < 4; i++) sp.setU64(a0 + 8 * i, i === 0 ? Math.floor(process.cpuUsage().user / 10000) : 0);
         return ticks;
       }
       case 154: // setpgid
@@ -399,6 +399,7 @@ export class Syscalls {
         return this.mremap(a0, a1, a2, a3, a4);
       case 222: // mmap
         return this.mmap(a0, a1, a3, a4 | 0, a5);
+      case 223: // fadvise64: advice only
       case 226: // mprotect
       case 227: // msync
       case 228: // mlock
@@ -654,7 +655,8 @@ export class Syscalls {
     let base = 0;
     if (whence === 1) base = f.position;
     else if (whence === 2 || whence === 4) base = fs.fstatSync(f.hostFd).size;
-    else if (whence === 3) base = 0; // SEEK_DATA: all data
+    else if (whence === 3)
+      base = 0; // SEEK_DATA: all data
     else if (whence !== 0) return -EINVAL;
     const next = whence === 4 ? Math.max(base, offset) : whence === 3 ? offset : base + offset;
     if (next < 0) return -EINVAL;
@@ -837,7 +839,10 @@ export class Syscalls {
   private fileStat(f: OpenFile): fs.BigIntStats {
     if (f.pipe !== null) {
       const st = fs.fstatSync(0, { bigint: true });
-      return Object.assign(Object.create(Object.getPrototypeOf(st) as object) as fs.BigIntStats, st, { mode: 0o10600n, size: 0n });
+      return Object.assign(Object.create(Object.getPrototypeOf(st) as object) as fs.BigIntStats, st, {
+        mode: 0o10600n,
+        size: 0n,
+      });
     }
     return fs.fstatSync(f.hostFd, { bigint: true });
   }
@@ -973,7 +978,8 @@ export class Syscalls {
   }
 
   private clockNs(clock: number): number {
-    if (clock === 0 || clock === 5 || clock === 8 || clock === 11) return (performance.timeOrigin + performance.now()) * 1e6; // REALTIME
+    if (clock === 0 || clock === 5 || clock === 8 || clock === 11)
+      return (performance.timeOrigin + performance.now()) * 1e6; // REALTIME
     if (clock === 2 || clock === 3) return process.cpuUsage().user * 1000; // process/thread CPU time
     return Number(process.hrtime.bigint());
   }
@@ -1009,12 +1015,14 @@ export class Syscalls {
     const action = this.actions.get(sig);
     const handler = action === undefined ? SIG_DFL : Number(Buffer.from(action).readBigUInt64LE(0));
     if (handler === SIG_IGN || (handler === SIG_DFL && IGNORED_BY_DEFAULT.has(sig))) return;
-    if (handler !== SIG_DFL) this.log(`yun exec: signal ${sig} has a handler, which Yun does not run yet: the process ends`);
+    if (handler !== SIG_DFL)
+      this.log(`yun exec: signal ${sig} has a handler, which Yun does not run yet: the process ends`);
     this.exit = { status: 128 + sig, signal: sig };
   }
 
   private sigaction(sig: number, act: number, oldact: number): number {
-    if (sig < 1 || sig > 64 || sig === 9 || sig === 19) return act !== 0 && (sig === 9 || sig === 19) ? -EINVAL : sig < 1 || sig > 64 ? -EINVAL : 0;
+    if (sig < 1 || sig > 64 || sig === 9 || sig === 19)
+      return act !== 0 && (sig === 9 || sig === 19) ? -EINVAL : sig < 1 || sig > 64 ? -EINVAL : 0;
     if (oldact !== 0) {
       if (!this.space.valid(oldact, 24)) return -EFAULT;
       const old = this.actions.get(sig);
@@ -1111,4 +1119,3 @@ export class Syscalls {
   }
 }
 
-export { EINTR };
