@@ -19,6 +19,7 @@ Options:
   --env K=V           set a variable in the program's environment (repeatable); the program
                       gets the host's environment plus these
   --clear-env         start from an empty environment instead of the host's
+  --argv0 NAME        the program's argv[0] (default: PROGRAM as given)
   --interpret         interpret only (no translator)
   -h, --help          show this help
 
@@ -31,6 +32,7 @@ export function execCommand(args: string[]): number {
   const extraEnv: string[] = [];
   let clearEnv = false;
   let interpret = false;
+  let argv0: string | undefined;
   let i = 0;
   for (; i < args.length; i++) {
     const a = args[i];
@@ -57,7 +59,8 @@ export function execCommand(args: string[]): number {
         return 2;
       }
       extraEnv.push(kv);
-    } else if (a === "--clear-env") clearEnv = true;
+    } else if (flag === "--argv0") argv0 = value();
+    else if (a === "--clear-env") clearEnv = true;
     else if (a === "--interpret") interpret = true;
     else {
       process.stderr.write(`yun exec: unknown option ${a} (see yun exec --help)\n`);
@@ -88,7 +91,7 @@ export function execCommand(args: string[]): number {
     proc = new UserProcess({
       root,
       program,
-      argv: [program, ...args.slice(i + 1)],
+      argv: [argv0 ?? program, ...args.slice(i + 1)],
       env: [...env].map(([k, v]) => `${k}=${v}`),
       interpret,
       trace: process.env.YUN_EXEC_TRACE === "1",

@@ -59,7 +59,7 @@ export class PipeBuffer {
   }
 }
 
-interface Slot {
+export interface Slot {
   file: OpenFile;
   cloexec: boolean;
 }
@@ -147,6 +147,20 @@ export class FileTable {
       }
     }
     return true;
+  }
+
+  /** The table a fork's parent gets back: a copy, each description with a reference more. */
+  fork(): (Slot | undefined)[] {
+    const copy = this.slots.slice();
+    for (const s of copy) if (s !== undefined) s.file.refs++;
+    return copy;
+  }
+
+  /** Back to the parent's table (from fork()) when its child ends: the child's references go. */
+  restore(saved: (Slot | undefined)[]): void {
+    this.closeAll();
+    this.slots.length = 0;
+    saved.forEach((s, fd) => (this.slots[fd] = s));
   }
 
   closeAll(): void {

@@ -17,7 +17,6 @@ const EPERM = 1;
 const ESRCH = 3;
 const EINTR = 4;
 const EBADF = 9;
-const ECHILD = 10;
 const EAGAIN = 11;
 const ENOMEM = 12;
 const EFAULT = 14;
@@ -76,8 +75,10 @@ export class Syscalls {
   /** The program's path as /proc/self/exe shows it. */
   exePath: string;
   exit: ExitRequest | null = null;
+  /** The pid the program sees (a fork's child runs in this process under a pid of its own). */
+  pid = process.pid;
   /** rt_sigaction's table: the 24-byte struct sigaction of each signal (handler, flags, mask). */
-  private readonly actions = new Map<number, Uint8Array>();
+  readonly actions = new Map<number, Uint8Array>();
   private signalMask = 0n;
   private readonly reported = new Set<number>();
   private readonly log: (line: string) => void;
@@ -286,7 +287,7 @@ export class Syscalls {
         this.exit = { status: a0 & 0xff, signal: 0 };
         return 0;
       case 96: // set_tid_address
-        return process.pid;
+        return this.pid;
       case 98: // futex
         return this.futex(a0, a1, a2, a3);
       case 99: // set_robust_list
@@ -344,7 +345,7 @@ export class Syscalls {
       case 155: // getpgid
       case 156: // getsid
       case 157: // setsid
-        return process.pid;
+        return this.pid;
       case 158: // getgroups
         return 0;
       case 160: // uname
@@ -372,7 +373,7 @@ export class Syscalls {
       }
       case 172: // getpid
       case 178: // gettid
-        return process.pid;
+        return this.pid;
       case 173: // getppid
         return process.ppid;
       case 174: // getuid
@@ -412,8 +413,6 @@ export class Syscalls {
           sp.written(a0, a1);
         }
         return 0;
-      case 260: // wait4
-        return -ECHILD;
       case 261: // prlimit64
         return this.prlimit(a0, a1, a2, a3);
       case 278: // getrandom
@@ -561,7 +560,7 @@ export class Syscalls {
       case 0x540f: // TIOCGPGRP
       case 0x5410: // TIOCSPGRP
         if (!tty) return -ENOTTY;
-        if (request === 0x540f) this.space.setU32(arg, process.pid);
+        if (request === 0x540f) this.space.setU32(arg, this.pid);
         return 0;
       case 0x5413: {
         // TIOCGWINSZ
@@ -824,7 +823,7 @@ export class Syscalls {
     const name = this.str(pathAddr);
     if (name === null) return -EFAULT;
     let target: string;
-    if (name === "/proc/self/exe" || name === `/proc/${process.pid}/exe`) target = this.exePath;
+    if (name === "/proc/self/exe" || name === `/proc/${this.pid}/exe`) target = this.exePath;
     else {
       const p = this.files.hostPath(dirfd | 0, name);
       if (typeof p === "number") return p;
@@ -1003,7 +1002,7 @@ export class Syscalls {
   }
 
   private kill(pid: number, sig: number): number {
-    if (pid !== process.pid && pid !== 0 && pid !== -1) return pid > 0 ? -ESRCH : -EPERM;
+    if (pid !== this.pid && pid !== 0 && pid !== -1) return pid > 0 ? -ESRCH : -EPERM;
     if (sig === 0) return 0;
     if (sig < 1 || sig > 64) return -EINVAL;
     this.raise(sig);
@@ -1057,7 +1056,7 @@ export class Syscalls {
   }
 
   private prlimit(pid: number, resource: number, newLimit: number, oldLimit: number): number {
-    if (pid !== 0 && pid !== process.pid) return -ESRCH;
+    if (pid !== 0 && pid !== this.pid) return -ESRCH;
     if (oldLimit !== 0) {
       if (!this.space.valid(oldLimit, 16)) return -EFAULT;
       let cur = RLIM_INFINITY;
@@ -1118,4 +1117,3 @@ export class Syscalls {
     return to;
   }
 }
-
