@@ -11,7 +11,7 @@ import { PrivateApt, discoverDebianMirror } from "../../src/images/apt.js";
 import { aptStateDir, cacheDir, debCacheDir } from "../../src/images/paths.js";
 import { run } from "../../src/images/util.js";
 
-/** busybox (dynamic) and coreutils with their libraries; busybox-static goes to /usr/bin/busybox-static. */
+/** busybox (dynamic), coreutils and python3.13 with their libraries; busybox-static goes to /usr/bin/busybox-static. */
 export const EXEC_ROOT_PACKAGES = [
   "busybox",
   "libc6",
@@ -25,6 +25,10 @@ export const EXEC_ROOT_PACKAGES = [
   "libssl3t64",
   "libzstd1",
   "zlib1g",
+  "python3.13-minimal",
+  "libpython3.13-minimal",
+  "libpython3.13-stdlib",
+  "libexpat1",
 ];
 
 function cachedDeb(name: string, dirs: string[]): string | undefined {

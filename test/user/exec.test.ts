@@ -140,6 +140,18 @@ const COREUTILS: Case[] = [
   { program: "/usr/bin/cat", args: ["no-such-file"] },
 ];
 
+/** CPython (dynamic, a large program: its start-up alone is ~100 M instructions). */
+const PYTHON: Case[] = [
+  {
+    program: "/usr/bin/python3.13",
+    args: [
+      "-c",
+      "import json, sys; d = json.loads(sys.stdin.read()); print(json.dumps(d, sort_keys=True), sum(i * i for i in range(1000)), 2 ** 100, 7 / 3, divmod(-7, 2)); sys.exit(3)",
+    ],
+    stdin: '{"b": [1, 2.5, null], "a": "x"}',
+  },
+];
+
 let root = "";
 let work = "";
 
@@ -227,6 +239,7 @@ describe("yun exec against qemu-riscv64", { skip, timeout: 600_000 }, () => {
     [`busybox (dynamic), ${BUSYBOX.length} cases`, BUSYBOX],
     [`busybox-static, ${STATIC.length} cases`, STATIC],
     [`coreutils, ${COREUTILS.length} cases`, COREUTILS],
+    [`python3, ${PYTHON.length} case`, PYTHON],
   ] as const) {
     describe(group, () => {
       for (const c of cases) test(`${c.program.split("/").pop()} ${c.args.join(" ")}`.slice(0, 80), () => compare(c));
