@@ -6,6 +6,7 @@
  *   busybox-static true   start-up without the dynamic loader
  *   sha256sum 16 MiB      CPU-bound: busybox's sha256sum of a file of random bytes
  *   coreutils sort        sort -n of 200 000 numbers
+ *   python3 -c            CPython's start-up and a small json script
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -55,6 +56,11 @@ export async function runExecBench(options: {
       ["busybox-static true (start-up)", "/usr/bin/busybox-static", ["true"]],
       ["busybox sha256sum 16 MiB", "/usr/bin/busybox", ["sha256sum", "blob"]],
       ["coreutils sort -n 200 000 lines", "/usr/bin/sort", ["-n", "numbers"]],
+      [
+        "python3 -c (json, arithmetic)",
+        "/usr/bin/python3.13",
+        ["-c", "import json; print(json.dumps([i * i for i in range(10000)])[-20:])"],
+      ],
     ];
     const rows: ExecRow[] = [];
     for (const [name, program, args] of workloads) {
