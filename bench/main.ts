@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|micro|io|lifecycle|smp|disk|idle|full] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|micro|io|lifecycle|smp|disk|idle|full|exec] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -45,6 +45,7 @@ import { qemuVirtArgs } from "./qemu.js";
 import { formatSmpTable, runSmpBench, type SmpResult } from "./smp.js";
 import { formatDiskBootTable, runDiskBootBench, type DiskBootResult } from "./diskboot.js";
 import { formatIdleTable, killIdleGuests, runIdleBench, type IdleResult } from "./idle.js";
+import { formatExecTable, runExecBench } from "./exec.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -58,7 +59,7 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|micro|io|lifecycle|smp|disk|idle|full
+  --only boot|cpu|micro|io|lifecycle|smp|disk|idle|full|exec
                            run only the boots, the CPU workloads (bare-metal kernel, guest jobs and
                            kernel micro-workloads), the micro-workloads alone, the I/O, the VM
                            lifecycle, the SMP benchmark, the disk boots through U-Boot, an idle VM's
@@ -521,10 +522,10 @@ async function main(argv: string[]): Promise<number> {
   const only = values.only;
   if (
     only !== undefined &&
-    !["yun", "qemu", "cpu", "micro", "boot", "io", "lifecycle", "smp", "disk", "idle", "full"].includes(only)
+    !["yun", "qemu", "cpu", "micro", "boot", "io", "lifecycle", "smp", "disk", "idle", "full", "exec"].includes(only)
   ) {
     process.stderr.write(
-      `bench: --only takes yun, qemu, boot, cpu, micro, io, lifecycle, smp, disk, idle or full, got "${only}"\n`,
+      `bench: --only takes yun, qemu, boot, cpu, micro, io, lifecycle, smp, disk, idle, full or exec, got "${only}"\n`,
     );
     return 2;
   }
@@ -550,6 +551,15 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const opts: Options = { verbose: values.verbose!, timeoutS };
+  if (only === "exec") {
+    // yun exec: no VM and no image, so none of the rest applies.
+    const log = (s: string): void => void process.stderr.write(s + "\n");
+    const execRows = await runExecBench({ qemu: findOnPath("qemu-riscv64"), runs: Math.max(runs, 3), log });
+    process.stdout.write(
+      `\nyun exec vs qemu-riscv64 (user mode), same Debian riscv64 root; wall time from spawn to exit, median of ${Math.max(runs, 3)}\n\n${formatExecTable(execRows)}\n`,
+    );
+    return execRows.some((r) => r.error !== undefined) ? 1 : 0;
+  }
 
   const image = findImage("debian-tiny");
   if (image === undefined) {

@@ -4,6 +4,7 @@ import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
 import { vmCommand } from "./vm.js";
 import { sshCommand } from "./ssh.js";
+import { execCommand } from "./exec.js";
 import { PRIVATE_UMASK } from "../storage/private.js";
 import { CLOUD_HELP, CLOUD_NOUNS, cloudCommand, isCloudImageCommand } from "./cloud.js";
 
@@ -14,6 +15,7 @@ Commands:
   image      pull and list boot images (yun image pull debian)
   disk       create, inspect, convert and grow disk images (raw, qcow2)
   vm         drive running VMs: list, pause, resume, stop, snapshot, migrate, console
+  exec       run a riscv64 Linux program on this host, without a VM (yun exec --root DIR PROG)
   ssh        SSH into a local VM through its published port 22 (yun ssh VM [-- CMD])
   serve      run the cloud: API, dashboard and consoles (yun serve --port N)
   cloud      export the cloud's records to a file, or import them (yun cloud export FILE)
@@ -27,7 +29,8 @@ export async function main(args: string[]): Promise<number> {
   const [command, ...rest] = args;
   // What yun writes (disks, the cloud's state, snapshots, logs) is its user's alone; the image
   // that `yun image pull` builds is public and its guest files keep their packages' modes.
-  if (command !== "image" || isCloudImageCommand(rest)) process.umask(PRIVATE_UMASK);
+  // A program `yun exec` runs keeps the user's umask, as it would run natively.
+  if ((command !== "image" || isCloudImageCommand(rest)) && command !== "exec") process.umask(PRIVATE_UMASK);
   switch (command) {
     case "run":
       return runCommand(rest);
@@ -41,6 +44,8 @@ export async function main(args: string[]): Promise<number> {
       return sshCommand(rest);
     case "cloud":
       return (await import("./records.js")).cloudRecordsCommand(rest);
+    case "exec":
+      return execCommand(rest);
     case "serve":
       // Loaded only here: the API server's libraries would slow every other command's start.
       return (await import("./serve.js")).serveCommand(rest);

@@ -207,6 +207,12 @@ export class Hart {
   /** Something (mip, mie, status, privilege) changed: re-evaluate interrupts. */
   attention = true;
   ecallHandler: EcallHandler | null = null;
+  /**
+   * User-mode emulation (src/user): every trap ends run() right after it is taken, so the caller
+   * serves it (a U-mode ecall is a system call, a fault a signal) from mcause/mepc/mtval and
+   * resumes with `enterUserMode`. Checked only when a trap is taken: the hot path never sees it.
+   */
+  stopOnTrap = false;
 
   // MMU: one TLB set per effective privilege (M/bare, S, U). The members below without `private`
   // are read by the translator (jit.ts), which inlines the TLB fast paths into generated code.
@@ -1153,6 +1159,16 @@ export class Hart {
       const base = this.mtvec - (this.mtvec % 4 + 4) % 4;
       this.pc = interrupt && (this.mtvec & 3) === 1 ? base + 4 * cause : base;
     }
+    this.updateMode();
+    this.attention = true;
+    if (this.stopOnTrap) this.stopRequested = true;
+  }
+
+  /** Continues in U-mode at `pc` (user-mode emulation: after serving a trap, or at a program's entry). */
+  enterUserMode(pc: number): void {
+    this.priv = PRIV_U;
+    this.pc = pc;
+    this.reservationValid = false;
     this.updateMode();
     this.attention = true;
   }
