@@ -401,7 +401,17 @@ export class VirtMachine {
     this.rng = place(new VirtioRng(this.bus, irqLine(slots.length), { log, entropy: config.entropy }));
     // Last, so the other devices keep the slots they had before vsock existed.
     this.vsock = vsock
-      ? place(new VirtioVsock(this.bus, irqLine(slots.length), { guestCid: vsock.guestCid, kick, log }))
+      ? place(
+          new VirtioVsock(this.bus, irqLine(slots.length), {
+            guestCid: vsock.guestCid,
+            // Like network frames: while packets move, the event loop gets a turn after every slice.
+            kick: () => {
+              this.lastNetIo = performance.now();
+              kick();
+            },
+            log,
+          }),
+        )
       : null;
 
     const dtb = buildVirtDeviceTree({

@@ -212,7 +212,7 @@ export interface VirtioVsockState {
 export interface VirtioVsockOptions extends VirtioOptions {
   /** The guest's context ID (default 3; 0-2 and 0xffffffff are reserved). */
   guestCid?: number;
-  /** Called after packets reached guest memory, to wake a VM loop sleeping in WFI. */
+  /** Called after packets moved either way: wakes a VM loop sleeping in WFI, and tells it I/O is under way. */
   kick?: () => void;
 }
 
@@ -538,12 +538,15 @@ export class VirtioVsock extends VirtioMmioDevice<VirtioVsockState> {
   private transmit(): void {
     const q = this.queues[TX];
     const c = this.txChain;
+    let received = false;
     while (this.live && q.pop(c)) {
       this.receivePacket(c);
       q.push(c.head, 0);
+      received = true;
     }
     this.complete(q);
     this.pumpNow();
+    if (received) this.kick?.();
   }
 
   /** One packet from the guest. */
