@@ -127,8 +127,8 @@ export class VsockHost {
       conn.destroy();
       return;
     }
-    const s = connectUnix(`${this.path}_${conn.hostPort}`);
-    s.setNoDelay?.(true);
+    // Half-open: the host program's end of output must not end the guest's bytes to it.
+    const s = connectUnix({ path: `${this.path}_${conn.hostPort}`, allowHalfOpen: true });
     let connected = false;
     s.once("connect", () => {
       connected = true;
