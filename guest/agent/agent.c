@@ -193,7 +193,9 @@ static void exec_child(const struct request *r, int in_fd, int out_fd, int err_f
   dup2(in_fd, 0);
   dup2(out_fd, 1);
   dup2(err_fd, 2);
-  for (int fd = 3; fd < 1024; fd++) close(fd);
+  /* One system call rather than a thousand closes (each is slow in an emulated guest). */
+  if (close_range(3, ~0U, 0) < 0)
+    for (int fd = 3; fd < 1024; fd++) close(fd);
   signal(SIGPIPE, SIG_DFL);
   sigset_t none;
   sigemptyset(&none);
