@@ -6,7 +6,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Yun, TEST_TIMEOUT, yunSync, headless } from "./harness.js";
 import { AgentError, GuestAgent, type BackgroundProcess } from "../../src/vmm/agent.js";
@@ -148,6 +149,26 @@ test(
         }
         times.sort((a, b) => a - b);
         t.diagnostic(`exec true: p50 ${times[10].toFixed(1)} ms, min ${times[0].toFixed(1)} ms`);
+      });
+
+      await t.test("after restoring a snapshot in place, the agent answers on the same socket", async () => {
+        const snap = mkdtempSync(join(tmpdir(), "yun-agent-snap-"));
+        try {
+          await agent.writeFile("/tmp/before", "1");
+          assert.equal(yunSync("vm", "snapshot", name, snap).code, 0);
+          await agent.writeFile("/tmp/after", "2");
+          const restored = yunSync("vm", "restore", name, snap);
+          assert.equal(restored.code, 0, restored.err);
+          await agent.waitReady(60_000);
+          assert.equal((await agent.exec(["cat", "/tmp/before"])).stdout, "1");
+          assert.deepEqual(
+            (await agent.list("/tmp")).filter((e) => e.name === "after"),
+            [],
+            "the guest is the snapshot's",
+          );
+        } finally {
+          rmSync(snap, { recursive: true, force: true });
+        }
       });
 
       await t.test("an agent killed in the guest: the caller gets a clear error, init restarts it", async () => {
