@@ -742,6 +742,7 @@ export class VirtMachine {
     load("virtio console", () => this.console.restore(s.console));
     load("virtio-rng", () => this.rng.restore(s.rng));
     if (this.vsock && s.vsock) load("virtio-vsock", () => this.vsock!.restore(s.vsock!));
+    this.vsock?.deliverPendingEvents();
     this.inputQueue.length = 0;
     this.answerBytes = 0;
     for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);

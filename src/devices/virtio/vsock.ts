@@ -702,7 +702,8 @@ export class VirtioVsock extends VirtioMmioDevice<VirtioVsockState> {
   }
 
   protected saveDevice(): VirtioVsockState {
-    return { guestCid: this.guestCid, resetEventPending: this.resetEventPending };
+    // Connections are not saved: if any is open, the restored guest must hear they are gone.
+    return { guestCid: this.guestCid, resetEventPending: this.resetEventPending || this.connectionCount > 0 };
   }
 
   protected restoreDevice(state: VirtioVsockState): void {
@@ -710,8 +711,13 @@ export class VirtioVsock extends VirtioMmioDevice<VirtioVsockState> {
       throw new Error(`the snapshot's guest CID is ${state.guestCid}, this device's ${this.guestCid}`);
     }
     this.closeAll("the VM was restored from a snapshot");
-    // The guest's sockets still name connections that no longer exist: tell it.
-    this.resetEventPending = true;
+    // Sent by deliverPendingEvents() once the whole machine is loaded, so that restoring a saved
+    // state and saving it again gives the same state.
+    this.resetEventPending = state.resetEventPending === true;
+  }
+
+  /** Sends an owed TRANSPORT_RESET (after a restore) if the guest has an event buffer posted. */
+  deliverPendingEvents(): void {
     try {
       this.deliverResetEvent();
     } catch (e) {

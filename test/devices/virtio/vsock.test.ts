@@ -230,7 +230,10 @@ test("restore resets live connections and tells the guest with TRANSPORT_RESET",
   assert.deepEqual(JSON.parse(JSON.stringify(saved)), saved, "plain data");
   s.guest.ev.submit(s.guest.ev.addChain([{ pa: EVBUF, len: 4, write: true }]));
   s.g.w32(EVBUF, 0xffff_ffff);
+  assert.equal(saved.device.resetEventPending, true, "a connection was open when saved");
   s.dev.restore(saved);
+  assert.deepEqual(s.dev.save(), saved, "a restored state saves the same");
+  s.dev.deliverPendingEvents();
   assert.equal(r.log.closed.length, 1);
   assert.match(r.log.closed[0].reason, /restored/);
   assert.deepEqual(s.guest.ev.takeUsed(), [{ id: 0, len: 4 }]);
