@@ -251,7 +251,7 @@ export class VirtioVsock extends VirtioMmioDevice<VirtioVsockState> {
         defaultName: "virtio-vsock",
         // No feature bits: stream sockets are implied without VIRTIO_VSOCK_F_NO_IMPLIED_STREAM.
         features: 0,
-        queues: [{ size: QUEUE_SIZE }, { size: QUEUE_SIZE }, { size: 16 }],
+        queues: [{ size: QUEUE_SIZE }, { size: QUEUE_SIZE }, { size: 64 }],
         configSize: 8,
       },
       options,
