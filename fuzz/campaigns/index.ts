@@ -9,6 +9,7 @@ import {
   virtioConsoleCampaign,
   virtioNetCampaign,
   virtioRngCampaign,
+  virtioVsockCampaign,
 } from "./virtio.js";
 import {
   clintCampaign,
@@ -30,6 +31,7 @@ export const campaigns: Campaign[] = [
   virtioNetCampaign,
   virtioConsoleCampaign,
   virtioRngCampaign,
+  virtioVsockCampaign,
   virtioRegistersCampaign,
   uartCampaign,
   rtcCampaign,

@@ -25,6 +25,7 @@ import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VirtioBlk } from "../../src/devices/v
 import { MAX_FRAME, VirtioNet } from "../../src/devices/virtio/net.js";
 import { VirtioConsole } from "../../src/devices/virtio/console.js";
 import { VirtioRng } from "../../src/devices/virtio/rng.js";
+import { VirtioVsock, type VsockConnection } from "../../src/devices/virtio/vsock.js";
 import { BlockIoError, type BlockBackend } from "../../src/devices/block.js";
 import { Guest, RAM_BASE, RAM_SIZE } from "../../test/devices/virtio/driver.js";
 import { fillRandom, leakGuard, must, timed, type Campaign, type Session } from "../campaign.js";
@@ -612,4 +613,41 @@ export const virtioRngCampaign = deviceCampaign("virtio-rng", () => {
       must(used.length === 1 && used[0].len === 32, "entropy after reset failed");
     },
   };
+});
+
+export const virtioVsockCampaign = deviceCampaign("virtio-vsock", () => {
+  const g = new Guest();
+  const dev = new VirtioVsock(g.bus, g.irqLine, { log: g.log });
+  const bytes = new Uint8Array(2048);
+  const open: VsockConnection[] = [];
+  const ignore = { data: () => {}, end: () => {}, close: () => {} };
+  // The guest's requests are accepted: random packets then reach live connections too.
+  dev.listen((conn) => conn.accept(ignore));
+  const rig: Rig = {
+    g,
+    dev: dev as unknown as VirtioMmioDevice<unknown>,
+    queues: 3,
+    host: (len, seed) => {
+      // Host traffic: a connection to a guest port, then bytes on the connections open so far.
+      if (seed % 3 === 0 && dev.connectionsOpen < 64) open.push(dev.connect(Math.abs(seed) % 4096, ignore));
+      fillRandom(bytes, seed, 0, Math.min(len, bytes.length));
+      for (const c of open) c.write(bytes.slice(0, Math.min(len, bytes.length)));
+    },
+    prepare: () => {
+      // Connections from earlier cases would pile up: start each case without any.
+      open.length = 0;
+      dev.closeAll("next case");
+    },
+    works: (d) => {
+      // A reset for a packet of no connection: the transmit chain comes back used.
+      g.fill(DATA, 44, 0);
+      g.w32(DATA, 3);
+      g.w32(DATA + 8, 2);
+      g.w16(DATA + 28, 1);
+      g.w16(DATA + 30, 5);
+      const used = d.request(1, [{ pa: DATA, len: 44 }]);
+      must(used.length === 1, "transmit after reset failed");
+    },
+  };
+  return rig;
 });

@@ -21,6 +21,8 @@ import { existsSync, readFileSync, statSync, rmSync, realpathSync } from "node:f
 import { join, resolve as resolvePath } from "node:path";
 import { randomBytes, X509Certificate } from "node:crypto";
 import { maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
+import { VsockHost } from "../vmm/vsock-host.js";
+import { DEFAULT_GUEST_CID } from "../devices/virtio/vsock.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { validateNetworkName } from "../net/hub.js";
 import type { HostForward } from "../net/usernet.js";
@@ -78,6 +80,9 @@ Monitor (see docs/vm-api.md; yun vm drives a running VM):
   --headless          no console here: output is kept for yun vm console; stdin is not read
   --api-socket PATH   the control socket (default: $YUN_HOME/vms/NAME/api.sock)
   --api-port N        also serve the control API as HTTP on 127.0.0.1:N (0: any free port)
+  --vsock PATH|none   the Unix socket of the VM's virtio-vsock (the guest agent's channel, see
+                      docs/guest-agent.md; default: $YUN_HOME/vms/NAME/vsock.sock); none: no
+                      vsock device (it takes a virtio slot that a disk could use)
   --log FILE          write yun's messages (not the guest's console) to FILE, owner-only, keeping
                       the newest 2 MiB there and the 2 MiB before them in FILE.1
   --restore DIR       start from the snapshot in DIR (taken with yun vm snapshot) instead of booting
@@ -235,6 +240,8 @@ export interface MonitorFlags {
   token?: string;
   /** Receive the migration over TLS with this certificate and key. */
   tls?: { cert: string; key: string };
+  /** The vsock device's Unix socket, or "none" for no device; absent: the default path. */
+  vsock?: string;
 }
 
 function checkInput(path: string, what: string): string {
@@ -291,6 +298,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         headless: { type: "boolean" },
         "api-socket": { type: "string" },
         "api-port": { type: "string" },
+        vsock: { type: "string" },
         log: { type: "string" },
         restore: { type: "string" },
         incoming: { type: "string" },
@@ -308,6 +316,10 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   const monitor: MonitorFlags = { headless: v.headless === true };
   if (v["api-socket"] !== undefined) monitor.apiSocket = resolvePath(v["api-socket"]);
   if (v.log !== undefined) monitor.log = resolvePath(v.log);
+  if (v.vsock !== undefined) {
+    if (v.vsock === "") throw new UsageError("--vsock takes a socket path or none");
+    monitor.vsock = v.vsock === "none" ? "none" : resolvePath(v.vsock);
+  }
   if (v["api-port"] !== undefined) {
     if (!/^\d{1,5}$/.test(v["api-port"]) || Number(v["api-port"]) > 65535) {
       throw new UsageError(`--api-port takes a port number 0-65535, got "${v["api-port"]}"`);
@@ -340,7 +352,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   if (v.restore !== undefined) {
     // The VM comes from a snapshot: its machine is described there.
     const given = Object.keys(v).filter(
-      (k) => !["restore", "name", "headless", "api-socket", "api-port", "cpu-cap", "log"].includes(k),
+      (k) => !["restore", "name", "headless", "api-socket", "api-port", "cpu-cap", "log", "vsock"].includes(k),
     );
     if (given.length > 0) {
       throw new UsageError(`--${given[0]} cannot go with --restore (the VM brings its own configuration)`);
@@ -457,10 +469,15 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   }
   const disks = v.disk ?? [];
   const hasRootFile = v.root !== undefined;
-  const limit = maxDisks(net.kind !== "none");
+  const withVsock = monitor.vsock !== "none";
+  const limit = maxDisks(net.kind !== "none", withVsock);
   if (disks.length + 1 > limit) {
+    const besides = [net.kind !== "none" ? "the network card" : "", withVsock ? "the vsock device (--vsock none)" : ""];
     throw new UsageError(
-      `at most ${limit - 1} --disk besides the root disk${net.kind !== "none" ? " and the network card" : ""}`,
+      `at most ${limit - 1} --disk besides the root disk${besides
+        .filter((b) => b !== "")
+        .map((b) => ` and ${b}`)
+        .join("")}`,
     );
   }
 
@@ -732,6 +749,7 @@ export async function runCommand(args: string[]): Promise<number> {
     // Only a terminal that both shows the output and types into the guest answers its queries.
     echoIsTerminal: interactive && process.stdout.isTTY === true,
     typeAhead: typeAheadRule(opts),
+    vsockHost: new VsockHost(),
   };
   // Bad images, snapshots, networks, names: one sentence each. (YUN_DEBUG=1 shows the stack.)
   const fail = (e: unknown): number => {
@@ -775,6 +793,7 @@ export async function runCommand(args: string[]): Promise<number> {
         net: opts.net,
         mac,
         cpuCap: opts.cpuCap,
+        vsock: flags.vsock === "none" ? null : { guestCid: DEFAULT_GUEST_CID },
       };
       claimName(vmsDir, spec.name);
       const r = await VmMonitor.boot(spec, monitorOpts);
@@ -824,9 +843,24 @@ export async function runCommand(args: string[]): Promise<number> {
     const apiSocket = flags.apiSocket ?? defaultSocketPath(vmsDir, name);
     checkSocketPath(apiSocket);
     await control.listenSocket(apiSocket);
+    let vsockSocket: string | undefined;
+    if (monitor.spec.vsock) {
+      vsockSocket =
+        flags.vsock !== undefined && flags.vsock !== "none" ? flags.vsock : join(vmsDir, name, "vsock.sock");
+      checkSocketPath(vsockSocket);
+      await monitorOpts.vsockHost!.listen(vsockSocket);
+    }
     const apiToken = flags.apiPort !== undefined ? randomBytes(24).toString("base64url") : undefined;
     const apiPort = apiToken !== undefined ? await control.listenHttp(flags.apiPort!, apiToken) : undefined;
-    register(vmsDir, { name, pid: process.pid, apiSocket, apiPort, apiToken, startedAt: new Date().toISOString() });
+    register(vmsDir, {
+      name,
+      pid: process.pid,
+      apiSocket,
+      apiPort,
+      apiToken,
+      vsockSocket,
+      startedAt: new Date().toISOString(),
+    });
     if (apiPort !== undefined) {
       say(`control API on http://127.0.0.1:${apiPort}/vm (its bearer token is in ${join(vmsDir, name, "vm.json")})`);
     }
@@ -841,6 +875,7 @@ export async function runCommand(args: string[]): Promise<number> {
     detach();
     for (const s of SIGNALS) process.off(s, onSignal);
     await control.close();
+    await monitorOpts.vsockHost!.close();
     if (failure === null) unregister(vmsDir, name);
     // After a migration the throwaway disks belong to the destination (monitor.ownedDir is null).
     if (monitor.ownedDir) rmSync(monitor.ownedDir, { recursive: true, force: true });

@@ -3,7 +3,9 @@
  * (docs/vm-api.md).
  */
 import { parseArgs } from "node:util";
-import { readFileSync } from "node:fs";
+import { createReadStream, createWriteStream, readFileSync } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import { AgentError, GuestAgent } from "../vmm/agent.js";
 import { join, resolve } from "node:path";
 import { MonitorConnection, MonitorError, openConsole } from "../vmm/client.js";
 import { findVm, listVms, type VmEntry } from "../vmm/registry.js";
@@ -31,6 +33,13 @@ Commands:
                                      self-signed certificate to trust) or --tls-fingerprint
   cancel NAME                        cancel the VM's migration: it runs on here
   console NAME                       attach to the console (recent output first); Ctrl-] detaches
+  exec NAME [-i] [--timeout S] [--cwd DIR] [--env K=V]... -- CMD [ARG]...
+                                     run CMD in the guest through its agent (docs/guest-agent.md):
+                                     its output streams here and yun exits with its exit code
+                                     (128+N after signal N, 124 after --timeout, 125 when the
+                                     agent cannot run it); -i sends this terminal's stdin to it
+  files put NAME LOCAL GUEST         copy a file into the guest (LOCAL - : standard input)
+  files get NAME GUEST LOCAL         copy a file out of the guest (LOCAL - : standard output)
 
 Options:
   --socket PATH   talk to the control socket PATH instead of looking NAME up
@@ -170,7 +179,109 @@ function migrationTls(v: { "tls-ca"?: string; "tls-fingerprint"?: string }): {
   }
 }
 
+/** The guest agent of running VM `name`. */
+function agentOf(name: string | undefined): GuestAgent {
+  if (name === undefined) throw new UsageError("a VM NAME is required");
+  const e = findVm(vmsDir(), name);
+  if (!e) throw new MonitorError(`no running VM named ${name} (see yun vm list)`);
+  if (e.vsockSocket === undefined) {
+    throw new MonitorError(`VM ${name} has no vsock device (it was started with --vsock none), so no guest agent`);
+  }
+  return new GuestAgent(e.vsockSocket);
+}
+
+/** `yun vm exec NAME [options] -- CMD...`: the command's exit code, or 124/125 (see HELP). */
+async function execCommand(args: string[]): Promise<number> {
+  const dash = args.indexOf("--");
+  if (dash < 0 || dash === args.length - 1)
+    throw new UsageError("exec needs the command after --: exec NAME -- CMD...");
+  const { values: v, positionals: p } = parseArgs({
+    args: args.slice(0, dash),
+    allowPositionals: true,
+    strict: true,
+    options: {
+      interactive: { type: "boolean", short: "i" },
+      timeout: { type: "string" },
+      cwd: { type: "string" },
+      env: { type: "string", short: "e", multiple: true },
+    },
+  });
+  if (p.length !== 1) throw new UsageError("exec takes one NAME before --");
+  const env: Record<string, string> = {};
+  for (const e of v.env ?? []) {
+    const eq = e.indexOf("=");
+    if (eq <= 0) throw new UsageError(`--env takes NAME=VALUE, got "${e}"`);
+    env[e.slice(0, eq)] = e.slice(eq + 1);
+  }
+  let timeoutMs: number | undefined;
+  if (v.timeout !== undefined) {
+    const t = Number(v.timeout);
+    if (!(t > 0)) throw new UsageError(`--timeout takes seconds above 0, got "${v.timeout}"`);
+    timeoutMs = t * 1000;
+  }
+  const agent = agentOf(p[0]);
+  let r;
+  try {
+    r = await agent.exec(args.slice(dash + 1), {
+      env,
+      cwd: v.cwd,
+      timeoutMs,
+      stdin: v.interactive ? (process.stdin as AsyncIterable<Uint8Array>) : undefined,
+      onStdout: (b) => process.stdout.write(b),
+      onStderr: (b) => process.stderr.write(b),
+    });
+  } catch (e) {
+    if (!(e instanceof AgentError)) throw e;
+    process.stderr.write(`yun vm exec: ${e.message}\n`);
+    return 125;
+  } finally {
+    if (v.interactive) process.stdin.destroy();
+  }
+  if (r.timedOut) {
+    process.stderr.write(`yun vm exec: the command ran out of time (${v.timeout} s) and was killed\n`);
+    return 124;
+  }
+  return r.exitCode ?? 128 + (r.signal ?? 0);
+}
+
+/** `yun vm files put|get NAME SRC DST`. */
+async function filesCommand(args: string[]): Promise<number> {
+  const [verb, name, src, dst, extra] = args;
+  if ((verb !== "put" && verb !== "get") || dst === undefined || extra !== undefined) {
+    throw new UsageError("files takes put NAME LOCAL GUEST or get NAME GUEST LOCAL");
+  }
+  const agent = agentOf(name);
+  try {
+    if (verb === "put") {
+      const input = src === "-" ? process.stdin : createReadStream(resolve(src));
+      await agent.writeFile(dst, input as AsyncIterable<Uint8Array>);
+    } else {
+      const stream = await agent.readStream(src);
+      await pipeline(stream, dst === "-" ? process.stdout : createWriteStream(resolve(dst)));
+    }
+    return 0;
+  } catch (e) {
+    if (!(e instanceof AgentError) && !(e as NodeJS.ErrnoException).code) throw e;
+    process.stderr.write(`yun vm files: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
 export async function vmCommand(args: string[]): Promise<number> {
+  try {
+    if (args[0] === "exec") return await execCommand(args.slice(1));
+    if (args[0] === "files") return await filesCommand(args.slice(1));
+  } catch (e) {
+    if (e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith("ERR_PARSE_ARGS")) {
+      process.stderr.write(`yun vm: ${(e as Error).message.split(". ")[0]} (see yun vm --help)\n`);
+      return 2;
+    }
+    if (e instanceof MonitorError) {
+      process.stderr.write(`yun vm: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
   let parsed;
   try {
     parsed = parseArgs({

@@ -61,6 +61,8 @@ export interface RootfsManifest {
   fileBytes: number;
   /** ROOTFS_REVISION it was built with (absent: 1). */
   revision?: number;
+  /** SHA-256 of guest/agent/agent.c when the image has the guest agent; null or absent: no agent. */
+  agent?: string | null;
 }
 
 /** manifest.json as written by the image builder. */

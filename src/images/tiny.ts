@@ -39,6 +39,7 @@ import { dependencyClosure, PackageIndex, type IndexedPackage } from "./depends.
 import { buildExt4, requireE2fsTools } from "./ext4.js";
 import { buildInitramfs } from "./initramfs.js";
 import { resolveModules } from "./modules.js";
+import { agentCompilerAvailable, agentSourceHash, buildAgent } from "./agent.js";
 import { aptStateDir, cacheDir, debCacheDir, imageDir, imagesRoot } from "./paths.js";
 import { PhaseProgress } from "./progress.js";
 import {
@@ -71,7 +72,15 @@ export const DEBIAN_ARCH = "riscv64";
 export const DEBIAN_KERNEL_PACKAGE = "linux-image-riscv64";
 export const DEBIAN_PACKAGES: readonly string[] = [DEBIAN_KERNEL_PACKAGE, "opensbi", "busybox-static"];
 /** Kernel modules put into the initramfs (with their dependencies). */
-export const DEBIAN_MODULES: readonly string[] = ["virtio_mmio", "virtio_blk", "virtio_net", "virtio-rng", "ext4"];
+export const DEBIAN_MODULES: readonly string[] = [
+  "virtio_mmio",
+  "virtio_blk",
+  "virtio_net",
+  "virtio-rng",
+  "ext4",
+  // virtio-vsock for the guest agent (pulls in vsock and vmw_vsock_virtio_transport_common).
+  "vmw_vsock_virtio_transport",
+];
 
 const OPENSBI_DIR = "usr/lib/riscv64-linux-gnu/opensbi/generic";
 
@@ -162,11 +171,16 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
   if (opts.force !== true) {
     const m = readManifest(dir);
     if (m !== undefined && m.name === TINY_IMAGE && (await verifyImage(dir, m)).length === 0) {
-      if ((m.rootfs.revision ?? 1) === ROOTFS_REVISION) {
+      const agentStale = agentCompilerAvailable() && (m.rootfs.agent ?? null) !== agentSourceHash();
+      if ((m.rootfs.revision ?? 1) === ROOTFS_REVISION && !agentStale) {
         log(`image ${TINY_IMAGE} is up to date`);
         return imageInfo(dir, m);
       }
-      log(`image ${TINY_IMAGE}: its root disk is of an older revision; rebuilding`);
+      log(
+        agentStale && (m.rootfs.revision ?? 1) === ROOTFS_REVISION
+          ? `image ${TINY_IMAGE}: its guest agent is missing or older than guest/agent; rebuilding`
+          : `image ${TINY_IMAGE}: its root disk is of an older revision; rebuilding`,
+      );
     }
   }
 
@@ -346,7 +360,9 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
     const rootfsDir = join(work, "rootfs");
     mkdirSync(rootfsDir);
     chmodSync(rootfsDir, 0o755);
-    const rootfs = assembleRootfs(rootfsDir, unpacked);
+    const agent = await buildAgent();
+    if (agent.binary === null) log(`note      ${agent.why}`);
+    const rootfs = assembleRootfs(rootfsDir, unpacked, { agent: agent.binary });
     const ext4 = await buildExt4({
       source: rootfsDir,
       dest: join(staging, ROOT_DISK_FILE),
@@ -378,6 +394,7 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
         files: rootfs.files,
         fileBytes: rootfs.fileBytes,
         revision: ROOTFS_REVISION,
+        agent: agent.binary === null ? null : agent.sourceHash,
       },
       modules: resolution.order.map((m) => m.name),
       files,

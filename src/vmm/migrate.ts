@@ -761,6 +761,8 @@ function planIncoming(hello: Hello, opts: IncomingOptions): { spec: VmSpec; adop
     net: mine.net,
     mac: mac ?? src.mac,
     cpuCap: mine.cpuCap,
+    // The vsock device is part of the guest's machine: it comes along as the source has it.
+    vsock: src.vsock ?? null,
   };
   return { spec, adopt };
 }

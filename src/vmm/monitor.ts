@@ -27,6 +27,7 @@ import { createOverlay, makeOwnedDir } from "./overlay.js";
 import { DeferredNet } from "./deferred.js";
 import { UserNet, type HostForward, type PublishedForward } from "../net/usernet.js";
 import { BootLoaderWatch } from "./bootwatch.js";
+import type { VsockHost } from "./vsock-host.js";
 import { ConsoleTerminal, TypeAhead, PROMPT_QUIET_MS, type QueryHandler, type TypeAheadRule } from "./terminal.js";
 
 /** fsync of a file, so that what snapshot.json promises is on disk before it is written. */
@@ -128,6 +129,8 @@ export interface MonitorOptions {
   echoIsTerminal?: boolean;
   /** When typed-ahead input (typeIn) reaches the guest; default "prompt". */
   typeAhead?: TypeAheadRule;
+  /** The Unix socket side of the VM's vsock device: each machine built is attached to it. */
+  vsockHost?: VsockHost;
 }
 
 /** How a console attaches: a real terminal (answers the guest's queries itself), or a script. */
@@ -271,6 +274,7 @@ export class VmMonitor {
       log: (line) => opts.log(line),
     });
     m.current = machine;
+    opts.vsockHost?.attach(machine.vsock);
     const complete = async (final: VmSpec, state: MachineState): Promise<string[]> => {
       const notes = await plug(final);
       m.spec = final;
@@ -288,6 +292,7 @@ export class VmMonitor {
       log: (line) => this.opts.log(line),
     });
     this.current = machine;
+    this.opts.vsockHost?.attach(machine.vsock);
     this.bootWatch = this.spec.payload === "raw" && ram === undefined ? new BootLoaderWatch() : null;
     if (this.bootWatch && this.opts.typedInput === true) machine.setBootLoaderInput(true);
     return notes;
@@ -496,6 +501,7 @@ export class VmMonitor {
         ...(s.net.kind === "user" ? { address: s.net.address ?? "10.0.2.15/24", forwards: this.forwards() } : {}),
         mac: s.mac,
       },
+      vsock: s.vsock ? { guestCid: s.vsock.guestCid, socket: this.opts.vsockHost?.path ?? null } : null,
     };
   }
 

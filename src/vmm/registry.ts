@@ -14,6 +14,8 @@ export interface VmEntry {
   apiPort?: number;
   /** The bearer token of the HTTP API (with apiPort). */
   apiToken?: string;
+  /** The Unix socket of the VM's vsock device (the guest agent's channel), if it has one. */
+  vsockSocket?: string;
   startedAt: string;
 }
 

@@ -74,6 +74,8 @@ export interface VmSpec {
   mac: string;
   /** At most this fraction of a host core; null: no cap. */
   cpuCap: number | null;
+  /** A virtio-vsock device (the guest agent's channel) with this guest CID; absent or null: none. */
+  vsock?: { guestCid: number } | null;
 }
 
 /** A problem with a spec or what it names, in one sentence. */
@@ -174,6 +176,7 @@ function newMachine(
     disks,
     net,
     mac: spec.mac,
+    vsock: spec.vsock ?? null,
     ram: opts.ram,
   });
   if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
@@ -265,5 +268,6 @@ export function checkSpec(v: unknown): string | null {
   }
   if (typeof s.mac !== "string") return "bad MAC address";
   if (s.cpuCap !== null && typeof s.cpuCap !== "number") return "bad CPU cap";
+  if (s.vsock !== undefined && s.vsock !== null && typeof s.vsock?.guestCid !== "number") return "bad vsock device";
   return null;
 }

@@ -34,6 +34,7 @@ import { VirtioBlk } from "../devices/virtio/blk.js";
 import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
+import { VirtioVsock } from "../devices/virtio/vsock.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { VmClock, processCpuMicros } from "./clock.js";
 import { HartThreads } from "./smp.js";
@@ -90,6 +91,8 @@ export interface VirtConfig {
   net?: NetBackend | null;
   /** The network card's MAC address, e.g. "52:54:00:12:34:56" (default: that one). */
   mac?: string;
+  /** A virtio-vsock device with this guest CID (the guest agent's channel); none: no device. */
+  vsock?: { guestCid: number } | null;
   /** Receives lines the devices log about driver errors (default: standard error). */
   log?: (line: string) => void;
   /**
@@ -118,9 +121,9 @@ export function virtioSlot(n: number): { base: number; size: number; irq: number
 /** Slots the console and entropy devices take, which are always present. */
 const FIXED_VIRTIO_DEVICES = 2;
 
-/** Most disks a machine takes: the slots left by the console, the entropy source and a network card. */
-export function maxDisks(withNet: boolean): number {
-  return VIRTIO_MMIO_SLOTS - FIXED_VIRTIO_DEVICES - (withNet ? 1 : 0);
+/** Most disks a machine takes: the slots left by the console, the entropy source, a network card and a vsock device. */
+export function maxDisks(withNet: boolean, withVsock = false): number {
+  return VIRTIO_MMIO_SLOTS - FIXED_VIRTIO_DEVICES - (withNet ? 1 : 0) - (withVsock ? 1 : 0);
 }
 
 function isBackend(d: DiskSpec | BlockBackend): d is BlockBackend {
@@ -148,6 +151,8 @@ export interface MachineState {
   net: ReturnType<VirtioNet["save"]> | null;
   console: ReturnType<VirtioConsole["save"]>;
   rng: ReturnType<VirtioRng["save"]>;
+  /** The vsock device (absent in snapshots from before it existed: none). */
+  vsock?: ReturnType<VirtioVsock["save"]> | null;
   /** Console input typed but not yet read by the guest. */
   input: number[];
 }
@@ -203,6 +208,8 @@ export class VirtMachine {
   /** virtio-console (/dev/hvc0): output joins the UART's; see consoleInput(). */
   readonly console: VirtioConsole;
   readonly rng: VirtioRng;
+  /** virtio-vsock (the guest agent's channel), or null. */
+  readonly vsock: VirtioVsock | null;
   readonly clock: HartClock;
   private readonly diskBackends: BlockBackend[];
   /** The network card's backend (user-mode NAT, a switch port, a migration's stand-in), or null. */
@@ -346,10 +353,12 @@ export class VirtMachine {
     // outcome, the first disk is vda.)
     const disks = config.disks ?? [];
     const net = config.net ?? null;
-    const limit = maxDisks(net !== null);
+    const vsock = config.vsock ?? null;
+    const limit = maxDisks(net !== null, vsock !== null);
     if (disks.length > limit) {
+      const besides = [net ? "its network card" : "", vsock ? "its vsock device" : ""].filter((x) => x !== "");
       throw new Error(
-        `a machine takes at most ${limit} disks${net ? " besides its network card" : ""}, not ${disks.length}`,
+        `a machine takes at most ${limit} disks${besides.length ? ` besides ${besides.join(" and ")}` : ""}, not ${disks.length}`,
       );
     }
     const opened: BlockBackend[] = [];
@@ -390,6 +399,20 @@ export class VirtMachine {
       new VirtioConsole(this.bus, irqLine(slots.length), (bytes) => this.putBytes(bytes), { kick, log }),
     );
     this.rng = place(new VirtioRng(this.bus, irqLine(slots.length), { log, entropy: config.entropy }));
+    // Last, so the other devices keep the slots they had before vsock existed.
+    this.vsock = vsock
+      ? place(
+          new VirtioVsock(this.bus, irqLine(slots.length), {
+            guestCid: vsock.guestCid,
+            // Like network frames: while packets move, the event loop gets a turn after every slice.
+            kick: () => {
+              this.lastNetIo = performance.now();
+              kick();
+            },
+            log,
+          }),
+        )
+      : null;
 
     const dtb = buildVirtDeviceTree({
       harts: cpus,
@@ -468,6 +491,7 @@ export class VirtMachine {
     if (this.closed) return;
     this.closed = true;
     this.threads?.terminate();
+    this.vsock?.closeAll("the VM stopped");
     let first: unknown = null;
     for (const d of this.diskBackends) {
       try {
@@ -665,6 +689,7 @@ export class VirtMachine {
       net: this.net ? this.net.save() : null,
       console: this.console.save(),
       rng: this.rng.save(),
+      vsock: this.vsock ? this.vsock.save() : null,
       input: [...this.inputQueue],
     };
   }
@@ -689,6 +714,9 @@ export class VirtMachine {
     if ((s.net === null) !== (this.net === null))
       throw new Error("snapshot: network card present in only one of the machines");
     if ((s.sbi === null) !== (this.sbi === null)) throw new Error("snapshot: firmware kind differs");
+    if (((s.vsock ?? null) === null) !== (this.vsock === null)) {
+      throw new Error("snapshot: vsock device present in only one of the machines");
+    }
     if (typeof s.clock !== "number" || !Number.isFinite(s.clock))
       throw new Error("snapshot: the clock is not a number");
     if (!Array.isArray(s.input)) throw new Error("snapshot: the console input queue is not a list");
@@ -713,6 +741,8 @@ export class VirtMachine {
     if (this.net && s.net) load("network card", () => this.net!.restore(s.net!));
     load("virtio console", () => this.console.restore(s.console));
     load("virtio-rng", () => this.rng.restore(s.rng));
+    if (this.vsock && s.vsock) load("virtio-vsock", () => this.vsock!.restore(s.vsock!));
+    this.vsock?.deliverPendingEvents();
     this.inputQueue.length = 0;
     this.answerBytes = 0;
     for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);

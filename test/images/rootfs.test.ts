@@ -208,6 +208,8 @@ test("boot scripts: init, mounts, DHCP in the background, the marker, shutdown",
   assert.match(inittab, /^::sysinit:\/etc\/init\.d\/rcS$/m);
   assert.match(inittab, /^::respawn:\/usr\/bin\/cttyhack \/bin\/sh -l$/m);
   assert.match(inittab, /^::shutdown:\/etc\/init\.d\/rcK$/m);
+  assert.doesNotMatch(inittab, /yun-agent/, "no agent line without the agent");
+  assert.match(rootfsInittab(true), /^::respawn:\/usr\/sbin\/yun-agent$/m, "init starts the agent and restarts it");
 
   const rcK = rootfsRcK();
   assert.match(rcK, /sync\n/);
