@@ -26,6 +26,8 @@ export const VIRTIO_ID_NET = 1;
 export const VIRTIO_ID_BLOCK = 2;
 export const VIRTIO_ID_CONSOLE = 3;
 export const VIRTIO_ID_RNG = 4;
+export const VIRTIO_ID_GPU = 16;
+export const VIRTIO_ID_INPUT = 18;
 
 export const VIRTIO_MMIO_MAGIC = 0x7472_6976; // "virt"
 /** Vendor ID "YUN\0" little-endian. */
