@@ -74,6 +74,9 @@ export interface VmSpec {
   mac: string;
   /** At most this fraction of a host core; null: no cap. */
   cpuCap: number | null;
+  /** A display (virtio-gpu in this mode, keyboard, tablet); absent or null: none. How it is shown
+   *  (VNC) is the running process's business, not the VM's. */
+  display?: { width: number; height: number } | null;
 }
 
 /** A problem with a spec or what it names, in one sentence. */
@@ -175,6 +178,7 @@ function newMachine(
     net,
     mac: spec.mac,
     ram: opts.ram,
+    display: spec.display ?? null,
   });
   if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
   return machine;
@@ -265,5 +269,15 @@ export function checkSpec(v: unknown): string | null {
   }
   if (typeof s.mac !== "string") return "bad MAC address";
   if (s.cpuCap !== null && typeof s.cpuCap !== "number") return "bad CPU cap";
+  if (s.display != null) {
+    const d = s.display;
+    if (typeof d !== "object" || !isDisplayDimension(d.width) || !isDisplayDimension(d.height))
+      return "bad display mode";
+  }
   return null;
+}
+
+/** Display modes run from 320x200 to 8192x8192 (the GPU's largest resource). */
+export function isDisplayDimension(v: unknown): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= 200 && v <= 8192;
 }

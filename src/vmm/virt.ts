@@ -34,6 +34,8 @@ import { VirtioBlk } from "../devices/virtio/blk.js";
 import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
+import { VirtioGpu } from "../devices/virtio/gpu.js";
+import { KEYBOARD_DESCRIPTION, TABLET_DESCRIPTION, VirtioInput } from "../devices/virtio/input.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { VmClock, processCpuMicros } from "./clock.js";
 import { HartThreads } from "./smp.js";
@@ -93,6 +95,11 @@ export interface VirtConfig {
   /** Receives lines the devices log about driver errors (default: standard error). */
   log?: (line: string) => void;
   /**
+   * A display: virtio-gpu (this mode offered) with a virtio keyboard and tablet, in the three slots
+   * after the entropy source. Absent or null: none of them, and nothing of them costs anything.
+   */
+  display?: { width: number; height: number } | null;
+  /**
    * RAM to start from (a snapshot or a migration, whose state restoreState() then loads): the
    * firmware, kernel, initrd and device tree are not loaded into it.
    */
@@ -118,9 +125,19 @@ export function virtioSlot(n: number): { base: number; size: number; irq: number
 /** Slots the console and entropy devices take, which are always present. */
 const FIXED_VIRTIO_DEVICES = 2;
 
-/** Most disks a machine takes: the slots left by the console, the entropy source and a network card. */
-export function maxDisks(withNet: boolean): number {
-  return VIRTIO_MMIO_SLOTS - FIXED_VIRTIO_DEVICES - (withNet ? 1 : 0);
+/** Slots a display takes: the GPU, the keyboard and the tablet. */
+export const DISPLAY_VIRTIO_DEVICES = 3;
+
+/** Most disks a machine takes: the slots left by the console, the entropy source, a network card and a display. */
+export function maxDisks(withNet: boolean, withDisplay = false): number {
+  return VIRTIO_MMIO_SLOTS - FIXED_VIRTIO_DEVICES - (withNet ? 1 : 0) - (withDisplay ? DISPLAY_VIRTIO_DEVICES : 0);
+}
+
+/** A machine's display devices. */
+export interface MachineDisplay {
+  gpu: VirtioGpu;
+  keyboard: VirtioInput;
+  tablet: VirtioInput;
 }
 
 function isBackend(d: DiskSpec | BlockBackend): d is BlockBackend {
@@ -148,6 +165,12 @@ export interface MachineState {
   net: ReturnType<VirtioNet["save"]> | null;
   console: ReturnType<VirtioConsole["save"]>;
   rng: ReturnType<VirtioRng["save"]>;
+  /** The display devices (absent in snapshots from before displays: none). */
+  display?: {
+    gpu: ReturnType<VirtioGpu["save"]>;
+    keyboard: ReturnType<VirtioInput["save"]>;
+    tablet: ReturnType<VirtioInput["save"]>;
+  } | null;
   /** Console input typed but not yet read by the guest. */
   input: number[];
 }
@@ -203,6 +226,8 @@ export class VirtMachine {
   /** virtio-console (/dev/hvc0): output joins the UART's; see consoleInput(). */
   readonly console: VirtioConsole;
   readonly rng: VirtioRng;
+  /** virtio-gpu, keyboard and tablet, or null without a display. */
+  readonly display: MachineDisplay | null;
   readonly clock: HartClock;
   private readonly diskBackends: BlockBackend[];
   /** The network card's backend (user-mode NAT, a switch port, a migration's stand-in), or null. */
@@ -346,10 +371,12 @@ export class VirtMachine {
     // outcome, the first disk is vda.)
     const disks = config.disks ?? [];
     const net = config.net ?? null;
-    const limit = maxDisks(net !== null);
+    const withDisplay = config.display != null;
+    const limit = maxDisks(net !== null, withDisplay);
     if (disks.length > limit) {
+      const besides = [net ? "its network card" : "", withDisplay ? "a display" : ""].filter((w) => w !== "");
       throw new Error(
-        `a machine takes at most ${limit} disks${net ? " besides its network card" : ""}, not ${disks.length}`,
+        `a machine takes at most ${limit} disks${besides.length > 0 ? ` besides ${besides.join(" and ")}` : ""}, not ${disks.length}`,
       );
     }
     const opened: BlockBackend[] = [];
@@ -390,6 +417,22 @@ export class VirtMachine {
       new VirtioConsole(this.bus, irqLine(slots.length), (bytes) => this.putBytes(bytes), { kick, log }),
     );
     this.rng = place(new VirtioRng(this.bus, irqLine(slots.length), { log, entropy: config.entropy }));
+    const mode = config.display;
+    this.display = mode
+      ? {
+          gpu: place(new VirtioGpu(this.bus, irqLine(slots.length), { width: mode.width, height: mode.height, log })),
+          keyboard: place(
+            new VirtioInput(this.bus, irqLine(slots.length), KEYBOARD_DESCRIPTION, {
+              name: "virtio-keyboard",
+              kick,
+              log,
+            }),
+          ),
+          tablet: place(
+            new VirtioInput(this.bus, irqLine(slots.length), TABLET_DESCRIPTION, { name: "virtio-tablet", kick, log }),
+          ),
+        }
+      : null;
 
     const dtb = buildVirtDeviceTree({
       harts: cpus,
@@ -665,6 +708,13 @@ export class VirtMachine {
       net: this.net ? this.net.save() : null,
       console: this.console.save(),
       rng: this.rng.save(),
+      display: this.display
+        ? {
+            gpu: this.display.gpu.save(),
+            keyboard: this.display.keyboard.save(),
+            tablet: this.display.tablet.save(),
+          }
+        : null,
       input: [...this.inputQueue],
     };
   }
@@ -689,6 +739,11 @@ export class VirtMachine {
     if ((s.net === null) !== (this.net === null))
       throw new Error("snapshot: network card present in only one of the machines");
     if ((s.sbi === null) !== (this.sbi === null)) throw new Error("snapshot: firmware kind differs");
+    if ((s.display == null) !== (this.display === null)) {
+      throw new Error(
+        `snapshot: the machine had ${s.display == null ? "no display" : "a display"}, this one ${this.display ? "has one" : "has none"}`,
+      );
+    }
     if (typeof s.clock !== "number" || !Number.isFinite(s.clock))
       throw new Error("snapshot: the clock is not a number");
     if (!Array.isArray(s.input)) throw new Error("snapshot: the console input queue is not a list");
@@ -713,6 +768,13 @@ export class VirtMachine {
     if (this.net && s.net) load("network card", () => this.net!.restore(s.net!));
     load("virtio console", () => this.console.restore(s.console));
     load("virtio-rng", () => this.rng.restore(s.rng));
+    if (this.display && s.display) {
+      const d = this.display;
+      const saved = s.display;
+      load("virtio-gpu", () => d.gpu.restore(saved.gpu));
+      load("virtio keyboard", () => d.keyboard.restore(saved.keyboard));
+      load("virtio tablet", () => d.tablet.restore(saved.tablet));
+    }
     this.inputQueue.length = 0;
     this.answerBytes = 0;
     for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);

@@ -42,10 +42,14 @@ export interface VncPointer {
   pointer(x: number, y: number, buttons: number, wheel?: number): void;
 }
 
-export interface VncOptions {
+/** The devices a VNC server shows and types into. */
+export interface VncDevices {
   display: VncDisplay;
   keyboard: VncKeyboard;
   tablet: VncPointer;
+}
+
+export interface VncOptions extends VncDevices {
   /** The desktop name clients show. */
   name: string;
   /** VNC Authentication with this password (RFB uses its first 8 bytes); none: security None. */
@@ -181,12 +185,22 @@ export class VncServer {
   private readonly server: Server;
   private readonly clients = new Set<VncClient>();
   readonly stats: VncStats = { clients: 0, updateBytes: 0, updates: 0, dropped: 0 };
+  /** The devices shown now (attach() replaces them when the VM gets a new machine). */
+  devices: VncDevices;
 
   private constructor(
     readonly options: VncOptions,
     server: Server,
   ) {
     this.server = server;
+    this.devices = { display: options.display, keyboard: options.keyboard, tablet: options.tablet };
+  }
+
+  /** Shows other devices from now on (a reset, restore or migration built a new machine). */
+  attach(devices: VncDevices): void {
+    if (devices.display === this.devices.display) return;
+    this.devices = devices;
+    for (const c of this.clients) c.reattach();
   }
 
   /** Listens on host:port (port 0: any free port). */
@@ -266,7 +280,7 @@ class VncClient implements DisplayListener {
     private readonly socket: Socket,
     private readonly onClose: () => void,
   ) {
-    const d = server.options.display;
+    const d = server.devices.display;
     this.width = d.displayWidth;
     this.height = d.displayHeight;
     socket.setNoDelay(true);
@@ -433,7 +447,19 @@ class VncClient implements DisplayListener {
     this.phase = "normal";
     clearTimeout(this.timer);
     this.resetTiles();
-    this.unlisten = this.server.options.display.listen(this);
+    this.unlisten = this.server.devices.display.listen(this);
+  }
+
+  /** The server shows another machine's display: listen to it and start over at its size. */
+  reattach(): void {
+    if (this.phase !== "normal") return;
+    this.unlisten?.();
+    this.held.clear();
+    this.addedShift.clear();
+    this.buttons = 0;
+    const d = this.server.devices.display;
+    this.unlisten = d.listen(this);
+    this.resize(d.displayWidth, d.displayHeight);
   }
 
   // ---- client messages ----
@@ -511,7 +537,7 @@ class VncClient implements DisplayListener {
   private keyEvent(down: boolean, keysym: number): void {
     const key = keysymToKey(keysym);
     if (!key) return;
-    const kb = this.server.options.keyboard;
+    const kb = this.server.devices.keyboard;
     const shiftHeld = this.held.has(KEY_LEFTSHIFT) || this.held.has(KEY_RIGHTSHIFT);
     if (down) {
       if (key.shift && !shiftHeld && key.code !== KEY_LEFTSHIFT) {
@@ -540,8 +566,8 @@ class VncClient implements DisplayListener {
     if (this.addedShift.size > 0) changes.push({ code: KEY_LEFTSHIFT, down: false });
     this.held.clear();
     this.addedShift.clear();
-    if (changes.length > 0) this.server.options.keyboard.keys(changes);
-    if (this.buttons !== 0) this.server.options.tablet.pointer(0, 0, 0);
+    if (changes.length > 0) this.server.devices.keyboard.keys(changes);
+    if (this.buttons !== 0) this.server.devices.tablet.pointer(0, 0, 0);
     this.buttons = 0;
   }
 
@@ -552,7 +578,7 @@ class VncClient implements DisplayListener {
     const pressed = mask & ~this.buttons;
     const wheel = (pressed & 8 ? 1 : 0) - (pressed & 16 ? 1 : 0);
     this.buttons = mask;
-    this.server.options.tablet.pointer(ax, ay, mask & 7, wheel);
+    this.server.devices.tablet.pointer(ax, ay, mask & 7, wheel);
   }
 
   // ---- damage ----
@@ -668,7 +694,7 @@ class VncClient implements DisplayListener {
     head.writeUInt16BE(rects.length + (resize ? 1 : 0), 2);
     parts.push(head);
     if (resize) parts.push(rectHeader(0, 0, this.width, this.height, ENCODING_DESKTOP_SIZE));
-    const surface = this.server.options.display.surface();
+    const surface = this.server.devices.display.surface();
     for (const r of rects) {
       if (zrle) {
         const data = await this.deflate(this.zrleTiles(surface, r.x, r.y, r.w, r.h));
