@@ -88,10 +88,21 @@ test("fenced commands come back with the fence flag and id", () => {
 test("absurd resources are refused without allocating anything", () => {
   const t = setup({ maxHostBytes: 4 * 1024 * 1024 });
   const before = t.gpu.hostMemory;
-  assert.equal(t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [1, B8G8R8X8, 0xffff_ffff, 0xffff_ffff]).type, GPU_RESP.ERR_OUT_OF_MEMORY);
-  assert.equal(t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [2, B8G8R8X8, 8192, 8192]).type, GPU_RESP.ERR_OUT_OF_MEMORY, "over the budget");
+  assert.equal(
+    t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [1, B8G8R8X8, 0xffff_ffff, 0xffff_ffff]).type,
+    GPU_RESP.ERR_OUT_OF_MEMORY,
+  );
+  assert.equal(
+    t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [2, B8G8R8X8, 8192, 8192]).type,
+    GPU_RESP.ERR_OUT_OF_MEMORY,
+    "over the budget",
+  );
   assert.equal(t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [3, B8G8R8X8, 0, 10]).type, GPU_RESP.ERR_OUT_OF_MEMORY);
-  assert.equal(t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [4, 999, 16, 16]).type, GPU_RESP.ERR_INVALID_PARAMETER, "unknown format");
+  assert.equal(
+    t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [4, 999, 16, 16]).type,
+    GPU_RESP.ERR_INVALID_PARAMETER,
+    "unknown format",
+  );
   assert.equal(t.cmd(GPU_CMD.RESOURCE_CREATE_2D, [0, B8G8R8X8, 16, 16]).type, GPU_RESP.ERR_INVALID_RESOURCE_ID);
   assert.equal(t.gpu.hostMemory, before);
   assert.ok(t.gpu.errors >= 5);
@@ -112,13 +123,24 @@ test("backing outside RAM, rectangles outside resources and unknown ids get erro
     GPU_RESP.ERR_INVALID_PARAMETER,
     "more entries than allowed",
   );
-  assert.equal(t.cmd(GPU_CMD.RESOURCE_ATTACH_BACKING, [1, 3], { tail: [BACKING, 0, 4096, 0] }).type, GPU_RESP.ERR_INVALID_PARAMETER, "entries missing");
-  assert.equal(t.cmd(GPU_CMD.TRANSFER_TO_HOST_2D, [0, 0, 16, 16, 0, 0, 1, 0]).type, GPU_RESP.ERR_UNSPEC, "no backing yet");
+  assert.equal(
+    t.cmd(GPU_CMD.RESOURCE_ATTACH_BACKING, [1, 3], { tail: [BACKING, 0, 4096, 0] }).type,
+    GPU_RESP.ERR_INVALID_PARAMETER,
+    "entries missing",
+  );
+  assert.equal(
+    t.cmd(GPU_CMD.TRANSFER_TO_HOST_2D, [0, 0, 16, 16, 0, 0, 1, 0]).type,
+    GPU_RESP.ERR_UNSPEC,
+    "no backing yet",
+  );
   // Backing too small for the transfer's reach.
   assert.equal(t.cmd(GPU_CMD.RESOURCE_ATTACH_BACKING, [1, 1], { tail: [BACKING, 0, 512, 0] }).type, GPU_RESP.OK_NODATA);
   assert.equal(t.cmd(GPU_CMD.TRANSFER_TO_HOST_2D, [0, 0, 16, 16, 0, 0, 1, 0]).type, GPU_RESP.ERR_INVALID_PARAMETER);
   // x + width wrapping around 32 bits.
-  assert.equal(t.cmd(GPU_CMD.TRANSFER_TO_HOST_2D, [0xffff_fff0, 0, 0x20, 1, 0, 0, 1, 0]).type, GPU_RESP.ERR_INVALID_PARAMETER);
+  assert.equal(
+    t.cmd(GPU_CMD.TRANSFER_TO_HOST_2D, [0xffff_fff0, 0, 0x20, 1, 0, 0, 1, 0]).type,
+    GPU_RESP.ERR_INVALID_PARAMETER,
+  );
   assert.equal(t.cmd(GPU_CMD.SET_SCANOUT, [0, 0, 17, 16, 0, 1]).type, GPU_RESP.ERR_INVALID_PARAMETER);
   assert.equal(t.cmd(GPU_CMD.SET_SCANOUT, [0, 0, 16, 16, 5, 1]).type, GPU_RESP.ERR_INVALID_SCANOUT_ID);
   assert.equal(t.cmd(GPU_CMD.RESOURCE_FLUSH, [0, 0, 16, 16, 42, 0]).type, GPU_RESP.ERR_INVALID_RESOURCE_ID);

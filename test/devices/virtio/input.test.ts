@@ -64,7 +64,10 @@ test("keys reach the event queue as EV_KEY and SYN_REPORT, waiting for buffers i
   t.dev.key(30, true);
   assert.equal(t.dev.pendingEvents, 2, "no buffers yet: held");
   t.post(4);
-  assert.deepEqual(t.evq.takeUsed().map((u) => u.len), [8, 8]);
+  assert.deepEqual(
+    t.evq.takeUsed().map((u) => u.len),
+    [8, 8],
+  );
   assert.deepEqual(t.event(0), [EV_KEY, 30, 1]);
   assert.deepEqual(t.event(1), [EV_SYN, 0, 0]);
   t.dev.key(30, false);
@@ -95,7 +98,10 @@ test("a guest that never reads costs bounded memory; the status queue is drained
   assert.ok(t.dev.dropped > 0);
   t.g.put(EVENTS, [0x11, 0, 1, 0, 1, 0, 0, 0]);
   t.stq.submit(t.stq.addChain([{ pa: EVENTS, len: 8 }]));
-  assert.deepEqual(t.stq.takeUsed().map((u) => u.len), [0]);
+  assert.deepEqual(
+    t.stq.takeUsed().map((u) => u.len),
+    [0],
+  );
 });
 
 test("pending events survive a snapshot", () => {
