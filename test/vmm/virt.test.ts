@@ -194,3 +194,38 @@ test("an SMP machine runs to power-off when nothing else holds the process open"
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a display takes the three slots after the RNG and travels in the machine's state", () => {
+  const net = new FakeNet();
+  const m = new VirtMachine(config({ disks: [new MemDisk(1 << 20)], net, display: { width: 640, height: 480 } }));
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5, 6, 7].map((s) => deviceId(m, s)),
+    [2, 1, 3, 4, 16, 18, 18, undefined],
+    "blk, net, console, rng, gpu, keyboard, tablet",
+  );
+  assert.equal(maxDisks(true, true), 2);
+  assert.throws(
+    () =>
+      new VirtMachine(
+        config({
+          disks: [new MemDisk(1 << 20), new MemDisk(1 << 20), new MemDisk(1 << 20)],
+          net: new FakeNet(),
+          display: { width: 640, height: 480 },
+        }),
+      ),
+    /at most 2 disks besides its network card and a display/,
+  );
+  m.display!.keyboard.key(30, true); // waits in the device until the driver posts buffers
+  const state = JSON.parse(JSON.stringify(m.saveState()));
+  assert.equal(state.display.keyboard.device.pending.length, 6);
+  const twin = new VirtMachine(
+    config({ disks: [new MemDisk(1 << 20)], net: new FakeNet(), display: { width: 640, height: 480 } }),
+  );
+  twin.restoreState(state);
+  assert.equal(twin.display!.keyboard.pendingEvents, 2);
+  const headless = new VirtMachine(config({ disks: [new MemDisk(1 << 20)], net: new FakeNet() }));
+  assert.equal(headless.display, null);
+  assert.throws(() => headless.restoreState(state), /had a display, this one has none/);
+  assert.throws(() => twin.restoreState(headless.saveState()), /had no display/);
+  for (const x of [m, twin, headless]) x.close();
+});

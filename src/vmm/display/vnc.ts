@@ -215,7 +215,7 @@ export class VncServer {
         resolve();
       });
     });
-    server.on("error", (e) => options.log?.(`yun: vnc: ${e.message}`));
+    server.on("error", (e) => options.log?.(`vnc: ${e.message}`));
     return vnc;
   }
 
@@ -315,7 +315,7 @@ class VncClient implements DisplayListener {
   private drop(why: string): void {
     if (this.phase === "closed") return;
     this.server.stats.dropped++;
-    this.server.options.log?.(`yun: vnc: client ${this.socket.remoteAddress ?? "?"} dropped: ${why}`);
+    this.server.options.log?.(`vnc: client ${this.socket.remoteAddress ?? "?"} dropped: ${why}`);
     this.close();
   }
 
@@ -428,7 +428,7 @@ class VncClient implements DisplayListener {
       reason.copy(out, 8);
     }
     this.server.stats.dropped++;
-    this.server.options.log?.(`yun: vnc: client ${this.socket.remoteAddress ?? "?"} refused: ${why}`);
+    this.server.options.log?.(`vnc: client ${this.socket.remoteAddress ?? "?"} refused: ${why}`);
     this.phase = "closed";
     clearTimeout(this.timer);
     this.socket.end(out);
