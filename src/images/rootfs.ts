@@ -172,6 +172,8 @@ fi
 # keyboard): a login shell on tty1 too, started again when it exits. Without one, nothing runs.
 if [ -e /sys/class/drm/card0 ]; then
   for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /dev/tty1 ] && [ -e /dev/fb0 ] && break; usleep 200000; done
+  # A steady cursor: a blinking one redraws (and the VNC server sends) a rectangle 5 times a second.
+  echo 0 > /sys/class/graphics/fbcon/cursor_blink 2>/dev/null
   (while :; do setsid sh -c 'exec sh -l </dev/tty1 >/dev/tty1 2>&1'; sleep 1; done) &
 fi
 
