@@ -50,6 +50,7 @@ import { partitionScheme, readPartitionTable, type Partition } from "../storage/
 import { BootDiskError, checkBootDisk, type BootEntry } from "../storage/bootdisk.js";
 import { tightenTree } from "../storage/private.js";
 import { CappedLog, redirectStderr } from "../vmm/logfile.js";
+import { VncServer } from "../vmm/display/vnc.js";
 
 const HELP = `Usage: yun run [options]
 
@@ -75,6 +76,14 @@ Options:
   --engine jit|interp how guest code runs: translated to JavaScript (default) or interpreted
   --cpus N            vCPUs, 1-8 (default 1); more than one runs each on a thread of its own
   --cpu-cap F         use at most F of a host core (e.g. 0.25), enforced by the monitor
+  --display none|vnc  none (default): a serial console only, no graphics devices; vnc: a
+                      virtio-gpu (1024x768, the kernel's framebuffer console shows on it) with a
+                      virtio keyboard and tablet, shown by a VNC server (RFB 3.8)
+  --vnc [ADDR:]PORT   the VNC server's address (default ADDR 127.0.0.1; implies --display vnc;
+                      without it --display vnc listens on any free port of 127.0.0.1, printed)
+  --vnc-password-file FILE
+                      VNC clients must log in with the password in FILE's first line (mode 0600;
+                      VNC authentication uses its first 8 characters); default: no password
 
 Monitor (see docs/vm-api.md; yun vm drives a running VM):
   --headless          no console here: output is kept for yun vm console; stdin is not read
@@ -221,6 +230,8 @@ export interface RunOptions {
   cpus: number;
   /** Fraction of a host core, or null. */
   cpuCap: number | null;
+  /** The display mode of the VM's GPU, or null: no display devices. */
+  display: { width: number; height: number } | null;
   monitor: MonitorFlags;
 }
 
@@ -242,6 +253,8 @@ export interface MonitorFlags {
   tls?: { cert: string; key: string };
   /** The vsock device's Unix socket, or "none" for no device; absent: the default path. */
   vsock?: string;
+  /** Serve the VM's display over VNC here (with this password, if any). */
+  vnc?: { host: string; port: number; password?: string };
 }
 
 function checkInput(path: string, what: string): string {
@@ -295,6 +308,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         mac: { type: "string" },
         cpus: { type: "string" },
         "cpu-cap": { type: "string" },
+        display: { type: "string" },
+        vnc: { type: "string" },
+        "vnc-password-file": { type: "string" },
         headless: { type: "boolean" },
         "api-socket": { type: "string" },
         "api-port": { type: "string" },
@@ -328,6 +344,16 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   }
   if (v.restore !== undefined && v.incoming !== undefined)
     throw new UsageError("--restore and --incoming contradict each other");
+  if (v.display !== undefined && v.display !== "none" && v.display !== "vnc") {
+    throw new UsageError(`--display takes none or vnc, got "${v.display}"`);
+  }
+  const wantsVnc = v.vnc !== undefined || v["vnc-password-file"] !== undefined;
+  if (v.display === "none" && wantsVnc) {
+    throw new UsageError(
+      `--${v.vnc !== undefined ? "vnc" : "vnc-password-file"} shows a display; it cannot go with --display none`,
+    );
+  }
+  if (v.display === "vnc" || wantsVnc) monitor.vnc = parseVnc(v.vnc, v["vnc-password-file"]);
   if (v.incoming === undefined) {
     const stray = ["incoming-token-file", "incoming-tls-cert", "incoming-tls-key"].find((k) => k in v);
     if (stray) throw new UsageError(`--${stray} goes with --incoming`);
@@ -352,7 +378,19 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   if (v.restore !== undefined) {
     // The VM comes from a snapshot: its machine is described there.
     const given = Object.keys(v).filter(
-      (k) => !["restore", "name", "headless", "api-socket", "api-port", "cpu-cap", "log", "vsock"].includes(k),
+      (k) =>
+        ![
+          "restore",
+          "name",
+          "headless",
+          "api-socket",
+          "api-port",
+          "cpu-cap",
+          "log",
+          "vsock",
+          "vnc",
+          "vnc-password-file",
+        ].includes(k),
     );
     if (given.length > 0) {
       throw new UsageError(`--${given[0]} cannot go with --restore (the VM brings its own configuration)`);
@@ -379,6 +417,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
       name: v.name,
       cpus: 1,
       cpuCap: restoreCap,
+      display: null,
       monitor,
     };
   }
@@ -470,9 +509,14 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   const disks = v.disk ?? [];
   const hasRootFile = v.root !== undefined;
   const withVsock = monitor.vsock !== "none";
-  const limit = maxDisks(net.kind !== "none", withVsock);
+  const display = monitor.vnc ? { width: DISPLAY_WIDTH, height: DISPLAY_HEIGHT } : null;
+  const limit = maxDisks(net.kind !== "none", withVsock, display !== null);
   if (disks.length + 1 > limit) {
-    const besides = [net.kind !== "none" ? "the network card" : "", withVsock ? "the vsock device (--vsock none)" : ""];
+    const besides = [
+      net.kind !== "none" ? "the network card" : "",
+      withVsock ? "the vsock device (--vsock none)" : "",
+      display ? "the display" : "",
+    ];
     throw new UsageError(
       `at most ${limit - 1} --disk besides the root disk${besides
         .filter((b) => b !== "")
@@ -522,7 +566,9 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     if (firmware === undefined) firmware = image.firmware.dynamic;
   }
   if (kernel === undefined || firmware === undefined) throw new Error("internal: no kernel or firmware chosen");
-  let append = v.append ?? DEFAULT_APPEND;
+  // With a display, the kernel's messages go to its framebuffer console (tty0) too; the serial port
+  // stays /dev/console (the last console= named).
+  let append = v.append ?? (monitor.vnc ? `console=tty0 ${DEFAULT_APPEND}` : DEFAULT_APPEND);
   // A root disk with a partition table boots through firmware unless a kernel was asked for.
   const rootPath = root.kind === "file" ? root.path : root.kind === "overlay" ? root.base : undefined;
   const table = rootPath !== undefined ? probePartitions(rootPath) : null;
@@ -574,8 +620,41 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     mac,
     cpus,
     cpuCap,
+    display,
     monitor,
   };
+}
+
+/** The display mode `--display vnc` gives the GPU. */
+const DISPLAY_WIDTH = 1024;
+const DISPLAY_HEIGHT = 768;
+
+/** `--vnc [ADDR:]PORT` (default: any free port of 127.0.0.1) and `--vnc-password-file FILE`. */
+function parseVnc(address: string | undefined, passwordFile: string | undefined): MonitorFlags["vnc"] {
+  let host = "127.0.0.1";
+  let port = 0;
+  if (address !== undefined) {
+    const m = /^(?:\[?([^\]]+?)\]?:)?(\d{1,5})$/.exec(address);
+    if (!m || Number(m[2]) > 65535) throw new UsageError(`--vnc takes [ADDR:]PORT, got "${address}"`);
+    host = m[1] ?? host;
+    port = Number(m[2]);
+  }
+  if (passwordFile === undefined) return { host, port };
+  let text: string;
+  try {
+    if ((statSync(passwordFile).mode & 0o077) !== 0) {
+      throw new UsageError(`--vnc-password-file ${passwordFile} is open to other users (chmod 600 ${passwordFile})`);
+    }
+    text = readFileSync(passwordFile, "latin1");
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    throw new UsageError(
+      `--vnc-password-file ${passwordFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+  const password = text.split(/\r?\n/)[0] ?? "";
+  if (password === "") throw new UsageError(`--vnc-password-file ${passwordFile}: its first line is empty`);
+  return { host, port, password };
 }
 
 /** "[ADDR:]PORT" of --incoming (ADDR default 127.0.0.1). */
@@ -668,6 +747,7 @@ async function receiveIncoming(
     net: opts.net,
     mac: opts.mac,
     cpuCap: opts.cpuCap,
+    display: opts.display,
   };
   const listener = await listenForMigration(at.host, at.port, { tls });
   const where = `${at.host.includes(":") ? `[${at.host}]` : at.host}:${listener.port}`;
@@ -794,6 +874,7 @@ export async function runCommand(args: string[]): Promise<number> {
         mac,
         cpuCap: opts.cpuCap,
         vsock: flags.vsock === "none" ? null : { guestCid: DEFAULT_GUEST_CID },
+        display: opts.display,
       };
       claimName(vmsDir, spec.name);
       const r = await VmMonitor.boot(spec, monitorOpts);
@@ -819,6 +900,22 @@ export async function runCommand(args: string[]): Promise<number> {
   } catch (e) {
     if (monitorOpts.ownedDir) rmSync(monitorOpts.ownedDir, { recursive: true, force: true });
     return fail(e);
+  }
+
+  // The display, before the guest runs so the client sees the whole boot.
+  let vnc: VncServer | null = null;
+  if (flags.vnc) {
+    try {
+      vnc = await serveVnc(monitor, flags.vnc);
+      const a = vnc.address;
+      notes.push(
+        `VNC server on ${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}${flags.vnc.password !== undefined ? " (password required)" : ""}`,
+      );
+    } catch (e) {
+      monitor.machine.close();
+      if (monitorOpts.ownedDir) rmSync(monitorOpts.ownedDir, { recursive: true, force: true });
+      return fail(e);
+    }
   }
 
   // The guest runs from here on; the control API and the registry entry come up beside it.
@@ -876,6 +973,7 @@ export async function runCommand(args: string[]): Promise<number> {
     for (const s of SIGNALS) process.off(s, onSignal);
     await control.close();
     await monitorOpts.vsockHost!.close();
+    await vnc?.close();
     if (failure === null) unregister(vmsDir, name);
     // After a migration the throwaway disks belong to the destination (monitor.ownedDir is null).
     if (monitor.ownedDir) rmSync(monitor.ownedDir, { recursive: true, force: true });
@@ -888,6 +986,24 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   if (result.kind === "fail") return result.code || 1;
   return 0;
+}
+
+/** Starts the VNC server on the VM's display; it follows the display to every later machine. */
+async function serveVnc(monitor: VmMonitor, flags: NonNullable<MonitorFlags["vnc"]>): Promise<VncServer> {
+  const first = monitor.machine.display;
+  if (!first)
+    throw new UsageError(`VM ${monitor.spec.name} has no display to show (it was started without --display vnc)`);
+  const server = await VncServer.listen(
+    { ...first, display: first.gpu, name: monitor.spec.name, password: flags.password, log: say },
+    flags.host,
+    flags.port,
+  ).catch((e: NodeJS.ErrnoException) => {
+    throw new Error(`the VNC server cannot listen on ${flags.host}:${flags.port}: ${e.code ?? e.message}`);
+  });
+  monitor.watchMachine((m) => {
+    if (m.display) server.attach({ ...m.display, display: m.display.gpu });
+  });
+  return server;
 }
 
 /**

@@ -1019,7 +1019,7 @@ export class Cloud implements ServiceContext {
       if (r.project_id !== projectId) throw notFound(`no volume ${v}`);
       return r;
     });
-    if (vols.length + 1 > maxDisks(true)) throw badRequest(`an instance takes at most ${maxDisks(true) - 1} volumes`);
+    if (vols.length + 1 > maxDisks(true, true)) throw badRequest(`an instance takes at most ${maxDisks(true, true) - 1} volumes`);
     const id = newId("ins");
     const dir = join(this.dir, "instances", id);
     const start = req.start ?? true;
@@ -1223,8 +1223,8 @@ export class Cloud implements ServiceContext {
       }[]
     ).map((v) => v.path);
     if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
-    if (disks.length + 1 > maxDisks(true)) {
-      await this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true) - 1} fit`);
+    if (disks.length + 1 > maxDisks(true, true)) {
+      await this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true, true) - 1} fit`);
       return;
     }
     if (r.network_id) {
@@ -1755,7 +1755,7 @@ export class Cloud implements ServiceContext {
       );
       const n = (this.db.prepare("SELECT count(*) AS n FROM volumes WHERE instance_id = ?").get(i.id) as { n: number })
         .n;
-      if (n + 2 > maxDisks(true)) throw conflict(`instance ${inst.name} has the most volumes it can take (${n})`);
+      if (n + 2 > maxDisks(true, true)) throw conflict(`instance ${inst.name} has the most volumes it can take (${n})`);
       this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(i.id, this.now(), v.id);
     });
     return this.getVolume(p, v.id);

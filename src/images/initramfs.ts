@@ -13,6 +13,8 @@ export const INIT_READY_MARKER = "yun: init ready";
 
 /** Where the module load order lives inside the initramfs. */
 export const MODULE_ORDER_FILE = "/etc/modules-load.order";
+/** The display's modules (virtio-gpu with DRM, virtio-input) beyond those, loaded only for a display. */
+export const DISPLAY_MODULE_ORDER_FILE = "/etc/modules-display.order";
 
 /** Applets linked when the binary's own applet table cannot be found. */
 export const FALLBACK_APPLETS: readonly string[] = [
@@ -168,7 +170,8 @@ hostname yun
 
 # Kernel modules, dependencies first. A module that fails to load is reported and skipped.
 failed=
-if [ -r ${MODULE_ORDER_FILE} ]; then
+load_modules() {
+  [ -r "$1" ] || return 0
   while read -r mod; do
     case "$mod" in ''|'#'*) continue ;; esac
     if ! out=$(insmod "$mod" 2>&1); then
@@ -177,7 +180,13 @@ if [ -r ${MODULE_ORDER_FILE} ]; then
         *) failed="$failed \${mod##*/}" ;;
       esac
     fi
-  done < ${MODULE_ORDER_FILE}
+  done < "$1"
+}
+load_modules ${MODULE_ORDER_FILE}
+# A display's modules only when the machine has a virtio-gpu (device 16) or virtio-input (18): a
+# VM without a display loads nothing more.
+if cat /sys/bus/virtio/devices/*/device 2>/dev/null | grep -q -e 0x0010 -e 0x0012; then
+  load_modules ${DISPLAY_MODULE_ORDER_FILE}
 fi
 [ -z "$failed" ] || echo "yun: failed to load modules:$failed"
 
@@ -231,6 +240,8 @@ export interface InitramfsInput {
   kernelVersion: string;
   /** Modules in load order (from resolveModules). */
   modules: ResolvedModule[];
+  /** Further modules, in load order, that /init loads only when the machine has a display. */
+  displayModules?: ResolvedModule[];
   /** The kernel package's modules.builtin, copied so modprobe knows built-ins. */
   modulesBuiltin?: string;
   /** Entry mtime (seconds); default 0 for reproducible archives. */
@@ -278,15 +289,22 @@ export function buildInitramfs(input: InitramfsInput): InitramfsResult {
 
   const modDir = `lib/modules/${input.kernelVersion}`;
   w.dir(modDir);
-  for (const m of input.modules) w.file(`${modDir}/${m.path}`, m.data, { mode: 0o644 });
-  w.file(`${modDir}/modules.dep`, modulesDep(input.modules));
-  w.file(`${modDir}/modules.alias`, modulesAlias(input.modules));
-  w.file(`${modDir}/modules.order`, input.modules.map((m) => m.path).join("\n") + (input.modules.length > 0 ? "\n" : ""));
+  const display = input.displayModules ?? [];
+  const all = [...input.modules, ...display];
+  for (const m of all) w.file(`${modDir}/${m.path}`, m.data, { mode: 0o644 });
+  w.file(`${modDir}/modules.dep`, modulesDep(all));
+  w.file(`${modDir}/modules.alias`, modulesAlias(all));
+  w.file(`${modDir}/modules.order`, all.map((m) => m.path).join("\n") + (all.length > 0 ? "\n" : ""));
   if (input.modulesBuiltin !== undefined) w.file(`${modDir}/modules.builtin`, input.modulesBuiltin);
   w.file(
     MODULE_ORDER_FILE,
     `# Kernel modules in load order (dependencies first), read by /init.\n` +
       input.modules.map((m) => `/${modDir}/${m.path}\n`).join(""),
+  );
+  w.file(
+    DISPLAY_MODULE_ORDER_FILE,
+    `# The display's kernel modules in load order, loaded by /init when the machine has a display.\n` +
+      display.map((m) => `/${modDir}/${m.path}\n`).join(""),
   );
 
   const entries = w.size;

@@ -113,8 +113,9 @@ ${agent ? `::respawn:${AGENT_GUEST_PATH}\n` : ""}::ctrlaltdel:/sbin/reboot
  * older revision is rebuilt by the next `yun image pull` (and still boots meanwhile).
  * 2: rcS reads a NoCloud seed (host name, SSH keys, user data).
  * 3: the guest agent (when it could be built) and the vsock modules.
+ * 4: a shell on tty1 when a display exists; the initramfs loads virtio-gpu and virtio-input then.
  */
-export const ROOTFS_REVISION = 3;
+export const ROOTFS_REVISION = 4;
 
 /** /etc/init.d/rcS: run once by init at boot; prints the ready marker when the system is up. */
 export function rootfsRcS(): string {
@@ -167,6 +168,15 @@ if [ -n "$seed" ] && mkdir -p /run/cidata && mount -t ext4 -o ro "$seed" /run/ci
     cp /run/cidata/user-data /run/user-data && chmod 700 /run/user-data
     (/run/user-data >/run/user-data.log 2>&1; echo "user-data exited with status $?" >>/run/user-data.log) &
   fi
+fi
+
+# A display (yun run --display vnc: virtio-gpu, whose framebuffer console is tty1, and a virtio
+# keyboard): a login shell on tty1 too, started again when it exits. Without one, nothing runs.
+if [ -e /sys/class/drm/card0 ]; then
+  for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /dev/tty1 ] && [ -e /dev/fb0 ] && break; usleep 200000; done
+  # A steady cursor: a blinking one redraws (and the VNC server sends) a rectangle 5 times a second.
+  echo 0 > /sys/class/graphics/fbcon/cursor_blink 2>/dev/null
+  (while :; do setsid sh -c 'exec sh -l </dev/tty1 >/dev/tty1 2>&1'; sleep 1; done) &
 fi
 
 echo "${INIT_READY_MARKER}"

@@ -81,6 +81,9 @@ export const DEBIAN_MODULES: readonly string[] = [
   // virtio-vsock for the guest agent (pulls in vsock and vmw_vsock_virtio_transport_common).
   "vmw_vsock_virtio_transport",
 ];
+/** Modules a display needs (virtio-gpu's DRM driver with fbdev emulation, virtio-input), loaded
+ *  by the initramfs only when the machine has those devices. */
+export const DISPLAY_MODULES: readonly string[] = ["virtio_gpu", "virtio_input"];
 
 const OPENSBI_DIR = "usr/lib/riscv64-linux-gnu/opensbi/generic";
 
@@ -318,8 +321,15 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
     // ---- modules
     progress.begin("modules", DEBIAN_MODULES.join(", "));
     const resolution = resolveModules(moduleRoot, [...DEBIAN_MODULES]);
+    const base = new Set(resolution.order.map((m) => m.name));
+    const displayModules = resolveModules(moduleRoot, [...DEBIAN_MODULES, ...DISPLAY_MODULES]).order.filter(
+      (m) => !base.has(m.name),
+    );
     const builtinNote = resolution.builtin.length > 0 ? `; built in: ${resolution.builtin.join(", ")}` : "";
-    progress.end(`${resolution.order.length} modules: ${resolution.order.map((m) => m.name).join(" ")}${builtinNote}`);
+    progress.end(
+      `${resolution.order.length} modules: ${resolution.order.map((m) => m.name).join(" ")}${builtinNote}; ` +
+        `for a display: ${displayModules.map((m) => m.name).join(" ")}`,
+    );
 
     // ---- initramfs
     progress.begin("initramfs", "busybox, modules, /init");
@@ -328,6 +338,7 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
       busybox: readFileSync(busyboxPath),
       kernelVersion,
       modules: resolution.order,
+      displayModules,
       modulesBuiltin: existsSync(builtinList) ? readFileSync(builtinList, "utf8") : undefined,
     });
     mkdirSync(imagesRoot(), { recursive: true });

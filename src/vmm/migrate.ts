@@ -696,6 +696,13 @@ function planIncoming(hello: Hello, opts: IncomingOptions): { spec: VmSpec; adop
         : "the VM runs on OpenSBI and this destination without firmware (start it without --firmware none)",
     );
   }
+  if ((src.display == null) !== (mine.display == null)) {
+    refuse(
+      src.display == null
+        ? "the VM has no display and this destination has one (start it with --display none)"
+        : "the VM has a display and this destination has none (start it with --display vnc)",
+    );
+  }
   if ((src.net.kind === "none") !== (mine.net.kind === "none")) {
     refuse(
       src.net.kind === "none"
@@ -763,6 +770,8 @@ function planIncoming(hello: Hello, opts: IncomingOptions): { spec: VmSpec; adop
     cpuCap: mine.cpuCap,
     // The vsock device is part of the guest's machine: it comes along as the source has it.
     vsock: src.vsock ?? null,
+    // The guest keeps the display mode it booted with.
+    display: src.display ?? null,
   };
   return { spec, adopt };
 }

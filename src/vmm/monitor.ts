@@ -174,6 +174,8 @@ export class VmMonitor {
   private lastOutputAt = performance.now();
   private readonly stateWatchers = new Set<(state: VmState) => void>();
   private current: VirtMachine | null = null;
+  /** Told about every machine this monitor builds (a reset, restore or migration builds a new one). */
+  private readonly machineWatchers = new Set<(machine: VirtMachine) => void>();
   /** The last snapshot taken, which an incremental one adds to. */
   private lastSnapshot: { dir: string; id: string } | null = null;
   /** Set when the machine left this process (migrated): run() ends without powering off. */
@@ -191,6 +193,22 @@ export class VmMonitor {
     this.spec = spec;
     this.opts = opts;
     this.typeAhead = new TypeAhead(opts.typeAhead ?? "prompt");
+  }
+
+  /**
+   * Calls `watch` with the current machine and every later one (a VNC server follows the display
+   * devices across resets, restores and migrations); returns the function that stops it.
+   */
+  watchMachine(watch: (machine: VirtMachine) => void): () => void {
+    this.machineWatchers.add(watch);
+    if (this.current) watch(this.current);
+    return () => this.machineWatchers.delete(watch);
+  }
+
+  private setMachine(machine: VirtMachine): void {
+    this.current = machine;
+    this.opts.vsockHost?.attach(machine.vsock);
+    for (const w of this.machineWatchers) w(machine);
   }
 
   /** The running machine. */
@@ -273,8 +291,7 @@ export class VmMonitor {
       output: (bytes) => m.output(bytes),
       log: (line) => opts.log(line),
     });
-    m.current = machine;
-    opts.vsockHost?.attach(machine.vsock);
+    m.setMachine(machine);
     const complete = async (final: VmSpec, state: MachineState): Promise<string[]> => {
       const notes = await plug(final);
       m.spec = final;
@@ -291,8 +308,7 @@ export class VmMonitor {
       output: (bytes) => this.output(bytes),
       log: (line) => this.opts.log(line),
     });
-    this.current = machine;
-    this.opts.vsockHost?.attach(machine.vsock);
+    this.setMachine(machine);
     this.bootWatch = this.spec.payload === "raw" && ram === undefined ? new BootLoaderWatch() : null;
     if (this.bootWatch && this.opts.typedInput === true) machine.setBootLoaderInput(true);
     return notes;

@@ -76,6 +76,9 @@ export interface VmSpec {
   cpuCap: number | null;
   /** A virtio-vsock device (the guest agent's channel) with this guest CID; absent or null: none. */
   vsock?: { guestCid: number } | null;
+  /** A display (virtio-gpu in this mode, keyboard, tablet); absent or null: none. How it is shown
+   *  (VNC) is the running process's business, not the VM's. */
+  display?: { width: number; height: number } | null;
 }
 
 /** A problem with a spec or what it names, in one sentence. */
@@ -178,6 +181,7 @@ function newMachine(
     mac: spec.mac,
     vsock: spec.vsock ?? null,
     ram: opts.ram,
+    display: spec.display ?? null,
   });
   if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
   return machine;
@@ -269,5 +273,15 @@ export function checkSpec(v: unknown): string | null {
   if (typeof s.mac !== "string") return "bad MAC address";
   if (s.cpuCap !== null && typeof s.cpuCap !== "number") return "bad CPU cap";
   if (s.vsock !== undefined && s.vsock !== null && typeof s.vsock?.guestCid !== "number") return "bad vsock device";
+  if (s.display != null) {
+    const d = s.display;
+    if (typeof d !== "object" || !isDisplayDimension(d.width) || !isDisplayDimension(d.height))
+      return "bad display mode";
+  }
   return null;
+}
+
+/** Display modes run from 320x200 to 8192x8192 (the GPU's largest resource). */
+export function isDisplayDimension(v: unknown): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= 200 && v <= 8192;
 }

@@ -28,6 +28,7 @@ import {
   VIRTIO_MMIO_IRQ_BASE,
   VIRTIO_MMIO_SIZE,
   VIRTIO_MMIO_SLOTS,
+  VIRTIO_MMIO_HIGH_IRQ_BASE,
   VIRTIO_MMIO_STRIDE,
 } from "../devices/virtio/mmio.js";
 import { VirtioBlk } from "../devices/virtio/blk.js";
@@ -35,6 +36,8 @@ import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
 import { VirtioVsock } from "../devices/virtio/vsock.js";
+import { VirtioGpu } from "../devices/virtio/gpu.js";
+import { KEYBOARD_DESCRIPTION, TABLET_DESCRIPTION, VirtioInput } from "../devices/virtio/input.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { VmClock, processCpuMicros } from "./clock.js";
 import { HartThreads } from "./smp.js";
@@ -96,6 +99,11 @@ export interface VirtConfig {
   /** Receives lines the devices log about driver errors (default: standard error). */
   log?: (line: string) => void;
   /**
+   * A display: virtio-gpu (this mode offered) with a virtio keyboard and tablet, in the three slots
+   * after the entropy source. Absent or null: none of them, and nothing of them costs anything.
+   */
+  display?: { width: number; height: number } | null;
+  /**
    * RAM to start from (a snapshot or a migration, whose state restoreState() then loads): the
    * firmware, kernel, initrd and device tree are not loaded into it.
    */
@@ -115,15 +123,32 @@ export const DEFAULT_MAC = "52:54:00:12:34:56";
 
 /** One virtio-mmio slot: window, PLIC source and device tree `reg` (slot n at BASE + n·STRIDE). */
 export function virtioSlot(n: number): { base: number; size: number; irq: number } {
-  return { base: VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_STRIDE, size: VIRTIO_MMIO_SIZE, irq: VIRTIO_MMIO_IRQ_BASE + n };
+  const irq = n < 8 ? VIRTIO_MMIO_IRQ_BASE + n : VIRTIO_MMIO_HIGH_IRQ_BASE + n - 8;
+  return { base: VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_STRIDE, size: VIRTIO_MMIO_SIZE, irq };
 }
 
 /** Slots the console and entropy devices take, which are always present. */
 const FIXED_VIRTIO_DEVICES = 2;
 
-/** Most disks a machine takes: the slots left by the console, the entropy source, a network card and a vsock device. */
-export function maxDisks(withNet: boolean, withVsock = false): number {
-  return VIRTIO_MMIO_SLOTS - FIXED_VIRTIO_DEVICES - (withNet ? 1 : 0) - (withVsock ? 1 : 0);
+/** Slots a display takes: the GPU, the keyboard and the tablet. */
+export const DISPLAY_VIRTIO_DEVICES = 3;
+
+/** Most disks a machine takes: the slots left by the console, the entropy source, a network card, a vsock device and a display. */
+export function maxDisks(withNet: boolean, withVsock = false, withDisplay = false): number {
+  return (
+    VIRTIO_MMIO_SLOTS -
+    FIXED_VIRTIO_DEVICES -
+    (withNet ? 1 : 0) -
+    (withVsock ? 1 : 0) -
+    (withDisplay ? DISPLAY_VIRTIO_DEVICES : 0)
+  );
+}
+
+/** A machine's display devices. */
+export interface MachineDisplay {
+  gpu: VirtioGpu;
+  keyboard: VirtioInput;
+  tablet: VirtioInput;
 }
 
 function isBackend(d: DiskSpec | BlockBackend): d is BlockBackend {
@@ -153,6 +178,12 @@ export interface MachineState {
   rng: ReturnType<VirtioRng["save"]>;
   /** The vsock device (absent in snapshots from before it existed: none). */
   vsock?: ReturnType<VirtioVsock["save"]> | null;
+  /** The display devices (absent in snapshots from before displays: none). */
+  display?: {
+    gpu: ReturnType<VirtioGpu["save"]>;
+    keyboard: ReturnType<VirtioInput["save"]>;
+    tablet: ReturnType<VirtioInput["save"]>;
+  } | null;
   /** Console input typed but not yet read by the guest. */
   input: number[];
 }
@@ -210,6 +241,8 @@ export class VirtMachine {
   readonly rng: VirtioRng;
   /** virtio-vsock (the guest agent's channel), or null. */
   readonly vsock: VirtioVsock | null;
+  /** virtio-gpu, keyboard and tablet, or null without a display. */
+  readonly display: MachineDisplay | null;
   readonly clock: HartClock;
   private readonly diskBackends: BlockBackend[];
   /** The network card's backend (user-mode NAT, a switch port, a migration's stand-in), or null. */
@@ -354,9 +387,14 @@ export class VirtMachine {
     const disks = config.disks ?? [];
     const net = config.net ?? null;
     const vsock = config.vsock ?? null;
-    const limit = maxDisks(net !== null, vsock !== null);
+    const withDisplay = config.display != null;
+    const limit = maxDisks(net !== null, vsock !== null, withDisplay);
     if (disks.length > limit) {
-      const besides = [net ? "its network card" : "", vsock ? "its vsock device" : ""].filter((x) => x !== "");
+      const besides = [
+        net ? "its network card" : "",
+        vsock ? "its vsock device" : "",
+        withDisplay ? "a display" : "",
+      ].filter((x) => x !== "");
       throw new Error(
         `a machine takes at most ${limit} disks${besides.length ? ` besides ${besides.join(" and ")}` : ""}, not ${disks.length}`,
       );
@@ -412,6 +450,22 @@ export class VirtMachine {
             log,
           }),
         )
+      : null;
+    const mode = config.display;
+    this.display = mode
+      ? {
+          gpu: place(new VirtioGpu(this.bus, irqLine(slots.length), { width: mode.width, height: mode.height, log })),
+          keyboard: place(
+            new VirtioInput(this.bus, irqLine(slots.length), KEYBOARD_DESCRIPTION, {
+              name: "virtio-keyboard",
+              kick,
+              log,
+            }),
+          ),
+          tablet: place(
+            new VirtioInput(this.bus, irqLine(slots.length), TABLET_DESCRIPTION, { name: "virtio-tablet", kick, log }),
+          ),
+        }
       : null;
 
     const dtb = buildVirtDeviceTree({
@@ -690,6 +744,13 @@ export class VirtMachine {
       console: this.console.save(),
       rng: this.rng.save(),
       vsock: this.vsock ? this.vsock.save() : null,
+      display: this.display
+        ? {
+            gpu: this.display.gpu.save(),
+            keyboard: this.display.keyboard.save(),
+            tablet: this.display.tablet.save(),
+          }
+        : null,
       input: [...this.inputQueue],
     };
   }
@@ -717,6 +778,11 @@ export class VirtMachine {
     if (((s.vsock ?? null) === null) !== (this.vsock === null)) {
       throw new Error("snapshot: vsock device present in only one of the machines");
     }
+    if ((s.display == null) !== (this.display === null)) {
+      throw new Error(
+        `snapshot: the machine had ${s.display == null ? "no display" : "a display"}, this one ${this.display ? "has one" : "has none"}`,
+      );
+    }
     if (typeof s.clock !== "number" || !Number.isFinite(s.clock))
       throw new Error("snapshot: the clock is not a number");
     if (!Array.isArray(s.input)) throw new Error("snapshot: the console input queue is not a list");
@@ -743,6 +809,13 @@ export class VirtMachine {
     load("virtio-rng", () => this.rng.restore(s.rng));
     if (this.vsock && s.vsock) load("virtio-vsock", () => this.vsock!.restore(s.vsock!));
     this.vsock?.deliverPendingEvents();
+    if (this.display && s.display) {
+      const d = this.display;
+      const saved = s.display;
+      load("virtio-gpu", () => d.gpu.restore(saved.gpu));
+      load("virtio keyboard", () => d.keyboard.restore(saved.keyboard));
+      load("virtio tablet", () => d.tablet.restore(saved.tablet));
+    }
     this.inputQueue.length = 0;
     this.answerBytes = 0;
     for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);

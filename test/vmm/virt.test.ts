@@ -115,11 +115,22 @@ test("the device tree lists the virtio nodes in slot order with their interrupts
 });
 
 test("too many disks, or a disk that cannot be opened, fail the machine and close what it opened", () => {
-  assert.equal(maxDisks(true), 5);
-  assert.equal(maxDisks(false), 6);
-  const six = Array.from({ length: 6 }, () => new MemDisk(1 << 20));
-  assert.throws(() => new VirtMachine(config({ disks: six, net: new FakeNet() })), /at most 5 disks/);
-  new VirtMachine(config({ disks: six })).close();
+  assert.equal(maxDisks(true), 13);
+  assert.equal(maxDisks(false), 14);
+  assert.equal(maxDisks(true, true, true), 9);
+  const fourteen = Array.from({ length: 14 }, () => new MemDisk(1 << 20));
+  assert.throws(() => new VirtMachine(config({ disks: fourteen, net: new FakeNet() })), /at most 13 disks/);
+  // Past QEMU's eight slots, windows go on and PLIC sources skip the UART's (10) and the RTC's (11).
+  const m = new VirtMachine(config({ disks: fourteen }));
+  assert.deepEqual(
+    [7, 8, 15].map((n) => virtioSlot(n)),
+    [
+      { base: 0x1000_8000, size: 0x1000, irq: 8 },
+      { base: 0x1000_9000, size: 0x1000, irq: 12 },
+      { base: 0x1001_0000, size: 0x1000, irq: 19 },
+    ],
+  );
+  m.close();
 
   const dir = mkdtempSync(join(tmpdir(), "yun-virt-"));
   try {
@@ -193,4 +204,39 @@ test("an SMP machine runs to power-off when nothing else holds the process open"
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("a display takes the three slots after the RNG and travels in the machine's state", () => {
+  const net = new FakeNet();
+  const m = new VirtMachine(config({ disks: [new MemDisk(1 << 20)], net, display: { width: 640, height: 480 } }));
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5, 6, 7].map((s) => deviceId(m, s)),
+    [2, 1, 3, 4, 16, 18, 18, undefined],
+    "blk, net, console, rng, gpu, keyboard, tablet",
+  );
+  assert.equal(maxDisks(true, false, true), 10);
+  assert.throws(
+    () =>
+      new VirtMachine(
+        config({
+          disks: Array.from({ length: 11 }, () => new MemDisk(1 << 20)),
+          net: new FakeNet(),
+          display: { width: 640, height: 480 },
+        }),
+      ),
+    /at most 10 disks besides its network card and a display/,
+  );
+  m.display!.keyboard.key(30, true); // waits in the device until the driver posts buffers
+  const state = JSON.parse(JSON.stringify(m.saveState()));
+  assert.equal(state.display.keyboard.device.pending.length, 6);
+  const twin = new VirtMachine(
+    config({ disks: [new MemDisk(1 << 20)], net: new FakeNet(), display: { width: 640, height: 480 } }),
+  );
+  twin.restoreState(state);
+  assert.equal(twin.display!.keyboard.pendingEvents, 2);
+  const headless = new VirtMachine(config({ disks: [new MemDisk(1 << 20)], net: new FakeNet() }));
+  assert.equal(headless.display, null);
+  assert.throws(() => headless.restoreState(state), /had a display, this one has none/);
+  assert.throws(() => twin.restoreState(headless.saveState()), /had no display/);
+  for (const x of [m, twin, headless]) x.close();
 });

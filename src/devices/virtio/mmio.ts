@@ -19,13 +19,22 @@ export const VIRTIO_MMIO_BASE = 0x1000_1000;
 export const VIRTIO_MMIO_STRIDE = 0x1000;
 /** Size of each window (and of its device-tree `reg`). */
 export const VIRTIO_MMIO_SIZE = 0x1000;
-export const VIRTIO_MMIO_SLOTS = 8;
+/**
+ * QEMU virt has 8 slots (0x1000_1000..0x1000_8fff, PLIC sources 1-8); Yun continues the windows past
+ * them (nothing else lives below 0x1010_0000), so disks, a network card, vsock and a display fit at
+ * once. Slots from 8 on take PLIC sources from 12 (10 and 11 are the UART's and the RTC's).
+ */
+export const VIRTIO_MMIO_SLOTS = 16;
 export const VIRTIO_MMIO_IRQ_BASE = 1;
+/** The PLIC source of slot 8 and up. */
+export const VIRTIO_MMIO_HIGH_IRQ_BASE = 12;
 
 export const VIRTIO_ID_NET = 1;
 export const VIRTIO_ID_BLOCK = 2;
 export const VIRTIO_ID_CONSOLE = 3;
 export const VIRTIO_ID_RNG = 4;
+export const VIRTIO_ID_GPU = 16;
+export const VIRTIO_ID_INPUT = 18;
 
 export const VIRTIO_MMIO_MAGIC = 0x7472_6976; // "virt"
 /** Vendor ID "YUN\0" little-endian. */
