@@ -4,7 +4,6 @@ import { imageCommand } from "./image.js";
 import { diskCommand } from "./disk.js";
 import { vmCommand } from "./vm.js";
 import { sshCommand } from "./ssh.js";
-import { execCommand } from "./exec.js";
 import { PRIVATE_UMASK } from "../storage/private.js";
 import { CLOUD_HELP, CLOUD_NOUNS, cloudCommand, isCloudImageCommand } from "./cloud.js";
 
@@ -45,7 +44,8 @@ export async function main(args: string[]): Promise<number> {
     case "cloud":
       return (await import("./records.js")).cloudRecordsCommand(rest);
     case "exec":
-      return execCommand(rest);
+      // Loaded only here, as serve: the user-mode emulator is no other command's business.
+      return (await import("./exec.js")).execCommand(rest);
     case "serve":
       // Loaded only here: the API server's libraries would slow every other command's start.
       return (await import("./serve.js")).serveCommand(rest);

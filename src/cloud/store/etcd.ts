@@ -115,12 +115,7 @@ export class EtcdStore implements Store {
       return 1;
     });
     this.db.exec("CREATE TEMP TABLE yun_changes (tbl TEXT NOT NULL, pk)");
-    const names = this.db
-      .prepare(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'schema_migrations'",
-      )
-      .all() as { name: string }[];
-    for (const { name } of names) this.tables.set(name, this.describe(name));
+    for (const name of recordTables(this.db)) this.tables.set(name, this.describe(name));
   }
 
   /** Connects to etcd (the URLs of one cluster), checks the schema and loads the records. */
