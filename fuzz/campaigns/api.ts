@@ -58,6 +58,9 @@ export class StubDriver implements ComputeDriver {
   async console(): Promise<never> {
     throw new Error("the fuzz driver runs no VM with a console");
   }
+  async display(): Promise<never> {
+    throw new Error("the fuzz driver runs no VM with a display");
+  }
   async stop(id: string): Promise<void> {
     this.running.delete(id);
   }

@@ -243,8 +243,9 @@ const instance: Noun = {
   subs: {
     create: {
       usage:
-        "[NAME] [--image IMAGE] [--flavor FLAVOR] [--name NAME] [--network NET] [--key KEY] [--user-data FILE] [--volume VOL]... [--stopped] [--wait]",
-      summary: "create an instance and boot it (--stopped: do not boot; --wait: until running)",
+        "[NAME] [--image IMAGE] [--flavor FLAVOR] [--name NAME] [--network NET] [--key KEY] [--user-data FILE] [--volume VOL]... [--display none|vnc] [--stopped] [--wait]",
+      summary:
+        "create an instance and boot it (--stopped: do not boot; --wait: until running; --display vnc: a graphical display, shown in the dashboard)",
       options: {
         name: { type: "string" },
         image: { type: "string" },
@@ -254,6 +255,7 @@ const instance: Noun = {
         key: { type: "string" },
         "user-data": { type: "string" },
         volume: { type: "string", multiple: true },
+        display: { type: "string" },
         stopped: { type: "boolean" },
         wait: { type: "boolean" },
       },
@@ -274,6 +276,9 @@ const instance: Noun = {
         const userDataFile = str(ctx, "user-data");
         const userData = userDataFile === undefined ? undefined : readText(userDataFile);
         const volumes = ctx.values.volume as string[] | undefined;
+        const display = str(ctx, "display");
+        if (display !== undefined && display !== "none" && display !== "vnc")
+          throw new UsageError(`--display takes none or vnc, got "${display}"`);
         const c = ctx.client();
         let i = await c.createInstance({
           name,
@@ -283,6 +288,7 @@ const instance: Noun = {
           keyPair,
           userData,
           volumes,
+          display,
           start: ctx.values.stopped === true ? false : undefined,
         });
         if (ctx.values.wait === true && ctx.values.stopped !== true)

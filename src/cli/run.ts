@@ -79,8 +79,11 @@ Options:
   --display none|vnc  none (default): a serial console only, no graphics devices; vnc: a
                       virtio-gpu (1024x768, the kernel's framebuffer console shows on it) with a
                       virtio keyboard and tablet, shown by a VNC server (RFB 3.8)
-  --vnc [ADDR:]PORT   the VNC server's address (default ADDR 127.0.0.1; implies --display vnc;
-                      without it --display vnc listens on any free port of 127.0.0.1, printed)
+  --vnc [ADDR:]PORT|none
+                      the VNC server's address (default ADDR 127.0.0.1; implies --display vnc;
+                      without it --display vnc listens on any free port of 127.0.0.1, printed);
+                      none: no TCP listener, the display only through the control socket
+                      (the cloud's graphical console)
   --vnc-password-file FILE
                       VNC clients must log in with the password in FILE's first line (mode 0600;
                       VNC authentication uses its first 8 characters); default: no password
@@ -253,8 +256,9 @@ export interface MonitorFlags {
   tls?: { cert: string; key: string };
   /** The vsock device's Unix socket, or "none" for no device; absent: the default path. */
   vsock?: string;
-  /** Serve the VM's display over VNC here (with this password, if any). */
-  vnc?: { host: string; port: number; password?: string };
+  /** Serve the VM's display over VNC here (with this password, if any); host null: no TCP
+   *  listener, clients come through the control socket only. */
+  vnc?: { host: string; port: number; password?: string } | { host: null; port?: undefined; password?: undefined };
 }
 
 function checkInput(path: string, what: string): string {
@@ -633,6 +637,11 @@ const DISPLAY_HEIGHT = 768;
 function parseVnc(address: string | undefined, passwordFile: string | undefined): MonitorFlags["vnc"] {
   let host = "127.0.0.1";
   let port = 0;
+  if (address === "none") {
+    if (passwordFile !== undefined)
+      throw new UsageError("--vnc-password-file protects a VNC listener; --vnc none has none");
+    return { host: null };
+  }
   if (address !== undefined) {
     const m = /^(?:\[?([^\]]+?)\]?:)?(\d{1,5})$/.exec(address);
     if (!m || Number(m[2]) > 65535) throw new UsageError(`--vnc takes [ADDR:]PORT, got "${address}"`);
@@ -909,7 +918,9 @@ export async function runCommand(args: string[]): Promise<number> {
       vnc = await serveVnc(monitor, flags.vnc);
       const a = vnc.address;
       notes.push(
-        `VNC server on ${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}${flags.vnc.password !== undefined ? " (password required)" : ""}`,
+        a === null
+          ? "display served through the control socket only (--vnc none)"
+          : `VNC server on ${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}${flags.vnc.password !== undefined ? " (password required)" : ""}`,
       );
     } catch (e) {
       monitor.machine.close();
@@ -930,6 +941,7 @@ export async function runCommand(args: string[]): Promise<number> {
   const running = monitor.run();
   const name = monitor.spec.name;
   const control = new ControlServer(monitor);
+  control.display = vnc;
   let failure: number | null = null;
   try {
     if (successorOf !== undefined) {
@@ -993,13 +1005,14 @@ async function serveVnc(monitor: VmMonitor, flags: NonNullable<MonitorFlags["vnc
   const first = monitor.machine.display;
   if (!first)
     throw new UsageError(`VM ${monitor.spec.name} has no display to show (it was started without --display vnc)`);
-  const server = await VncServer.listen(
-    { ...first, display: first.gpu, name: monitor.spec.name, password: flags.password, log: say },
-    flags.host,
-    flags.port,
-  ).catch((e: NodeJS.ErrnoException) => {
-    throw new Error(`the VNC server cannot listen on ${flags.host}:${flags.port}: ${e.code ?? e.message}`);
-  });
+  const options = { ...first, display: first.gpu, name: monitor.spec.name, password: flags.password, log: say };
+  const host = flags.host;
+  const server =
+    host === null
+      ? VncServer.detached(options)
+      : await VncServer.listen(options, host, flags.port).catch((e: NodeJS.ErrnoException) => {
+          throw new Error(`the VNC server cannot listen on ${host}:${flags.port}: ${e.code ?? e.message}`);
+        });
   monitor.watchMachine((m) => {
     if (m.display) server.attach({ ...m.display, display: m.display.gpu });
   });

@@ -27,6 +27,10 @@ import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { createQcow2, diskInfo, openDiskImage, resizeDisk } from "../storage/image.js";
 import { stableMac } from "../net/ethernet.js";
 import { maxDisks } from "../vmm/virt.js";
+
+/** Disks an instance can have, root included: every instance keeps room for a display, so a
+ *  volume attached today never stops it from getting one (and the limit is one number). */
+const INSTANCE_DISK_SLOTS = maxDisks(true, true, true);
 import { AVAILABLE_IMAGES, findImage } from "../images/store.js";
 import { DEFAULT_IMAGE } from "../images/pull.js";
 import { buildExt4 } from "../images/ext4.js";
@@ -186,6 +190,8 @@ interface InstanceRow {
   mac: string;
   keypair_id: string | null;
   user_data: string | null;
+  /** 1: a graphical display (virtio-gpu, keyboard, tablet). */
+  display: number;
   error: string | null;
   pid: number | null;
   socket: string | null;
@@ -932,6 +938,7 @@ export class Cloud implements ServiceContext {
       addresses: r.address ? [r.address] : [],
       mac: r.mac,
       keyPair: key?.name ?? null,
+      display: r.display === 1 ? "vnc" : "none",
       volumes: vols.map((v) => v.id),
       error: r.error,
       createdAt: r.created_at,
@@ -1019,7 +1026,8 @@ export class Cloud implements ServiceContext {
       if (r.project_id !== projectId) throw notFound(`no volume ${v}`);
       return r;
     });
-    if (vols.length + 1 > maxDisks(true, true)) throw badRequest(`an instance takes at most ${maxDisks(true, true) - 1} volumes`);
+    if (vols.length + 1 > INSTANCE_DISK_SLOTS)
+      throw badRequest(`an instance takes at most ${INSTANCE_DISK_SLOTS - 1} volumes`);
     const id = newId("ins");
     const dir = join(this.dir, "instances", id);
     const start = req.start ?? true;
@@ -1045,8 +1053,8 @@ export class Cloud implements ServiceContext {
       this.db
         .prepare(
           `INSERT INTO instances (id, name, project_id, state, image_id, flavor_id, vcpus, memory_mib, disk_gib,
-           network_id, address, mac, keypair_id, user_data, error, pid, socket, dir, created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)`,
+           network_id, address, mac, keypair_id, user_data, display, error, pid, socket, dir, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)`,
         )
         .run(
           id,
@@ -1063,6 +1071,7 @@ export class Cloud implements ServiceContext {
           stableMac(id),
           key?.id ?? null,
           req.userData ?? null,
+          req.display === "vnc" ? 1 : 0,
           dir,
           this.iso(),
           this.iso(),
@@ -1223,8 +1232,11 @@ export class Cloud implements ServiceContext {
       }[]
     ).map((v) => v.path);
     if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
-    if (disks.length + 1 > maxDisks(true, true)) {
-      await this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true, true) - 1} fit`);
+    if (disks.length + 1 > INSTANCE_DISK_SLOTS) {
+      await this.setError(
+        id,
+        `it has ${disks.length} disks besides its root disk; at most ${INSTANCE_DISK_SLOTS - 1} fit`,
+      );
       return;
     }
     if (r.network_id) {
@@ -1252,6 +1264,7 @@ export class Cloud implements ServiceContext {
       disks,
       net: netSpec,
       mac: r.mac,
+      display: r.display === 1,
       kernel: boot.kernel,
       initrd: boot.initrd,
       firmware: boot.firmware,
@@ -1640,6 +1653,16 @@ export class Cloud implements ServiceContext {
     return r.id;
   }
 
+  /** Checks the caller may use the graphical console of an instance; answers its id. */
+  displayTarget(p: Principal, idOrName: string, projectQuery?: string): string {
+    const r = this.instanceRow(p, idOrName, projectQuery);
+    this.requireWrite(p);
+    if (r.display !== 1) throw conflict(`instance ${r.name} has no display (create it with display "vnc")`);
+    if (r.state !== "running" && r.state !== "paused")
+      throw conflict(`instance ${r.name} is ${r.state}; its display is there while it runs`);
+    return r.id;
+  }
+
   /** The last `bytes` of console output. */
   async consoleLog(p: Principal, idOrName: string, bytes: number, projectQuery?: string): Promise<string> {
     const r = this.instanceRow(p, idOrName, projectQuery);
@@ -1755,7 +1778,7 @@ export class Cloud implements ServiceContext {
       );
       const n = (this.db.prepare("SELECT count(*) AS n FROM volumes WHERE instance_id = ?").get(i.id) as { n: number })
         .n;
-      if (n + 2 > maxDisks(true, true)) throw conflict(`instance ${inst.name} has the most volumes it can take (${n})`);
+      if (n + 2 > INSTANCE_DISK_SLOTS) throw conflict(`instance ${inst.name} has the most volumes it can take (${n})`);
       this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(i.id, this.now(), v.id);
     });
     return this.getVolume(p, v.id);

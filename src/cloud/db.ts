@@ -171,6 +171,10 @@ const MIGRATIONS: string[] = [
   CREATE INDEX usage_open ON usage_intervals (resource_id) WHERE end_ms IS NULL;
   CREATE INDEX usage_project ON usage_intervals (project_id, start_ms);
   `,
+  // 7: instances with a graphical display (virtio-gpu + keyboard + tablet, shown over VNC).
+  `
+  ALTER TABLE instances ADD COLUMN display INTEGER NOT NULL DEFAULT 0 CHECK (display IN (0, 1));
+  `,
 ];
 
 /** The schema version this code expects. */

@@ -136,6 +136,7 @@ export const Instance = z
     addresses: z.array(z.string()),
     mac: z.string(),
     keyPair: z.string().nullable(),
+    display: z.enum(["none", "vnc"]),
     volumes: z.array(z.string()),
     error: z.string().nullable(),
     createdAt: z.string(),
@@ -152,6 +153,13 @@ export const InstanceCreate = z
     userData: z.string().max(65536).optional(),
     volumes: z.array(z.string().min(1).max(80)).max(4).optional(),
     start: z.boolean().optional().openapi({ description: "false: create it stopped (default true)" }),
+    display: z
+      .enum(["none", "vnc"])
+      .optional()
+      .openapi({
+        description:
+          'vnc: a graphical display (virtio-gpu, keyboard, tablet), the dashboard\'s graphical console; default "none"',
+      }),
   })
   .strict();
 export const InstanceActionBody = z

@@ -220,6 +220,9 @@ const VENDOR: [string, string][] = [
   ["xterm/css/", "node_modules/@xterm/xterm/css"],
   ["addon-fit/", "node_modules/@xterm/addon-fit/lib"],
   ["uplot/", "node_modules/uplot/dist"],
+  // noVNC's modules import each other and its bundled pako by relative paths.
+  ["novnc/core/", "node_modules/@novnc/novnc/core"],
+  ["novnc/vendor/", "node_modules/@novnc/novnc/vendor"],
 ];
 
 function fileResponse(root: string, rel: string): Response | null {
@@ -284,7 +287,8 @@ function rejectUpgrade(socket: Duplex, status: number, code: string, message: st
   );
 }
 
-const CONSOLE_PATH = /^\/api\/v1\/instances\/([^/]+)\/console$/;
+/** The serial console and the graphical console (RFB for noVNC) of an instance. */
+const CONSOLE_PATH = /^\/api\/v1\/instances\/([^/]+)\/(console|display)$/;
 /** The largest console WebSocket message (keystrokes, a paste). */
 const CONSOLE_MAX_MESSAGE = 1024 * 1024;
 
@@ -314,6 +318,7 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean, limi
     }
     const m = CONSOLE_PATH.exec(url.pathname);
     if (!m) return rejectUpgrade(socket, 404, "not_found", `no WebSocket at ${url.pathname}`);
+    const graphical = m[2] === "display";
     if (!upgradeOriginAllowed(req, secure))
       return rejectUpgrade(
         socket,
@@ -343,24 +348,31 @@ function attachConsoleServer(server: Server, cloud: Cloud, secure: boolean, limi
       if (token) p = cloud.principalForToken(token);
       else if (req.headers.authorization) p = cloud.authenticate(req.headers.authorization);
       else throw unauthorized("the console needs a token: the subprotocol bearer.<token> or an Authorization header");
-      id = cloud.consoleTarget(p, decodeURIComponent(m[1]), url.searchParams.get("project") ?? undefined);
+      const target = decodeURIComponent(m[1]);
+      const project = url.searchParams.get("project") ?? undefined;
+      id = graphical ? cloud.displayTarget(p, target, project) : cloud.consoleTarget(p, target, project);
     } catch (e) {
       const err = e instanceof ApiError ? e : notFound("no such instance");
       if (err.status === 401) limits.loginFailed(address);
       return rejectUpgrade(socket, err.status, err.code, err.message);
     }
-    cloud.driver
-      .console(id, true, url.searchParams.get("piped") === "1")
+    (graphical ? cloud.driver.display(id) : cloud.driver.console(id, true, url.searchParams.get("piped") === "1"))
       .then(({ socket: vm, rest }) => {
         wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
           const actor = { id: p.userId, name: p.userName };
-          void cloud.store.transact(() =>
-            cloud.audit(actor, cloud.projectOf(id) ?? p.projectId, "instance.console", id, "ok", null),
-          );
+          const what = graphical ? "instance.display" : "instance.console";
+          void cloud.store.transact(() => cloud.audit(actor, cloud.projectOf(id) ?? p.projectId, what, id, "ok", null));
           bridge(ws, vm, rest);
         });
       })
-      .catch((e: Error) => rejectUpgrade(socket, 409, "conflict", `the console is not available: ${e.message}`));
+      .catch((e: Error) =>
+        rejectUpgrade(
+          socket,
+          409,
+          "conflict",
+          `the ${graphical ? "display" : "console"} is not available: ${e.message}`,
+        ),
+      );
   });
   return wss;
 }

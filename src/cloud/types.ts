@@ -125,6 +125,8 @@ export interface Instance {
   addresses: string[];
   mac: string;
   keyPair: string | null;
+  /** "vnc": a graphical display (the dashboard's graphical console); "none": serial console only. */
+  display: "none" | "vnc";
   /** Volume ids attached (/dev/vdb onwards, in order). */
   volumes: string[];
   /** Why the instance is in state error, else null. */
@@ -255,4 +257,6 @@ export interface CreateInstanceRequest {
   volumes?: string[];
   /** false: create the instance stopped, without booting it (default true). */
   start?: boolean;
+  /** "vnc": a graphical display (virtio-gpu, keyboard, tablet) shown in the dashboard (default "none"). */
+  display?: "none" | "vnc";
 }

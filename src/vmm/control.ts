@@ -3,6 +3,7 @@
  * same operations as HTTP on loopback when asked. A malformed request gets an error answer and the
  * connection stays usable; a request that does not fit the VM's state gets a 409-class error.
  */
+import type { VncServer } from "./display/vnc.js";
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { chmodSync, existsSync, rmSync } from "node:fs";
@@ -49,6 +50,8 @@ export class ControlServer {
   private inFlight = 0;
   /** The running migration's cancel switch: one migration at a time. */
   private migration: AbortController | null = null;
+  /** The VM's VNC server, when it has a display: the "display" op hands a connection to it. */
+  display: VncServer | null = null;
 
   constructor(private readonly monitor: VmMonitor) {
     const m = monitor;
@@ -208,6 +211,23 @@ export class ControlServer {
         raw = true;
         piped = req.piped === true;
         this.attachRaw(socket, req.replay === true, piped);
+        return;
+      }
+      if (req.op === "display") {
+        const display = this.display;
+        if (display === null) {
+          answer(id, false, "this VM has no display (it was started without --display vnc)");
+          return;
+        }
+        answer(id, true, { attached: true });
+        // The connection is the VNC client's from here on: the control socket (mode 0600) or the
+        // cloud's token-checked WebSocket already said who it is, so no VNC password is asked.
+        raw = true;
+        socket.removeAllListeners("data");
+        const rest = Buffer.from(buffered, "utf8");
+        buffered = "";
+        display.serve(socket);
+        if (rest.length > 0) socket.unshift(rest);
         return;
       }
       if (req.op === "watch") {

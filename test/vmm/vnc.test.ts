@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connect } from "node:net";
+import { connect, createServer, type AddressInfo } from "node:net";
 import type { DisplayListener, GpuSurface } from "../../src/devices/virtio/gpu.js";
 import { VncServer } from "../../src/vmm/display/vnc.js";
 import { desEncryptEcb } from "../../src/vmm/display/des.js";
@@ -66,7 +66,7 @@ async function setup(password?: string) {
   );
   const clients: RfbTestClient[] = [];
   const open = async () => {
-    const c = await RfbTestClient.open(server.address.port);
+    const c = await RfbTestClient.open(server.address!.port);
     clients.push(c);
     return c;
   };
@@ -240,6 +240,27 @@ test("VNC authentication: the right password logs in, a wrong one is refused", a
   }
 });
 
+test("a stream handed over by an authenticated channel gets security None, the TCP listener still asks", async () => {
+  const t = await setup("s3cret");
+  // Stands for the VM's control socket: whoever reaches it has already proven who they are.
+  const handover = createServer((socket) => t.server.serve(socket));
+  await new Promise<void>((resolve) => handover.listen(0, "127.0.0.1", resolve));
+  try {
+    const trusted = await RfbTestClient.open((handover.address() as AddressInfo).port);
+    assert.equal(await trusted.handshake(), 0, "no password asked on the handed-over stream");
+    await trusted.init();
+    t.display.fill(0, 0, 10, 10, [0, 0, 255]);
+    trusted.requestUpdate(false);
+    assert.ok((await trusted.readUpdate()).length > 0);
+    trusted.close();
+    const tcp = await t.open();
+    assert.equal(await tcp.handshake("guess"), 1, "the TCP listener still wants the password");
+  } finally {
+    handover.close();
+    await t.close();
+  }
+});
+
 test("garbage, huge rectangles, long cut text and colour maps drop the client; others go on", async () => {
   const t = await setup();
   try {
@@ -266,7 +287,7 @@ test("garbage, huge rectangles, long cut text and colour maps drop the client; o
       assert.equal(await c.waitClosed(), true);
     }
     // Garbage before the handshake is done.
-    const raw = connect(t.server.address.port, "127.0.0.1");
+    const raw = connect(t.server.address!.port, "127.0.0.1");
     raw.on("error", () => {});
     raw.resume(); // reads (and ignores) the greeting, so the close is seen
     raw.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -1,7 +1,7 @@
 // The acceptance test of the cloud: `yun serve` (a child process, temporary YUN_HOME), an instance
 // created with the CLI that boots Debian, and the dashboard in headless Chromium: log in, see the
-// instance running, open its console, type a command and read its output from xterm.js. Then the
-// roles (a reader has no create/stop/delete), tenancy (project B does not see A's instance),
+// instance running, open its console, type a command and read its output from xterm.js; its
+// graphical console (noVNC) shows the framebuffer and types into the guest. Then the roles (a reader has no create/stop/delete), tenancy (project B does not see A's instance),
 // usage charts, quotas, and stop/delete from the dashboard. One VM serves every assertion.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync, symlinkSync, readFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BrowserContext, Page } from "playwright-core";
-import { CHROMIUM, launchBrowser } from "./browser.js";
+import { CHROMIUM, decodePng, launchBrowser } from "./browser.js";
 import { ROOT, YUN } from "../e2e/harness.js";
 import { YunClient } from "../../src/cloud/client.js";
 
@@ -90,7 +90,10 @@ before(async () => {
   home = mkdtempSync(join(tmpdir(), "yun-web-"));
   // The cloud takes the Debian image from $YUN_HOME/images: share the pulled one.
   const images = join(process.env.YUN_HOME ?? join(process.env.HOME ?? "/root", ".local/share/yun"), "images");
-  assert.ok(existsSync(join(images, "debian-tiny")), `no Debian image in ${images}: run yun image pull debian-tiny first`);
+  assert.ok(
+    existsSync(join(images, "debian-tiny")),
+    `no Debian image in ${images}: run yun image pull debian-tiny first`,
+  );
   symlinkSync(images, join(home, "images"));
 
   serve = spawn(process.execPath, [YUN, "serve", "--port", "0"], {
@@ -114,7 +117,18 @@ before(async () => {
   ({ context, profile } = await launchBrowser());
 
   // The instance every test uses, created the way a user would.
-  const r = await yun(["instance", "create", "--image", "debian-tiny", "--flavor", "small", "--name", "web1"]);
+  const r = await yun([
+    "instance",
+    "create",
+    "--image",
+    "debian-tiny",
+    "--flavor",
+    "small",
+    "--display",
+    "vnc",
+    "--name",
+    "web1",
+  ]);
   assert.equal(r.code, 0, `yun instance create failed: ${r.err}\n${serveLog}`);
   assert.match(r.out, /^state +running$/m);
   web1Id = /^id +(ins-\S+)$/m.exec(r.out)![1]!;
@@ -205,6 +219,67 @@ test(
     await page.locator('#instance-table tr[data-name="web1"] [data-state="paused"]').waitFor({ timeout: 10_000 });
     assert.equal((await yun(["instance", "resume", "web1"])).code, 0);
     await page.locator('#instance-table tr[data-name="web1"] [data-state="running"]').waitFor({ timeout: 10_000 });
+    await page.close();
+  },
+);
+
+test(
+  "the graphical console shows the guest's screen, and keys and typed text reach its shell",
+  { timeout: 180_000 },
+  async () => {
+    const page = await login(adminToken);
+    page.on("console", (m) => {
+      if (/Content Security Policy/i.test(m.text())) assert.fail(`blocked by the CSP: ${m.text()}`);
+    });
+    const row = page.locator('#instance-table tr[data-name="web1"]');
+    await row.waitFor();
+    await row.locator("[data-action=display]").click();
+    await page.waitForSelector("#display-status:text-is('connected')", { timeout: 15_000 });
+    assert.match((await page.textContent("main h2"))!, /Display: web1/);
+    const canvas = page.locator("#display-screen canvas").first();
+    await canvas.waitFor();
+    // The framebuffer console's text: light pixels on the dark screen, as the browser draws them.
+    const lit = async (): Promise<number> => {
+      const png = await canvas.screenshot();
+      const { rgba } = await decodePng(context, png);
+      let n = 0;
+      for (let i = 0; i < rgba.length; i += 4) if (rgba[i]! + rgba[i + 1]! + rgba[i + 2]! > 3 * 120) n++;
+      return n;
+    };
+    await waitFor("text on the guest's framebuffer", async () => (await lit()) > 200, 60_000);
+
+    // Keys typed on the canvas reach the shell on tty1; its output goes to the serial console's log.
+    const logHas = async (marker: RegExp): Promise<boolean> => {
+      const log = await yun(["instance", "log", "web1", "--bytes", "8192"]);
+      return marker.test(log.out);
+    };
+    await canvas.click();
+    let typedAt = 0;
+    await waitFor(
+      "the keys typed on the graphical console ran in the guest",
+      async () => {
+        if (await logHas(/^vnc-42\r?$/m)) return true;
+        if (Date.now() - typedAt > 8000) {
+          typedAt = Date.now();
+          await page.keyboard.type("echo vnc-$((6*7)) > /dev/ttyS0");
+          await page.keyboard.press("Enter");
+        }
+        return false;
+      },
+      90_000,
+    );
+    // "Type text" sends a whole line as keys.
+    await page.fill("#display-text", "echo typed-$((5*5)) > /dev/ttyS0\n");
+    await page.click("#display-type");
+    await waitFor("the typed text ran in the guest", () => logHas(/^typed-25\r?$/m), 30_000);
+
+    // Without a valid token the display's WebSocket is refused.
+    const refused = await page.evaluate(`new Promise((done) => {
+    const ws = new WebSocket(location.origin.replace("http", "ws") + "/api/v1/instances/web1/display", ["bearer.yun_notatoken"]);
+    ws.onopen = () => done("open");
+    ws.onerror = () => done("refused");
+  })`);
+    assert.equal(refused, "refused");
     await page.close();
   },
 );

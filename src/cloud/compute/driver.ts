@@ -35,6 +35,8 @@ export interface LaunchSpec {
     | { kind: "switch"; name: string; metadata?: string }
     | { kind: "none" };
   mac: string;
+  /** A graphical display (yun run --display vnc --vnc none): reached through the control socket. */
+  display?: boolean;
   kernel: string;
   initrd: string;
   firmware: string;
@@ -74,6 +76,8 @@ export interface ComputeDriver {
    * client that is not a terminal (see openConsole in src/vmm/client.ts).
    */
   console(id: string, replay: boolean, piped?: boolean): Promise<{ socket: net.Socket; rest: Buffer }>;
+  /** A raw RFB (VNC) stream to the VM's display, already past the VNC security handshake's choice. */
+  display(id: string): Promise<{ socket: net.Socket; rest: Buffer }>;
   /** Stops the VM: the stop op, then SIGKILL to its process group if it does not exit in time. */
   stop(id: string, pid: number | null): Promise<void>;
   /** Kills a monitor process (group) without asking. */
@@ -134,6 +138,9 @@ export class MonitorDriver implements ComputeDriver {
       logPath,
     ];
     for (const d of spec.disks) args.push("--disk", d);
+    // No TCP listener: the display is reached through the monitor's control socket (mode 0600),
+    // which only the daemon opens, for a token-checked WebSocket.
+    if (spec.display === true) args.push("--display", "vnc", "--vnc", "none");
     if (spec.net.kind === "switch") {
       args.push("--net", spec.net.name);
       if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
@@ -218,6 +225,12 @@ export class MonitorDriver implements ComputeDriver {
     const a = this.attached.get(id);
     if (!a) throw new MonitorError(`instance ${id} has no running VM monitor`);
     return openStream(a.socket, "console", piped ? { replay, piped } : { replay });
+  }
+
+  async display(id: string): Promise<{ socket: net.Socket; rest: Buffer }> {
+    const a = this.attached.get(id);
+    if (!a) throw new MonitorError(`instance ${id} has no running VM monitor`);
+    return openStream(a.socket, "display");
   }
 
   async stop(id: string, pid: number | null): Promise<void> {

@@ -139,6 +139,15 @@ export function instanceRoutes({ app, cloud, audit }: Routes): void {
     request: { params: S.IdParam },
     responses: { 101: { description: "switching to the console" }, ...ERRORS },
   });
+  app.openAPIRegistry.registerPath({
+    method: "get",
+    path: "/api/v1/instances/{id}/display",
+    summary: "The graphical console (RFB 3.8, as noVNC speaks it) as a WebSocket",
+    description:
+      'Upgrade to WebSocket, authenticated as the serial console is (subprotocol bearer.<token>, this server\'s Origin). Binary messages carry the RFB protocol both ways; the security type offered is None, the token having said who the client is. Only for instances created with display "vnc", while they run.',
+    request: { params: S.IdParam },
+    responses: { 101: { description: "switching to the display" }, ...ERRORS },
+  });
 
   app.openapi(
     def({

@@ -15,7 +15,8 @@
  *   or a rectangle beyond any framebuffer drops the client with one log line; the VM runs on. Output
  *   stops while more than 8 MiB wait in a client's socket (dirty tiles keep accumulating instead).
  */
-import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createServer, type AddressInfo, type Server } from "node:net";
+import type { Duplex } from "node:stream";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { constants as zlibConstants, createDeflate, type Deflate } from "node:zlib";
 import type { DisplayListener, GpuSurface } from "../../devices/virtio/gpu.js";
@@ -25,6 +26,9 @@ import { vncAuthResponse } from "./des.js";
 import { KEY_LEFTSHIFT, KEY_RIGHTSHIFT, keysymToKey } from "./keymap.js";
 
 /** What the server shows: the GPU (VirtioGpu fits). */
+/** A client's connection: a TCP socket, or the VM's control socket handed over to the display. */
+export type VncStream = Duplex & { setNoDelay?(noDelay?: boolean): unknown; remoteAddress?: string };
+
 export interface VncDisplay {
   readonly displayWidth: number;
   readonly displayHeight: number;
@@ -182,7 +186,8 @@ class PixelConverter {
 }
 
 export class VncServer {
-  private readonly server: Server;
+  /** The TCP listener, or null: clients come only through serve() (the control socket). */
+  private readonly server: Server | null;
   private readonly clients = new Set<VncClient>();
   readonly stats: VncStats = { clients: 0, updateBytes: 0, updates: 0, dropped: 0 };
   /** The devices shown now (attach() replaces them when the VM gets a new machine). */
@@ -190,7 +195,7 @@ export class VncServer {
 
   private constructor(
     readonly options: VncOptions,
-    server: Server,
+    server: Server | null,
   ) {
     this.server = server;
     this.devices = { display: options.display, keyboard: options.keyboard, tablet: options.tablet };
@@ -219,17 +224,32 @@ export class VncServer {
     return vnc;
   }
 
-  get address(): { host: string; port: number } {
-    const a = this.server.address() as AddressInfo;
-    return { host: a.address, port: a.port };
+  /** A server with no listener of its own: clients come through serve(). */
+  static detached(options: VncOptions): VncServer {
+    return new VncServer(options, null);
   }
 
-  private accept(socket: Socket): void {
+  /** Where it listens, or null when it has no listener. */
+  get address(): { host: string; port: number } | null {
+    const a = this.server?.address() as AddressInfo | null | undefined;
+    return a ? { host: a.address, port: a.port } : null;
+  }
+
+  /**
+   * Serves a client on a stream the caller has already authenticated (the VM's control socket,
+   * reached through the cloud's token-checked WebSocket): security type None, whatever the
+   * password of the TCP listener.
+   */
+  serve(stream: VncStream): void {
+    this.accept(stream, true);
+  }
+
+  private accept(socket: VncStream, trusted = false): void {
     if (this.clients.size >= (this.options.maxClients ?? 8)) {
       socket.destroy();
       return;
     }
-    const client = new VncClient(this, socket, () => {
+    const client = new VncClient(this, socket, trusted, () => {
       this.clients.delete(client);
       this.stats.clients = this.clients.size;
     });
@@ -240,7 +260,8 @@ export class VncServer {
   /** Stops listening and disconnects every client. */
   async close(): Promise<void> {
     for (const c of [...this.clients]) c.close();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const server = this.server;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 }
 
@@ -277,13 +298,15 @@ class VncClient implements DisplayListener {
 
   constructor(
     private readonly server: VncServer,
-    private readonly socket: Socket,
+    private readonly socket: VncStream,
+    /** Already authenticated by whoever handed the stream over: no VNC password asked. */
+    private readonly trusted: boolean,
     private readonly onClose: () => void,
   ) {
     const d = server.devices.display;
     this.width = d.displayWidth;
     this.height = d.displayHeight;
-    socket.setNoDelay(true);
+    socket.setNoDelay?.(true);
     socket.on("data", (chunk: Buffer) => this.receive(chunk));
     socket.on("error", () => this.close());
     socket.on("close", () => this.close());
@@ -371,7 +394,7 @@ class VncClient implements DisplayListener {
     const minor = Number(m[2]);
     // 3.3, 3.7 and 3.8 are the versions; others (3.5, 3.889 of Apple) are treated as 3.3 (§7.1.1).
     this.minor = minor >= 8 ? 8 : minor === 7 ? 7 : 3;
-    const type = this.server.options.password !== undefined ? SECURITY_VNC : SECURITY_NONE;
+    const type = this.securityType();
     if (this.minor === 3) {
       const out = Buffer.alloc(4);
       out.writeUInt32BE(type);
@@ -386,13 +409,17 @@ class VncClient implements DisplayListener {
 
   private parseSecurity(b: Buffer): number {
     if (b.length < 1) return 0;
-    const offered = this.server.options.password !== undefined ? SECURITY_VNC : SECURITY_NONE;
+    const offered = this.securityType();
     if (b[0] !== offered) {
       this.securityFailed("security type not offered");
       return 1;
     }
     this.afterSecurityChoice(offered);
     return 1;
+  }
+
+  private securityType(): number {
+    return this.server.options.password !== undefined && !this.trusted ? SECURITY_VNC : SECURITY_NONE;
   }
 
   private afterSecurityChoice(type: number): void {

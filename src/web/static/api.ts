@@ -67,6 +67,8 @@ export interface Instance {
   projectId?: string;
   /** Why the instance is in state error. */
   error?: string | null;
+  /** "vnc": it has a graphical display (the graphical console). */
+  display?: "none" | "vnc";
 }
 
 export interface Network {
@@ -261,7 +263,7 @@ export function idOf(r: Ref | null | undefined): string {
 }
 
 /** The console WebSocket URL of an instance (token travels as the `bearer.<token>` subprotocol). */
-export function consoleUrl(instanceId: string): string {
+export function consoleUrl(instanceId: string, what: "console" | "display" = "console"): string {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/api/v1/instances/${encodeURIComponent(instanceId)}/console`;
+  return `${proto}//${location.host}/api/v1/instances/${encodeURIComponent(instanceId)}/${what}`;
 }

@@ -19,6 +19,7 @@ import { errorText, h, notice, replace } from "./dom.js";
 import type { Session, View } from "./session.js";
 import { instancesView } from "./instances.js";
 import { consoleView } from "./console.js";
+import { displayView } from "./display.js";
 import { usageView } from "./usage.js";
 import { adminView } from "./admin.js";
 import { eventsView } from "./events.js";
@@ -119,7 +120,7 @@ function header(s: Session, current: string): HTMLElement {
   const link = (view: string, label: string): HTMLElement =>
     h("a", { href: `#/${view}`, class: current === view ? "active" : null, "data-nav": view }, label);
   let picker: HTMLElement | null = null;
-  if (s.isAdmin && current !== "admin" && current !== "console") {
+  if (s.isAdmin && current !== "admin" && current !== "console" && current !== "display") {
     const sel = h(
       "select",
       { id: "project-picker", "aria-label": "Project" },
@@ -177,6 +178,7 @@ function header(s: Session, current: string): HTMLElement {
 const VIEWS: Record<string, View> = {
   instances: instancesView,
   console: consoleView,
+  display: displayView,
   usage: usageView,
   admin: adminView,
   events: eventsView,

@@ -131,6 +131,14 @@ export const instancesView: View = (main, session) => {
             "Console",
           ),
         );
+        if (i.display === "vnc")
+          buttons.push(
+            h(
+              "a",
+              { class: "button", href: `#/display/${encodeURIComponent(i.id)}`, "data-action": "display" },
+              "Display",
+            ),
+          );
         for (const a of actionsFor(i.state)) {
           buttons.push(h("button", { type: "button", "data-action": a, onclick: () => void act(i, a) }, LABEL[a]));
         }
