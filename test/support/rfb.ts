@@ -19,6 +19,8 @@ export class RfbTestClient {
   bytesReceived = 0;
   private inflater: Inflate | null = null;
   private bpp = 4;
+  /** The last cursor the server sent (Cursor pseudo-encoding): its pixels and bitmask as sent. */
+  cursor: { hotX: number; hotY: number; w: number; h: number; pixels: Buffer; mask: Buffer } | null = null;
 
   private constructor(readonly socket: Socket) {
     socket.on("data", (c: Buffer) => {
@@ -208,6 +210,10 @@ export class RfbTestClient {
         const len = (await this.read(4, timeoutMs)).readUInt32BE(0);
         const data = await this.inflate(await this.read(len, timeoutMs));
         this.paintZrle(rect, data);
+      } else if (rect.encoding === -239) {
+        const pixels = await this.read(rect.w * rect.h * this.bpp, timeoutMs);
+        const mask = await this.read(((rect.w + 7) >> 3) * rect.h, timeoutMs);
+        this.cursor = { hotX: rect.x, hotY: rect.y, w: rect.w, h: rect.h, pixels, mask };
       } else throw new Error(`encoding ${rect.encoding}`);
     }
     return rects;

@@ -39,6 +39,23 @@ class FakeDisplay {
     }
     for (const l of this.listeners) l.damage(x, y, w, h);
   }
+  /** A 16x16 BGRA cursor: its left half opaque red, its right half transparent. */
+  cursorShown = false;
+  readonly cursorPixels = (() => {
+    const p = new Uint8Array(16 * 16 * 4);
+    for (let y = 0; y < 16; y++)
+      for (let x = 0; x < 16; x++) p.set(x < 8 ? [0, 0, 255, 255] : [0, 255, 0, 0], (y * 16 + x) * 4);
+    return p;
+  })();
+  cursorImage() {
+    if (!this.cursorShown) return null;
+    const img = { width: 16, height: 16, hotX: 2, hotY: 3, pixels: this.cursorPixels, offset: 0 as const };
+    return { ...img, stride: 64, r: 2, g: 1, b: 0, a: 3 };
+  }
+  setCursor(shown: boolean): void {
+    this.cursorShown = shown;
+    for (const l of this.listeners) l.cursor?.();
+  }
   resize(w: number, h: number): void {
     this.displayWidth = w;
     this.displayHeight = h;
@@ -257,6 +274,39 @@ test("a stream handed over by an authenticated channel gets security None, the T
     assert.equal(await tcp.handshake("guess"), 1, "the TCP listener still wants the password");
   } finally {
     handover.close();
+    await t.close();
+  }
+});
+
+test("clients that draw the cursor get the guest's cursor picture, its mask, and an empty one when hidden", async () => {
+  const t = await setup();
+  try {
+    const c = await t.open();
+    assert.equal(await c.handshake(), 0);
+    await c.init();
+    c.setEncodings([0, -239]);
+    t.display.setCursor(true);
+    c.requestUpdate(true);
+    await c.readUpdate();
+    assert.ok(c.cursor, "a cursor was sent");
+    assert.deepEqual([c.cursor.hotX, c.cursor.hotY, c.cursor.w, c.cursor.h], [2, 3, 16, 16]);
+    // Row 0: the opaque left half in the mask, the transparent right half not; the pixel is red.
+    assert.deepEqual([...c.cursor.mask.subarray(0, 2)], [0xff, 0x00]);
+    assert.deepEqual([...c.cursor.pixels.subarray(0, 3)], [0, 0, 255]);
+    t.display.setCursor(false);
+    c.requestUpdate(true);
+    await c.readUpdate();
+    assert.deepEqual([c.cursor.w, c.cursor.h], [0, 0], "hidden: an empty cursor");
+    // A client that does not ask for the cursor never gets one.
+    const plain = await t.open();
+    assert.equal(await plain.handshake(), 0);
+    await plain.init();
+    plain.setEncodings([0]);
+    t.display.setCursor(true);
+    plain.requestUpdate(false);
+    const rects = await plain.readUpdate();
+    assert.ok(rects.every((r) => r.encoding !== -239));
+  } finally {
     await t.close();
   }
 });

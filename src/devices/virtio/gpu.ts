@@ -80,6 +80,14 @@ export const GPU_FORMATS: ReadonlyMap<number, { r: number; g: number; b: number 
   [134, { r: 0, g: 1, b: 2 }], // R8G8B8X8_UNORM
 ]);
 
+/** Where the alpha byte sits in the formats that have one (cursors are B8G8R8A8 from Linux). */
+const CURSOR_ALPHA: ReadonlyMap<number, number> = new Map([
+  [1, 3],
+  [3, 0],
+  [67, 3],
+  [121, 0],
+]);
+
 /** What a display (the VNC server) reads: the scanned-out pixels, 4 bytes each. */
 export interface GpuSurface {
   width: number;
@@ -94,10 +102,28 @@ export interface GpuSurface {
   b: number;
 }
 
+/** The hardware cursor's picture: 4 bytes a pixel, rows of `width` pixels. */
+export interface GpuCursorImage {
+  width: number;
+  height: number;
+  hotX: number;
+  hotY: number;
+  pixels: Uint8Array;
+  offset: 0;
+  stride: number;
+  r: number;
+  g: number;
+  b: number;
+  /** Byte position of alpha in a pixel; null for the X formats (every pixel opaque). */
+  a: number | null;
+}
+
 /** Told about what the guest shows: a changed rectangle, or a new size (everything changed). */
 export interface DisplayListener {
   damage(x: number, y: number, width: number, height: number): void;
   resize(width: number, height: number): void;
+  /** The guest gave its hardware cursor another picture, hotspot, or hid it. */
+  cursor?(): void;
 }
 
 interface Resource {
@@ -219,6 +245,26 @@ export class VirtioGpu extends VirtioMmioDevice<VirtioGpuState> {
       r: fmt.r,
       g: fmt.g,
       b: fmt.b,
+    };
+  }
+
+  /** The hardware cursor's picture, or null while it is hidden. */
+  cursorImage(): GpuCursorImage | null {
+    const res = this.resources.get(this.cursor.resourceId);
+    if (!res) return null;
+    const fmt = GPU_FORMATS.get(res.format)!;
+    return {
+      width: res.width,
+      height: res.height,
+      hotX: Math.min(this.cursor.hotX, res.width - 1),
+      hotY: Math.min(this.cursor.hotY, res.height - 1),
+      pixels: res.host,
+      offset: 0,
+      stride: res.width * 4,
+      r: fmt.r,
+      g: fmt.g,
+      b: fmt.b,
+      a: CURSOR_ALPHA.get(res.format) ?? null,
     };
   }
 
@@ -405,7 +451,10 @@ export class VirtioGpu extends VirtioMmioDevice<VirtioGpuState> {
     this.resources.delete(id);
     this.hostBytes -= res.host.length;
     if (this.scanout.resourceId === id) this.disableScanout();
-    if (this.cursor.resourceId === id) this.cursor.resourceId = 0;
+    if (this.cursor.resourceId === id) {
+      this.cursor.resourceId = 0;
+      for (const l of this.listeners) l.cursor?.();
+    }
   }
 
   private disableScanout(): void {
@@ -577,6 +626,7 @@ export class VirtioGpu extends VirtioMmioDevice<VirtioGpuState> {
         hotX: this.reqView.getUint32(44, true),
         hotY: this.reqView.getUint32(48, true),
       };
+      for (const l of this.listeners) l.cursor?.();
     }
   }
 

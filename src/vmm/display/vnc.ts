@@ -19,21 +19,23 @@ import { createServer, type AddressInfo, type Server } from "node:net";
 import type { Duplex } from "node:stream";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { constants as zlibConstants, createDeflate, type Deflate } from "node:zlib";
-import type { DisplayListener, GpuSurface } from "../../devices/virtio/gpu.js";
+import type { DisplayListener, GpuCursorImage, GpuSurface } from "../../devices/virtio/gpu.js";
 import { GPU_MAX_DIMENSION } from "../../devices/virtio/gpu.js";
 import { TABLET_ABS_MAX } from "../../devices/virtio/input.js";
 import { vncAuthResponse } from "./des.js";
 import { KEY_LEFTSHIFT, KEY_RIGHTSHIFT, keysymToKey } from "./keymap.js";
 
-/** What the server shows: the GPU (VirtioGpu fits). */
 /** A client's connection: a TCP socket, or the VM's control socket handed over to the display. */
 export type VncStream = Duplex & { setNoDelay?(noDelay?: boolean): unknown; remoteAddress?: string };
 
+/** What the server shows: the GPU (VirtioGpu fits). */
 export interface VncDisplay {
   readonly displayWidth: number;
   readonly displayHeight: number;
   surface(): GpuSurface | null;
   listen(listener: DisplayListener): () => void;
+  /** The guest's hardware cursor, for clients that draw it themselves (Cursor pseudo-encoding). */
+  cursorImage?(): GpuCursorImage | null;
 }
 
 /** Where keys go (a virtio keyboard fits). */
@@ -68,6 +70,7 @@ export const ENCODING_RAW = 0;
 export const ENCODING_COPYRECT = 1;
 export const ENCODING_ZRLE = 16;
 export const ENCODING_DESKTOP_SIZE = -223;
+export const ENCODING_CURSOR = -239;
 
 const SECURITY_NONE = 1;
 const SECURITY_VNC = 2;
@@ -283,6 +286,8 @@ class VncClient implements DisplayListener {
   private dirty = new Uint8Array(0);
   private dirtyCount = 0;
   private resized = false;
+  /** The guest's cursor changed since this client was last sent it (Cursor pseudo-encoding). */
+  private cursorChanged = false;
   private requested = false;
   private request = { x: 0, y: 0, w: 0, h: 0 };
   private busy = false;
@@ -486,6 +491,7 @@ class VncClient implements DisplayListener {
     this.buttons = 0;
     const d = this.server.devices.display;
     this.unlisten = d.listen(this);
+    this.cursorChanged = this.wantsCursor();
     this.resize(d.displayWidth, d.displayHeight);
   }
 
@@ -506,6 +512,8 @@ class VncClient implements DisplayListener {
         if (b.length < 4 + 4 * n) return 0;
         this.encodings = [];
         for (let i = 0; i < n; i++) this.encodings.push(b.readInt32BE(4 + 4 * i));
+        // A client that draws the cursor gets the current one with its next update.
+        this.cursorChanged = this.wantsCursor();
         return 4 + 4 * n;
       }
       case 3: {
@@ -615,6 +623,16 @@ class VncClient implements DisplayListener {
     this.schedule();
   }
 
+  cursor(): void {
+    if (!this.wantsCursor()) return;
+    this.cursorChanged = true;
+    this.schedule();
+  }
+
+  private wantsCursor(): boolean {
+    return this.encodings.includes(ENCODING_CURSOR) && this.server.devices.display.cursorImage !== undefined;
+  }
+
   resize(width: number, height: number): void {
     this.width = width;
     this.height = height;
@@ -694,10 +712,12 @@ class VncClient implements DisplayListener {
     }
     this.resized = false;
     const rects = this.takeRects();
-    if (!resize && rects.length === 0) return;
+    const cursor = this.cursorChanged;
+    if (!resize && !cursor && rects.length === 0) return;
+    this.cursorChanged = false;
     this.requested = false;
     this.busy = true;
-    this.encodeUpdate(rects, resize).then(
+    this.encodeUpdate(rects, resize, cursor).then(
       (msg) => {
         this.busy = false;
         if (this.phase !== "normal") return;
@@ -713,14 +733,16 @@ class VncClient implements DisplayListener {
   private async encodeUpdate(
     rects: { x: number; y: number; w: number; h: number }[],
     resize: boolean,
+    cursor: boolean,
   ): Promise<Buffer> {
     const zrle = this.preferred() === ENCODING_ZRLE;
     const parts: Buffer[] = [];
     const head = Buffer.alloc(4);
     head[0] = 0;
-    head.writeUInt16BE(rects.length + (resize ? 1 : 0), 2);
+    head.writeUInt16BE(rects.length + (resize ? 1 : 0) + (cursor ? 1 : 0), 2);
     parts.push(head);
     if (resize) parts.push(rectHeader(0, 0, this.width, this.height, ENCODING_DESKTOP_SIZE));
+    if (cursor) parts.push(...this.cursorRect());
     const surface = this.server.devices.display.surface();
     for (const r of rects) {
       if (zrle) {
@@ -733,6 +755,30 @@ class VncClient implements DisplayListener {
       }
     }
     return Buffer.concat(parts);
+  }
+
+  /**
+   * The Cursor pseudo-rectangle (RFB 7.8.1): hotspot as x, y; the image in the client's pixel
+   * format; a bitmask of the pixels that belong to the cursor (alpha of at least half). A hidden
+   * cursor is an empty one.
+   */
+  private cursorRect(): Buffer[] {
+    const img = this.server.devices.display.cursorImage?.() ?? null;
+    if (img === null) return [rectHeader(0, 0, 0, 0, ENCODING_CURSOR)];
+    const { width: w, height: h } = img;
+    const c = this.conv;
+    const pixels = Buffer.alloc(w * h * c.bytes);
+    const rowBytes = (w + 7) >> 3;
+    const mask = Buffer.alloc(rowBytes * h);
+    let at = 0;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const o = (y * w + x) * 4;
+        at = c.put(pixels, at, c.value(img.pixels, o, img), false);
+        if (img.a === null || img.pixels[o + img.a] >= 128) mask[y * rowBytes + (x >> 3)] |= 0x80 >> (x & 7);
+      }
+    }
+    return [rectHeader(img.hotX, img.hotY, w, h, ENCODING_CURSOR), pixels, mask];
   }
 
   /** The first encoding of the client's list that the server speaks (Raw when none). */
