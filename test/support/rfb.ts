@@ -210,6 +210,9 @@ export class RfbTestClient {
         const len = (await this.read(4, timeoutMs)).readUInt32BE(0);
         const data = await this.inflate(await this.read(len, timeoutMs));
         this.paintZrle(rect, data);
+      } else if (rect.encoding === 1) {
+        const from = await this.read(4, timeoutMs);
+        this.copyRect(rect, from.readUInt16BE(0), from.readUInt16BE(2));
       } else if (rect.encoding === -239) {
         const pixels = await this.read(rect.w * rect.h * this.bpp, timeoutMs);
         const mask = await this.read(((rect.w + 7) >> 3) * rect.h, timeoutMs);
@@ -217,6 +220,16 @@ export class RfbTestClient {
       } else throw new Error(`encoding ${rect.encoding}`);
     }
     return rects;
+  }
+
+  /** CopyRect: the rectangle's pixels come from (sx, sy) of the picture as it is. */
+  private copyRect(r: { x: number; y: number; w: number; h: number }, sx: number, sy: number): void {
+    const rows: Uint8Array[] = [];
+    for (let j = 0; j < r.h; j++) {
+      const o = ((sy + j) * this.width + sx) * 4;
+      rows.push(this.picture.slice(o, o + r.w * 4));
+    }
+    rows.forEach((row, j) => this.picture.set(row, ((r.y + j) * this.width + r.x) * 4));
   }
 
   private inflate(data: Buffer): Promise<Buffer> {

@@ -39,6 +39,10 @@ class FakeDisplay {
     }
     for (const l of this.listeners) l.damage(x, y, w, h);
   }
+  /** Reports damage without drawing (the guest flushed what it had drawn itself). */
+  touch(x: number, y: number, w: number, h: number): void {
+    for (const l of this.listeners) l.damage(x, y, w, h);
+  }
   /** A 16x16 BGRA cursor: its left half opaque red, its right half transparent. */
   cursorShown = false;
   readonly cursorPixels = (() => {
@@ -274,6 +278,43 @@ test("a stream handed over by an authenticated channel gets security None, the T
     assert.equal(await tcp.handshake("guess"), 1, "the TCP listener still wants the password");
   } finally {
     handover.close();
+    await t.close();
+  }
+});
+
+test("a scrolled screen goes as a CopyRect plus the new rows; damage that changed nothing sends nothing", async () => {
+  const t = await setup();
+  const d = t.display;
+  // A terminal's screen: every row different (text), 200x100 BGRX.
+  const line = (n: number, row: Uint8Array) => {
+    for (let x = 0; x < 200; x++) row.set([(n * 7 + x) & 0xff, (n * 13) & 0xff, (x * n) & 0xff, 0], x * 4);
+  };
+  for (let y = 0; y < 100; y++) line(y, d.pixels.subarray(y * 800, (y + 1) * 800));
+  try {
+    const c = await t.open();
+    assert.equal(await c.handshake(), 0);
+    await c.init();
+    c.setEncodings([1, 0]);
+    c.requestUpdate(false);
+    await c.readUpdate();
+    assert.deepEqual(Buffer.from(c.picture).equals(Buffer.from(d.pixels)), true, "the first picture");
+
+    // Damage over unchanged pixels: nothing to send.
+    d.touch(0, 0, 200, 100);
+    c.requestUpdate(true);
+    await assert.rejects(c.readUpdate(400), "no update for pixels the client has");
+
+    // Scroll up by 10 rows; 10 new lines at the bottom.
+    d.pixels.copyWithin(0, 10 * 800);
+    for (let y = 90; y < 100; y++) line(1000 + y, d.pixels.subarray(y * 800, (y + 1) * 800));
+    d.touch(0, 0, 200, 100);
+    const rects = await c.readUpdate();
+    const copy = rects.find((r) => r.encoding === 1);
+    assert.ok(copy, `a CopyRect among ${JSON.stringify(rects)}`);
+    const rawArea = rects.filter((r) => r.encoding === 0).reduce((a, r) => a + r.w * r.h, 0);
+    assert.ok(rawArea <= 200 * 36, `only the tile row with the new lines is sent raw (${rawArea} pixels)`);
+    assert.equal(Buffer.from(c.picture).equals(Buffer.from(d.pixels)), true, "the client's picture is the screen");
+  } finally {
     await t.close();
   }
 });

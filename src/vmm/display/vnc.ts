@@ -285,6 +285,18 @@ class VncClient implements DisplayListener {
   private tilesY = 0;
   private dirty = new Uint8Array(0);
   private dirtyCount = 0;
+  /**
+   * What this client's framebuffer holds, as the surface's own 4-byte pixels, and per tile whether
+   * it was sent whole (known): damage that changed nothing known is not sent again, and a scroll
+   * becomes a CopyRect of what the client already has.
+   */
+  private shadow = new Uint32Array(0);
+  private known = new Uint8Array(0);
+  /** Scroll detection's scratch: row hashes (current, shadow) and votes per shift. */
+  private rowHash = new Uint32Array(0);
+  private shadowHash = new Uint32Array(0);
+  private votes = new Int32Array(0);
+  private readonly rowOfHash = new Map<number, number>();
   private resized = false;
   /** The guest's cursor changed since this client was last sent it (Cursor pseudo-encoding). */
   private cursorChanged = false;
@@ -565,7 +577,10 @@ class VncClient implements DisplayListener {
     }
     this.request = { x, y, w, h };
     this.requested = true;
-    if (!incremental) this.markDirty(x, y, w, h);
+    if (!incremental) {
+      this.markDirty(x, y, w, h);
+      this.forget(x, y, w, h);
+    }
     this.schedule();
   }
 
@@ -646,6 +661,132 @@ class VncClient implements DisplayListener {
     this.tilesY = Math.ceil(this.height / TILE);
     this.dirty = new Uint8Array(this.tilesX * this.tilesY).fill(1);
     this.dirtyCount = this.dirty.length;
+    this.known = new Uint8Array(this.dirty.length);
+    this.shadow = new Uint32Array(this.width * this.height);
+    this.rowHash = new Uint32Array(this.height);
+    this.shadowHash = new Uint32Array(this.height);
+    this.votes = new Int32Array(2 * this.height + 1);
+  }
+
+  /** The client's picture of these tiles is not to be trusted (it asked for them whole). */
+  private forget(x: number, y: number, w: number, h: number): void {
+    const x1 = Math.min(x + w, this.width);
+    const y1 = Math.min(y + h, this.height);
+    for (let ty = Math.floor(y / TILE); ty * TILE < y1; ty++)
+      for (let tx = Math.floor(x / TILE); tx * TILE < x1; tx++) this.known[ty * this.tilesX + tx] = 0;
+  }
+
+  /** The surface's pixels as 32-bit words, when they line up (they do for every GPU resource). */
+  private words(s: GpuSurface | null): Uint32Array | null {
+    if (!s || s.width !== this.width || s.height !== this.height) return null;
+    if (s.pixels.byteOffset % 4 !== 0 || s.offset % 4 !== 0 || s.stride % 4 !== 0) return null;
+    return new Uint32Array(s.pixels.buffer, s.pixels.byteOffset, s.pixels.byteLength >> 2);
+  }
+
+  /** Clears dirty tiles whose pixels equal what the client already has. */
+  private dropUnchanged(s: GpuSurface, px: Uint32Array): void {
+    const base = s.offset >> 2;
+    const stride = s.stride >> 2;
+    const w = this.width;
+    for (let ty = 0; ty < this.tilesY; ty++) {
+      for (let tx = 0; tx < this.tilesX; tx++) {
+        const i = ty * this.tilesX + tx;
+        if (this.dirty[i] === 0 || this.known[i] === 0) continue;
+        const x0 = tx * TILE;
+        const x1 = Math.min(x0 + TILE, w);
+        const y1 = Math.min((ty + 1) * TILE, this.height);
+        let same = true;
+        for (let y = ty * TILE; y < y1 && same; y++) {
+          const o = base + y * stride;
+          const so = y * w;
+          for (let x = x0; x < x1; x++) {
+            if (px[o + x] !== this.shadow[so + x]) {
+              same = false;
+              break;
+            }
+          }
+        }
+        if (same) {
+          this.dirty[i] = 0;
+          this.dirtyCount--;
+        }
+      }
+    }
+  }
+
+  /**
+   * Moves the client's picture by `shift` rows (content moved up when positive) as the CopyRect
+   * will, and marks the moved band dirty so that only its rows that still differ are sent.
+   */
+  private applyScroll(shift: number): { y: number; h: number; fromY: number } {
+    const w = this.width;
+    const bandH = this.height - Math.abs(shift);
+    const y = shift > 0 ? 0 : -shift;
+    const fromY = y + shift;
+    this.shadow.copyWithin(y * w, fromY * w, (fromY + bandH) * w);
+    this.markDirty(0, 0, w, this.height);
+    return { y, h: bandH, fromY };
+  }
+
+  /** Copies what is being sent of the surface into the client's picture. */
+  private remember(s: GpuSurface, px: Uint32Array, r: { x: number; y: number; w: number; h: number }): void {
+    const base = s.offset >> 2;
+    const stride = s.stride >> 2;
+    const w = this.width;
+    for (let y = r.y; y < r.y + r.h; y++) {
+      const o = base + y * stride + r.x;
+      this.shadow.set(px.subarray(o, o + r.w), y * w + r.x);
+    }
+    // Tiles wholly inside the rectangle are now known.
+    for (let ty = Math.ceil(r.y / TILE); ty < this.tilesY; ty++) {
+      if (Math.min((ty + 1) * TILE, this.height) > r.y + r.h) break;
+      for (let tx = Math.ceil(r.x / TILE); tx < this.tilesX; tx++) {
+        if (Math.min((tx + 1) * TILE, w) > r.x + r.w) break;
+        this.known[ty * this.tilesX + tx] = 1;
+      }
+    }
+  }
+
+  /**
+   * A vertical scroll of the whole screen (a terminal's): the shift that maps most of the
+   * surface's distinct rows onto rows the client has. Returns it, or 0 for none.
+   */
+  private scrollShift(s: GpuSurface, px: Uint32Array): number {
+    const w = this.width;
+    const h = this.height;
+    const base = s.offset >> 2;
+    const stride = s.stride >> 2;
+    const hashRow = (words: Uint32Array, at: number): number => {
+      // 0 marks a row of one colour: it matches anywhere, so it has no vote.
+      const first = words[at];
+      let hash = 0x811c9dc5;
+      let uniform = true;
+      for (let x = 0; x < w; x++) {
+        const v = words[at + x];
+        if (v !== first) uniform = false;
+        hash = Math.imul(hash ^ v, 16777619);
+      }
+      return uniform ? 0 : hash >>> 0 || 1;
+    };
+    this.rowOfHash.clear();
+    for (let y = 0; y < h; y++) {
+      this.rowHash[y] = hashRow(px, base + y * stride);
+      const sh = (this.shadowHash[y] = hashRow(this.shadow, y * w));
+      if (sh !== 0 && !this.rowOfHash.has(sh)) this.rowOfHash.set(sh, y);
+    }
+    this.votes.fill(0);
+    let distinct = 0;
+    for (let y = 0; y < h; y++) {
+      const hash = this.rowHash[y];
+      if (hash === 0 || hash === this.shadowHash[y]) continue; // blank, or unchanged in place
+      distinct++;
+      const from = this.rowOfHash.get(hash);
+      if (from !== undefined) this.votes[from - y + h]++;
+    }
+    let best = 0;
+    for (let d = 0; d < this.votes.length; d++) if (this.votes[d] > this.votes[best]) best = d;
+    const shift = best - h;
+    return shift !== 0 && this.votes[best] >= 8 && this.votes[best] * 2 >= distinct ? shift : 0;
   }
 
   private markDirty(x: number, y: number, w: number, h: number): void {
@@ -711,13 +852,32 @@ class VncClient implements DisplayListener {
       this.resetTiles();
     }
     this.resized = false;
+    const surface = this.server.devices.display.surface();
+    const px = this.words(surface);
+    let copy: { y: number; h: number; fromY: number } | null = null;
+    if (px !== null && surface !== null) {
+      const r = this.request;
+      const whole = r.x === 0 && r.y === 0 && r.w >= this.width && r.h >= this.height;
+      if (
+        whole &&
+        this.encodings.includes(ENCODING_COPYRECT) &&
+        this.dirtyCount * 4 >= this.dirty.length &&
+        this.known.every((k) => k === 1)
+      ) {
+        const shift = this.scrollShift(surface, px);
+        if (shift !== 0) copy = this.applyScroll(shift);
+      }
+      this.dropUnchanged(surface, px);
+    }
     const rects = this.takeRects();
     const cursor = this.cursorChanged;
-    if (!resize && !cursor && rects.length === 0) return;
+    if (!resize && !cursor && copy === null && rects.length === 0) return;
+    if (px !== null && surface !== null) for (const r of rects) this.remember(surface, px, r);
+    else this.known.fill(0);
     this.cursorChanged = false;
     this.requested = false;
     this.busy = true;
-    this.encodeUpdate(rects, resize, cursor).then(
+    this.encodeUpdate(rects, resize, cursor, copy).then(
       (msg) => {
         this.busy = false;
         if (this.phase !== "normal") return;
@@ -734,14 +894,22 @@ class VncClient implements DisplayListener {
     rects: { x: number; y: number; w: number; h: number }[],
     resize: boolean,
     cursor: boolean,
+    copy: { y: number; h: number; fromY: number } | null,
   ): Promise<Buffer> {
     const zrle = this.preferred() === ENCODING_ZRLE;
     const parts: Buffer[] = [];
     const head = Buffer.alloc(4);
     head[0] = 0;
-    head.writeUInt16BE(rects.length + (resize ? 1 : 0) + (cursor ? 1 : 0), 2);
+    head.writeUInt16BE(rects.length + (resize ? 1 : 0) + (cursor ? 1 : 0) + (copy ? 1 : 0), 2);
     parts.push(head);
     if (resize) parts.push(rectHeader(0, 0, this.width, this.height, ENCODING_DESKTOP_SIZE));
+    // First: the rectangles after it draw over what it moved.
+    if (copy) {
+      const from = Buffer.alloc(4);
+      from.writeUInt16BE(0, 0);
+      from.writeUInt16BE(copy.fromY, 2);
+      parts.push(rectHeader(0, copy.y, this.width, copy.h, ENCODING_COPYRECT), from);
+    }
     if (cursor) parts.push(...this.cursorRect());
     const surface = this.server.devices.display.surface();
     for (const r of rects) {
