@@ -9,10 +9,22 @@
  */
 import { DEFAULT_IMAGE } from "../images/pull.js";
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { closeSync, createReadStream, openSync, readFileSync, readSync, rmSync, statSync } from "node:fs";
+import {
+  closeSync,
+  createReadStream,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { Readable } from "node:stream";
 import { join } from "node:path";
 import WebSocket from "ws";
+import { randomBytes } from "node:crypto";
+import { startVncProxy } from "./vnc-proxy.js";
+import { makePrivateDir } from "../storage/private.js";
 import { DEFAULT_SERVER, YunApiError, YunClient } from "../cloud/client.js";
 import type { Instance, Project, QuotaUsage, Quotas, Role, Usage, Volume } from "../cloud/types.js";
 import { yunHome } from "../images/paths.js";
@@ -314,6 +326,16 @@ const instance: Noun = {
       async run(ctx) {
         show(ctx, await ctx.client().getInstance(ctx.args[0]!));
       },
+    },
+    vnc: {
+      usage: "NAME [--listen [ADDR:]PORT] [--password-file FILE]",
+      summary:
+        "serve an instance's display to any VNC client on this machine (127.0.0.1, any free port, unless --listen says\n" +
+        "      otherwise) with VNC authentication: the password is --password-file's first line, else a new one in a\n" +
+        "      0600 file under $YUN_HOME/vnc; carried over the API's display WebSocket; runs until interrupted",
+      options: { listen: { type: "string" }, "password-file": { type: "string" } },
+      arity: [1, 1],
+      run: (ctx) => serveInstanceVnc(ctx),
     },
     ssh: {
       usage: "NAME [--user USER] [-i KEY] [-- COMMAND...]",
@@ -1131,6 +1153,54 @@ const consoleNoun: Noun = {
     },
   },
 };
+
+// ------------------------------------------------------------------------------------- vnc
+
+async function serveInstanceVnc(ctx: Ctx): Promise<number> {
+  const listen = str(ctx, "listen") ?? "127.0.0.1:0";
+  const m = /^(?:\[?([^\]]+?)\]?:)?(\d{1,5})$/.exec(listen);
+  if (!m || Number(m[2]) > 65535) throw new UsageError(`--listen takes [ADDR:]PORT, got "${listen}"`);
+  const host = m[1] ?? "127.0.0.1";
+  const c = ctx.client();
+  const inst = await c.getInstance(ctx.args[0]!); // a clear 404 first
+  if (inst.display !== "vnc")
+    throw new YunApiError(409, "conflict", `instance ${inst.name} has no display (create it with --display vnc)`);
+  if (inst.state !== "running" && inst.state !== "paused")
+    throw new YunApiError(
+      409,
+      "conflict",
+      `instance ${inst.name} is ${inst.state}; its display is there while it runs`,
+    );
+  let passwordFile = str(ctx, "password-file");
+  let password: string;
+  if (passwordFile !== undefined) {
+    if ((statSync(passwordFile).mode & 0o077) !== 0)
+      throw new UsageError(`--password-file ${passwordFile} is open to other users (chmod 600 ${passwordFile})`);
+    password = readFileSync(passwordFile, "latin1").split(/\r?\n/)[0] ?? "";
+    if (password === "") throw new UsageError(`--password-file ${passwordFile}: its first line is empty`);
+  } else {
+    // VNC authentication uses 8 characters; these are from a 64-letter alphabet (48 bits).
+    password = randomBytes(6).toString("base64url");
+    const dir = makePrivateDir(join(yunHome(), "vnc"));
+    passwordFile = join(dir, `${inst.name}.passwd`);
+    writeFileSync(passwordFile, password + "\n", { mode: 0o600 });
+  }
+  const proxy = await startVncProxy({
+    host,
+    port: Number(m[2]),
+    password,
+    connect: () => new WebSocket(c.consoleUrl(inst.id, { display: true }), c.consoleProtocols()),
+    log: (line) => io.err(line + "\n"),
+  });
+  const a = proxy.address;
+  const shown = a.host.includes(":") ? `[${a.host}]` : a.host;
+  io.out(`VNC server for ${inst.name} on ${shown}:${a.port}; password in ${passwordFile}\n`);
+  await new Promise<void>((resolve) => {
+    for (const s of ["SIGINT", "SIGTERM"] as const) process.once(s, () => resolve());
+  });
+  proxy.close();
+  return 0;
+}
 
 // ---------------------------------------------------------------------------------- console
 

@@ -275,10 +275,11 @@ export class YunClient {
    * The console WebSocket's URL (ws: or wss:). The token is not in it (the server refuses tokens
    * in URLs): open it with `new WebSocket(client.consoleUrl(id), client.consoleProtocols())`.
    * `piped`: the client is a script, not a terminal (the VM's monitor answers the guest's terminal
-   * queries for it and holds its input until the guest's shell is ready).
+   * queries for it and holds its input until the guest's shell is ready). `display`: the graphical
+   * console's WebSocket instead (RFB, security None).
    */
-  consoleUrl(id: string, options: { piped?: boolean } = {}): string {
-    const u = new URL(this.url(`/api/v1/instances/${enc(id)}/console`));
+  consoleUrl(id: string, options: { piped?: boolean; display?: boolean } = {}): string {
+    const u = new URL(this.url(`/api/v1/instances/${enc(id)}/${options.display === true ? "display" : "console"}`));
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     if (options.piped === true) u.searchParams.set("piped", "1");
     return u.toString();

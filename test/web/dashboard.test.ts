@@ -6,13 +6,14 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, symlinkSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, symlinkSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BrowserContext, Page } from "playwright-core";
 import { CHROMIUM, decodePng, launchBrowser } from "./browser.js";
 import { ROOT, YUN } from "../e2e/harness.js";
 import { YunClient } from "../../src/cloud/client.js";
+import { RfbTestClient } from "../support/rfb.js";
 
 const BOOT_MS = 180_000;
 const PROMPT = /# $/;
@@ -281,6 +282,50 @@ test(
   })`);
     assert.equal(refused, "refused");
     await page.close();
+  },
+);
+
+test(
+  "yun instance vnc: a VNC client logs in with the session's password and sees the screen",
+  { timeout: 60_000 },
+  async () => {
+    const env: NodeJS.ProcessEnv = { ...process.env, YUN_HOME: home, YUN_SERVER: base };
+    delete env.YUN_TOKEN;
+    const proxy = spawn(process.execPath, [YUN, "instance", "vnc", "web1"], { cwd: ROOT, env });
+    let out = "";
+    proxy.stdout.on("data", (d: Buffer) => (out += d.toString("utf8")));
+    proxy.stderr.on("data", (d: Buffer) => (out += d.toString("utf8")));
+    const exited = new Promise<number | null>((r) => proxy.on("close", (code) => r(code)));
+    try {
+      const [, port, file] = await waitFor(
+        "yun instance vnc to listen",
+        async () => /on 127\.0\.0\.1:(\d+); password in (\S+)/.exec(out) ?? undefined,
+        15_000,
+      );
+      assert.equal(statSync(file!).mode & 0o077, 0, "the password file is private");
+      const password = readFileSync(file!, "utf8").trim();
+      const bad = await RfbTestClient.open(Number(port));
+      assert.equal(await bad.handshake("not-it"), 1, "a wrong password is refused");
+      const c = await RfbTestClient.open(Number(port));
+      assert.equal(await c.handshake(password), 0);
+      await c.init();
+      assert.deepEqual([c.width, c.height, c.name], [1024, 768, web1Id]);
+      c.setEncodings([16, 0]);
+      c.requestUpdate(false);
+      await c.readUpdate();
+      let lit = 0;
+      for (let i = 0; i < c.picture.length; i += 4)
+        if (c.picture[i]! + c.picture[i + 1]! + c.picture[i + 2]! > 360) lit++;
+      assert.ok(lit > 200, `the framebuffer console's text is in the picture (${lit} light pixels)`);
+      c.close();
+      bad.close();
+    } finally {
+      proxy.kill("SIGINT");
+    }
+    assert.equal(await exited, 0, out);
+    const missing = await yun(["instance", "vnc", "nope"]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.err, /nope/);
   },
 );
 
