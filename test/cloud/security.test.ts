@@ -141,6 +141,7 @@ test("migration 2 keeps the events of a version-1 database readable and fills in
       "object_quotas",
     ])
       db1.exec(`DROP TABLE ${t}`);
+    db1.exec("ALTER TABLE instances DROP COLUMN display"); // migration 7
     db1.exec("DROP INDEX events_user");
     db1.exec("ALTER TABLE events DROP COLUMN user_id");
     const at = "2026-01-01T00:00:00.000Z";
