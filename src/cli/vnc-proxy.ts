@@ -26,26 +26,22 @@ export interface VncProxyOptions {
   log: (line: string) => void;
 }
 
-/** Reads exactly `n` bytes at a time from a socket, for a handshake. */
-class Reader {
-  private buf = Buffer.alloc(0);
+/** Bytes arriving from one side (socket chunks, WebSocket messages), read `n` at a time for a handshake. */
+class ByteQueue {
+  private buf: Buffer = Buffer.alloc(0);
   private wake: (() => void) | null = null;
-  private ended = false;
-  constructor(private readonly socket: Socket) {
-    socket.on("data", this.onData);
-    socket.on("close", this.onEnd);
+  private ended: string | null = null;
+  readonly push = (b: Buffer): void => {
+    this.buf = this.buf.length === 0 ? b : Buffer.concat([this.buf, b]);
+    this.wake?.();
+  };
+  end(why: string): void {
+    this.ended ??= why;
+    this.wake?.();
   }
-  private readonly onData = (c: Buffer): void => {
-    this.buf = Buffer.concat([this.buf, c]);
-    this.wake?.();
-  };
-  private readonly onEnd = (): void => {
-    this.ended = true;
-    this.wake?.();
-  };
   async read(n: number): Promise<Buffer> {
     while (this.buf.length < n) {
-      if (this.ended) throw new Error("the client closed the connection");
+      if (this.ended !== null) throw new Error(this.ended);
       await new Promise<void>((r) => (this.wake = r));
       this.wake = null;
     }
@@ -53,48 +49,14 @@ class Reader {
     this.buf = this.buf.subarray(n);
     return out;
   }
-  /** Stops reading; answers what was read past the handshake. */
-  detach(): Buffer {
-    this.socket.off("data", this.onData);
-    this.socket.off("close", this.onEnd);
+  /** What arrived past the handshake. */
+  rest(): Buffer {
     return this.buf;
   }
 }
 
-/** The API side: RFB messages arrive as WebSocket messages; read them as a byte stream. */
-class MessageReader {
-  private buf = Buffer.alloc(0);
-  private wake: (() => void) | null = null;
-  private closed: string | null = null;
-  constructor(private readonly ws: WebSocket) {
-    ws.on("message", this.onMessage);
-    ws.on("close", this.onClose);
-  }
-  private readonly onMessage = (data: Buffer | ArrayBuffer | Buffer[]): void => {
-    const b = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
-    this.buf = Buffer.concat([this.buf, b]);
-    this.wake?.();
-  };
-  private readonly onClose = (_code: number, reason: Buffer): void => {
-    this.closed = reason.toString() || "the display connection closed";
-    this.wake?.();
-  };
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed !== null) throw new Error(this.closed);
-      await new Promise<void>((r) => (this.wake = r));
-      this.wake = null;
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-  detach(): Buffer {
-    this.ws.off("message", this.onMessage);
-    this.ws.off("close", this.onClose);
-    return this.buf;
-  }
-}
+const asBuffer = (data: Buffer | ArrayBuffer | Buffer[]): Buffer =>
+  Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
 
 /** Listens; resolves with the address once listening, and serves until `close` is called. */
 export async function startVncProxy(
@@ -116,7 +78,9 @@ async function serveClient(socket: Socket, opts: VncProxyOptions): Promise<void>
   socket.on("error", () => {});
   const who = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
   const timer = setTimeout(() => socket.destroy(), HANDSHAKE_MS);
-  const client = new Reader(socket);
+  const client = new ByteQueue();
+  socket.on("data", client.push);
+  socket.once("close", () => client.end("the client closed the connection"));
   let ws: WebSocket | null = null;
   try {
     // The client's side: version, VNC authentication with this session's password.
@@ -146,7 +110,10 @@ async function serveClient(socket: Socket, opts: VncProxyOptions): Promise<void>
     const upstream = opts.connect();
     ws = upstream;
     upstream.on("error", () => {});
-    const api = new MessageReader(upstream);
+    const api = new ByteQueue();
+    const onMessage = (data: Buffer | ArrayBuffer | Buffer[]): void => api.push(asBuffer(data));
+    upstream.on("message", onMessage);
+    upstream.once("close", (_code: number, reason: Buffer) => api.end(reason.toString() || "the display closed"));
     await new Promise<void>((resolve, reject) => {
       upstream.once("open", () => resolve());
       upstream.once("unexpected-response", (_req, res) => {
@@ -175,13 +142,11 @@ async function serveClient(socket: Socket, opts: VncProxyOptions): Promise<void>
     socket.write(Buffer.from([0, 0, 0, 0])); // the client's SecurityResult: ok
     clearTimeout(timer);
     opts.log(`vnc: ${who} connected`);
-    const fromApi = api.detach();
-    const fromClient = client.detach();
-    if (fromApi.length > 0) socket.write(fromApi);
-    if (fromClient.length > 0) upstream.send(fromClient);
-    upstream.on("message", (data: Buffer | ArrayBuffer | Buffer[]) => {
-      socket.write(Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer));
-    });
+    upstream.off("message", onMessage);
+    socket.off("data", client.push);
+    if (api.rest().length > 0) socket.write(api.rest());
+    if (client.rest().length > 0) upstream.send(client.rest());
+    upstream.on("message", (data: Buffer | ArrayBuffer | Buffer[]) => socket.write(asBuffer(data)));
     socket.on("data", (chunk: Buffer) => {
       if (upstream.readyState === WebSocket.OPEN) upstream.send(chunk);
     });

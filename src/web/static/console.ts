@@ -2,8 +2,9 @@
  *  The token travels as the `bearer.<token>` subprotocol; the server replays recent output first. */
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
-import { consoleUrl, get, getToken, scoped, type Instance } from "./api.js";
-import { errorText, h, notice, replace } from "./dom.js";
+import { consoleUrl, getToken } from "./api.js";
+import { h, replace } from "./dom.js";
+import { attachChrome, connectWhenRunning } from "./attach.js";
 import type { View } from "./session.js";
 
 /** The open terminal, for scripts and tests that read its buffer (`window.yunTerminal`). */
@@ -14,25 +15,12 @@ declare global {
 }
 
 export const consoleView: View = (main, _session, id) => {
-  const title = h("h2", null, "Console");
-  const state = h("span", { class: "state", id: "console-instance-state" });
-  const status = h("span", { class: "conn", id: "console-status", role: "status" }, "connecting…");
-  const reconnect = h("button", { type: "button", id: "console-reconnect", hidden: true }, "Reconnect");
-  const message = h("div", { class: "status" });
+  const chrome = attachChrome("console", "Console");
   const screen = h("div", { class: "screen", id: "terminal" });
   replace(
     main,
-    h(
-      "div",
-      { class: "toolbar" },
-      h("a", { href: "#/instances", class: "button" }, "← Instances"),
-      title,
-      state,
-      h("div", { class: "spacer" }),
-      status,
-      reconnect,
-    ),
-    message,
+    chrome.toolbar,
+    chrome.message,
     h("div", { class: "console-box" }, screen),
     h("p", { class: "muted hint" }, "Click the terminal and type; this is the instance's serial console (ttyS0)."),
   );
@@ -66,18 +54,15 @@ export const consoleView: View = (main, _session, id) => {
 
   function connect(): void {
     const token = getToken() ?? "";
-    status.textContent = "connecting…";
-    status.className = "conn";
-    reconnect.hidden = true;
+    chrome.setStatus("connecting…");
     const sock = new WebSocket(consoleUrl(id), [`bearer.${token}`]);
     sock.binaryType = "arraybuffer";
     ws = sock;
     let opened = false;
     sock.onopen = () => {
       opened = true;
-      status.textContent = "connected";
-      status.className = "conn ok";
-      replace(message);
+      chrome.setStatus("connected", "ok");
+      chrome.say();
       term.focus();
     };
     sock.onmessage = (ev: MessageEvent<ArrayBuffer | string>) => {
@@ -85,38 +70,22 @@ export const consoleView: View = (main, _session, id) => {
     };
     sock.onclose = (ev) => {
       if (closed || ws !== sock) return;
-      status.textContent = "disconnected";
-      status.className = "conn bad";
-      reconnect.hidden = false;
+      chrome.setStatus("disconnected", "bad");
+      chrome.reconnect.hidden = false;
       const why =
         ev.reason !== "" ? ev.reason : opened ? "The console connection closed." : "The console could not be opened.";
-      replace(message, notice(opened ? "info" : "error", why));
+      chrome.say(opened ? "info" : "error", why);
     };
   }
-  reconnect.addEventListener("click", connect);
+  chrome.reconnect.addEventListener("click", connect);
 
-  get<Instance>(`/instances/${encodeURIComponent(id)}`, scoped())
-    .then((i) => {
-      title.textContent = `Console: ${i.name}`;
-      document.title = `Yun — ${i.name} console`;
-      state.textContent = i.state;
-      state.className = `state state-${i.state}`;
-      if (i.state === "running" || i.state === "paused" || i.state === "building") connect();
-      else {
-        status.textContent = "not connected";
-        status.className = "conn bad";
-        reconnect.hidden = false;
-        replace(
-          message,
-          notice("info", `${i.name} is ${i.state}; start it from the instance list to use its console.`),
-        );
-      }
-    })
-    .catch((e: unknown) => {
-      status.textContent = "not connected";
-      status.className = "conn bad";
-      replace(message, notice("error", errorText(e)));
-    });
+  // A building instance's console shows its boot.
+  connectWhenRunning(chrome, id, {
+    heading: "Console",
+    what: "console",
+    states: ["running", "paused", "building"],
+    connect,
+  });
 
   return () => {
     closed = true;

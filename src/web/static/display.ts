@@ -2,8 +2,9 @@
  *  /api/v1/instances/{id}/display, authenticated as the serial console is (the `bearer.<token>`
  *  subprotocol). The server offers RFB security None there: the token already said who we are. */
 import type RFB from "@novnc/novnc";
-import { consoleUrl, get, getToken, scoped, type Instance } from "./api.js";
-import { errorText, h, notice, replace } from "./dom.js";
+import { consoleUrl, getToken } from "./api.js";
+import { errorText, h, replace } from "./dom.js";
+import { attachChrome, connectWhenRunning } from "./attach.js";
 import type { View } from "./session.js";
 
 /** The open RFB client, for tests that look at its state (`window.yunDisplay`). */
@@ -33,12 +34,8 @@ function keysymOf(ch: string): number | null {
 }
 
 export const displayView: View = (main, _session, id) => {
-  const title = h("h2", null, "Display");
-  const state = h("span", { class: "state", id: "display-instance-state" });
-  const status = h("span", { class: "conn", id: "display-status", role: "status" }, "connecting…");
-  const reconnect = h("button", { type: "button", id: "display-reconnect", hidden: true }, "Reconnect");
   const cad = h("button", { type: "button", id: "display-ctrl-alt-del", disabled: true }, "Ctrl-Alt-Del");
-  const message = h("div", { class: "status" });
+  const chrome = attachChrome("display", "Display", [cad]);
   const screen = h("div", { class: "display-screen", id: "display-screen" });
   const text = h("textarea", {
     id: "display-text",
@@ -49,18 +46,8 @@ export const displayView: View = (main, _session, id) => {
   const typeButton = h("button", { type: "button", id: "display-type", disabled: true }, "Type text");
   replace(
     main,
-    h(
-      "div",
-      { class: "toolbar" },
-      h("a", { href: "#/instances", class: "button" }, "← Instances"),
-      title,
-      state,
-      h("div", { class: "spacer" }),
-      cad,
-      status,
-      reconnect,
-    ),
-    message,
+    chrome.toolbar,
+    chrome.message,
     h("div", { class: "display-box" }, screen),
     h("div", { class: "display-type" }, text, typeButton),
     h(
@@ -75,16 +62,13 @@ export const displayView: View = (main, _session, id) => {
 
   async function connect(): Promise<void> {
     rfb?.disconnect();
-    status.textContent = "connecting…";
-    status.className = "conn";
-    reconnect.hidden = true;
+    chrome.setStatus("connecting…");
     let Rfb: typeof RFB;
     try {
       Rfb = await loadRfb();
     } catch (e) {
-      status.textContent = "not connected";
-      status.className = "conn bad";
-      replace(message, notice("error", `The VNC client could not be loaded: ${errorText(e)}`));
+      chrome.setStatus("not connected", "bad");
+      chrome.say("error", `The VNC client could not be loaded: ${errorText(e)}`);
       return;
     }
     if (closed) return;
@@ -96,35 +80,30 @@ export const displayView: View = (main, _session, id) => {
     let opened = false;
     client.addEventListener("connect", () => {
       opened = true;
-      status.textContent = "connected";
-      status.className = "conn ok";
+      chrome.setStatus("connected", "ok");
       cad.disabled = false;
       typeButton.disabled = false;
-      replace(message);
+      chrome.say();
       client.focus();
     });
     client.addEventListener("disconnect", (ev) => {
       cad.disabled = true;
       typeButton.disabled = true;
       if (closed || rfb !== client) return;
-      status.textContent = "disconnected";
-      status.className = "conn bad";
-      reconnect.hidden = false;
+      chrome.setStatus("disconnected", "bad");
+      chrome.reconnect.hidden = false;
       const clean = (ev as CustomEvent<{ clean: boolean }>).detail?.clean === true;
-      replace(
-        message,
-        notice(
-          opened && clean ? "info" : "error",
-          opened ? "The display connection closed." : "The display could not be opened.",
-        ),
+      chrome.say(
+        opened && clean ? "info" : "error",
+        opened ? "The display connection closed." : "The display could not be opened.",
       );
     });
     client.addEventListener("securityfailure", (ev) => {
       const reason = (ev as CustomEvent<{ reason?: string }>).detail?.reason ?? "refused";
-      replace(message, notice("error", `The display refused the connection: ${reason}`));
+      chrome.say("error", `The display refused the connection: ${reason}`);
     });
   }
-  reconnect.addEventListener("click", () => void connect());
+  chrome.reconnect.addEventListener("click", () => void connect());
   cad.addEventListener("click", () => rfb?.sendCtrlAltDel());
   typeButton.addEventListener("click", () => {
     const client = rfb;
@@ -140,39 +119,20 @@ export const displayView: View = (main, _session, id) => {
       client.sendKey(sym, null, false);
     }
     text.value = "";
-    if (skipped.size > 0) replace(message, notice("info", `Not typed (no key for them): ${[...skipped].join(" ")}`));
+    if (skipped.size > 0) chrome.say("info", `Not typed (no key for them): ${[...skipped].join(" ")}`);
     client.focus();
   });
 
-  get<Instance>(`/instances/${encodeURIComponent(id)}`, scoped())
-    .then((i) => {
-      title.textContent = `Display: ${i.name}`;
-      document.title = `Yun — ${i.name} display`;
-      state.textContent = i.state;
-      state.className = `state state-${i.state}`;
-      if (i.display !== "vnc") {
-        status.textContent = "no display";
-        status.className = "conn bad";
-        replace(
-          message,
-          notice("info", `${i.name} has no graphical display (create an instance with display "vnc" for one).`),
-        );
-      } else if (i.state === "running" || i.state === "paused") void connect();
-      else {
-        status.textContent = "not connected";
-        status.className = "conn bad";
-        reconnect.hidden = false;
-        replace(
-          message,
-          notice("info", `${i.name} is ${i.state}; start it from the instance list to see its display.`),
-        );
-      }
-    })
-    .catch((e: unknown) => {
-      status.textContent = "not connected";
-      status.className = "conn bad";
-      replace(message, notice("error", errorText(e)));
-    });
+  connectWhenRunning(chrome, id, {
+    heading: "Display",
+    what: "display",
+    states: ["running", "paused"],
+    refusal: (i) =>
+      i.display === "vnc"
+        ? null
+        : `${i.name} has no graphical display (create an instance with display "vnc" for one).`,
+    connect: () => void connect(),
+  });
 
   return () => {
     closed = true;
