@@ -126,7 +126,7 @@ export function loadProgram(
   }
 
   // The stack, from the top: strings, 16 random bytes, then (16-aligned) argc, argv, envp, auxv.
-  let top = space.size - 16;
+  let top = space.stackTop - 16;
   const putString = (s: string): number => {
     const bytes = Buffer.from(s + "\0", "utf8");
     top -= bytes.length;
