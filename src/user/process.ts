@@ -29,7 +29,7 @@ import { ExecError } from "./elf.js";
 import { AT_FDCWD, FileTable, type Slot } from "./files.js";
 import { loadProgram } from "./loader.js";
 import { AddressSpace, PAGE, type MemorySnapshot } from "./memory.js";
-import { faultSignal, forkSignalThread, SIGSEGV, type SignalThread } from "./signals.js";
+import { faultSignal, forkSignalThread, SIGILL, SIGSEGV, SIGTRAP, type SignalThread } from "./signals.js";
 import { Syscalls } from "./syscalls.js";
 
 export { ExecError };
@@ -216,7 +216,8 @@ export class UserProcess {
       const addr = (h.mtvalHi >>> 0) * 4294967296 + (h.mtvalLo >>> 0);
       const fault = faultSignal(cause, this.space.isMapped(addr));
       h.enterUserMode(pc);
-      if (sys.signals.fault(fault.signo, fault.code, addr)) {
+      const siAddr = fault.signo === SIGILL || fault.signo === SIGTRAP ? pc : addr;
+      if (sys.signals.fault(fault.signo, fault.code, siAddr)) {
         if (this.deliverSignals()) continue;
         break;
       }

@@ -99,7 +99,10 @@ export function forkSignalThread(t: SignalThread): SignalThread {
 
 const bit = (sig: number): bigint => 1n << BigInt(sig - 1);
 
-/** The signal and si_code of a fault the hart reported (mcause), as Linux's riscv trap handlers pick them. */
+/**
+ * The signal and si_code of a fault the hart reported (mcause), as Linux's riscv trap handlers pick
+ * them; si_addr is the faulting address (mtval), or the pc for SIGILL and SIGTRAP.
+ */
 export function faultSignal(cause: number, mapped: boolean): { signo: number; code: number; what: string } {
   switch (cause) {
     case 0:
