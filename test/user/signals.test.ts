@@ -34,6 +34,7 @@ const CASES: [string, string][] = [
   ["resethand", "SA_RESETHAND: the second signal takes the default action (138)"],
   ["pipe", "a write to a pipe with no reader: EPIPE when SIGPIPE is ignored, else the end (141)"],
   ["context", "registers and FP values survive handlers"],
+  ["rodata", "the program's read-only data and code are not writable"],
   ["fork", "a fork child's mprotect and mask do not outlive it"],
   ["ucontext", "handlers that change pc, a1 and fa0 in the ucontext (SIGSEGV, SIGILL, SIGTRAP)"],
 ];

@@ -235,6 +235,17 @@ int main(int argc, char **argv) {
     printf("caught %d, sum %.2f\n", caught, sum);
     return 0;
   }
+  if (strcmp(mode, "rodata") == 0) {
+    /* The program's own segments carry their ELF protections: constants are read-only, code is not writable. */
+    static const char constant[] = "constant";
+    handle(SIGSEGV, jump_back, 0);
+    if (sigsetjmp(jump, 1) == 0) ((volatile char *)constant)[0] = 'C';
+    printf("write to a constant: %s, %s\n", fault_addr == constant ? "faulted there" : "no fault", constant);
+    fault_addr = NULL;
+    if (sigsetjmp(jump, 1) == 0) *(volatile char *)(uintptr_t)main = 0;
+    printf("write to code: %s\n", fault_addr == (void *)(uintptr_t)main ? "faulted there" : "no fault");
+    return 0;
+  }
   if (strcmp(mode, "fork") == 0) {
     /* The child changes protections and the mask; the parent's come back when it ends. */
     page = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
