@@ -35,6 +35,17 @@ const PTE_AD = 0xc0;
 /** `li a7, 139; ecall`: rt_sigreturn, where a signal handler returns to (Linux's vDSO has the same). */
 const SIGRETURN_CODE = [0x08b00893, 0x00000073];
 
+/**
+ * The host touched guest memory the program cannot access (unmapped, PROT_NONE, the page tables):
+ * thrown by the accessors, it makes a system call return EFAULT (`errno`, as Node's errors carry it).
+ */
+export class MemoryFault extends Error {
+  readonly errno = -14;
+  constructor(addr: number) {
+    super(`no user memory at 0x${addr.toString(16)}`);
+  }
+}
+
 export interface MemorySnapshot {
   pages: Uint8Array;
   prot: Uint8Array;
@@ -137,28 +148,54 @@ export class AddressSpace {
     return this.isMapped(addr) ? this.prot[Math.floor(addr / PAGE)] : 0;
   }
 
+  /** Whether [addr, addr + length) is mapped writable (the kernel's copy_to_user succeeds). */
+  writable(addr: number, length: number): boolean {
+    if (!this.valid(addr, length)) return false;
+    const last = Math.ceil((addr + length) / PAGE);
+    for (let p = Math.floor(addr / PAGE); p < last; p++) if ((this.prot[p] & PROT_WRITE) === 0) return false;
+    return true;
+  }
+
+  /** Throws EFAULT (which a system call returns) unless [addr, addr + length) can be read. */
+  private check(addr: number, length: number): void {
+    if (!this.valid(addr, length)) throw new MemoryFault(addr);
+  }
+
+  /** Throws EFAULT unless [addr, addr + length) can be written. */
+  private checkWrite(addr: number, length: number): void {
+    if (!this.writable(addr, length)) throw new MemoryFault(addr);
+  }
+
   u8(addr: number): number {
+    this.check(addr, 1);
     return this.ram[addr];
   }
   u32(addr: number): number {
+    this.check(addr, 4);
     return this.view.getUint32(addr, true);
   }
   i32(addr: number): number {
+    this.check(addr, 4);
     return this.view.getInt32(addr, true);
   }
   u64(addr: number): number {
+    this.check(addr, 8);
     return this.view.getUint32(addr, true) + this.view.getUint32(addr + 4, true) * 4294967296;
   }
   i64(addr: number): number {
+    this.check(addr, 8);
     return this.view.getUint32(addr, true) + this.view.getInt32(addr + 4, true) * 4294967296;
   }
   setU16(addr: number, v: number): void {
+    this.checkWrite(addr, 2);
     this.view.setUint16(addr, v, true);
   }
   setU32(addr: number, v: number): void {
+    this.checkWrite(addr, 4);
     this.view.setUint32(addr, v >>> 0, true);
   }
   setU64(addr: number, v: number | bigint): void {
+    this.checkWrite(addr, 8);
     this.view.setBigUint64(addr, BigInt.asUintN(64, BigInt(v)), true);
   }
 
@@ -178,6 +215,7 @@ export class AddressSpace {
 
   /** Copies host bytes into guest memory, announcing the write (translated code there is dropped). */
   write(addr: number, data: Uint8Array): void {
+    this.checkWrite(addr, data.length);
     this.ram.set(data, addr);
     this.bus.externalWrite(addr, data.length);
   }

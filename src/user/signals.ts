@@ -11,7 +11,7 @@
  * are delivered when the thread is about to return to user mode: after a system call or a fault.
  */
 import type { Hart } from "../cpu/hart.js";
-import { PROT_WRITE, type AddressSpace } from "./memory.js";
+import type { AddressSpace } from "./memory.js";
 
 export const SIGILL = 4;
 export const SIGTRAP = 5;
@@ -302,8 +302,7 @@ export class Signals {
     let sp = userSp;
     if ((action.flags & SA_ONSTACK) !== 0 && this.altFlags(userSp) === 0) sp = t.altSp + t.altSize;
     const frame = Math.floor((sp - FRAME_BYTES) / 16) * 16;
-    if (!sa.valid(frame, FRAME_BYTES) || (sa.protection(frame) & PROT_WRITE) === 0) return false;
-    if ((sa.protection(frame + FRAME_BYTES - 1) & PROT_WRITE) === 0) return false;
+    if (!sa.writable(frame, FRAME_BYTES)) return false;
     sa.ram.fill(0, frame, frame + FRAME_BYTES);
     // siginfo_t
     sa.setU32(frame, sig);

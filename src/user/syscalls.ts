@@ -472,7 +472,7 @@ export class Syscalls {
     }
     const st = fs.statfsSync(path);
     const s = this.space;
-    if (!s.valid(buf, 120)) return -EFAULT;
+    if (!s.writable(buf, 120)) return -EFAULT;
     s.ram.fill(0, buf, buf + 120);
     [st.type, st.bsize, st.blocks, st.bfree, st.bavail, st.files, st.ffree].forEach((v, i) => s.setU64(buf + 8 * i, v));
     s.setU64(buf + 64, 255); // f_namelen
@@ -487,7 +487,7 @@ export class Syscalls {
     if (root !== "/" && (cwd === root || cwd.startsWith(root + "/"))) cwd = cwd.slice(root.length) || "/";
     const bytes = Buffer.from(cwd + "\0");
     if (bytes.length > size) return -ERANGE;
-    if (!this.space.valid(buf, bytes.length)) return -EFAULT;
+    if (!this.space.writable(buf, bytes.length)) return -EFAULT;
     this.space.write(buf, bytes);
     return bytes.length;
   }
@@ -616,7 +616,7 @@ export class Syscalls {
     const f = this.files.get(fd);
     if (f === undefined) return -EBADF;
     if (!f.directory) return -ENOTDIR;
-    if (!this.space.valid(buf, count)) return -EFAULT;
+    if (!this.space.writable(buf, count)) return -EFAULT;
     const entries = this.files.listing(f);
     let at = buf;
     while (f.entryIndex < entries.length) {
@@ -666,7 +666,7 @@ export class Syscalls {
     const f = this.files.get(fd);
     if (f === undefined) return -EBADF;
     if (f.directory) return -EISDIR;
-    if (!this.space.valid(buf, count)) return -EFAULT;
+    if (!this.space.writable(buf, count)) return -EFAULT;
     if (f.pipe !== null) return this.readPipe(f, buf, count);
     if ((f.flags & O_ACCMODE) === O_WRONLY) return -EBADF;
     if (at !== null && f.position === null) return -ESPIPE;
@@ -828,7 +828,7 @@ export class Syscalls {
       target = fs.readlinkSync(p);
     }
     const bytes = Buffer.from(target, "utf8").subarray(0, size);
-    if (!this.space.valid(buf, bytes.length)) return -EFAULT;
+    if (!this.space.writable(buf, bytes.length)) return -EFAULT;
     this.space.write(buf, bytes);
     return bytes.length;
   }
@@ -862,7 +862,7 @@ export class Syscalls {
   private newfstatat(dirfd: number, pathAddr: number, buf: number, flags: number): number {
     const st = this.statAt(dirfd, pathAddr, flags);
     if (typeof st === "number") return st;
-    if (!this.space.valid(buf, 128)) return -EFAULT;
+    if (!this.space.writable(buf, 128)) return -EFAULT;
     this.fillStat(buf, st);
     return 0;
   }
@@ -893,7 +893,7 @@ export class Syscalls {
     const st = this.statAt(dirfd, pathAddr, flags);
     if (typeof st === "number") return st;
     const s = this.space;
-    if (!s.valid(buf, 256)) return -EFAULT;
+    if (!s.writable(buf, 256)) return -EFAULT;
     s.ram.fill(0, buf, buf + 256);
     s.setU32(buf, 0x7ff); // STATX_BASIC_STATS
     s.setU32(buf + 4, Number(st.blksize));

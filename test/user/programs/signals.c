@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -198,6 +199,14 @@ int main(int argc, char **argv) {
     printf("write from it: %zd %s\n", n, n < 0 && errno == EFAULT ? "EFAULT" : "?");
     mprotect(p, 8192, PROT_READ);
     printf("readable again: %s\n", p);
+    struct timespec ts;
+    int r1 = clock_gettime(CLOCK_REALTIME, (struct timespec *)p);
+    int e1 = errno;
+    int r2 = clock_gettime(CLOCK_REALTIME, (struct timespec *)16);
+    int e2 = errno;
+    int r3 = clock_gettime(CLOCK_REALTIME, &ts);
+    printf("clock_gettime into read-only, unmapped, own memory: %d %s, %d %s, %d\n", r1,
+           e1 == EFAULT ? "EFAULT" : "?", r2, e2 == EFAULT ? "EFAULT" : "?", r3);
     munmap(p, 8192);
     if (sigsetjmp(jump, 1) == 0) printf("read %d\n", ((volatile char *)p)[0]);
     printf("unmapped read faulted: code %s\n", fault_code == SEGV_MAPERR ? "SEGV_MAPERR" : "other");
