@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { ExecError, loadSpan, parseElf, PT_LOAD, PT_PHDR, type ElfImage } from "./elf.js";
-import { AddressSpace, PIE_BASE, PAGE } from "./memory.js";
+import { AddressSpace, PIE_BASE, PAGE, PROT_EXEC, PROT_READ } from "./memory.js";
 
 const AT_PHDR = 3;
 const AT_PHENT = 4;
@@ -64,6 +64,24 @@ function copySegments(space: AddressSpace, file: Buffer, image: ElfImage, bias: 
   }
 }
 
+/**
+ * Gives each page of an image the protection of the segments on it (p_flags' R, W, X; the union
+ * where two share a page); pages of the span no segment covers get none, as Linux leaves them
+ * unmapped.
+ */
+function protectSegments(space: AddressSpace, image: ElfImage, bias: number): void {
+  const span = loadSpan(image);
+  const prot = new Uint8Array((span.high - span.low) / PAGE);
+  for (const h of image.headers) {
+    if (h.type !== PT_LOAD) continue;
+    const p = ((h.flags & 4) !== 0 ? PROT_READ : 0) | (h.flags & 2) | ((h.flags & 1) !== 0 ? PROT_EXEC : 0);
+    const first = Math.floor((h.vaddr - span.low) / PAGE);
+    const last = Math.ceil((h.vaddr + h.memsz - span.low) / PAGE);
+    for (let i = first; i < last; i++) prot[i] |= p;
+  }
+  prot.forEach((p, i) => space.protect(span.low + bias + i * PAGE, PAGE, p));
+}
+
 /** Where the program header table is in memory (AT_PHDR). */
 function phdrAddress(image: ElfImage, bias: number): number {
   const own = image.headers.find((h) => h.type === PT_PHDR);
@@ -111,6 +129,7 @@ export function loadProgram(
   }
   space.mapFixed(span.low + bias, span.high - span.low);
   copySegments(space, file, image, bias);
+  protectSegments(space, image, bias);
   space.brkStart = space.brk = span.high + bias;
 
   let entry = image.entry + bias;
@@ -121,12 +140,13 @@ export function loadProgram(
     if (base < 0) throw new ExecError(`${name}: no room for its interpreter`, 126);
     const interpBias = base - s.low;
     copySegments(space, interp.file, interp.image, interpBias);
+    protectSegments(space, interp.image, interpBias);
     interpBase = base;
     entry = interp.image.entry + interpBias;
   }
 
   // The stack, from the top: strings, 16 random bytes, then (16-aligned) argc, argv, envp, auxv.
-  let top = space.size - 16;
+  let top = space.stackTop - 16;
   const putString = (s: string): number => {
     const bytes = Buffer.from(s + "\0", "utf8");
     top -= bytes.length;

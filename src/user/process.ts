@@ -28,7 +28,8 @@ import { Jit } from "../cpu/jit.js";
 import { ExecError } from "./elf.js";
 import { AT_FDCWD, FileTable, type Slot } from "./files.js";
 import { loadProgram } from "./loader.js";
-import { AddressSpace, type MemorySnapshot } from "./memory.js";
+import { AddressSpace, PAGE, type MemorySnapshot } from "./memory.js";
+import { faultSignal, forkSignalThread, SIGILL, SIGSEGV, SIGTRAP, type SignalThread } from "./signals.js";
 import { Syscalls } from "./syscalls.js";
 
 export { ExecError };
@@ -39,6 +40,9 @@ const CAUSE_ECALL_U = 8;
 const SYS_CLONE = 220;
 const SYS_EXECVE = 221;
 const SYS_WAIT4 = 260;
+const SYS_RT_SIGRETURN = 139;
+/** Unmaps larger than this drop the whole TLB rather than page by page. */
+const TLB_PAGE_FLUSH_LIMIT = 64;
 const SYS_CLONE3 = 435;
 const CLONE_VM = 0x100;
 const CLONE_SETTLS = 0x80000;
@@ -62,17 +66,8 @@ interface ForkFrame {
   childPid: number;
   cwd: string;
   actions: Map<number, Uint8Array>;
+  signals: SignalThread;
 }
-const SIGNALS: Record<number, [number, string]> = {
-  1: [7, "Bus error"], // misaligned fetch
-  2: [4, "Illegal instruction"],
-  3: [5, "Trace/breakpoint trap"],
-  5: [11, "Segmentation fault"],
-  7: [11, "Segmentation fault"],
-  4: [7, "Bus error"],
-  6: [7, "Bus error"],
-};
-
 /** A system call that already set the hart's state (clone, a child's end): nothing to write back. */
 const RESUMED = Number.MIN_SAFE_INTEGER;
 
@@ -165,6 +160,15 @@ export class UserProcess {
     h.mcounteren = 7; // cycle, time, instret readable from U-mode
     h.scounteren = 7;
     h.setXNumber(2, loaded.sp);
+    // Sv39 over the space's identity page table: its protections are the hart's.
+    h.satpHi = 8 << 28;
+    h.satpLo = this.space.rootPage;
+    h.flushTlb();
+    this.space.onUnmap = (addr, length, execLost) => {
+      if (execLost || length > TLB_PAGE_FLUSH_LIMIT * PAGE) h.flushTlb();
+      else for (let a = addr; a < addr + length; a += PAGE) h.flushTlbPage(a, 0);
+    };
+    this.syscalls.signals.stackPointer = () => h.x[5] * 4294967296 + (h.x[4] >>> 0);
     h.enterUserMode(loaded.entry);
   }
 
@@ -182,6 +186,10 @@ export class UserProcess {
       if (cause === CAUSE_ECALL_U && !h.mcauseInterrupt) {
         const nr = arg(17);
         let result: number;
+        if (nr === SYS_RT_SIGRETURN) {
+          if (sys.signals.sigreturn(h) ? this.deliverSignals() : this.killedBy(SIGSEGV)) continue;
+          break;
+        }
         if (nr === SYS_CLONE) result = this.clone(arg(10), arg(11), arg(12), arg(13), arg(14), pc + 4);
         else if (nr === SYS_CLONE3)
           result = -38; // ENOSYS: libc falls back to clone
@@ -201,20 +209,43 @@ export class UserProcess {
         if (sys.exit !== null) break;
         h.setXNumber(10, result);
         h.enterUserMode(pc + 4);
-        continue;
+        if (this.deliverSignals()) continue;
+        break;
       }
-      const [signal, what] = SIGNALS[cause] ?? [11, `trap ${cause}`];
+      // A fault: its signal goes to the handler if one is installed, else ends the process.
       const addr = (h.mtvalHi >>> 0) * 4294967296 + (h.mtvalLo >>> 0);
-      this.log(`yun exec: ${this.name}: ${what} at pc 0x${pc.toString(16)} (address 0x${addr.toString(16)})`);
-      if (this.forks.length > 0) {
-        this.endChild(signal);
-        continue;
+      const fault = faultSignal(cause, this.space.isMapped(addr));
+      h.enterUserMode(pc);
+      const siAddr = fault.signo === SIGILL || fault.signo === SIGTRAP ? pc : addr;
+      if (sys.signals.fault(fault.signo, fault.code, siAddr)) {
+        if (this.deliverSignals()) continue;
+        break;
       }
-      sys.exit = { status: 128 + signal, signal };
+      this.log(`yun exec: ${this.name}: ${fault.what} at pc 0x${pc.toString(16)} (address 0x${addr.toString(16)})`);
+      if (this.killedBy(fault.signo)) continue;
       break;
     }
     this.files.closeAll();
-    return sys.exit.status;
+    return sys.exit?.status ?? 0; // the loop ends only once exit is set
+  }
+
+  /**
+   * Signals hook, before the hart returns to user mode: pending signals go to their handlers (the
+   * hart then starts in one); false when a signal's default action ended the process.
+   */
+  private deliverSignals(): boolean {
+    const signal = this.syscalls.signals.deliver(this.hart);
+    return signal === 0 || this.killedBy(signal);
+  }
+
+  /** `signal` ends the running program: a fork child's parent continues (true), else the process ends. */
+  private killedBy(signal: number): boolean {
+    if (this.forks.length > 0) {
+      this.endChild(signal);
+      return true;
+    }
+    this.syscalls.exit = { status: 128 + signal, signal };
+    return false;
   }
 
   /**
@@ -243,7 +274,9 @@ export class UserProcess {
       childPid,
       cwd: process.cwd(),
       actions: new Map(sys.actions),
+      signals: sys.signals.thread,
     });
+    sys.signals.thread = forkSignalThread(sys.signals.thread);
     sys.pid = childPid;
     if ((flags & CLONE_CHILD_SETTID) !== 0 && this.space.valid(ctid, 4)) this.space.setU32(ctid, childPid);
     if (newsp !== 0) h.setXNumber(2, newsp);
@@ -269,6 +302,7 @@ export class UserProcess {
     sys.exit = null;
     sys.actions.clear();
     for (const [k, v] of frame.actions) sys.actions.set(k, v);
+    sys.signals.thread = frame.signals;
     try {
       process.chdir(frame.cwd);
     } catch {

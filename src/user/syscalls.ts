@@ -12,6 +12,7 @@ import { hostname, release, version } from "node:os";
 import { isatty } from "node:tty";
 import { AT_FDCWD, FileTable, OpenFile, PipeBuffer } from "./files.js";
 import { AddressSpace, PAGE } from "./memory.js";
+import { SIGPIPE, SI_TKILL, SI_USER, Signals } from "./signals.js";
 
 const EPERM = 1;
 const ESRCH = 3;
@@ -46,11 +47,7 @@ const AT_EMPTY_PATH = 0x1000;
 const MAP_FIXED = 0x10;
 const MAP_ANONYMOUS = 0x20;
 const MAP_FIXED_NOREPLACE = 0x100000;
-const SIG_DFL = 0;
-const SIG_IGN = 1;
 const RLIM_INFINITY = 2n ** 64n - 1n;
-/** Signals whose default action is to do nothing. */
-const IGNORED_BY_DEFAULT = new Set([17, 23, 28]); // SIGCHLD, SIGURG, SIGWINCH
 
 /** What the process asks of its runner after a system call. */
 export interface ExitRequest {
@@ -79,7 +76,8 @@ export class Syscalls {
   pid = process.pid;
   /** rt_sigaction's table: the 24-byte struct sigaction of each signal (handler, flags, mask). */
   readonly actions = new Map<number, Uint8Array>();
-  private signalMask = 0n;
+  /** Signal actions, and the running thread's mask, pending set and alternate stack. */
+  readonly signals: Signals;
   private readonly reported = new Set<number>();
   private readonly log: (line: string) => void;
 
@@ -88,6 +86,7 @@ export class Syscalls {
     this.files = files;
     this.exePath = exePath;
     this.log = log;
+    this.signals = new Signals(space, this.actions);
   }
 
   /** Serves system call `nr`; returns a0's new value. */
@@ -317,22 +316,19 @@ export class Syscalls {
       case 124: // sched_yield
         return 0;
       case 129: // kill
-        return this.kill(a0 | 0, a1 | 0);
-      case 130: // tkill
-        return this.kill(a0 | 0, a1 | 0);
+        return this.kill(a0 | 0, a1 | 0, SI_USER);
+      case 130: // tkill (the one thread is the process)
+        return this.kill(a0 | 0, a1 | 0, SI_TKILL);
       case 131: // tgkill
-        return this.kill(a0 | 0, a2 | 0);
+        return this.kill(a0 | 0, a2 | 0, SI_TKILL);
       case 132: // sigaltstack
-        if (a1 !== 0) {
-          sp.setU64(a1, 0);
-          sp.setU32(a1 + 8, 2); // SS_DISABLE
-          sp.setU64(a1 + 16, 0);
-        }
-        return 0;
+        return this.signals.sigaltstack(a0, a1);
       case 134: // rt_sigaction
-        return this.sigaction(a0 | 0, a1, a2);
+        return this.signals.rtSigaction(a0 | 0, a1, a2, a3);
       case 135: // rt_sigprocmask
-        return this.sigprocmask(a0 | 0, a1, a2);
+        return this.signals.rtSigprocmask(a0 | 0, a1, a2, a3);
+      case 136: // rt_sigpending
+        return this.signals.rtSigpending(a0, a1);
       case 153: {
         // times
         const ticks = Math.floor(performance.now() / 10);
@@ -399,9 +395,11 @@ export class Syscalls {
       case 216: // mremap
         return this.mremap(a0, a1, a2, a3, a4);
       case 222: // mmap
-        return this.mmap(a0, a1, a3, a4 | 0, a5);
-      case 223: // fadvise64: advice only
+        return this.mmap(a0, a1, a2, a3, a4 | 0, a5);
       case 226: // mprotect
+        if (a0 % PAGE !== 0) return -EINVAL;
+        return sp.protect(a0, Math.ceil(a1 / PAGE) * PAGE, a2 & 7) ? 0 : -ENOMEM;
+      case 223: // fadvise64: advice only
       case 227: // msync
       case 228: // mlock
       case 229: // munlock
@@ -474,7 +472,7 @@ export class Syscalls {
     }
     const st = fs.statfsSync(path);
     const s = this.space;
-    if (!s.valid(buf, 120)) return -EFAULT;
+    if (!s.writable(buf, 120)) return -EFAULT;
     s.ram.fill(0, buf, buf + 120);
     [st.type, st.bsize, st.blocks, st.bfree, st.bavail, st.files, st.ffree].forEach((v, i) => s.setU64(buf + 8 * i, v));
     s.setU64(buf + 64, 255); // f_namelen
@@ -489,7 +487,7 @@ export class Syscalls {
     if (root !== "/" && (cwd === root || cwd.startsWith(root + "/"))) cwd = cwd.slice(root.length) || "/";
     const bytes = Buffer.from(cwd + "\0");
     if (bytes.length > size) return -ERANGE;
-    if (!this.space.valid(buf, bytes.length)) return -EFAULT;
+    if (!this.space.writable(buf, bytes.length)) return -EFAULT;
     this.space.write(buf, bytes);
     return bytes.length;
   }
@@ -618,7 +616,7 @@ export class Syscalls {
     const f = this.files.get(fd);
     if (f === undefined) return -EBADF;
     if (!f.directory) return -ENOTDIR;
-    if (!this.space.valid(buf, count)) return -EFAULT;
+    if (!this.space.writable(buf, count)) return -EFAULT;
     const entries = this.files.listing(f);
     let at = buf;
     while (f.entryIndex < entries.length) {
@@ -668,7 +666,7 @@ export class Syscalls {
     const f = this.files.get(fd);
     if (f === undefined) return -EBADF;
     if (f.directory) return -EISDIR;
-    if (!this.space.valid(buf, count)) return -EFAULT;
+    if (!this.space.writable(buf, count)) return -EFAULT;
     if (f.pipe !== null) return this.readPipe(f, buf, count);
     if ((f.flags & O_ACCMODE) === O_WRONLY) return -EBADF;
     if (at !== null && f.position === null) return -ESPIPE;
@@ -743,9 +741,9 @@ export class Syscalls {
     return done;
   }
 
-  /** A write to a pipe nobody reads: SIGPIPE, whose default action ends the process. */
+  /** A write to a pipe nobody reads: EPIPE and SIGPIPE, whose default action ends the process. */
   private brokenPipe(): number {
-    this.raise(13);
+    this.signals.raise(SIGPIPE, SI_USER, this.pid);
     return -EPIPE;
   }
 
@@ -830,7 +828,7 @@ export class Syscalls {
       target = fs.readlinkSync(p);
     }
     const bytes = Buffer.from(target, "utf8").subarray(0, size);
-    if (!this.space.valid(buf, bytes.length)) return -EFAULT;
+    if (!this.space.writable(buf, bytes.length)) return -EFAULT;
     this.space.write(buf, bytes);
     return bytes.length;
   }
@@ -864,7 +862,7 @@ export class Syscalls {
   private newfstatat(dirfd: number, pathAddr: number, buf: number, flags: number): number {
     const st = this.statAt(dirfd, pathAddr, flags);
     if (typeof st === "number") return st;
-    if (!this.space.valid(buf, 128)) return -EFAULT;
+    if (!this.space.writable(buf, 128)) return -EFAULT;
     this.fillStat(buf, st);
     return 0;
   }
@@ -895,7 +893,7 @@ export class Syscalls {
     const st = this.statAt(dirfd, pathAddr, flags);
     if (typeof st === "number") return st;
     const s = this.space;
-    if (!s.valid(buf, 256)) return -EFAULT;
+    if (!s.writable(buf, 256)) return -EFAULT;
     s.ram.fill(0, buf, buf + 256);
     s.setU32(buf, 0x7ff); // STATX_BASIC_STATS
     s.setU32(buf + 4, Number(st.blksize));
@@ -1001,49 +999,11 @@ export class Syscalls {
     return 0;
   }
 
-  private kill(pid: number, sig: number): number {
+  private kill(pid: number, sig: number, code: number): number {
     if (pid !== this.pid && pid !== 0 && pid !== -1) return pid > 0 ? -ESRCH : -EPERM;
     if (sig === 0) return 0;
     if (sig < 1 || sig > 64) return -EINVAL;
-    this.raise(sig);
-    return 0;
-  }
-
-  /** A signal for this process: ignored, or (with no handler Yun can run) the end of it. */
-  private raise(sig: number): void {
-    const action = this.actions.get(sig);
-    const handler = action === undefined ? SIG_DFL : Number(Buffer.from(action).readBigUInt64LE(0));
-    if (handler === SIG_IGN || (handler === SIG_DFL && IGNORED_BY_DEFAULT.has(sig))) return;
-    if (handler !== SIG_DFL)
-      this.log(`yun exec: signal ${sig} has a handler, which Yun does not run yet: the process ends`);
-    this.exit = { status: 128 + sig, signal: sig };
-  }
-
-  private sigaction(sig: number, act: number, oldact: number): number {
-    if (sig < 1 || sig > 64 || sig === 9 || sig === 19)
-      return act !== 0 && (sig === 9 || sig === 19) ? -EINVAL : sig < 1 || sig > 64 ? -EINVAL : 0;
-    if (oldact !== 0) {
-      if (!this.space.valid(oldact, 24)) return -EFAULT;
-      const old = this.actions.get(sig);
-      if (old !== undefined) this.space.write(oldact, old);
-      else this.space.ram.fill(0, oldact, oldact + 24);
-    }
-    if (act !== 0) {
-      if (!this.space.valid(act, 24)) return -EFAULT;
-      this.actions.set(sig, this.space.bytes(act, 24).slice());
-    }
-    return 0;
-  }
-
-  private sigprocmask(how: number, set: number, oldset: number): number {
-    if (oldset !== 0) this.space.setU64(oldset, this.signalMask);
-    if (set !== 0) {
-      const s = BigInt(this.space.u64(set));
-      if (how === 0) this.signalMask |= s;
-      else if (how === 1) this.signalMask &= ~s;
-      else if (how === 2) this.signalMask = s;
-      else return -EINVAL;
-    }
+    this.signals.raise(sig, code, this.pid);
     return 0;
   }
 
@@ -1070,16 +1030,16 @@ export class Syscalls {
     return 0;
   }
 
-  private mmap(addr: number, length: number, flags: number, fd: number, offset: number): number {
+  private mmap(addr: number, length: number, prot: number, flags: number, fd: number, offset: number): number {
     const sp = this.space;
     if (length <= 0 || offset % PAGE !== 0) return -EINVAL;
     const size = Math.ceil(length / PAGE) * PAGE;
     let at: number;
     if ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) !== 0) {
-      if (!sp.mapFixed(addr, size)) return -ENOMEM;
+      if (!sp.mapFixed(addr, size, prot & 7)) return -ENOMEM;
       at = addr;
     } else {
-      at = sp.map(size, addr);
+      at = sp.map(size, addr, prot & 7);
       if (at < 0) return -ENOMEM;
     }
     if ((flags & MAP_ANONYMOUS) === 0) {
@@ -1109,7 +1069,9 @@ export class Syscalls {
       return old;
     }
     if ((flags & 1) === 0) return -ENOMEM; // MREMAP_MAYMOVE
-    const to = (flags & 2) !== 0 ? (sp.mapFixed(newAddr, newSize) ? newAddr : -1) : sp.map(newSize);
+    if (!sp.isMapped(old)) return -EFAULT;
+    const prot = sp.protection(old);
+    const to = (flags & 2) !== 0 ? (sp.mapFixed(newAddr, newSize, prot) ? newAddr : -1) : sp.map(newSize, 0, prot);
     if (to < 0) return -ENOMEM;
     sp.ram.copyWithin(to, old, old + Math.min(oldSize, newSize));
     sp.written(to, Math.min(oldSize, newSize));
