@@ -15,6 +15,13 @@ export interface VirtDtConfig {
   ramSize: number;
   timebaseHz: number;
   bootargs: string;
+  /**
+   * Seed for the guest kernel's random number generator (/chosen/rng-seed, 32 bytes as QEMU's
+   * virt machine gives): without it the CRNG of a distribution kernel waits for entropy that
+   * arrives only once a driver (virtio-rng) is loaded, and everything that reads getrandom()
+   * early (systemd-udevd in an initramfs) waits with it.
+   */
+  rngSeed?: Uint8Array;
   initrd?: { start: number; end: number };
   /** Emitted in this order, which is the order Linux probes them in (so the first disk is vda). */
   virtio: { base: number; size: number; irq: number }[];
@@ -123,6 +130,7 @@ export function buildVirtDeviceTree(cfg: VirtDtConfig): Uint8Array {
   // Without a command line (a boot loader's machine) there is no bootargs, as QEMU without -append.
   if (cfg.bootargs !== "") w.propString("bootargs", cfg.bootargs);
   w.propString("stdout-path", uartPath);
+  if (cfg.rngSeed) w.prop("rng-seed", cfg.rngSeed);
   if (cfg.initrd) {
     w.propU64("linux,initrd-start", cfg.initrd.start);
     w.propU64("linux,initrd-end", cfg.initrd.end);

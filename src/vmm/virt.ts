@@ -6,6 +6,7 @@
  * power events are served, and host sleep while the guest waits in WFI (until a timer, console
  * input or a device such as the network card wakes it).
  */
+import { randomFillSync } from "node:crypto";
 import { allocateRam, Bus, ramFits, ramView, type MmioDevice, type RamStorage } from "../cpu/bus.js";
 import { Hart, type HartClock } from "../cpu/hart.js";
 import { saveHart, restoreHart, checkHartState, type HartState } from "../cpu/state.js";
@@ -468,6 +469,8 @@ export class VirtMachine {
         }
       : null;
 
+    const rngSeed = new Uint8Array(32);
+    (config.entropy ?? ((b, o, n) => randomFillSync(b, o, n)))(rngSeed, 0, rngSeed.length);
     const dtb = buildVirtDeviceTree({
       harts: cpus,
       isa: ISA_STRING,
@@ -476,6 +479,7 @@ export class VirtMachine {
       ramSize,
       timebaseHz: TIMEBASE_HZ,
       bootargs: raw ? "" : config.append,
+      rngSeed,
       initrd: this.layout.initrd,
       virtio: slots,
     });

@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import { dtcMissing, decompile } from "../support/dtc.js";
 import { buildVirtDeviceTree, isaExtensions, type VirtDtConfig } from "../../src/vmm/devicetree.js";
 
-
 const cfg: VirtDtConfig = {
   harts: 2,
   isa: "rv64imafdc_zicntr_zicsr_zifencei",
@@ -12,6 +11,7 @@ const cfg: VirtDtConfig = {
   ramSize: 0x1_0000_0000,
   timebaseHz: 10_000_000,
   bootargs: "console=ttyS0 root=/dev/vda1",
+  rngSeed: Uint8Array.from({ length: 32 }, (_, i) => i + 1),
   initrd: { start: 0x8800_0000, end: 0x8900_0000 },
   virtio: [
     { base: 0x1000_1000, size: 0x1000, irq: 1 },
@@ -87,6 +87,11 @@ test("the virt tree decompiles cleanly with the expected layout", { skip: dtcMis
   assert.match(chosen, /stdout-path = "\/soc\/serial@10000000";/);
   assert.match(chosen, /linux,initrd-start = <0x00 0x88000000>;/);
   assert.match(chosen, /linux,initrd-end = <0x00 0x89000000>;/);
+  // 32 bytes, as QEMU's virt gives, so that the kernel's CRNG is ready at once.
+  assert.match(
+    chosen,
+    /rng-seed = <0x1020304 0x5060708 0x90a0b0c 0xd0e0f10 0x11121314 0x15161718 0x191a1b1c 0x1d1e1f20>;/,
+  );
 
   const soc = node(dts, "soc");
   assert.match(soc, /compatible = "simple-bus";/);
@@ -96,14 +101,20 @@ test("the virt tree decompiles cleanly with the expected layout", { skip: dtcMis
   const clint = node(soc, "clint@2000000");
   assert.match(clint, /compatible = "sifive,clint0\\0riscv,clint0";/);
   assert.match(clint, /reg = <0x00 0x2000000 0x00 0x10000>;/);
-  assert.match(clint, new RegExp(`interrupts-extended = <${intcs[0]} 0x03 ${intcs[0]} 0x07 ${intcs[1]} 0x03 ${intcs[1]} 0x07>;`));
+  assert.match(
+    clint,
+    new RegExp(`interrupts-extended = <${intcs[0]} 0x03 ${intcs[0]} 0x07 ${intcs[1]} 0x03 ${intcs[1]} 0x07>;`),
+  );
 
   const plic = node(soc, "plic@c000000");
   const plicPh = phandle(plic);
   assert.match(plic, /compatible = "sifive,plic-1.0.0\\0riscv,plic0";/);
   assert.match(plic, /riscv,ndev = <0x5f>;/);
   assert.match(plic, /reg = <0x00 0xc000000 0x00 0x600000>;/);
-  assert.match(plic, new RegExp(`interrupts-extended = <${intcs[0]} 0x0b ${intcs[0]} 0x09 ${intcs[1]} 0x0b ${intcs[1]} 0x09>;`));
+  assert.match(
+    plic,
+    new RegExp(`interrupts-extended = <${intcs[0]} 0x0b ${intcs[0]} 0x09 ${intcs[1]} 0x0b ${intcs[1]} 0x09>;`),
+  );
   assert.match(plic, /#interrupt-cells = <0x01>;/);
   assert.match(plic, /#address-cells = <0x00>;/);
   assert.match(plic, /\binterrupt-controller;/);
