@@ -40,6 +40,7 @@ import { NetworkService } from "./networks/service.js";
 import { KeyPairService } from "./keypairs/service.js";
 import { DEFAULT_OBJECT_QUOTA, ObjectService, objectBytesUsed } from "./objects/service.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
+import { SandboxService } from "./sandboxes/service.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
 import { NetworkServices } from "./networks/netsvc.js";
@@ -245,6 +246,8 @@ export class Cloud implements ServiceContext {
   readonly keypairs: KeyPairService;
   /** Object storage (buckets, objects, access keys); its S3 API is objects/server.ts. */
   readonly objects: ObjectService;
+  /** Sandboxes and their templates (restored from snapshots, driven through the guest agent). */
+  readonly sandboxes: SandboxService;
   readonly now: () => number;
   /** The records as SQL tables (read them here; change them in store.transact()). */
   get db(): DB {
@@ -269,7 +272,10 @@ export class Cloud implements ServiceContext {
     this.networks = new NetworkService(this, this.netsvc);
     this.keypairs = new KeyPairService(this);
     this.objects = new ObjectService(this, this.meter, join(this.dir, "objects"));
-    this.driver.onExit = (id) => void this.onVmExit(id);
+    this.sandboxes = new SandboxService(this, this.driver, this.meter, opts.home, this.dir, this.now);
+    this.driver.onExit = (id) => {
+      if (!this.sandboxes.onExit(id)) void this.onVmExit(id);
+    };
     // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
     this.settled = this.settleImageStorage();
     this.settled.catch(() => undefined);
@@ -488,12 +494,13 @@ export class Cloud implements ServiceContext {
     await this.store.transact(() => {
       const r = this.projectRow(idOrName);
       if (r.name === "admin") throw conflict("the admin project cannot be deleted");
-      for (const t of ["instances", "volumes", "networks", "snapshots", "images", "buckets"]) {
+      for (const t of ["instances", "volumes", "networks", "snapshots", "images", "buckets", "sandboxes"]) {
         const n = (this.db.prepare(`SELECT count(*) AS n FROM ${t} WHERE project_id = ?`).get(r.id) as { n: number }).n;
         if (n > 0)
           throw conflict(`project ${r.name} still has ${n} ${n === 1 ? t.slice(0, -1) : t}; delete them first`);
       }
       this.db.prepare("DELETE FROM keypairs WHERE project_id = ?").run(r.id);
+      this.db.prepare("DELETE FROM sandbox_templates WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
       this.db.prepare("DELETE FROM access_keys WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
       this.db.prepare("DELETE FROM object_requests WHERE project_id = ?").run(r.id);
@@ -516,10 +523,16 @@ export class Cloud implements ServiceContext {
     const img = this.db
       .prepare(`SELECT ifnull(sum((size_bytes + ${GiB - 1}) / ${GiB}), 0) AS d FROM images WHERE project_id = ?`)
       .get(projectId) as { d: number };
+    // Sandboxes count as instances do (paused ones too: their memory is kept on disk for them).
+    const s = this.db
+      .prepare(
+        "SELECT count(*) AS n, ifnull(sum(vcpus), 0) AS c, ifnull(sum(memory_mib), 0) AS m FROM sandboxes WHERE project_id = ?",
+      )
+      .get(projectId) as { n: number; c: number; m: number };
     return {
-      instances: i.n,
-      vcpus: i.c,
-      memoryMiB: i.m,
+      instances: i.n + s.n,
+      vcpus: i.c + s.c,
+      memoryMiB: i.m + s.m,
       diskGiB: i.d + v.d + img.d,
       objectBytes: objectBytesUsed(this.db, projectId),
     };
@@ -1019,7 +1032,8 @@ export class Cloud implements ServiceContext {
       if (r.project_id !== projectId) throw notFound(`no volume ${v}`);
       return r;
     });
-    if (vols.length + 1 > maxDisks(true, true)) throw badRequest(`an instance takes at most ${maxDisks(true, true) - 1} volumes`);
+    if (vols.length + 1 > maxDisks(true, true))
+      throw badRequest(`an instance takes at most ${maxDisks(true, true) - 1} volumes`);
     const id = newId("ins");
     const dir = join(this.dir, "instances", id);
     const start = req.start ?? true;
@@ -1224,7 +1238,10 @@ export class Cloud implements ServiceContext {
     ).map((v) => v.path);
     if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
     if (disks.length + 1 > maxDisks(true, true)) {
-      await this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true, true) - 1} fit`);
+      await this.setError(
+        id,
+        `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true, true) - 1} fit`,
+      );
       return;
     }
     if (r.network_id) {
@@ -2254,6 +2271,7 @@ export class Cloud implements ServiceContext {
   close(): Promise<void> {
     this.closed = true;
     if (this.ticker) clearInterval(this.ticker);
+    this.sandboxes.close();
     // SQLite: the tick and the close happen before close() returns; etcd: in turn.
     void this.store.transact(() => this.meter.tick()).catch(() => undefined);
     void this.objects.flushRequests().catch(() => undefined);
