@@ -2205,6 +2205,7 @@ export class Cloud implements ServiceContext {
     }
     await this.recoverOperations();
     await this.sweepFiles();
+    await this.sandboxes.reconcile();
     // Monitors named like instances that no instance owns (any more).
     for (const vm of this.driver.runningVms()) {
       if (!/^ins-[a-z2-7]{10}$/.test(vm.name) || kept.has(vm.pid)) continue;

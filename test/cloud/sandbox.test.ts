@@ -7,10 +7,35 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Sandbox, YunApiError } from "yun/sdk";
 import type { Template } from "../../src/cloud/types.js";
 import { HAVE_DEBIAN, startCloud, tenant } from "./helpers.js";
+
+const BIN = resolve(fileURLToPath(import.meta.url), "../../../../bin/yun.js");
+
+/** The yun CLI as a child (async: the cloud it talks to runs in this process). */
+function yun(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("close", (code) => done({ code, stdout, stderr }));
+  });
+}
 
 const sha256 = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
@@ -70,6 +95,23 @@ test(
         [["file", data.length]],
       );
       await assert.rejects(s1.files.read("/nonexistent"), /No such file/);
+
+      // The CLI: exec streams and exits with the command's code; files get; list.
+      const env = { YUN_SERVER: c.url, YUN_TOKEN: a.memberToken };
+      const x = await yun(["sandbox", "exec", s1.sandboxId, "--", "sh", "-c", "echo out; echo err >&2; exit 7"], env);
+      assert.deepEqual(x, { code: 7, stdout: "out\n", stderr: "err\n" });
+      const tmp = mkdtempSync(join(tmpdir(), "yun-sbx-test-"));
+      try {
+        const got = await yun(["sandbox", "files", "get", s1.sandboxId, "/root/in.bin", join(tmp, "out.bin")], env);
+        assert.equal(got.code, 0, got.stderr);
+        assert.equal(sha256(readFileSync(join(tmp, "out.bin"))), sha256(data));
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
+      }
+      const listed = await yun(["sandbox", "list"], env);
+      assert.match(listed.stdout, new RegExp(`${s1.sandboxId}\\s+running`));
+      const missing = await yun(["sandbox", "exec", "sbx-aaaaaaaaaa", "--", "true"], env);
+      assert.deepEqual([missing.code, missing.stderr], [1, "yun: no sandbox sbx-aaaaaaaaaa\n"]);
 
       // Another project sees nothing.
       const foreign = await Sandbox.connect(s1.sandboxId, { server: c.url, token: b.memberToken }).catch((e) => e);

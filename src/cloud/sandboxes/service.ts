@@ -745,6 +745,42 @@ export class SandboxService {
     return true;
   }
 
+  /**
+   * After a daemon restart: running sandboxes whose monitor still runs are attached again, the
+   * others end; a sandbox caught starting ends; a template caught building failed.
+   */
+  async reconcile(): Promise<void> {
+    const rows = this.cx.db.prepare("SELECT * FROM sandboxes WHERE state != 'paused'").all() as SandboxRow[];
+    for (const r of rows) {
+      const alive = r.state === "running" && r.pid !== null && this.driver.isMonitorOf(r.pid, r.id);
+      if (alive && (await this.driver.attach(r.id, join(this.dir, r.id, "api.sock"), r.pid!))) continue;
+      if (r.pid !== null && this.driver.isMonitorOf(r.pid, r.id)) this.driver.kill(r.pid);
+      await this.remove(r.id, "ended", "its VM did not survive the daemon's restart");
+    }
+    const building = new Set(
+      (this.cx.db.prepare("SELECT id FROM sandbox_templates WHERE state = 'building'").all() as { id: string }[]).map(
+        (t) => t.id,
+      ),
+    );
+    for (const vm of this.driver.runningVms())
+      if (building.has(vm.name) && this.driver.isMonitorOf(vm.pid, vm.name)) this.driver.kill(vm.pid);
+    await this.cx.store.transact(() => {
+      const building = this.cx.db
+        .prepare("SELECT id, project_id FROM sandbox_templates WHERE state = 'building'")
+        .all() as {
+        id: string;
+        project_id: string;
+      }[];
+      for (const t of building) {
+        this.cx.db
+          .prepare("UPDATE sandbox_templates SET state = 'error', error = ? WHERE id = ?")
+          .run("the daemon restarted during the build; delete the template and build it again", t.id);
+        this.cx.audit("system", t.project_id, "template.build", t.id, "failed");
+      }
+    });
+    this.sweep();
+  }
+
   close(): void {
     this.closed = true;
     clearInterval(this.ticker);
