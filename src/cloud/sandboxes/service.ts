@@ -48,6 +48,8 @@ const TEMPLATE_MEMORY_MIB = 256;
 const TEMPLATE_BOOT_MS = 300_000;
 /** A restored sandbox's agent answers within this (it was listening when the snapshot was taken). */
 const RESTORE_AGENT_MS = 60_000;
+/** How long after its control socket a monitor's vsock socket may take to appear. */
+const VSOCK_SOCKET_MS = 5000;
 /** How often timeouts are checked. */
 const TIMEOUT_TICK_MS = 1000;
 
@@ -234,8 +236,7 @@ export class SandboxService {
         },
         () => (launched = true),
       );
-      const agent = this.agentOf(t.id);
-      await agent.waitReady(TEMPLATE_BOOT_MS);
+      const agent = await this.agentReady(t.id, TEMPLATE_BOOT_MS);
       for (const cmd of JSON.parse(t.run) as string[]) {
         const r = await agent.exec({ shell: cmd });
         if (r.exitCode !== 0) {
@@ -350,6 +351,25 @@ export class SandboxService {
     return new GuestAgent(join(this.yunHome, "vms", id, "vsock.sock"));
   }
 
+  /**
+   * The agent of a VM whose monitor answered, once it answers too. The monitor opens the vsock
+   * socket right after its control socket, so one still missing after VSOCK_SOCKET_MS means a VM
+   * without vsock: said then rather than after the whole wait.
+   */
+  private async agentReady(id: string, timeoutMs: number): Promise<GuestAgent> {
+    const agent = this.agentOf(id);
+    const deadline = Date.now() + VSOCK_SOCKET_MS;
+    while (!existsSync(agent.vsockPath) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (!existsSync(agent.vsockPath))
+      throw new ApiError(
+        500,
+        "internal",
+        `the VM of ${id} has no vsock socket (${agent.vsockPath}): no guest agent to reach`,
+      );
+    await agent.waitReady(timeoutMs);
+    return agent;
+  }
+
   /** Serializes the actions on one sandbox (each spans monitors and transactions). */
   private async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const before = this.locks.get(id) ?? Promise.resolve();
@@ -449,8 +469,7 @@ export class SandboxService {
         (spawned) => (pid = spawned),
       );
       pid = launched.pid;
-      const agent = this.agentOf(row.id);
-      await agent.waitReady(RESTORE_AGENT_MS);
+      const agent = await this.agentReady(row.id, RESTORE_AGENT_MS);
       if (fresh) await this.giveIdentity(agent, row);
     } catch (e) {
       if (pid !== null) await this.driver.stop(row.id, pid).catch(() => undefined);
