@@ -1,7 +1,7 @@
 /**
  * Boot benchmark: Yun and QEMU side by side, on the same kernel, initrd and command line.
  *
- *   npm run bench -- [--only yun|qemu|boot|cpu|micro|io|lifecycle|smp|disk|idle|full|exec] [--engine interp|jit|both] [--firmware dynamic|none|both]
+ *   npm run bench -- [--only yun|qemu|boot|cpu|micro|io|lifecycle|smp|disk|idle|full|exec|sandbox] [--engine interp|jit|both] [--firmware dynamic|none|both]
  *                    [--runs N] [--json] [--verbose]
  *
  * After the boots, the CPU workloads of bench/cpu.ts run (interp, jit and QEMU on the same code),
@@ -46,6 +46,7 @@ import { formatSmpTable, runSmpBench, type SmpResult } from "./smp.js";
 import { formatDiskBootTable, runDiskBootBench, type DiskBootResult } from "./diskboot.js";
 import { formatIdleTable, killIdleGuests, runIdleBench, type IdleResult } from "./idle.js";
 import { formatExecTable, runExecBench } from "./exec.js";
+import { formatSandboxTable, runSandboxBench } from "./sandbox.js";
 
 /** The busybox shell's prompt in /root (PS1='\w \$ '). */
 const SHELL_PROMPT = "~ # ";
@@ -59,12 +60,13 @@ Boots the Debian image to its shell prompt with Yun and with QEMU and compares t
 
 Options:
   --only yun|qemu          run one engine only (default: both)
-  --only boot|cpu|micro|io|lifecycle|smp|disk|idle|full|exec
+  --only boot|cpu|micro|io|lifecycle|smp|disk|idle|full|exec|sandbox
                            run only the boots, the CPU workloads (bare-metal kernel, guest jobs and
                            kernel micro-workloads), the micro-workloads alone, the I/O, the VM
                            lifecycle, the SMP benchmark, the disk boots through U-Boot, an idle VM's
-                           host CPU and memory, or the full Debian image's boot and apt-get
-                           (default: all; full only when pulled)
+                           host CPU and memory, the full Debian image's boot and apt-get, or the
+                           cloud's sandboxes (create to first command, pause, resume, fork)
+                           (default: all; full only when pulled; sandbox only when named)
   --engine interp|jit|both Yun's CPU engine for the boots and the bare-metal kernel (default: both);
                            the guest workloads run on jit, or on interp when only it is given
   --firmware dynamic|none|both
@@ -522,10 +524,24 @@ async function main(argv: string[]): Promise<number> {
   const only = values.only;
   if (
     only !== undefined &&
-    !["yun", "qemu", "cpu", "micro", "boot", "io", "lifecycle", "smp", "disk", "idle", "full", "exec"].includes(only)
+    ![
+      "yun",
+      "qemu",
+      "cpu",
+      "micro",
+      "boot",
+      "io",
+      "lifecycle",
+      "smp",
+      "disk",
+      "idle",
+      "full",
+      "exec",
+      "sandbox",
+    ].includes(only)
   ) {
     process.stderr.write(
-      `bench: --only takes yun, qemu, boot, cpu, micro, io, lifecycle, smp, disk, idle, full or exec, got "${only}"\n`,
+      `bench: --only takes yun, qemu, boot, cpu, micro, io, lifecycle, smp, disk, idle, full, exec or sandbox, got "${only}"\n`,
     );
     return 2;
   }
@@ -559,6 +575,17 @@ async function main(argv: string[]): Promise<number> {
       `\nyun exec vs qemu-riscv64 (user mode), same Debian riscv64 root; wall time from spawn to exit, median of ${Math.max(runs, 3)}\n\n${formatExecTable(execRows)}\n`,
     );
     return execRows.some((r) => r.error !== undefined) ? 1 : 0;
+  }
+
+  if (only === "sandbox") {
+    // The cloud's sandboxes: one template boot, then restores only (no QEMU counterpart).
+    const log = (s: string): void => void process.stderr.write(s + "\n");
+    const n = Math.max(runs, 5);
+    const rows = await runSandboxBench({ runs: n, log });
+    process.stdout.write(
+      `\nsandboxes (debian-tiny template, 256 MiB, 1 vCPU), through the SDK, ${n} in a row\n\n${formatSandboxTable(rows)}\n`,
+    );
+    return 0;
   }
 
   const image = findImage("debian-tiny");

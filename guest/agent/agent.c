@@ -27,7 +27,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/random.h>
 #include <linux/vm_sockets.h>
+#include <sys/ioctl.h>
 
 #define AGENT_PORT 1024
 #define MAX_FRAME (1024 * 1024)
@@ -638,6 +640,51 @@ static void do_remove(const struct request *r, const char *path) {
   else ok_result();
 }
 
+/*
+ * A VM restored from a snapshot (a sandbox from its template, a fork) starts with its template's
+ * random state: the host sends fresh bytes, credited to the input pool, and the kernel's CRNG is
+ * reseeded from it at once (RNDRESEEDCRNG), so /dev/urandom diverges between the copies now, not
+ * at the next scheduled reseed.
+ */
+static int hexval(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static void do_reseed(const struct request *r) {
+  const char *hex = get(r, "seed");
+  size_t n = hex ? strlen(hex) / 2 : 0;
+  if (n < 16 || n > 512 || strlen(hex) % 2 != 0) {
+    send_error("reseed needs seed= with 16 to 512 bytes in hex");
+    return;
+  }
+  struct rand_pool_info *info = calloc(1, sizeof *info + n);
+  if (!info) {
+    send_error("reseed: out of memory");
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) {
+      free(info);
+      send_error("reseed: the seed is not hex");
+      return;
+    }
+    ((unsigned char *)info->buf)[i] = (unsigned char)(hi << 4 | lo);
+  }
+  info->entropy_count = (int)(n * 8);
+  info->buf_size = (int)n;
+  int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+  if (fd < 0 || ioctl(fd, RNDADDENTROPY, info) < 0) {
+    send_error("reseed: adding entropy failed: %s", strerror(errno));
+  } else if (ioctl(fd, RNDRESEEDCRNG) < 0) {
+    send_error("reseed: reseeding the kernel's generator failed: %s", strerror(errno));
+  } else {
+    ok_result();
+  }
+  if (fd >= 0) close(fd);
+  free(info);
+}
+
 static void serve(void) {
   char *data;
   size_t len;
@@ -672,6 +719,8 @@ static void serve(void) {
     if (!from || !to) send_error("rename needs from and to");
     else if (rename(from, to) < 0) send_error("rename %s to %s: %s", from, to, strerror(errno));
     else ok_result();
+  } else if (strcmp(op, "reseed") == 0) {
+    do_reseed(r);
   } else if (strcmp(op, "ping") == 0) {
     ok_result();
   } else {

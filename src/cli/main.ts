@@ -18,6 +18,8 @@ Commands:
   ssh        SSH into a local VM through its published port 22 (yun ssh VM [-- CMD])
   serve      run the cloud: API, dashboard and consoles (yun serve --port N)
   cloud      export the cloud's records to a file, or import them (yun cloud export FILE)
+  sandbox    sandboxes from templates: create, exec, files, pause, resume, fork, kill, list
+  template   sandbox templates: build (boot, run commands, snapshot), list, delete
   help       show this help
 
 ${CLOUD_HELP}
@@ -46,6 +48,9 @@ export async function main(args: string[]): Promise<number> {
     case "exec":
       // Loaded only here, as serve: the user-mode emulator is no other command's business.
       return (await import("./exec.js")).execCommand(rest);
+    case "sandbox":
+    case "template":
+      return (await import("./sandbox.js")).sandboxCli(command, rest);
     case "serve":
       // Loaded only here: the API server's libraries would slow every other command's start.
       return (await import("./serve.js")).serveCommand(rest);

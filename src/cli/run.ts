@@ -98,7 +98,8 @@ Monitor (see docs/vm-api.md; yun vm drives a running VM):
   --log FILE          write yun's messages (not the guest's console) to FILE, owner-only, keeping
                       the newest 2 MiB there and the 2 MiB before them in FILE.1
   --restore DIR       start from the snapshot in DIR (taken with yun vm snapshot) instead of booting
-                      (with --name and --cpu-cap, no machine flags: the snapshot has them)
+                      (with --name and --cpu-cap, no machine flags: the snapshot has them; a
+                      copy may take a new --mac, and --no-net keeps the card but unplugs it)
   --incoming [ADDR:]PORT
                       wait for a live migration (yun vm migrate) on ADDR:PORT (default 127.0.0.1)
                       instead of booting. The machine flags describe what this process is willing
@@ -247,6 +248,8 @@ export interface MonitorFlags {
   log?: string;
   /** Start from this snapshot instead of booting. */
   restore?: string;
+  /** With restore: a new MAC, or the network card's cable unplugged (--mac, --no-net). */
+  restoreIdentity?: { mac?: string; unplugNet?: boolean };
   /** Wait for a live migration on this address instead of booting. */
   incoming?: { host: string; port: number };
   /** The migration token's file and the token it holds (else a fresh token is printed). */
@@ -394,6 +397,8 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
           "vsock",
           "vnc",
           "vnc-password-file",
+          "mac",
+          "no-net",
         ].includes(k),
     );
     if (given.length > 0) {
@@ -401,6 +406,19 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     }
     if (v.name !== undefined && !NAME_RE.test(v.name)) throw new UsageError(`--name "${v.name}" is not a valid name`);
     monitor.restore = resolvePath(v.restore);
+    // A copy of a snapshot that must not look like the original (sandboxes from one template).
+    monitor.restoreIdentity = { unplugNet: v["no-net"] === true };
+    if (v.mac !== undefined) {
+      let bytes: Uint8Array;
+      try {
+        bytes = parseMac(v.mac);
+      } catch (e) {
+        throw new UsageError(`--mac: ${(e as Error).message}`);
+      }
+      if (bytes[0] & 1)
+        throw new UsageError(`--mac ${v.mac} is a multicast address; a network card needs a unicast one`);
+      monitor.restoreIdentity.mac = formatMac(bytes);
+    }
     let restoreCap: number | null = null;
     if (v["cpu-cap"] !== undefined) {
       restoreCap = Number(v["cpu-cap"]);
@@ -854,7 +872,11 @@ export async function runCommand(args: string[]): Promise<number> {
   try {
     if (flags.restore !== undefined) {
       const t0 = performance.now();
-      const r = await VmMonitor.restore(flags.restore, monitorOpts, { name: opts.name, cpuCap: opts.cpuCap });
+      const r = await VmMonitor.restore(flags.restore, monitorOpts, {
+        name: opts.name,
+        cpuCap: opts.cpuCap,
+        ...flags.restoreIdentity,
+      });
       monitor = r.monitor;
       notes = r.notes;
       monitorOpts.ownedDir = r.ownedDir;

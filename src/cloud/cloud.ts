@@ -44,6 +44,7 @@ import { NetworkService } from "./networks/service.js";
 import { KeyPairService } from "./keypairs/service.js";
 import { DEFAULT_OBJECT_QUOTA, ObjectService, objectBytesUsed } from "./objects/service.js";
 import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
+import { SandboxService } from "./sandboxes/service.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
 import { NetworkServices } from "./networks/netsvc.js";
@@ -251,6 +252,8 @@ export class Cloud implements ServiceContext {
   readonly keypairs: KeyPairService;
   /** Object storage (buckets, objects, access keys); its S3 API is objects/server.ts. */
   readonly objects: ObjectService;
+  /** Sandboxes and their templates (restored from snapshots, driven through the guest agent). */
+  readonly sandboxes: SandboxService;
   readonly now: () => number;
   /** The records as SQL tables (read them here; change them in store.transact()). */
   get db(): DB {
@@ -275,7 +278,10 @@ export class Cloud implements ServiceContext {
     this.networks = new NetworkService(this, this.netsvc);
     this.keypairs = new KeyPairService(this);
     this.objects = new ObjectService(this, this.meter, join(this.dir, "objects"));
-    this.driver.onExit = (id) => void this.onVmExit(id);
+    this.sandboxes = new SandboxService(this, this.driver, this.meter, opts.home, this.dir, this.now);
+    this.driver.onExit = (id) => {
+      if (!this.sandboxes.onExit(id)) void this.onVmExit(id);
+    };
     // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
     this.settled = this.settleImageStorage();
     this.settled.catch(() => undefined);
@@ -494,12 +500,13 @@ export class Cloud implements ServiceContext {
     await this.store.transact(() => {
       const r = this.projectRow(idOrName);
       if (r.name === "admin") throw conflict("the admin project cannot be deleted");
-      for (const t of ["instances", "volumes", "networks", "snapshots", "images", "buckets"]) {
+      for (const t of ["instances", "volumes", "networks", "snapshots", "images", "buckets", "sandboxes"]) {
         const n = (this.db.prepare(`SELECT count(*) AS n FROM ${t} WHERE project_id = ?`).get(r.id) as { n: number }).n;
         if (n > 0)
           throw conflict(`project ${r.name} still has ${n} ${n === 1 ? t.slice(0, -1) : t}; delete them first`);
       }
       this.db.prepare("DELETE FROM keypairs WHERE project_id = ?").run(r.id);
+      this.db.prepare("DELETE FROM sandbox_templates WHERE project_id = ?").run(r.id);
       this.db.prepare("DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
       this.db.prepare("DELETE FROM access_keys WHERE user_id IN (SELECT id FROM users WHERE project_id = ?)").run(r.id);
       this.db.prepare("DELETE FROM object_requests WHERE project_id = ?").run(r.id);
@@ -522,10 +529,16 @@ export class Cloud implements ServiceContext {
     const img = this.db
       .prepare(`SELECT ifnull(sum((size_bytes + ${GiB - 1}) / ${GiB}), 0) AS d FROM images WHERE project_id = ?`)
       .get(projectId) as { d: number };
+    // Sandboxes count as instances do (paused ones too: their memory is kept on disk for them).
+    const s = this.db
+      .prepare(
+        "SELECT count(*) AS n, ifnull(sum(vcpus), 0) AS c, ifnull(sum(memory_mib), 0) AS m FROM sandboxes WHERE project_id = ?",
+      )
+      .get(projectId) as { n: number; c: number; m: number };
     return {
-      instances: i.n,
-      vcpus: i.c,
-      memoryMiB: i.m,
+      instances: i.n + s.n,
+      vcpus: i.c + s.c,
+      memoryMiB: i.m + s.m,
       diskGiB: i.d + v.d + img.d,
       objectBytes: objectBytesUsed(this.db, projectId),
     };
@@ -2211,6 +2224,7 @@ export class Cloud implements ServiceContext {
     }
     await this.recoverOperations();
     await this.sweepFiles();
+    await this.sandboxes.reconcile();
     // Monitors named like instances that no instance owns (any more).
     for (const vm of this.driver.runningVms()) {
       if (!/^ins-[a-z2-7]{10}$/.test(vm.name) || kept.has(vm.pid)) continue;
@@ -2277,6 +2291,7 @@ export class Cloud implements ServiceContext {
   close(): Promise<void> {
     this.closed = true;
     if (this.ticker) clearInterval(this.ticker);
+    this.sandboxes.close();
     // SQLite: the tick and the close happen before close() returns; etcd: in turn.
     void this.store.transact(() => this.meter.tick()).catch(() => undefined);
     void this.objects.flushRequests().catch(() => undefined);

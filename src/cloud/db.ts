@@ -175,6 +175,25 @@ const MIGRATIONS: string[] = [
   `
   ALTER TABLE instances ADD COLUMN display INTEGER NOT NULL DEFAULT 0 CHECK (display IN (0, 1));
   `,
+  // 8: sandboxes (src/cloud/sandboxes): templates (an image booted, commands run, snapshotted) and
+  // the sandboxes restored from them; a sandbox's name is its id (lookups go by id or name).
+  `
+  CREATE TABLE sandbox_templates (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id), image TEXT NOT NULL,
+    run TEXT NOT NULL, memory_mib INTEGER NOT NULL, vcpus INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('building', 'ready', 'error')), error TEXT, created_at TEXT NOT NULL,
+    UNIQUE (project_id, name)
+  );
+  CREATE TABLE sandboxes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    template_id TEXT NOT NULL REFERENCES sandbox_templates(id),
+    state TEXT NOT NULL CHECK (state IN ('starting', 'running', 'paused')), vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL, network TEXT NOT NULL CHECK (network IN ('nat', 'none')), mac TEXT NOT NULL,
+    envs TEXT NOT NULL, metadata TEXT NOT NULL, timeout_at INTEGER NOT NULL, pid INTEGER, snapshot TEXT,
+    ancestors TEXT NOT NULL, created_at TEXT NOT NULL
+  );
+  CREATE INDEX sandboxes_project ON sandboxes (project_id);
+  `,
 ];
 
 /** The schema version this code expects. */

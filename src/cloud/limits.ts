@@ -219,7 +219,10 @@ export class RequestLimits {
           });
       }
       // Image uploads stream to disk with their own cap (the quota and MAX_UPLOAD_BYTES).
-      const upload = c.req.method === "POST" && c.req.path === "/api/v1/images";
+      // So do files written into a sandbox (streamed to its guest agent).
+      const upload =
+        (c.req.method === "POST" && c.req.path === "/api/v1/images") ||
+        (c.req.method === "PUT" && /^\/api\/v1\/sandboxes\/[^/]+\/files$/.test(c.req.path));
       const res = upload ? await next() : await limitJson(c, next);
       if (c.res.status === 401) this.loginFailed(address);
       return res;

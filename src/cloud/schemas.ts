@@ -338,3 +338,106 @@ export const AuditEvent = z
 export function listOf<T extends z.ZodTypeAny>(item: T) {
   return z.object({ items: z.array(item) });
 }
+
+const Env = z
+  .record(
+    z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, "environment names are letters, digits and '_'"),
+    z.string().max(65536),
+  )
+  .refine((e) => Object.keys(e).length <= 256, "at most 256 environment variables");
+const Metadata = z
+  .record(z.string().min(1).max(128), z.string().max(4096))
+  .refine((m) => Object.keys(m).length <= 64, "at most 64 metadata entries");
+const TimeoutMs = z
+  .number()
+  .int()
+  .min(1000)
+  .max(24 * 3600_000);
+
+export const Sandbox = z
+  .object({
+    id: z.string(),
+    project: z.string(),
+    template: z.string(),
+    state: z.enum(["starting", "running", "paused"]),
+    vcpus: z.number(),
+    memoryMiB: z.number(),
+    network: z.enum(["nat", "none"]),
+    mac: z.string(),
+    envs: z.record(z.string(), z.string()),
+    metadata: z.record(z.string(), z.string()),
+    endAt: z.string().nullable(),
+    createdAt: z.string(),
+  })
+  .openapi("Sandbox");
+export const SandboxCreate = z
+  .object({
+    template: z
+      .string()
+      .min(1)
+      .max(80)
+      .optional()
+      .openapi({ description: "id or name (default: base, built on first use)" }),
+    timeoutMs: TimeoutMs.optional().openapi({
+      description: "the server ends the sandbox after this (default 300 000)",
+    }),
+    envs: Env.optional(),
+    metadata: Metadata.optional(),
+    network: z.enum(["nat", "none"]).optional().openapi({ description: "nat (default) or none: no network" }),
+  })
+  .strict();
+export const SandboxTimeout = z.object({ timeoutMs: TimeoutMs }).strict();
+export const SandboxResume = z.object({ timeoutMs: TimeoutMs.optional() }).strict();
+export const SandboxCommand = z
+  .object({
+    cmd: z.string().min(1).max(65536).openapi({ description: "run with /bin/sh -c" }),
+    envs: Env.optional(),
+    cwd: z.string().min(1).max(4096).optional(),
+    background: z.boolean().optional().openapi({ description: "start it and answer with its pid" }),
+    timeoutMs: z
+      .number()
+      .int()
+      .min(1)
+      .max(24 * 3600_000)
+      .optional(),
+  })
+  .strict();
+export const SandboxPathQuery = z.object({
+  path: z.string().min(1).max(4096).openapi({ description: "a path in the sandbox" }),
+  project: z.string().min(1).max(80).optional(),
+});
+export const SandboxFile = z
+  .object({
+    name: z.string(),
+    type: z.enum(["file", "dir", "symlink", "other"]),
+    size: z.number(),
+    mode: z.number(),
+    mtime: z.number(),
+  })
+  .openapi("SandboxFile");
+export const Template = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    project: z.string(),
+    image: z.string(),
+    run: z.array(z.string()),
+    memoryMiB: z.number(),
+    vcpus: z.number(),
+    state: z.enum(["building", "ready", "error"]),
+    error: z.string().nullable(),
+    createdAt: z.string(),
+  })
+  .openapi("Template");
+export const TemplateBuild = z
+  .object({
+    name: name("template"),
+    from: z.string().min(1).max(80).optional().openapi({ description: "the image to boot (default debian-tiny)" }),
+    run: z
+      .array(z.string().min(1).max(65536))
+      .max(64)
+      .optional()
+      .openapi({ description: "shell commands run in order" }),
+    memoryMiB: z.number().int().min(64).max(8192).optional(),
+  })
+  .strict();

@@ -260,3 +260,53 @@ export interface CreateInstanceRequest {
   /** "vnc": a graphical display (virtio-gpu, keyboard, tablet) shown in the dashboard (default "none"). */
   display?: "none" | "vnc";
 }
+
+/** A sandbox (docs/sandboxes.md): starting, running, or paused (snapshotted, its VM stopped). */
+export type SandboxState = "starting" | "running" | "paused";
+/** NAT: the sandbox reaches out through its own user-mode NAT; none: its network card is unplugged. */
+export type SandboxNetwork = "nat" | "none";
+
+export interface Sandbox {
+  id: string;
+  project: string;
+  /** The template's id. */
+  template: string;
+  state: SandboxState;
+  vcpus: number;
+  memoryMiB: number;
+  network: SandboxNetwork;
+  mac: string;
+  envs: Record<string, string>;
+  metadata: Record<string, string>;
+  /** When the server ends it (null while paused: a paused sandbox waits). */
+  endAt: string | null;
+  createdAt: string;
+}
+
+export interface Template {
+  id: string;
+  name: string;
+  project: string;
+  image: string;
+  /** The commands run in it before the snapshot. */
+  run: string[];
+  memoryMiB: number;
+  vcpus: number;
+  state: "building" | "ready" | "error";
+  error: string | null;
+  createdAt: string;
+}
+
+/** One line of a command's NDJSON stream (POST /api/v1/sandboxes/{id}/commands). */
+export type CommandEvent =
+  | { type: "stdout" | "stderr"; data: string }
+  | { type: "exit"; exitCode: number | null; signal: number | null; timedOut: boolean }
+  | { type: "error"; code: string; message: string };
+
+export interface SandboxFile {
+  name: string;
+  type: "file" | "dir" | "symlink" | "other";
+  size: number;
+  mode: number;
+  mtime: number;
+}

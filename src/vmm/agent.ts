@@ -530,6 +530,15 @@ export class GuestAgent {
     await this.simple("remove", fields, `${path} was removed`);
   }
 
+  /**
+   * Mixes `seed` (16-512 bytes) into the guest kernel's entropy pool and reseeds its generator at
+   * once: a VM restored from a snapshot that other VMs were restored from too must not go on with
+   * the same /dev/urandom stream.
+   */
+  async reseed(seed: Uint8Array): Promise<void> {
+    await this.simple("reseed", [["seed", Buffer.from(seed).toString("hex")]], "the kernel's generator was reseeded");
+  }
+
   async rename(from: string, to: string): Promise<void> {
     await this.simple(
       "rename",

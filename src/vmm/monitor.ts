@@ -50,9 +50,12 @@ function snapshotSpec(
   name: string,
   cpuCap: number | null,
   ownedDir: () => string,
+  identity: RestoreIdentity = {},
 ): { spec: VmSpec; made: string[] } {
   const body = loaded.body;
   const spec: VmSpec = { ...body.spec, disks: body.spec.disks.map((d) => ({ ...d })), name, cpuCap };
+  if (identity.mac !== undefined) spec.mac = identity.mac;
+  if (identity.unplugNet && spec.net.kind !== "none") spec.net = { kind: "unplugged" };
   const made: string[] = [];
   try {
     for (const [i, file] of body.diskCopies.entries()) {
@@ -71,6 +74,16 @@ function snapshotSpec(
     throw e;
   }
   return { spec, made };
+}
+
+/**
+ * What a restored copy changes of its snapshot's machine: the network card's MAC, and its cable
+ * (unplugged: the card stays, as the guest knows it, but reaches nothing). Sandboxes from one
+ * template differ this way.
+ */
+export interface RestoreIdentity {
+  mac?: string;
+  unplugNet?: boolean;
 }
 
 export type VmState = "running" | "paused" | "migrating" | "stopped";
@@ -232,7 +245,7 @@ export class VmMonitor {
   static async restore(
     dir: string,
     opts: MonitorOptions,
-    override: { name?: string; cpuCap?: number | null },
+    override: { name?: string; cpuCap?: number | null } & RestoreIdentity,
   ): Promise<{ monitor: VmMonitor; notes: string[]; ownedDir: string | null }> {
     const loaded = loadSnapshot(dir);
     const body = loaded.body;
@@ -250,6 +263,7 @@ export class VmMonitor {
           }
           return ownedDir;
         },
+        override,
       );
       const m = new VmMonitor(spec, { ...opts, ownedDir });
       const notes = await m.build(snapshotRam(loaded));

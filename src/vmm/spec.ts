@@ -16,6 +16,8 @@ import { DeferredDisk, DeferredNet } from "./deferred.js";
 
 export type NetChoice =
   | { kind: "none" }
+  /** A network card whose cable goes nowhere: a VM restored with its card, cut off (a sandbox without network). */
+  | { kind: "unplugged" }
   | {
       kind: "user";
       publish: HostForward[];
@@ -112,6 +114,8 @@ export async function openNet(
   switch (choice.kind) {
     case "none":
       return { backend: null, notes: [] };
+    case "unplugged":
+      return { backend: { send: () => {}, attach: () => {}, close: () => {} }, notes: [] };
     case "switch": {
       const metadata = choice.metadata ? readMetadataFile(choice.metadata) : undefined;
       let port: NetBackend;
@@ -267,7 +271,7 @@ export function checkSpec(v: unknown): string | null {
   if (s.payload !== undefined && s.payload !== "linux" && s.payload !== "raw") return "bad boot payload";
   if (s.firmware !== null && typeof s.firmware !== "string") return "bad firmware";
   if (!Array.isArray(s.disks) || !s.disks.every((d) => typeof d?.path === "string")) return "bad disk list";
-  if (typeof s.net !== "object" || s.net === null || !["none", "user", "switch"].includes(s.net.kind)) {
+  if (typeof s.net !== "object" || s.net === null || !["none", "unplugged", "user", "switch"].includes(s.net.kind)) {
     return "bad network";
   }
   if (typeof s.mac !== "string") return "bad MAC address";

@@ -18,7 +18,7 @@ export interface LaunchSpec {
   id: string;
   vcpus: number;
   memoryMiB: number;
-  /** The instance's root disk (a qcow2 overlay). */
+  /** The instance's root disk (a qcow2 overlay); "": the image's own, under a throwaway overlay. */
   rootDisk: string;
   /** Further disks, /dev/vdb onwards. */
   disks: string[];
@@ -48,6 +48,12 @@ export interface LaunchSpec {
   image?: string;
   /** Directory for the socket and the log. */
   dir: string;
+  /**
+   * Start from this snapshot instead of booting (a sandbox): `yun run --restore DIR` with the
+   * copy's own MAC, and its network card unplugged when it has no network. The snapshot brings
+   * the machine: vcpus, memory, disks, kernel and image above are not used.
+   */
+  restore?: { dir: string; unplugNet: boolean };
 }
 
 export interface Launched {
@@ -114,42 +120,7 @@ export class MonitorDriver implements ComputeDriver {
   async launch(spec: LaunchSpec, onSpawn: (pid: number, socket: string) => void): Promise<Launched> {
     const socket = join(spec.dir, "api.sock");
     const logPath = join(spec.dir, "monitor.log");
-    const args = [
-      this.bin,
-      "run",
-      "--headless",
-      "--name",
-      spec.id,
-      "--api-socket",
-      socket,
-      "--memory",
-      String(spec.memoryMiB),
-      "--cpus",
-      String(spec.vcpus),
-      ...(spec.image
-        ? ["--image", spec.image]
-        : ["--kernel", spec.kernel, "--initrd", spec.initrd, "--firmware", spec.firmware]),
-      "--root",
-      spec.rootDisk,
-      "--mac",
-      spec.mac,
-      // The monitor caps its own log; stdout and stderr below still catch what Node prints itself.
-      "--log",
-      logPath,
-    ];
-    for (const d of spec.disks) args.push("--disk", d);
-    // No TCP listener: the display is reached through the monitor's control socket (mode 0600),
-    // which only the daemon opens, for a token-checked WebSocket.
-    if (spec.display === true) args.push("--display", "vnc", "--vnc", "none");
-    if (spec.net.kind === "switch") {
-      args.push("--net", spec.net.name);
-      if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
-    } else if (spec.net.kind === "none") args.push("--no-net");
-    else {
-      if (spec.net.address) args.push("--net-address", spec.net.address);
-      if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
-      for (const f of spec.net.publish ?? []) args.push("--publish", `${f.hostAddr}:${f.hostPort}:${f.guestPort}`);
-    }
+    const args = spec.restore ? this.restoreArgs(spec, socket, logPath) : this.bootArgs(spec, socket, logPath);
     const log = openSync(logPath, "a", PRIVATE_FILE_MODE);
     let child;
     try {
@@ -179,6 +150,54 @@ export class MonitorDriver implements ComputeDriver {
       }
       await sleep(100);
     }
+  }
+
+  private restoreArgs(spec: LaunchSpec, socket: string, logPath: string): string[] {
+    const r = spec.restore!;
+    const args = [this.bin, "run", "--headless", "--name", spec.id, "--api-socket", socket, "--log", logPath];
+    args.push("--restore", r.dir, "--mac", spec.mac);
+    if (r.unplugNet) args.push("--no-net");
+    return args;
+  }
+
+  private bootArgs(spec: LaunchSpec, socket: string, logPath: string): string[] {
+    const args = [
+      this.bin,
+      "run",
+      "--headless",
+      "--name",
+      spec.id,
+      "--api-socket",
+      socket,
+      "--memory",
+      String(spec.memoryMiB),
+      "--cpus",
+      String(spec.vcpus),
+      ...(spec.image
+        ? ["--image", spec.image]
+        : ["--kernel", spec.kernel, "--initrd", spec.initrd, "--firmware", spec.firmware]),
+      // No root disk of its own: the image's, under a throwaway overlay (a template's build VM).
+      ...(spec.rootDisk === "" ? [] : ["--root", spec.rootDisk]),
+      "--mac",
+      spec.mac,
+      // The monitor caps its own log; stdout and stderr below still catch what Node prints itself.
+      "--log",
+      logPath,
+    ];
+    for (const d of spec.disks) args.push("--disk", d);
+    // No TCP listener: the display is reached through the monitor's control socket (mode 0600),
+    // which only the daemon opens, for a token-checked WebSocket.
+    if (spec.display === true) args.push("--display", "vnc", "--vnc", "none");
+    if (spec.net.kind === "switch") {
+      args.push("--net", spec.net.name);
+      if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
+    } else if (spec.net.kind === "none") args.push("--no-net");
+    else {
+      if (spec.net.address) args.push("--net-address", spec.net.address);
+      if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
+      for (const f of spec.net.publish ?? []) args.push("--publish", `${f.hostAddr}:${f.hostPort}:${f.guestPort}`);
+    }
+    return args;
   }
 
   async attach(id: string, socket: string, pid: number): Promise<boolean> {
