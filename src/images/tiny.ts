@@ -80,6 +80,9 @@ export const DEBIAN_MODULES: readonly string[] = [
   "ext4",
   // virtio-vsock for the guest agent (pulls in vsock and vmw_vsock_virtio_transport_common).
   "vmw_vsock_virtio_transport",
+  // virtio-9p shares (yun run --share): the 9p file system and its virtio transport (pulls in 9pnet, netfs).
+  "9pnet_virtio",
+  "9p",
 ];
 /** Modules a display needs (virtio-gpu's DRM driver with fbdev emulation, virtio-input), loaded
  *  by the initramfs only when the machine has those devices. */
