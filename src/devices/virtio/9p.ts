@@ -17,6 +17,7 @@
 import {
   closeSync,
   constants,
+  fchmodSync,
   fdatasyncSync,
   fstatSync,
   fsyncSync,
@@ -454,11 +455,16 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
     this.checkNewName(name);
     if (f.io >= 0) throw new ShareError(ERRNO.EBADF, "fid already open");
     const hostFlags = this.hostOpenFlags(flags);
-    const io = openSync(
-      entryPath(f.fd, name),
-      hostFlags | constants.O_CREAT | constants.O_NOFOLLOW | (flags & constants.O_EXCL),
-      mode & 0o7777,
-    );
+    const at = entryPath(f.fd, name);
+    let io: number;
+    try {
+      io = openSync(at, hostFlags | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode & 0o7777);
+      // The guest's mode as it asked (its umask applied already), not narrowed by the host's umask.
+      fchmodSync(io, mode & 0o7777);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST" || flags & constants.O_EXCL) throw e;
+      io = openSync(at, hostFlags | constants.O_NOFOLLOW); // created meanwhile by another client: opened
+    }
     // The fid now names the new file: the descriptor just created, never a second lookup by name.
     const fd = openSync(fdPath(io), O_PATH);
     closeSync(f.fd);
@@ -623,7 +629,15 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
     this.writable();
     this.checkNewName(name);
     mkdirSync(entryPath(d.fd, name), { mode: mode & 0o7777 });
-    this.qid(lstatSync(entryPath(d.fd, name), { bigint: true }));
+    // Set the guest's mode past the host's umask, on the directory itself (a link swapped in
+    // meanwhile fails O_DIRECTORY | O_NOFOLLOW rather than being followed).
+    const fd = openSync(entryPath(d.fd, name), O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    try {
+      chmodSync(fdPath(fd), mode & 0o7777);
+      this.qid(fstatSync(fd, { bigint: true }));
+    } finally {
+      closeSync(fd);
+    }
   }
 
   private symlink(): void {
@@ -658,6 +672,7 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
       mode & 0o7777,
     );
     try {
+      fchmodSync(fd, mode & 0o7777);
       this.qid(fstatSync(fd, { bigint: true }));
     } finally {
       closeSync(fd);

@@ -190,6 +190,7 @@ test("the device is virtio-9p with its mount tag in the configuration space", ()
 test("create, write, read back, getattr, readdir, rename, link, chmod, unlink", () => {
   const { share, base } = hostTree();
   const { c, dev } = mount(share);
+  const umask = process.umask(0o077); // as the yun command runs: the guest's modes must still hold
   // lcreate a file and write to it
   c.walk(0, 1);
   c.call(P9.Tlcreate, [1, "hello.txt", O_RDWR, 0o644, 0]);
@@ -214,6 +215,7 @@ test("create, write, read back, getattr, readdir, rename, link, chmod, unlink", 
   c.call(P9.Tclunk, [3]);
   // mkdir, rename, hard link, chmod
   c.call(P9.Tmkdir, [0, "sub", 0o755, 0]);
+  assert.equal(statSync(join(share, "sub")).mode & 0o777, 0o755, "the guest's mode, not the host's umask");
   c.call(P9.Trenameat, [0, "hello.txt", 0, "renamed.txt"]);
   c.walk(0, 4, "renamed.txt");
   c.walk(0, 5, "sub");
@@ -235,6 +237,7 @@ test("create, write, read back, getattr, readdir, rename, link, chmod, unlink", 
   assert.ok(!existsSync(join(share, "sub")));
   const st = c.call(P9.Tstatfs, [0]);
   assert.ok(st.readBigUInt64LE(8) > 0n, "statfs gives blocks");
+  process.umask(umask);
   dev.close();
   rmSync(base, { recursive: true });
 });
