@@ -43,6 +43,7 @@ import { type ComputeDriver, type LaunchSpec } from "./compute/driver.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
 import { NetworkServices } from "./networks/netsvc.js";
+import { ShareService, type Share } from "./shares/service.js";
 import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, unauthorized } from "./errors.js";
 import type {
   AuditEvent,
@@ -245,6 +246,8 @@ export class Cloud implements ServiceContext {
   readonly keypairs: KeyPairService;
   /** Object storage (buckets, objects, access keys); its S3 API is objects/server.ts. */
   readonly objects: ObjectService;
+  /** Shares: project directories instances mount over virtio-9p (shares/service.ts). */
+  readonly shares: ShareService;
   readonly now: () => number;
   /** The records as SQL tables (read them here; change them in store.transact()). */
   get db(): DB {
@@ -269,6 +272,7 @@ export class Cloud implements ServiceContext {
     this.networks = new NetworkService(this, this.netsvc);
     this.keypairs = new KeyPairService(this);
     this.objects = new ObjectService(this, this.meter, join(this.dir, "objects"));
+    this.shares = new ShareService(this, join(this.dir, "shares"));
     this.driver.onExit = (id) => void this.onVmExit(id);
     // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
     this.settled = this.settleImageStorage();
@@ -1019,7 +1023,8 @@ export class Cloud implements ServiceContext {
       if (r.project_id !== projectId) throw notFound(`no volume ${v}`);
       return r;
     });
-    if (vols.length + 1 > maxDisks(true, true)) throw badRequest(`an instance takes at most ${maxDisks(true, true) - 1} volumes`);
+    if (vols.length + 1 > maxDisks(true, true))
+      throw badRequest(`an instance takes at most ${maxDisks(true, true) - 1} volumes`);
     const id = newId("ins");
     const dir = join(this.dir, "instances", id);
     const start = req.start ?? true;
@@ -1223,8 +1228,13 @@ export class Cloud implements ServiceContext {
       }[]
     ).map((v) => v.path);
     if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
-    if (disks.length + 1 > maxDisks(true, true)) {
-      await this.setError(id, `it has ${disks.length} disks besides its root disk; at most ${maxDisks(true, true) - 1} fit`);
+    const shares = this.shares.specsFor(id);
+    if (disks.length + 1 > maxDisks(true, true, false, shares.length)) {
+      const fit = maxDisks(true, true, false, shares.length) - 1;
+      await this.setError(
+        id,
+        `it has ${disks.length} disks besides its root disk; at most ${fit} fit with its ${shares.length} shares`,
+      );
       return;
     }
     if (r.network_id) {
@@ -1257,6 +1267,7 @@ export class Cloud implements ServiceContext {
       firmware: boot.firmware,
       image: image && image.project_id === null && image.source === "debian" ? image.name : undefined,
       dir: r.dir,
+      shares,
     };
     this.exitedDuringBoot.delete(id);
     try {
@@ -1759,6 +1770,15 @@ export class Cloud implements ServiceContext {
       this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(i.id, this.now(), v.id);
     });
     return this.getVolume(p, v.id);
+  }
+
+  /** Attaches a share of the instance's project; the VM mounts it from its next start. */
+  attachShare(p: Principal, instance: string, share: string, readOnly: boolean, projectQuery?: string): Promise<Share> {
+    return this.shares.attach(p, this.instanceRow(p, instance, projectQuery), share, readOnly);
+  }
+
+  detachShare(p: Principal, instance: string, share: string, projectQuery?: string): Promise<Share> {
+    return this.shares.detach(p, this.instanceRow(p, instance, projectQuery), share);
   }
 
   async detachVolume(p: Principal, id: string, projectQuery?: string): Promise<Volume> {

@@ -25,6 +25,7 @@ import { networkRoutes } from "./networks/routes.js";
 import { keyPairRoutes } from "./keypairs/routes.js";
 import { meteringRoutes } from "./metering/routes.js";
 import { objectRoutes } from "./objects/routes.js";
+import { shareRoutes } from "./shares/routes.js";
 import { SECURITY_HEADERS, securityHeaders, upgradeOriginAllowed, type TlsFiles } from "./security.js";
 import { RequestLimits, refusalResponse, type LimitSettings } from "./limits.js";
 
@@ -177,6 +178,7 @@ export function createApp(
   keyPairRoutes(routes);
   meteringRoutes(routes);
   objectRoutes(routes);
+  shareRoutes(routes);
   return app;
 }
 

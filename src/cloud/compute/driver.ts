@@ -46,6 +46,8 @@ export interface LaunchSpec {
   image?: string;
   /** Directory for the socket and the log. */
   dir: string;
+  /** Host directories served over virtio-9p (yun run --share). */
+  shares?: { tag: string; path: string; readOnly?: boolean }[];
 }
 
 export interface Launched {
@@ -134,6 +136,7 @@ export class MonitorDriver implements ComputeDriver {
       logPath,
     ];
     for (const d of spec.disks) args.push("--disk", d);
+    for (const s of spec.shares ?? []) args.push("--share", `${s.tag}=${s.path}${s.readOnly ? ":ro" : ""}`);
     if (spec.net.kind === "switch") {
       args.push("--net", spec.net.name);
       if (spec.net.metadata) args.push("--metadata", spec.net.metadata);
