@@ -130,6 +130,8 @@ test("migration 2 keeps the events of a version-1 database readable and fills in
     db1.exec("DROP TABLE operations"); // migration 3
     db1.exec("DROP TABLE forwards"); // migration 4
     db1.exec("DROP TABLE meter_ticks"); // migration 5
+    db1.exec("DROP TABLE share_attachments"); // migration 7
+    db1.exec("DROP TABLE shares");
     // migration 6 (its usage_intervals copy is kept: the migration copies it again)
     for (const t of [
       "upload_parts",
