@@ -22,7 +22,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { findImage, readManifest } from "../../src/images/store.js";
 import { yunHome } from "../../src/images/paths.js";
-import { Yun, tail } from "./harness.js";
+import { Yun, runYun, tail } from "./harness.js";
 
 const TEST_TIMEOUT = 420_000;
 const MOUNT = "mount -t 9p -o trans=virtio,version=9p2000.L";
@@ -136,3 +136,24 @@ test(
     }
   },
 );
+
+test("yun run --share refuses a bad share in one sentence, exit 2, before booting", { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "yun-shares-flags-"));
+  try {
+    writeFileSync(join(dir, "file"), "");
+    for (const [args, message] of [
+      [["--share", "data"], /--share data: expected TAG=DIR\[:ro\]/],
+      [["--share", `bad tag=${dir}`], /share tag "bad tag" must be letters/],
+      [["--share", `data=${join(dir, "missing")}`], /is not a directory/],
+      [["--share", `data=${join(dir, "file")}`], /is not a directory/],
+      [["--share", `a=${dir}`, "--share", `a=${dir}:ro`], /the tag a is given twice/],
+    ] as const) {
+      const r = await runYun(["run", ...args], "", 30_000);
+      assert.equal(r.code, 2, `yun run ${args.join(" ")} exited ${r.code ?? r.signal}, expected 2${tail(r.console)}`);
+      assert.match(r.stderr, message, `yun run ${args.join(" ")}: ${r.stderr}`);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -131,10 +131,10 @@ export class ShareService {
       }
       this.cx.db
         .prepare(
-          `INSERT INTO share_attachments VALUES (?, ?, ?, ?)
+          `INSERT INTO share_attachments VALUES (?, ?, ?, ?, ?)
            ON CONFLICT (share_id, instance_id) DO UPDATE SET read_only = excluded.read_only`,
         )
-        .run(s.id, instance.id, readOnly ? 1 : 0, this.cx.iso());
+        .run(newId("sha"), s.id, instance.id, readOnly ? 1 : 0, this.cx.iso());
       this.cx.audit({ id: p.userId, name: p.userName }, s.project_id, "share.attach", s.id, "ok", instance.id);
     });
     return this.get(p, s.id);
