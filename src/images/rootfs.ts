@@ -114,7 +114,7 @@ ${agent ? `::respawn:${AGENT_GUEST_PATH}\n` : ""}::ctrlaltdel:/sbin/reboot
  * 2: rcS reads a NoCloud seed (host name, SSH keys, user data).
  * 3: the guest agent (when it could be built) and the vsock modules.
  * 4: a shell on tty1 when a display exists; the initramfs loads virtio-gpu and virtio-input then.
- * 5: the initramfs loads the 9p modules (virtio-9p shares).
+ * 5: the initramfs holds the 9p modules, loaded when a virtio-9p device (a share) exists.
  */
 export const ROOTFS_REVISION = 5;
 

@@ -44,6 +44,7 @@ export const ERRNO = {
   ENOTDIR: 20,
   EISDIR: 21,
   EINVAL: 22,
+  ENFILE: 23,
   EROFS: 30,
   ERANGE: 34,
   ENAMETOOLONG: 36,

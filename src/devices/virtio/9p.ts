@@ -59,6 +59,8 @@ const MIN_MSIZE = 4096;
 const QUEUE_SIZE = 128;
 const HEADER = 7; // size[4] type[1] tag[2]
 const MAX_WALK_NAMES = 16;
+/** Most fids one device holds (each is a host descriptor; the process has a limit for all of them). */
+export const MAX_FIDS = 4096;
 const VERSION_L = "9P2000.L";
 
 /** Message types (T; the R is T + 1, Rlerror is 7). */
@@ -360,6 +362,7 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
     this.gstr(); // uname
     this.gstr(); // aname: the share has one tree
     if (this.fids.has(fid)) throw new ShareError(ERRNO.EBADF, `fid ${fid} is in use`);
+    this.checkFidRoom();
     const fd = this.share.openRoot();
     this.fids.set(fid, { fd, io: -1, openFlags: -1, entries: null });
     this.qid(fstatSync(fd, { bigint: true }));
@@ -373,6 +376,7 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
     if (count > MAX_WALK_NAMES) throw new ShareError(ERRNO.EINVAL, "too many names in one walk");
     if (newFid !== fromFid && this.fids.has(newFid)) throw new ShareError(ERRNO.EBADF, `fid ${newFid} is in use`);
     if (from.io >= 0) throw new ShareError(ERRNO.EBADF, "walk from an open fid");
+    if (newFid !== fromFid && !this.fids.has(newFid)) this.checkFidRoom();
     const countAt = this.wpos;
     this.u16(0);
     let fd = this.share.reopen(from.fd);
@@ -437,6 +441,8 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
     const st = fstatSync(f.fd, { bigint: true });
     const type = Number(st.mode) & S_IFMT;
     if (type === S_IFLNK) throw new ShareError(ERRNO.ELOOP, "a symbolic link is not opened");
+    // A FIFO or device the host left in the share could block the VM in open(2) or be the host's.
+    if (type !== S_IFREG && type !== S_IFDIR) throw new ShareError(ERRNO.EOPNOTSUPP, "only files and directories open");
     const hostFlags = this.hostOpenFlags(flags);
     f.io = openSync(fdPath(f.fd), type === S_IFDIR ? constants.O_RDONLY | constants.O_DIRECTORY : hostFlags);
     f.openFlags = hostFlags;
@@ -753,6 +759,10 @@ export class Virtio9p extends VirtioMmioDevice<Virtio9pState> {
     if (!f) throw new ShareError(ERRNO.EBADF, `no fid ${n}`);
     if (f.fd < 0) throw new ShareError(ERRNO.ESTALE, `fid ${n} lost its file across a restore`);
     return f;
+  }
+
+  private checkFidRoom(): void {
+    if (this.fids.size >= MAX_FIDS) throw new ShareError(ERRNO.ENFILE, `more than ${MAX_FIDS} fids`);
   }
 
   private writable(): void {
