@@ -439,6 +439,74 @@ const instance: Noun = {
       arity: [1, 1],
       run: (ctx) => attachConsole(ctx),
     },
+    "attach-share": {
+      usage: "INSTANCE SHARE [--read-only]",
+      summary: "attach a share (mounted over virtio-9p from the instance's next start)",
+      options: { "read-only": { type: "boolean" } },
+      arity: [2, 2],
+      async run(ctx) {
+        const s = await ctx.client().attachShare(ctx.args[0]!, ctx.args[1]!, ctx.values["read-only"] === true);
+        if (ctx.json) json(s);
+        else
+          out(
+            `${s.name}: attached to ${ctx.args[0]}${ctx.values["read-only"] === true ? " read-only" : ""} from its next start; ` +
+              `in the guest: mount -t 9p -o trans=virtio,version=9p2000.L ${s.tag} /mnt`,
+          );
+      },
+    },
+    "detach-share": {
+      usage: "INSTANCE SHARE",
+      summary: "detach a share (from the instance's next start)",
+      arity: [2, 2],
+      async run(ctx) {
+        const s = await ctx.client().detachShare(ctx.args[0]!, ctx.args[1]!);
+        if (ctx.json) json(s);
+        else out(`${s.name}: detached from ${ctx.args[0]}`);
+      },
+    },
+  },
+};
+
+// ------------------------------------------------------------------------------------- shares
+
+const share: Noun = {
+  summary: "shared file systems that instances mount at once (virtio-9p)",
+  subs: {
+    create: {
+      usage: "NAME",
+      summary: "create an empty share (its name is the guest's mount tag)",
+      arity: [1, 1],
+      async run(ctx) {
+        show(ctx, await ctx.client().createShare(ctx.args[0]!));
+      },
+    },
+    list: {
+      usage: "",
+      summary: "list shares",
+      arity: [0, 0],
+      async run(ctx) {
+        list(ctx, await ctx.client().listShares(), ["ID", "NAME", "ATTACHED", "CREATED"], (s) => [
+          s.id,
+          s.name,
+          s.attachments.map((a) => (a.readOnly ? `${a.instance}:ro` : a.instance)).join(","),
+          shortTime(s.createdAt),
+        ]);
+      },
+    },
+    show: {
+      usage: "SHARE",
+      summary: "show one share",
+      arity: [1, 1],
+      async run(ctx) {
+        show(ctx, await ctx.client().getShare(ctx.args[0]!));
+      },
+    },
+    delete: {
+      usage: "SHARE...",
+      summary: "delete shares and their files (detach them first)",
+      arity: [1, 99],
+      run: (ctx) => deleteEach(ctx, (c, n) => c.deleteShare(n)),
+    },
   },
 };
 
@@ -1297,6 +1365,7 @@ async function attachConsole(ctx: Ctx): Promise<number> {
 export const NOUNS: Record<string, Noun> = {
   instance,
   volume,
+  share,
   network,
   flavor,
   keypair,
@@ -1431,6 +1500,7 @@ export async function cloudCommand(name: string, args: string[]): Promise<number
 export const CLOUD_HELP = `Cloud (talks to yun serve; see docs/cloud-api.md):
   instance   ${instance.summary}
   volume     ${volume.summary}
+  share      ${share.summary}
   network    ${network.summary}
   flavor     ${flavor.summary}
   keypair    ${keypair.summary}

@@ -23,6 +23,7 @@ import { randomBytes, X509Certificate } from "node:crypto";
 import { maxDisks, type Engine, type PowerOff } from "../vmm/virt.js";
 import { VsockHost } from "../vmm/vsock-host.js";
 import { DEFAULT_GUEST_CID } from "../devices/virtio/vsock.js";
+import { checkTag, type ShareSpec } from "../devices/virtio/9p.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { validateNetworkName } from "../net/hub.js";
 import type { HostForward } from "../net/usernet.js";
@@ -120,6 +121,14 @@ Disks (virtio-blk; the root disk is /dev/vda, further disks /dev/vdb, /dev/vdc, 
                       itself is never written); make a lasting one with
                       yun disk create -b IMAGE_ROOT_DISK -F raw FILE
   --disk FILE         add the disk image FILE, read-write (repeatable)
+
+Shares (virtio-9p, 9P2000.L; several VMs may mount one directory at once):
+  --share TAG=DIR[:ro]
+                      serve the host directory DIR to the guest under the mount tag TAG
+                      (repeatable); in the guest:
+                        mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt
+                      the guest cannot reach outside DIR (.., symbolic links); :ro refuses every
+                      change with "Read-only file system"
 
 Network (virtio-net):
   --net NAME          plug into the virtual network NAME, shared by every VM started with the
@@ -236,6 +245,8 @@ export interface RunOptions {
   cpuCap: number | null;
   /** The display mode of the VM's GPU, or null: no display devices. */
   display: { width: number; height: number } | null;
+  /** Host directories served over virtio-9p. */
+  shares?: ShareSpec[];
   monitor: MonitorFlags;
 }
 
@@ -305,6 +316,7 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
         engine: { type: "string" },
         root: { type: "string" },
         disk: { type: "string", multiple: true },
+        share: { type: "string", multiple: true },
         net: { type: "string" },
         publish: { type: "string", multiple: true },
         "net-address": { type: "string" },
@@ -532,12 +544,19 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
   const hasRootFile = v.root !== undefined;
   const withVsock = monitor.vsock !== "none";
   const display = monitor.vnc ? { width: DISPLAY_WIDTH, height: DISPLAY_HEIGHT } : null;
-  const limit = maxDisks(net.kind !== "none", withVsock, display !== null);
+  const shares = (v.share ?? []).map(parseShare);
+  const tags = new Set<string>();
+  for (const sh of shares) {
+    if (tags.has(sh.tag)) throw new UsageError(`--share: the tag ${sh.tag} is given twice`);
+    tags.add(sh.tag);
+  }
+  const limit = maxDisks(net.kind !== "none", withVsock, display !== null, shares.length);
   if (disks.length + 1 > limit) {
     const besides = [
       net.kind !== "none" ? "the network card" : "",
       withVsock ? "the vsock device (--vsock none)" : "",
       display ? "the display" : "",
+      shares.length ? `${shares.length} --share` : "",
     ];
     throw new UsageError(
       `at most ${limit - 1} --disk besides the root disk${besides
@@ -643,8 +662,27 @@ export async function resolveRunOptions(args: string[]): Promise<RunOptions | "h
     cpus,
     cpuCap,
     display,
+    shares,
     monitor,
   };
+}
+
+/** "TAG=DIR[:ro]" → a share of the directory DIR (which must exist) under mount tag TAG. */
+export function parseShare(text: string): ShareSpec {
+  const eq = text.indexOf("=");
+  if (eq <= 0) throw new UsageError(`--share ${text}: expected TAG=DIR[:ro], e.g. data=/srv/data`);
+  const tag = text.slice(0, eq);
+  let dir = text.slice(eq + 1);
+  const readOnly = dir.endsWith(":ro");
+  if (readOnly) dir = dir.slice(0, -3);
+  const bad = checkTag(tag);
+  if (bad) throw new UsageError(`--share: ${bad}`);
+  if (dir === "") throw new UsageError(`--share ${text}: no directory after "="`);
+  const path = resolvePath(dir);
+  if (!existsSync(path) || !statSync(path).isDirectory()) {
+    throw new UsageError(`--share ${text}: ${path} is not a directory`);
+  }
+  return { tag, path, readOnly };
 }
 
 /** The display mode `--display vnc` gives the GPU. */
@@ -906,6 +944,7 @@ export async function runCommand(args: string[]): Promise<number> {
         cpuCap: opts.cpuCap,
         vsock: flags.vsock === "none" ? null : { guestCid: DEFAULT_GUEST_CID },
         display: opts.display,
+        ...(opts.shares?.length ? { shares: opts.shares } : {}),
       };
       claimName(vmsDir, spec.name);
       const r = await VmMonitor.boot(spec, monitorOpts);

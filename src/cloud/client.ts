@@ -38,6 +38,7 @@ import type {
   Volume,
   Whoami,
 } from "./types.js";
+import type { Share } from "./shares/service.js";
 
 export type * from "./types.js";
 
@@ -318,6 +319,25 @@ export class YunClient {
   /** Attaches to a stopped instance (it appears as the next /dev/vdX at its next start). */
   attachVolume(id: string, instance: string): Promise<Volume> {
     return this.request("POST", `/api/v1/volumes/${enc(id)}/attach`, { body: { instance } });
+  }
+  listShares(): Promise<Share[]> {
+    return this.items("/api/v1/shares");
+  }
+  createShare(name: string): Promise<Share> {
+    return this.request("POST", "/api/v1/shares", { body: { name } });
+  }
+  getShare(id: string): Promise<Share> {
+    return this.request("GET", `/api/v1/shares/${enc(id)}`);
+  }
+  deleteShare(id: string): Promise<void> {
+    return this.request("DELETE", `/api/v1/shares/${enc(id)}`);
+  }
+  /** Attaches a share to an instance (mounted from its next start). */
+  attachShare(instance: string, share: string, readOnly = false): Promise<Share> {
+    return this.request("POST", `/api/v1/instances/${enc(instance)}/shares`, { body: { share, readOnly } });
+  }
+  detachShare(instance: string, share: string): Promise<Share> {
+    return this.request("DELETE", `/api/v1/instances/${enc(instance)}/shares/${enc(share)}`);
   }
   detachVolume(id: string): Promise<Volume> {
     return this.request("POST", `/api/v1/volumes/${enc(id)}/detach`, { body: {} });

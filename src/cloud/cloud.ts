@@ -48,6 +48,7 @@ import { SandboxService } from "./sandboxes/service.js";
 import { processAlive as alive } from "../vmm/registry.js";
 import { Meter } from "./metering/meter.js";
 import { NetworkServices } from "./networks/netsvc.js";
+import { ShareService, type Share } from "./shares/service.js";
 import { ApiError, badRequest, conflict, forbidden, notFound, quotaExceeded, unauthorized } from "./errors.js";
 import type {
   AuditEvent,
@@ -254,6 +255,8 @@ export class Cloud implements ServiceContext {
   readonly objects: ObjectService;
   /** Sandboxes and their templates (restored from snapshots, driven through the guest agent). */
   readonly sandboxes: SandboxService;
+  /** Shares: project directories instances mount over virtio-9p (shares/service.ts). */
+  readonly shares: ShareService;
   readonly now: () => number;
   /** The records as SQL tables (read them here; change them in store.transact()). */
   get db(): DB {
@@ -282,6 +285,7 @@ export class Cloud implements ServiceContext {
     this.driver.onExit = (id) => {
       if (!this.sandboxes.onExit(id)) void this.onVmExit(id);
     };
+    this.shares = new ShareService(this, join(this.dir, "shares"));
     // SQLite: done before the constructor returns; etcd: bootstrap() waits for it.
     this.settled = this.settleImageStorage();
     this.settled.catch(() => undefined);
@@ -1245,10 +1249,13 @@ export class Cloud implements ServiceContext {
       }[]
     ).map((v) => v.path);
     if (existsSync(join(r.dir, SEED_DISK))) disks.push(join(r.dir, SEED_DISK));
-    if (disks.length + 1 > INSTANCE_DISK_SLOTS) {
+    const shares = this.shares.specsFor(id);
+    // Every instance keeps room for a display (INSTANCE_DISK_SLOTS); each share takes a slot too.
+    const fit = maxDisks(true, true, true, shares.length) - 1;
+    if (disks.length > fit) {
       await this.setError(
         id,
-        `it has ${disks.length} disks besides its root disk; at most ${INSTANCE_DISK_SLOTS - 1} fit`,
+        `it has ${disks.length} disks besides its root disk; at most ${fit} fit with its ${shares.length} shares`,
       );
       return;
     }
@@ -1283,6 +1290,7 @@ export class Cloud implements ServiceContext {
       firmware: boot.firmware,
       image: image && image.project_id === null && image.source === "debian" ? image.name : undefined,
       dir: r.dir,
+      shares,
     };
     this.exitedDuringBoot.delete(id);
     try {
@@ -1795,6 +1803,15 @@ export class Cloud implements ServiceContext {
       this.db.prepare("UPDATE volumes SET instance_id = ?, attached_at = ? WHERE id = ?").run(i.id, this.now(), v.id);
     });
     return this.getVolume(p, v.id);
+  }
+
+  /** Attaches a share of the instance's project; the VM mounts it from its next start. */
+  attachShare(p: Principal, instance: string, share: string, readOnly: boolean, projectQuery?: string): Promise<Share> {
+    return this.shares.attach(p, this.instanceRow(p, instance, projectQuery), share, readOnly);
+  }
+
+  detachShare(p: Principal, instance: string, share: string, projectQuery?: string): Promise<Share> {
+    return this.shares.detach(p, this.instanceRow(p, instance, projectQuery), share);
   }
 
   async detachVolume(p: Principal, id: string, projectQuery?: string): Promise<Volume> {

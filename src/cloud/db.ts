@@ -194,6 +194,22 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX sandboxes_project ON sandboxes (project_id);
   `,
+  // 9: shares (src/cloud/shares): directories of a project that instances mount over virtio-9p;
+  // an attachment per (share, instance), read-only or not, gone with its instance. (Every table has
+  // a one-column primary key: the etcd store replicates rows by it.)
+  `
+  CREATE TABLE shares (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL REFERENCES projects(id),
+    created_at TEXT NOT NULL, UNIQUE (project_id, name)
+  );
+  CREATE TABLE share_attachments (
+    id TEXT PRIMARY KEY, share_id TEXT NOT NULL REFERENCES shares(id),
+    instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    read_only INTEGER NOT NULL CHECK (read_only IN (0, 1)), attached_at TEXT NOT NULL,
+    UNIQUE (share_id, instance_id)
+  );
+  CREATE INDEX share_attachments_instance ON share_attachments (instance_id);
+  `,
 ];
 
 /** The schema version this code expects. */

@@ -26,6 +26,7 @@ import { keyPairRoutes } from "./keypairs/routes.js";
 import { meteringRoutes } from "./metering/routes.js";
 import { objectRoutes } from "./objects/routes.js";
 import { sandboxRoutes } from "./sandboxes/routes.js";
+import { shareRoutes } from "./shares/routes.js";
 import { SECURITY_HEADERS, securityHeaders, upgradeOriginAllowed, type TlsFiles } from "./security.js";
 import { RequestLimits, refusalResponse, type LimitSettings } from "./limits.js";
 
@@ -179,6 +180,7 @@ export function createApp(
   meteringRoutes(routes);
   objectRoutes(routes);
   sandboxRoutes(routes);
+  shareRoutes(routes);
   return app;
 }
 

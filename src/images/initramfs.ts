@@ -15,20 +15,136 @@ export const INIT_READY_MARKER = "yun: init ready";
 export const MODULE_ORDER_FILE = "/etc/modules-load.order";
 /** The display's modules (virtio-gpu with DRM, virtio-input) beyond those, loaded only for a display. */
 export const DISPLAY_MODULE_ORDER_FILE = "/etc/modules-display.order";
+/** A share's modules (9p over virtio), loaded only when a virtio-9p device exists. */
+export const SHARE_MODULE_ORDER_FILE = "/etc/modules-9p.order";
 
 /** Applets linked when the binary's own applet table cannot be found. */
 export const FALLBACK_APPLETS: readonly string[] = [
-  "[", "[[", "ash", "awk", "base64", "basename", "bc", "cat", "chgrp", "chmod", "chown", "chroot", "clear",
-  "cmp", "cp", "cpio", "cttyhack", "cut", "date", "dd", "depmod", "df", "diff", "dirname", "dmesg", "du",
-  "echo", "egrep", "env", "expr", "false", "fgrep", "find", "free", "grep", "gunzip", "gzip", "halt", "head",
-  "hexdump", "hostname", "httpd", "id", "ifconfig", "insmod", "ip", "kill", "killall", "less", "ln", "ls",
-  "lsmod", "md5sum", "mdev", "mkdir", "mke2fs", "mkfifo", "mknod", "mktemp", "modinfo", "modprobe", "more",
-  "mount", "mv", "nc", "nproc", "nslookup", "od", "ping", "pivot_root", "poweroff", "printf", "ps", "pwd",
-  "readlink", "realpath", "reboot", "rm", "rmdir", "rmmod", "route", "sed", "seq", "setsid", "sh",
-  "sha1sum", "sha256sum", "sha512sum", "sleep", "sort", "stat", "strings", "stty", "switch_root", "sync",
-  "sysctl", "tail", "tar", "tee", "test", "time", "timeout", "top", "touch", "tr", "true", "tty", "udhcpc",
-  "umount", "uname", "uniq", "unxz", "uptime", "usleep", "vi", "watch", "wc", "wget", "which", "xargs",
-  "xxd", "xz", "xzcat", "yes", "zcat",
+  "[",
+  "[[",
+  "ash",
+  "awk",
+  "base64",
+  "basename",
+  "bc",
+  "cat",
+  "chgrp",
+  "chmod",
+  "chown",
+  "chroot",
+  "clear",
+  "cmp",
+  "cp",
+  "cpio",
+  "cttyhack",
+  "cut",
+  "date",
+  "dd",
+  "depmod",
+  "df",
+  "diff",
+  "dirname",
+  "dmesg",
+  "du",
+  "echo",
+  "egrep",
+  "env",
+  "expr",
+  "false",
+  "fgrep",
+  "find",
+  "free",
+  "grep",
+  "gunzip",
+  "gzip",
+  "halt",
+  "head",
+  "hexdump",
+  "hostname",
+  "httpd",
+  "id",
+  "ifconfig",
+  "insmod",
+  "ip",
+  "kill",
+  "killall",
+  "less",
+  "ln",
+  "ls",
+  "lsmod",
+  "md5sum",
+  "mdev",
+  "mkdir",
+  "mke2fs",
+  "mkfifo",
+  "mknod",
+  "mktemp",
+  "modinfo",
+  "modprobe",
+  "more",
+  "mount",
+  "mv",
+  "nc",
+  "nproc",
+  "nslookup",
+  "od",
+  "ping",
+  "pivot_root",
+  "poweroff",
+  "printf",
+  "ps",
+  "pwd",
+  "readlink",
+  "realpath",
+  "reboot",
+  "rm",
+  "rmdir",
+  "rmmod",
+  "route",
+  "sed",
+  "seq",
+  "setsid",
+  "sh",
+  "sha1sum",
+  "sha256sum",
+  "sha512sum",
+  "sleep",
+  "sort",
+  "stat",
+  "strings",
+  "stty",
+  "switch_root",
+  "sync",
+  "sysctl",
+  "tail",
+  "tar",
+  "tee",
+  "test",
+  "time",
+  "timeout",
+  "top",
+  "touch",
+  "tr",
+  "true",
+  "tty",
+  "udhcpc",
+  "umount",
+  "uname",
+  "uniq",
+  "unxz",
+  "uptime",
+  "usleep",
+  "vi",
+  "watch",
+  "wc",
+  "wget",
+  "which",
+  "xargs",
+  "xxd",
+  "xz",
+  "xzcat",
+  "yes",
+  "zcat",
 ];
 
 const APPLET_NAME = /^[A-Za-z0-9_.+\-[\]]+$/;
@@ -188,6 +304,10 @@ load_modules ${MODULE_ORDER_FILE}
 if cat /sys/bus/virtio/devices/*/device 2>/dev/null | grep -q -e 0x0010 -e 0x0012; then
   load_modules ${DISPLAY_MODULE_ORDER_FILE}
 fi
+# A share's (virtio-9p, device 9) likewise.
+if cat /sys/bus/virtio/devices/*/device 2>/dev/null | grep -q -e 0x0009; then
+  load_modules ${SHARE_MODULE_ORDER_FILE}
+fi
 [ -z "$failed" ] || echo "yun: failed to load modules:$failed"
 
 ${ROOT_SWITCH}
@@ -242,6 +362,8 @@ export interface InitramfsInput {
   modules: ResolvedModule[];
   /** Further modules, in load order, that /init loads only when the machine has a display. */
   displayModules?: ResolvedModule[];
+  /** Further modules, in load order, that /init loads only when the machine has a virtio-9p device. */
+  shareModules?: ResolvedModule[];
   /** The kernel package's modules.builtin, copied so modprobe knows built-ins. */
   modulesBuiltin?: string;
   /** Entry mtime (seconds); default 0 for reproducible archives. */
@@ -275,7 +397,9 @@ export function buildInitramfs(input: InitramfsInput): InitramfsResult {
 
   w.file("bin/busybox", input.busybox, { mode: 0o755 });
   const found = busyboxApplets(input.busybox);
-  const applets = (found ?? [...FALLBACK_APPLETS]).filter((a) => a !== "busybox" && a !== "linuxrc" && !a.includes("/"));
+  const applets = (found ?? [...FALLBACK_APPLETS]).filter(
+    (a) => a !== "busybox" && a !== "linuxrc" && !a.includes("/"),
+  );
   for (const a of applets) w.symlink(`bin/${a}`, "busybox");
 
   w.file("init", initScript(), { mode: 0o755 });
@@ -290,7 +414,8 @@ export function buildInitramfs(input: InitramfsInput): InitramfsResult {
   const modDir = `lib/modules/${input.kernelVersion}`;
   w.dir(modDir);
   const display = input.displayModules ?? [];
-  const all = [...input.modules, ...display];
+  const share = input.shareModules ?? [];
+  const all = [...input.modules, ...display, ...share];
   for (const m of all) w.file(`${modDir}/${m.path}`, m.data, { mode: 0o644 });
   w.file(`${modDir}/modules.dep`, modulesDep(all));
   w.file(`${modDir}/modules.alias`, modulesAlias(all));
@@ -305,6 +430,11 @@ export function buildInitramfs(input: InitramfsInput): InitramfsResult {
     DISPLAY_MODULE_ORDER_FILE,
     `# The display's kernel modules in load order, loaded by /init when the machine has a display.\n` +
       display.map((m) => `/${modDir}/${m.path}\n`).join(""),
+  );
+  w.file(
+    SHARE_MODULE_ORDER_FILE,
+    `# A share's kernel modules in load order, loaded by /init when the machine has a virtio-9p device.\n` +
+      share.map((m) => `/${modDir}/${m.path}\n`).join(""),
   );
 
   const entries = w.size;

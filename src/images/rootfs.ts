@@ -114,8 +114,9 @@ ${agent ? `::respawn:${AGENT_GUEST_PATH}\n` : ""}::ctrlaltdel:/sbin/reboot
  * 2: rcS reads a NoCloud seed (host name, SSH keys, user data).
  * 3: the guest agent (when it could be built) and the vsock modules.
  * 4: a shell on tty1 when a display exists; the initramfs loads virtio-gpu and virtio-input then.
+ * 5: the initramfs holds the 9p modules, loaded when a virtio-9p device (a share) exists.
  */
-export const ROOTFS_REVISION = 4;
+export const ROOTFS_REVISION = 5;
 
 /** /etc/init.d/rcS: run once by init at boot; prints the ready marker when the system is up. */
 export function rootfsRcS(): string {

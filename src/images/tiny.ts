@@ -84,6 +84,9 @@ export const DEBIAN_MODULES: readonly string[] = [
 /** Modules a display needs (virtio-gpu's DRM driver with fbdev emulation, virtio-input), loaded
  *  by the initramfs only when the machine has those devices. */
 export const DISPLAY_MODULES: readonly string[] = ["virtio_gpu", "virtio_input"];
+/** Modules a share needs (virtio-9p: the 9p file system and its virtio transport, with 9pnet and
+ *  netfs), loaded by the initramfs only when the machine has a virtio-9p device. */
+export const SHARE_MODULES: readonly string[] = ["9pnet_virtio", "9p"];
 
 const OPENSBI_DIR = "usr/lib/riscv64-linux-gnu/opensbi/generic";
 
@@ -325,10 +328,14 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
     const displayModules = resolveModules(moduleRoot, [...DEBIAN_MODULES, ...DISPLAY_MODULES]).order.filter(
       (m) => !base.has(m.name),
     );
+    const shareModules = resolveModules(moduleRoot, [...DEBIAN_MODULES, ...SHARE_MODULES]).order.filter(
+      (m) => !base.has(m.name),
+    );
     const builtinNote = resolution.builtin.length > 0 ? `; built in: ${resolution.builtin.join(", ")}` : "";
     progress.end(
       `${resolution.order.length} modules: ${resolution.order.map((m) => m.name).join(" ")}${builtinNote}; ` +
-        `for a display: ${displayModules.map((m) => m.name).join(" ")}`,
+        `for a display: ${displayModules.map((m) => m.name).join(" ")}; ` +
+        `for a share: ${shareModules.map((m) => m.name).join(" ")}`,
     );
 
     // ---- initramfs
@@ -339,6 +346,7 @@ export async function pullTinyImage(opts: PullOptions = {}): Promise<ImageInfo> 
       kernelVersion,
       modules: resolution.order,
       displayModules,
+      shareModules,
       modulesBuiltin: existsSync(builtinList) ? readFileSync(builtinList, "utf8") : undefined,
     });
     mkdirSync(imagesRoot(), { recursive: true });

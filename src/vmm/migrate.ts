@@ -772,6 +772,8 @@ function planIncoming(hello: Hello, opts: IncomingOptions): { spec: VmSpec; adop
     vsock: src.vsock ?? null,
     // The guest keeps the display mode it booted with.
     display: src.display ?? null,
+    // Shares too: the destination serves the same host directories (the hosts share them, or it is the same host).
+    ...(src.shares?.length ? { shares: src.shares } : {}),
   };
   return { spec, adopt };
 }

@@ -532,6 +532,7 @@ export class VmMonitor {
         mac: s.mac,
       },
       vsock: s.vsock ? { guestCid: s.vsock.guestCid, socket: this.opts.vsockHost?.path ?? null } : null,
+      shares: (s.shares ?? []).map((sh) => ({ tag: sh.tag, path: sh.path, readOnly: sh.readOnly ?? false })),
     };
   }
 

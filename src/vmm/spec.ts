@@ -8,6 +8,7 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } fro
 import { VirtMachine, type Engine, type PayloadKind, type VirtConfig } from "./virt.js";
 import type { BlockBackend } from "../devices/block.js";
 import type { NetBackend } from "../devices/netdev.js";
+import { checkTag, type ShareSpec } from "../devices/virtio/9p.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
 import { joinNetwork } from "../net/hub.js";
 import { UserNet, type HostForward } from "../net/usernet.js";
@@ -81,6 +82,8 @@ export interface VmSpec {
   /** A display (virtio-gpu in this mode, keyboard, tablet); absent or null: none. How it is shown
    *  (VNC) is the running process's business, not the VM's. */
   display?: { width: number; height: number } | null;
+  /** Host directories served to the guest over virtio-9p (mount tag, path, read-only); absent: none. */
+  shares?: ShareSpec[];
 }
 
 /** A problem with a spec or what it names, in one sentence. */
@@ -186,6 +189,7 @@ function newMachine(
     vsock: spec.vsock ?? null,
     ram: opts.ram,
     display: spec.display ?? null,
+    shares: spec.shares ?? [],
   });
   if (spec.cpuCap !== null) machine.setCpuCap(spec.cpuCap);
   return machine;
@@ -277,6 +281,14 @@ export function checkSpec(v: unknown): string | null {
   if (typeof s.mac !== "string") return "bad MAC address";
   if (s.cpuCap !== null && typeof s.cpuCap !== "number") return "bad CPU cap";
   if (s.vsock !== undefined && s.vsock !== null && typeof s.vsock?.guestCid !== "number") return "bad vsock device";
+  if (s.shares !== undefined) {
+    if (!Array.isArray(s.shares)) return "bad share list";
+    for (const sh of s.shares) {
+      if (typeof sh?.tag !== "string" || typeof sh.path !== "string") return "bad share";
+      const why = checkTag(sh.tag);
+      if (why) return why;
+    }
+  }
   if (s.display != null) {
     const d = s.display;
     if (typeof d !== "object" || !isDisplayDimension(d.width) || !isDisplayDimension(d.height))

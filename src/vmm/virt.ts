@@ -37,6 +37,7 @@ import { VirtioNet } from "../devices/virtio/net.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 import { VirtioRng, type EntropySource } from "../devices/virtio/rng.js";
 import { VirtioVsock } from "../devices/virtio/vsock.js";
+import { Virtio9p, type ShareSpec } from "../devices/virtio/9p.js";
 import { VirtioGpu } from "../devices/virtio/gpu.js";
 import { KEYBOARD_DESCRIPTION, TABLET_DESCRIPTION, VirtioInput } from "../devices/virtio/input.js";
 import { openDiskImage, type DiskFormat } from "../storage/image.js";
@@ -104,6 +105,8 @@ export interface VirtConfig {
    * after the entropy source. Absent or null: none of them, and nothing of them costs anything.
    */
   display?: { width: number; height: number } | null;
+  /** Host directories served by virtio-9p devices, one slot each, after every other device. */
+  shares?: ShareSpec[];
   /**
    * RAM to start from (a snapshot or a migration, whose state restoreState() then loads): the
    * firmware, kernel, initrd and device tree are not loaded into it.
@@ -134,14 +137,15 @@ const FIXED_VIRTIO_DEVICES = 2;
 /** Slots a display takes: the GPU, the keyboard and the tablet. */
 export const DISPLAY_VIRTIO_DEVICES = 3;
 
-/** Most disks a machine takes: the slots left by the console, the entropy source, a network card, a vsock device and a display. */
-export function maxDisks(withNet: boolean, withVsock = false, withDisplay = false): number {
+/** Most disks a machine takes: the slots left by the console, the entropy source, a network card, a vsock device, a display and shares. */
+export function maxDisks(withNet: boolean, withVsock = false, withDisplay = false, shares = 0): number {
   return (
     VIRTIO_MMIO_SLOTS -
     FIXED_VIRTIO_DEVICES -
     (withNet ? 1 : 0) -
     (withVsock ? 1 : 0) -
-    (withDisplay ? DISPLAY_VIRTIO_DEVICES : 0)
+    (withDisplay ? DISPLAY_VIRTIO_DEVICES : 0) -
+    shares
   );
 }
 
@@ -185,6 +189,8 @@ export interface MachineState {
     keyboard: ReturnType<VirtioInput["save"]>;
     tablet: ReturnType<VirtioInput["save"]>;
   } | null;
+  /** The shares' virtio-9p devices (absent in snapshots from before shares: none). */
+  shares?: ReturnType<Virtio9p["save"]>[];
   /** Console input typed but not yet read by the guest. */
   input: number[];
 }
@@ -244,6 +250,8 @@ export class VirtMachine {
   readonly vsock: VirtioVsock | null;
   /** virtio-gpu, keyboard and tablet, or null without a display. */
   readonly display: MachineDisplay | null;
+  /** virtio-9p devices, one per share. */
+  readonly shares: readonly Virtio9p[];
   readonly clock: HartClock;
   private readonly diskBackends: BlockBackend[];
   /** The network card's backend (user-mode NAT, a switch port, a migration's stand-in), or null. */
@@ -389,12 +397,16 @@ export class VirtMachine {
     const net = config.net ?? null;
     const vsock = config.vsock ?? null;
     const withDisplay = config.display != null;
-    const limit = maxDisks(net !== null, vsock !== null, withDisplay);
+    const shareSpecs = config.shares ?? [];
+    const limit = maxDisks(net !== null, vsock !== null, withDisplay, shareSpecs.length);
+    if (limit < 0)
+      throw new Error(`a machine has ${VIRTIO_MMIO_SLOTS} virtio slots: too few for ${shareSpecs.length} shares`);
     if (disks.length > limit) {
       const besides = [
         net ? "its network card" : "",
         vsock ? "its vsock device" : "",
         withDisplay ? "a display" : "",
+        shareSpecs.length ? `${shareSpecs.length} shares` : "",
       ].filter((x) => x !== "");
       throw new Error(
         `a machine takes at most ${limit} disks${besides.length ? ` besides ${besides.join(" and ")}` : ""}, not ${disks.length}`,
@@ -468,6 +480,16 @@ export class VirtMachine {
           ),
         }
       : null;
+    // After everything else, so machines without shares keep their slots.
+    const shares: Virtio9p[] = [];
+    try {
+      for (const share of shareSpecs) shares.push(place(new Virtio9p(this.bus, irqLine(slots.length), share, { log })));
+    } catch (e) {
+      for (const d of shares) d.close();
+      for (let i = 0; i < opened.length; i++) if (!isBackend(disks[i])) opened[i].close();
+      throw e;
+    }
+    this.shares = shares;
 
     const rngSeed = new Uint8Array(32);
     (config.entropy ?? ((b, o, n) => randomFillSync(b, o, n)))(rngSeed, 0, rngSeed.length);
@@ -550,6 +572,7 @@ export class VirtMachine {
     this.closed = true;
     this.threads?.terminate();
     this.vsock?.closeAll("the VM stopped");
+    for (const share of this.shares) share.close();
     let first: unknown = null;
     for (const d of this.diskBackends) {
       try {
@@ -755,6 +778,7 @@ export class VirtMachine {
             tablet: this.display.tablet.save(),
           }
         : null,
+      ...(this.shares.length ? { shares: this.shares.map((d) => d.save()) } : {}),
       input: [...this.inputQueue],
     };
   }
@@ -786,6 +810,9 @@ export class VirtMachine {
       throw new Error(
         `snapshot: the machine had ${s.display == null ? "no display" : "a display"}, this one ${this.display ? "has one" : "has none"}`,
       );
+    }
+    if ((s.shares?.length ?? 0) !== this.shares.length) {
+      throw new Error(`snapshot: the machine had ${s.shares?.length ?? 0} shares, this one has ${this.shares.length}`);
     }
     if (typeof s.clock !== "number" || !Number.isFinite(s.clock))
       throw new Error("snapshot: the clock is not a number");
@@ -820,6 +847,7 @@ export class VirtMachine {
       load("virtio keyboard", () => d.keyboard.restore(saved.keyboard));
       load("virtio tablet", () => d.tablet.restore(saved.tablet));
     }
+    this.shares.forEach((d, i) => load(`share ${d.tag}`, () => d.restore(s.shares![i])));
     this.inputQueue.length = 0;
     this.answerBytes = 0;
     for (const b of s.input) this.inputQueue.push(Number(b) & 0xff);

@@ -143,6 +143,7 @@ test("migration 2 keeps the events of a version-1 database readable and fills in
       db1.exec(`DROP TABLE ${t}`);
     db1.exec("ALTER TABLE instances DROP COLUMN display"); // migration 7
     for (const t of ["sandboxes", "sandbox_templates"]) db1.exec(`DROP TABLE ${t}`); // migration 8
+    for (const t of ["share_attachments", "shares"]) db1.exec(`DROP TABLE ${t}`); // migration 9
     db1.exec("DROP INDEX events_user");
     db1.exec("ALTER TABLE events DROP COLUMN user_id");
     const at = "2026-01-01T00:00:00.000Z";

@@ -54,6 +54,8 @@ export interface LaunchSpec {
    * the machine: vcpus, memory, disks, kernel and image above are not used.
    */
   restore?: { dir: string; unplugNet: boolean };
+  /** Host directories served over virtio-9p (yun run --share). */
+  shares?: { tag: string; path: string; readOnly?: boolean }[];
 }
 
 export interface Launched {
@@ -185,6 +187,7 @@ export class MonitorDriver implements ComputeDriver {
       logPath,
     ];
     for (const d of spec.disks) args.push("--disk", d);
+    for (const s of spec.shares ?? []) args.push("--share", `${s.tag}=${s.path}${s.readOnly ? ":ro" : ""}`);
     // No TCP listener: the display is reached through the monitor's control socket (mode 0600),
     // which only the daemon opens, for a token-checked WebSocket.
     if (spec.display === true) args.push("--display", "vnc", "--vnc", "none");
