@@ -18,14 +18,6 @@ const MAPPED = 1;
 /** Unmapped again after use: zeroed when mapped next (fresh RAM is zero already). */
 const USED = 2;
 
-export interface MemorySnapshot {
-  pages: Uint8Array;
-  mapped: number[];
-  data: Uint8Array;
-  brk: number;
-  brkStart: number;
-}
-
 export class AddressSpace {
   readonly bus: Bus;
   readonly ram: Uint8Array;
@@ -154,24 +146,27 @@ export class AddressSpace {
     return true;
   }
 
-  /** The mapped pages and layout, for a fork's parent to get back when its child ends. */
-  snapshot(): MemorySnapshot {
-    const mapped: number[] = [];
-    for (let p = 0; p < this.pages.length; p++) if (this.pages[p] === MAPPED) mapped.push(p);
-    const data = new Uint8Array(mapped.length * PAGE);
-    mapped.forEach((p, i) => data.set(this.ram.subarray(p * PAGE, (p + 1) * PAGE), i * PAGE));
-    return { pages: this.pages.slice(), mapped, data, brk: this.brk, brkStart: this.brkStart };
-  }
-
-  restore(s: MemorySnapshot): void {
+  /**
+   * A fork's copy of this space on `bus` (fresh RAM of the same size): the layout, and the mapped
+   * pages that hold anything (untouched ones read as zero in fresh RAM already).
+   */
+  copyInto(bus: Bus): AddressSpace {
+    const copy = new AddressSpace(bus);
+    copy.pages.set(this.pages);
+    copy.brk = this.brk;
+    copy.brkStart = this.brkStart;
+    const words = new Int32Array(this.ram.buffer, 0, this.size / 4);
     for (let p = 0; p < this.pages.length; p++) {
-      // Pages only the child used read as zero when mapped again.
-      this.pages[p] = s.pages[p] === FREE && this.pages[p] !== FREE ? USED : s.pages[p];
+      if (this.pages[p] !== MAPPED) continue;
+      const first = p * (PAGE / 4);
+      for (let i = first; i < first + PAGE / 4; i++) {
+        if (words[i] !== 0) {
+          copy.ram.set(this.ram.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
+          break;
+        }
+      }
     }
-    s.mapped.forEach((p, i) => this.ram.set(s.data.subarray(i * PAGE, (i + 1) * PAGE), p * PAGE));
-    this.brk = s.brk;
-    this.brkStart = s.brkStart;
-    this.bus.externalWrite(0, this.size);
+    return copy;
   }
 
   /** Moves the program break; returns the break in effect afterwards (Linux's brk semantics). */
