@@ -624,6 +624,7 @@ export class Kernel {
     }
     // The point of no return: other threads go, the old image is released, the new one runs.
     for (const other of [...proc.threads]) if (other !== t) this.removeTask(other);
+    if (old.running === t) old.running = null; // a vfork parent's hart: its registers are its own again
     this.releaseImage(proc);
     proc.vforkDone = true;
     proc.image = image;
