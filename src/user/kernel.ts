@@ -81,11 +81,10 @@ export class Image {
   constructor(
     readonly bus: Bus,
     interpret: boolean,
-    copyOf: AddressSpace | null,
   ) {
     this.hart = new Hart(bus);
     this.jit = interpret ? null : new Jit(this.hart);
-    this.space = copyOf === null ? new AddressSpace(bus) : copyOf.copyInto(bus);
+    this.space = new AddressSpace(bus);
     const h = this.hart;
     h.stopOnTrap = true;
     h.mstatus |= MSTATUS_FS; // the FPU is on (Linux turns it on at the first FP instruction)
@@ -96,7 +95,17 @@ export class Image {
   stats(): ReturnType<Jit["stats"]> | null {
     return this.jit?.stats() ?? null;
   }
+
+  /** Ready for another process: a fresh address space (translated code there is dropped with it). */
+  reset(): void {
+    this.space.reset();
+    this.running = null;
+    this.futexWaiters.length = 0;
+  }
 }
+
+/** Images kept for reuse: a WebAssembly memory, a hart and a translator cost more to make than to clear. */
+const IMAGE_POOL = 4;
 
 interface FutexWaiter {
   task: Task;
@@ -171,6 +180,7 @@ interface ExecTarget {
 
 export class Kernel {
   private readonly tasks: Task[] = [];
+  private readonly freeImages: Image[] = [];
   private readonly processes = new Map<number, Proc>();
   private next = 0;
   private nextPid: number;
@@ -182,10 +192,12 @@ export class Kernel {
     this.nextPid = process.pid;
   }
 
-  /** A fresh, empty image. */
+  /** A fresh, empty image (one a process left, when there is one). */
   private newImage(): Image {
+    const reused = this.freeImages.pop();
+    if (reused !== undefined) return reused;
     const size = this.options.spaceBytes;
-    return new Image(new Bus(0, size, false, allocateRam(size)), this.options.interpret, null);
+    return new Image(new Bus(0, size, false, allocateRam(size)), this.options.interpret);
   }
 
   /**
@@ -485,7 +497,10 @@ export class Kernel {
     const image = proc.image;
     if (image === null) return;
     proc.image = null;
-    image.users--;
+    if (--image.users === 0 && this.freeImages.length < IMAGE_POOL) {
+      image.reset();
+      this.freeImages.push(image);
+    }
   }
 
   /** A signal from another process: its default action, or (a handler) pending for delivery. */
@@ -524,8 +539,8 @@ export class Kernel {
     } else {
       childImage = image;
       if ((flags & CLONE_VM) === 0) {
-        const size = this.options.spaceBytes;
-        childImage = new Image(new Bus(0, size, false, allocateRam(size)), this.options.interpret, image.space);
+        childImage = this.newImage();
+        childImage.space.copyFrom(image.space);
       }
       const files = (flags & CLONE_FILES) !== 0 ? parent.files : parent.files.clone();
       const proc = this.addProcess(tid, parent, childImage, files, parent.sys.exePath, parent.name);

@@ -146,27 +146,38 @@ export class AddressSpace {
     return true;
   }
 
-  /**
-   * A fork's copy of this space on `bus` (fresh RAM of the same size): the layout, and the mapped
-   * pages that hold anything (untouched ones read as zero in fresh RAM already).
-   */
-  copyInto(bus: Bus): AddressSpace {
-    const copy = new AddressSpace(bus);
-    copy.pages.set(this.pages);
-    copy.brk = this.brk;
-    copy.brkStart = this.brkStart;
+  /** Whether page `p` holds anything but zeros (untouched RAM reads as zero). */
+  private holdsData(words: Int32Array, p: number): boolean {
+    const first = p * (PAGE / 4);
+    for (let i = first; i < first + PAGE / 4; i++) if (words[i] !== 0) return true;
+    return false;
+  }
+
+  /** Back to a fresh space, for an image a new process reuses: every page written is zeroed. */
+  reset(): void {
     const words = new Int32Array(this.ram.buffer, 0, this.size / 4);
     for (let p = 0; p < this.pages.length; p++) {
-      if (this.pages[p] !== MAPPED) continue;
-      const first = p * (PAGE / 4);
-      for (let i = first; i < first + PAGE / 4; i++) {
-        if (words[i] !== 0) {
-          copy.ram.set(this.ram.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
-          break;
-        }
-      }
+      if (this.pages[p] === FREE) continue;
+      this.pages[p] = FREE;
+      if (!this.holdsData(words, p)) continue;
+      this.ram.fill(0, p * PAGE, (p + 1) * PAGE);
+      this.bus.externalWrite(p * PAGE, PAGE);
     }
-    return copy;
+    this.brk = this.brkStart = 0;
+    this.mark(this.size - STACK_SIZE, STACK_SIZE, MAPPED);
+  }
+
+  /** A fork's copy of `other` (the same size) into this fresh space: its layout and written pages. */
+  copyFrom(other: AddressSpace): void {
+    this.pages.set(other.pages);
+    this.brk = other.brk;
+    this.brkStart = other.brkStart;
+    const words = new Int32Array(other.ram.buffer, 0, other.size / 4);
+    for (let p = 0; p < other.pages.length; p++) {
+      if (other.pages[p] !== MAPPED || !other.holdsData(words, p)) continue;
+      this.ram.set(other.ram.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
+      this.bus.externalWrite(p * PAGE, PAGE);
+    }
   }
 
   /** Moves the program break; returns the break in effect afterwards (Linux's brk semantics). */
