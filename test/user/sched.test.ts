@@ -101,6 +101,17 @@ int main(void) {
 }
 `;
 
+/** Reads its own pipe, whose only writer is itself: it waits for ever (a deadlock). */
+const DEADLOCK = `
+#include <unistd.h>
+int main(void) {
+  int fds[2];
+  char c;
+  if (pipe(fds) != 0) return 1;
+  return (int)read(fds[0], &c, 1);
+}
+`;
+
 let root = "";
 let dir = "";
 
@@ -109,7 +120,11 @@ interface Result {
   status: number;
 }
 
+/** What the last runYun's kernel logged (yun exec's own diagnostics, not the program's stderr). */
+let logged: string[] = [];
+
 function runYun(program: string, args: string[]): Result {
+  logged = [];
   const out = join(dir, "stdout");
   const outFd = openSync(out, "w");
   const inFd = openSync("/dev/null", "r");
@@ -122,6 +137,7 @@ function runYun(program: string, args: string[]): Result {
       env: ENV,
       stdio: [inFd, outFd, errFd],
       cwd: dir,
+      log: (line) => logged.push(line),
     });
     const status = p.run();
     return { stdout: readFileSync(out, "utf8"), status };
@@ -167,6 +183,13 @@ describe("yun exec's scheduler", { timeout: 900_000 }, () => {
 
   test("a spinning thread is preempted so the other thread sets its flag", { skip: skipC }, () => {
     againstOracle(build("spin", SPIN), { stdout: "the spinner saw the flag\n", status: 0 });
+  });
+
+  test("a deadlock is one clear line and the end, not a hang", { skip: skipC }, () => {
+    const r = runYun(build("deadlock", DEADLOCK), []);
+    assert.equal(r.status, 137);
+    assert.equal(logged.length, 1, logged.join("\n"));
+    assert.match(logged[0], /^yun exec: deadlock: every task waits .*deadlock\[\d+\]/);
   });
 
   test("pipelines run concurrently: yes | head, seq | sort -r | head", { skip: skipRoot }, () => {
