@@ -26,6 +26,7 @@ import { AddressSpace } from "./memory.js";
 import { BLOCKED, RESTART, Syscalls } from "./syscalls.js";
 
 const CAUSE_ECALL_U = 8;
+const EINTR = 4;
 const ECHILD = 10;
 const EAGAIN = 11;
 const EFAULT = 14;
@@ -416,6 +417,12 @@ export class Kernel {
         return this.nanosleep(t, a2, a3, a1, a0);
       case 124: // sched_yield
         return 0;
+      case 133: // rt_sigsuspend: until a signal comes (handlers are not run yet: the signal is consumed)
+        return this.park(t, () => {
+          if (proc.pendingSignals === 0n) return BLOCKED;
+          proc.pendingSignals = 0n;
+          return -EINTR;
+        });
       case 129: // kill
         if ((a0 | 0) > 0 && a0 !== proc.pid) return this.kill(a0, a1 | 0);
         break;
