@@ -112,6 +112,91 @@ int main(void) {
 }
 `;
 
+/**
+ * Signals between processes and threads: kill to the parent (si_pid, delivered during
+ * sigsuspend), a pipe read interrupted (EINTR without SA_RESTART), tgkill to a thread parked in
+ * sigsuspend, SIGCHLD's handler, and SIGTERM's default action ending a child.
+ */
+const CROSS_SIGNALS = `
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static volatile int usr1_from = 0, usr2 = 0, thread_got = 0, chld = 0;
+static void on_usr1(int sig, siginfo_t *si, void *uc) { (void)sig; (void)uc; usr1_from = si->si_pid; }
+static void on_usr2(int sig) { (void)sig; usr2++; }
+static void on_chld(int sig) { (void)sig; chld++; }
+static void *waiter(void *arg) {
+  sigset_t none;
+  (void)arg;
+  sigemptyset(&none);
+  while (!thread_got) sigsuspend(&none);
+  return 0;
+}
+static void on_usr1_thread(int sig) { (void)sig; thread_got = 1; }
+int main(void) {
+  struct sigaction sa = {0};
+  sigset_t block, none;
+  int st;
+  sa.sa_sigaction = on_usr1;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGUSR1, &sa, 0);
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &block, 0);
+  pid_t c = fork();
+  if (c == 0) { kill(getppid(), SIGUSR1); _exit(0); }
+  sigemptyset(&none);
+  while (!usr1_from) sigsuspend(&none);
+  waitpid(c, &st, 0);
+  printf("usr1 from child %d\\n", usr1_from == c);
+
+  struct sigaction s2 = {0};
+  s2.sa_handler = on_usr2;
+  sigaction(SIGUSR2, &s2, 0);
+  int fds[2];
+  pipe(fds);
+  c = fork();
+  if (c == 0) {
+    struct timespec t = {0, 50000000};
+    nanosleep(&t, 0);
+    kill(getppid(), SIGUSR2);
+    nanosleep(&t, 0);
+    _exit(0);
+  }
+  char b;
+  ssize_t n = read(fds[0], &b, 1);
+  printf("read %d %s usr2 %d\\n", (int)n, n < 0 && errno == EINTR ? "EINTR" : "?", usr2);
+  waitpid(c, &st, 0);
+
+  struct sigaction s3 = {0};
+  s3.sa_handler = on_usr1_thread;
+  sigaction(SIGUSR1, &s3, 0);
+  pthread_t t;
+  pthread_create(&t, 0, waiter, 0);
+  struct timespec d = {0, 20000000};
+  nanosleep(&d, 0);
+  pthread_kill(t, SIGUSR1);
+  pthread_join(t, 0);
+  printf("thread got %d\\n", thread_got);
+
+  struct sigaction s4 = {0};
+  s4.sa_handler = on_chld;
+  sa.sa_flags = 0;
+  sigaction(SIGCHLD, &s4, 0);
+  c = fork();
+  if (c == 0) { for (;;) pause(); }
+  nanosleep(&d, 0);
+  kill(c, SIGTERM);
+  while (waitpid(c, &st, 0) < 0 && errno == EINTR) {}
+  printf("child %s %d sigchld %d\\n", WIFSIGNALED(st) ? "signaled" : "exited", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), chld);
+  return 0;
+}
+`;
+
 let root = "";
 let dir = "";
 
@@ -183,6 +268,13 @@ describe("yun exec's scheduler", { timeout: 900_000 }, () => {
 
   test("a spinning thread is preempted so the other thread sets its flag", { skip: skipC }, () => {
     againstOracle(build("spin", SPIN), { stdout: "the spinner saw the flag\n", status: 0 });
+  });
+
+  test("signals across processes and threads: kill, EINTR, tgkill, SIGCHLD, SIGTERM", { skip: skipC }, () => {
+    againstOracle(build("crosssig", CROSS_SIGNALS), {
+      stdout: "usr1 from child 1\nread -1 EINTR usr2 1\nthread got 1\nchild signaled 15 sigchld 1\n",
+      status: 0,
+    });
   });
 
   test("a deadlock is one clear line and the end, not a hang", { skip: skipC }, () => {
