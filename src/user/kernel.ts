@@ -515,7 +515,9 @@ export class Kernel {
       this.exitProcess(proc, e.signal !== 0 ? e.signal : (e.status & 0xff) << 8);
       return GONE;
     }
-    if (r === BLOCKED) return this.park(t, sys.parked!, sys.parkedUntil);
+    // A handler ends pselect6 and ppoll with EINTR even under SA_RESTART (as Linux does); pipes rerun.
+    if (r === BLOCKED)
+      return this.park(t, sys.parked!, sys.parkedUntil, nr === 72 || nr === 73 ? INTERRUPTIBLE : RESTARTABLE);
     return r;
   }
 

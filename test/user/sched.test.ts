@@ -114,7 +114,7 @@ int main(void) {
 
 /**
  * Signals between processes and threads: kill to the parent (si_pid, delivered during
- * sigsuspend), a pipe read interrupted (EINTR without SA_RESTART), tgkill to a thread parked in
+ * sigsuspend), a pipe read interrupted (EINTR without SA_RESTART, run again with it), tgkill to a thread parked in
  * sigsuspend, SIGCHLD's handler, and SIGTERM's default action ending a child.
  */
 const CROSS_SIGNALS = `
@@ -171,6 +171,20 @@ int main(void) {
   ssize_t n = read(fds[0], &b, 1);
   printf("read %d %s usr2 %d\\n", (int)n, n < 0 && errno == EINTR ? "EINTR" : "?", usr2);
   waitpid(c, &st, 0);
+  s2.sa_flags = SA_RESTART;
+  sigaction(SIGUSR2, &s2, 0);
+  c = fork();
+  if (c == 0) {
+    struct timespec t = {0, 50000000};
+    nanosleep(&t, 0);
+    kill(getppid(), SIGUSR2);
+    nanosleep(&t, 0);
+    write(fds[1], "x", 1);
+    _exit(0);
+  }
+  n = read(fds[0], &b, 1);
+  printf("restarted read %d %c usr2 %d\\n", (int)n, n == 1 ? b : '?', usr2);
+  waitpid(c, &st, 0);
 
   struct sigaction s3 = {0};
   s3.sa_handler = on_usr1_thread;
@@ -185,7 +199,6 @@ int main(void) {
 
   struct sigaction s4 = {0};
   s4.sa_handler = on_chld;
-  sa.sa_flags = 0;
   sigaction(SIGCHLD, &s4, 0);
   c = fork();
   if (c == 0) { for (;;) pause(); }
@@ -272,7 +285,8 @@ describe("yun exec's scheduler", { timeout: 900_000 }, () => {
 
   test("signals across processes and threads: kill, EINTR, tgkill, SIGCHLD, SIGTERM", { skip: skipC }, () => {
     againstOracle(build("crosssig", CROSS_SIGNALS), {
-      stdout: "usr1 from child 1\nread -1 EINTR usr2 1\nthread got 1\nchild signaled 15 sigchld 1\n",
+      stdout:
+        "usr1 from child 1\nread -1 EINTR usr2 1\nrestarted read 1 x usr2 2\nthread got 1\nchild signaled 15 sigchld 1\n",
       status: 0,
     });
   });
