@@ -7,6 +7,9 @@
  *   sha256sum 16 MiB      CPU-bound: busybox's sha256sum of a file of random bytes
  *   coreutils sort        sort -n of 200 000 numbers
  *   python3 -c            CPython's start-up and a small json script
+ *   fork/exec × 200       busybox sh running /bin/true 200 times: fork, execve, wait4 in yun exec's
+ *                         kernel (qemu-riscv64's execve runs the host's /bin/true natively, so its
+ *                         column is a lower bound, not the same work)
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -60,6 +63,11 @@ export async function runExecBench(options: {
         "python3 -c (json, arithmetic)",
         "/usr/bin/python3.13",
         ["-c", "import json; print(json.dumps([i * i for i in range(10000)])[-20:])"],
+      ],
+      [
+        "fork/exec /bin/true × 200 (busybox sh)",
+        "/usr/bin/busybox",
+        ["sh", "-c", "for i in $(seq 200); do /bin/true; done"],
       ],
     ];
     const rows: ExecRow[] = [];

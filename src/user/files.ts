@@ -2,8 +2,8 @@
  * The guest's file descriptors and paths.
  *
  * Paths: an absolute path names a file inside the root (`--root`, as qemu-user's -L) when it
- * exists there, and the host's file otherwise; a relative path is relative to the (host) current
- * directory or to the directory a dirfd names. So the program's own libraries and data come from
+ * exists there, and the host's file otherwise; a relative path is relative to the process's current
+ * directory (a host path, kept here: not the host process's cwd) or to the directory a dirfd names. So the program's own libraries and data come from
  * the root while the user's files stay visible.
  *
  * Descriptors: each guest fd refers to an open file description (shared by dup), which holds a
@@ -50,14 +50,16 @@ export class OpenFile {
 /** A pipe whose two ends both live in this process (no other process reads it). */
 export class PipeBuffer {
   chunks: Buffer[] = [];
+  /** Bytes in `chunks`. */
+  length = 0;
   readers = 1;
   writers = 1;
-  get length(): number {
-    let n = 0;
-    for (const c of this.chunks) n += c.length;
-    return n;
-  }
 }
+
+/** What a pipe holds before its writer waits (Linux's default pipe size). */
+export const PIPE_CAPACITY = 65536;
+/** Writes up to this size are atomic: they wait for room for all of it. */
+export const PIPE_BUF = 4096;
 
 export interface Slot {
   file: OpenFile;
@@ -86,11 +88,17 @@ function direntType(d: Dirent): number {
 export class FileTable {
   private readonly slots: (Slot | undefined)[] = [];
   readonly root: string;
+  /** The process's current directory (a host path): relative paths resolve against it. */
+  cwd: string;
 
-  /** `stdio`: the host fds that are the guest's 0, 1 and 2 (default: this process's own). */
-  constructor(root: string, stdio: readonly number[] = [0, 1, 2]) {
+  /**
+   * `stdio`: the host fds that are the guest's 0, 1 and 2 (default: this process's own); null for a
+   * table that clone() fills.
+   */
+  constructor(root: string, cwd: string, stdio: readonly number[] | null = [0, 1, 2]) {
     this.root = root;
-    for (let fd = 0; fd < 3; fd++) {
+    this.cwd = cwd;
+    for (let fd = 0; fd < 3 && stdio !== null; fd++) {
       try {
         fstatSync(stdio[fd]);
       } catch {
@@ -149,18 +157,20 @@ export class FileTable {
     return true;
   }
 
-  /** The table a fork's parent gets back: a copy, each description with a reference more. */
-  fork(): (Slot | undefined)[] {
-    const copy = this.slots.slice();
-    for (const s of copy) if (s !== undefined) s.file.refs++;
+  /** A fork child's table: the same descriptions (each with a reference more) and cwd. */
+  clone(): FileTable {
+    const copy = new FileTable(this.root, this.cwd, null);
+    this.slots.forEach((s, fd) => {
+      if (s === undefined) return;
+      s.file.refs++;
+      copy.slots[fd] = { file: s.file, cloexec: s.cloexec };
+    });
     return copy;
   }
 
-  /** Back to the parent's table (from fork()) when its child ends: the child's references go. */
-  restore(saved: (Slot | undefined)[]): void {
-    this.closeAll();
-    this.slots.length = 0;
-    saved.forEach((s, fd) => (this.slots[fd] = s));
+  /** execve: descriptors marked close-on-exec close. */
+  closeOnExec(): void {
+    for (let fd = 0; fd < this.slots.length; fd++) if (this.slots[fd]?.cloexec === true) this.close(fd);
   }
 
   closeAll(): void {
@@ -203,7 +213,7 @@ export class FileTable {
   hostPath(dirfd: number, path: string): string | number {
     if (path === "") return -2; // ENOENT (AT_EMPTY_PATH is handled by the callers that allow it)
     if (isAbsolute(path)) return this.inRoot(path);
-    if (dirfd === AT_FDCWD) return resolve(path);
+    if (dirfd === AT_FDCWD) return resolve(this.cwd, path);
     const dir = this.get(dirfd);
     if (dir === undefined) return -9; // EBADF
     if (!dir.directory) return -20; // ENOTDIR

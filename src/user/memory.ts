@@ -46,15 +46,6 @@ export class MemoryFault extends Error {
   }
 }
 
-export interface MemorySnapshot {
-  pages: Uint8Array;
-  prot: Uint8Array;
-  mapped: number[];
-  data: Uint8Array;
-  brk: number;
-  brkStart: number;
-}
-
 export class AddressSpace {
   readonly bus: Bus;
   readonly ram: Uint8Array;
@@ -308,33 +299,54 @@ export class AddressSpace {
     return true;
   }
 
-  /** The mapped pages, their protections and the layout, for a fork's parent to get back when its child ends. */
-  snapshot(): MemorySnapshot {
-    const mapped: number[] = [];
-    for (let p = 0; p < this.pages.length; p++) if (this.pages[p] === MAPPED) mapped.push(p);
-    const data = new Uint8Array(mapped.length * PAGE);
-    mapped.forEach((p, i) => data.set(this.ram.subarray(p * PAGE, (p + 1) * PAGE), i * PAGE));
-    return {
-      pages: this.pages.slice(),
-      prot: this.prot.slice(),
-      mapped,
-      data,
-      brk: this.brk,
-      brkStart: this.brkStart,
-    };
+  /** Whether page `p` holds anything but zeros (untouched RAM reads as zero). */
+  private holdsData(words: Int32Array, p: number): boolean {
+    const first = p * (PAGE / 4);
+    for (let i = first; i < first + PAGE / 4; i++) if (words[i] !== 0) return true;
+    return false;
   }
 
-  restore(s: MemorySnapshot): void {
+  /**
+   * Back to a fresh space, for an image a new process reuses: every page written is zeroed and
+   * every leaf cleared, then the signal-return page and the stack are mapped as at construction.
+   */
+  reset(): void {
+    const words = new Int32Array(this.ram.buffer, 0, this.size / 4);
     for (let p = 0; p < this.pages.length; p++) {
-      // Pages only the child used read as zero when mapped again.
-      this.pages[p] = s.pages[p] === FREE && this.pages[p] !== FREE ? USED : s.pages[p];
-      this.prot[p] = s.prot[p];
+      if (this.pages[p] === FREE) continue;
+      this.pages[p] = FREE;
+      this.prot[p] = 0;
+      this.updateLeaf(p);
+      if (!this.holdsData(words, p)) continue;
+      this.ram.fill(0, p * PAGE, (p + 1) * PAGE);
+      this.bus.externalWrite(p * PAGE, PAGE);
+    }
+    this.brk = this.brkStart = 0;
+    this.mark(this.sigreturnAddress, PAGE, MAPPED, PROT_READ | PROT_EXEC);
+    SIGRETURN_CODE.forEach((insn, i) => this.view.setUint32(this.sigreturnAddress + 4 * i, insn, true));
+    this.mark(this.stackTop - STACK_SIZE, STACK_SIZE, MAPPED, PROT_READ | PROT_WRITE);
+    this.onUnmap?.(0, this.size, true);
+  }
+
+  /**
+   * A fork's copy of `other` (the same size) into this fresh space: its layout, page protections
+   * (the page table's leaves) and written pages.
+   */
+  copyFrom(other: AddressSpace): void {
+    for (let p = 0; p < this.pages.length; p++) {
+      if (this.pages[p] === FREE && other.pages[p] === FREE) continue;
+      this.pages[p] = other.pages[p];
+      this.prot[p] = other.prot[p];
       this.updateLeaf(p);
     }
-    s.mapped.forEach((p, i) => this.ram.set(s.data.subarray(i * PAGE, (i + 1) * PAGE), p * PAGE));
-    this.brk = s.brk;
-    this.brkStart = s.brkStart;
-    this.bus.externalWrite(0, this.size);
+    this.brk = other.brk;
+    this.brkStart = other.brkStart;
+    const words = new Int32Array(other.ram.buffer, 0, other.size / 4);
+    for (let p = 0; p < other.pages.length; p++) {
+      if (other.pages[p] !== MAPPED || !other.holdsData(words, p)) continue;
+      this.ram.set(other.ram.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
+      this.bus.externalWrite(p * PAGE, PAGE);
+    }
     this.onUnmap?.(0, this.size, true);
   }
 

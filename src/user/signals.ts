@@ -19,11 +19,13 @@ export const SIGBUS = 7;
 export const SIGKILL = 9;
 export const SIGSEGV = 11;
 export const SIGPIPE = 13;
+export const SIGCHLD = 17;
 export const SIGSTOP = 19;
 
 const SIG_DFL = 0;
 const SIG_IGN = 1;
 // SA_SIGINFO needs nothing of its own: Linux on riscv passes &info and &uc to every handler.
+const SA_RESTART = 0x10000000;
 const SA_ONSTACK = 0x08000000;
 const SA_NODEFER = 0x40000000;
 const SA_RESETHAND = 0x80000000;
@@ -86,15 +88,22 @@ export interface SignalThread {
   altSize: number;
   /** SS_DISABLE or 0 (plus SS_AUTODISARM when asked). */
   altFlags: number;
+  /** rt_sigsuspend's caller's mask while the call's own mask is in effect: the frame saves this one. */
+  savedMask: bigint | null;
 }
 
 export function newSignalThread(): SignalThread {
-  return { mask: 0n, pending: 0n, info: [], altSp: 0, altSize: 0, altFlags: SS_DISABLE };
+  return { mask: 0n, pending: 0n, info: [], altSp: 0, altSize: 0, altFlags: SS_DISABLE, savedMask: null };
 }
 
 /** A copy (fork: the child inherits the mask and the alternate stack; nothing is pending). */
 export function forkSignalThread(t: SignalThread): SignalThread {
-  return { ...t, pending: 0n, info: [] };
+  return { ...t, pending: 0n, info: [], savedMask: null };
+}
+
+/** A new thread of the same process (CLONE_VM without CLONE_VFORK): the mask, no alternate stack. */
+export function threadSignalThread(t: SignalThread): SignalThread {
+  return { ...newSignalThread(), mask: t.mask };
 }
 
 const bit = (sig: number): bigint => 1n << BigInt(sig - 1);
@@ -128,6 +137,9 @@ export class Signals {
   readonly actions: Map<number, Uint8Array>;
   /** The running thread's state. */
   thread: SignalThread = newSignalThread();
+  /** Signals sent to the process as a whole (kill, SIGCHLD): any thread not blocking one takes it. */
+  sharedPending = 0n;
+  private readonly sharedInfo: (SignalInfo | undefined)[] = [];
   /** The running thread's stack pointer (sigaltstack tells whether it is on the alternate stack). */
   stackPointer: () => number = () => 0;
 
@@ -149,13 +161,39 @@ export class Signals {
     return h === SIG_IGN || (h === SIG_DFL && (IGNORED_BY_DEFAULT.has(sig) || STOP_SIGNALS.has(sig)));
   }
 
-  /** Makes `sig` pending for the running thread (kill/tgkill to itself, SIGPIPE). */
-  raise(sig: number, code: number, pid: number): void {
+  /** Makes `sig` pending for a thread, the running one by default (tgkill, kill to itself, SIGPIPE). */
+  raise(sig: number, code: number, pid: number, t = this.thread): void {
     if (this.ignored(sig)) return;
-    const t = this.thread;
     if ((t.pending & bit(sig)) !== 0n) return; // standard signals do not queue
     t.pending |= bit(sig);
     t.info[sig] = { signo: sig, code, addr: 0, pid };
+  }
+
+  /** Makes `sig` pending for the process (kill from another process, SIGCHLD): `addr` is si_status. */
+  post(sig: number, code: number, pid: number, status = 0): void {
+    if (this.ignored(sig) || (this.sharedPending & bit(sig)) !== 0n) return;
+    this.sharedPending |= bit(sig);
+    this.sharedInfo[sig] = { signo: sig, code, addr: status, pid };
+  }
+
+  /**
+   * Whether a signal would interrupt thread `t`'s blocking call: "none", "restart" (its handler has
+   * SA_RESTART: the call runs again after it) or "eintr".
+   */
+  interruption(t: SignalThread): "none" | "restart" | "eintr" {
+    if (t.pending === 0n && this.sharedPending === 0n) return "none";
+    const ready = (t.pending | this.sharedPending) & ~t.mask;
+    if (ready === 0n) return "none";
+    let sig = 1;
+    while ((ready & bit(sig)) === 0n) sig++;
+    const action = this.action(sig);
+    return action.handler > SIG_IGN && (action.flags & SA_RESTART) !== 0 ? "restart" : "eintr";
+  }
+
+  /** rt_sigsuspend: `mask` is in effect until a handler runs (whose frame restores the caller's). */
+  suspend(t: SignalThread, mask: bigint): void {
+    t.savedMask = t.mask;
+    t.mask = mask & ~UNBLOCKABLE;
   }
 
   rtSigaction(sig: number, act: number, oldact: number, setSize: number): number {
@@ -172,7 +210,10 @@ export class Signals {
       const a = this.space.bytes(act, 24).slice();
       this.actions.set(sig, a);
       // Setting a signal to be ignored discards it if pending (POSIX).
-      if (this.ignored(sig)) this.thread.pending &= ~bit(sig);
+      if (this.ignored(sig)) {
+        this.thread.pending &= ~bit(sig);
+        this.sharedPending &= ~bit(sig);
+      }
     }
     return 0;
   }
@@ -198,7 +239,7 @@ export class Signals {
   rtSigpending(set: number, setSize: number): number {
     if (setSize !== 8) return -EINVAL;
     if (!this.space.valid(set, 8)) return -EFAULT;
-    this.space.setU64(set, this.thread.pending & this.thread.mask);
+    this.space.setU64(set, (this.thread.pending | this.sharedPending) & this.thread.mask);
     return 0;
   }
 
@@ -268,15 +309,29 @@ export class Signals {
    */
   deliver(h: Hart): number {
     const t = this.thread;
+    // The common case (nothing pending) costs two comparisons and allocates nothing.
+    if (t.pending === 0n && this.sharedPending === 0n && t.savedMask === null) return 0;
     for (;;) {
-      const ready = t.pending & ~t.mask;
-      if (ready === 0n) return 0;
+      const ready = (t.pending | this.sharedPending) & ~t.mask;
+      if (ready === 0n) {
+        if (t.savedMask !== null) t.mask = t.savedMask; // rt_sigsuspend ended without a handler
+        t.savedMask = null;
+        return 0;
+      }
       // Synchronous (fault) signals first, as Linux does; then the lowest number.
       let sig = SYNCHRONOUS.find((s) => (ready & bit(s)) !== 0n) ?? 1;
       while ((ready & bit(sig)) === 0n) sig++;
-      t.pending &= ~bit(sig);
-      const info = t.info[sig] ?? { signo: sig, code: SI_USER, addr: 0, pid: 0 };
-      t.info[sig] = undefined;
+      let info: SignalInfo | undefined;
+      if ((t.pending & bit(sig)) !== 0n) {
+        t.pending &= ~bit(sig);
+        info = t.info[sig];
+        t.info[sig] = undefined;
+      } else {
+        this.sharedPending &= ~bit(sig);
+        info = this.sharedInfo[sig];
+        this.sharedInfo[sig] = undefined;
+      }
+      info ??= { signo: sig, code: SI_USER, addr: 0, pid: 0 };
       const action = this.action(sig);
       if (action.handler === SIG_IGN) continue;
       if (action.handler === SIG_DFL) {
@@ -308,13 +363,17 @@ export class Signals {
     sa.setU32(frame, sig);
     sa.setU32(frame + 8, info.code);
     if (sig === SIGSEGV || sig === SIGBUS || sig === SIGILL || sig === SIGTRAP) sa.setU64(frame + 16, info.addr);
-    else sa.setU32(frame + 16, info.pid);
+    else {
+      sa.setU32(frame + 16, info.pid);
+      if (sig === SIGCHLD) sa.setU32(frame + 24, info.addr); // si_status
+    }
     const uc = frame + INFO_BYTES;
     // uc_flags, uc_link: 0; uc_stack: the alternate stack as it was
     sa.setU64(uc + UC_STACK, t.altSp);
     sa.setU32(uc + UC_STACK + 8, this.altFlags(userSp));
     sa.setU64(uc + UC_STACK + 16, t.altSize);
-    sa.setU64(uc + UC_SIGMASK, t.mask);
+    sa.setU64(uc + UC_SIGMASK, t.savedMask ?? t.mask);
+    t.savedMask = null;
     // sigcontext: pc, x1..x31, f0..f31, fcsr (the extension header after it stays 0: END_MAGIC)
     sa.setU64(uc + UC_MCONTEXT, h.pc);
     for (let r = 1; r < 32; r++) {

@@ -10,13 +10,12 @@ import * as fs from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { hostname, release, version } from "node:os";
 import { isatty } from "node:tty";
-import { AT_FDCWD, FileTable, OpenFile, PipeBuffer } from "./files.js";
+import { AT_FDCWD, FileTable, OpenFile, PIPE_BUF, PIPE_CAPACITY, PipeBuffer } from "./files.js";
 import { AddressSpace, PAGE } from "./memory.js";
 import { SIGPIPE, SI_TKILL, SI_USER, Signals } from "./signals.js";
 
 const EPERM = 1;
 const ESRCH = 3;
-const EINTR = 4;
 const EBADF = 9;
 const EAGAIN = 11;
 const ENOMEM = 12;
@@ -32,7 +31,6 @@ const ERANGE = 34;
 const ENOSYS = 38;
 const EOPNOTSUPP = 95;
 const EAFNOSUPPORT = 97;
-const ETIMEDOUT = 110;
 
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
@@ -56,6 +54,14 @@ export interface ExitRequest {
   signal: number;
 }
 
+/**
+ * A call that must wait (an empty pipe, a full one, a poll with nothing ready): `parked` says when
+ * it can go on, and the scheduler runs another task meanwhile.
+ */
+export const BLOCKED = Number.MIN_SAFE_INTEGER + 1;
+/** A parked call's poll result: ready now, run the system call again. */
+export const RESTART = Number.MIN_SAFE_INTEGER + 2;
+
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 function sleepMs(ms: number): void {
   if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
@@ -72,8 +78,12 @@ export class Syscalls {
   /** The program's path as /proc/self/exe shows it. */
   exePath: string;
   exit: ExitRequest | null = null;
-  /** The pid the program sees (a fork's child runs in this process under a pid of its own). */
+  /** The process's pid (the kernel sets it). */
   pid = process.pid;
+  /** After a call returned BLOCKED: BLOCKED while it must still wait, RESTART or its result when done. */
+  parked: (() => number) | null = null;
+  /** When a parked call stops waiting (performance.now() ms), Infinity for never. */
+  parkedUntil = Infinity;
   /** rt_sigaction's table: the 24-byte struct sigaction of each signal (handler, flags, mask). */
   readonly actions = new Map<number, Uint8Array>();
   /** Signal actions, and the running thread's mask, pending set and alternate stack. */
@@ -97,6 +107,18 @@ export class Syscalls {
       if ((e as NodeJS.ErrnoException).errno !== undefined) return errno(e);
       throw e;
     }
+  }
+
+  /** The handler rt_sigaction set for `sig` (0 SIG_DFL, 1 SIG_IGN, else an address). */
+  handler(sig: number): number {
+    const action = this.actions.get(sig);
+    return action === undefined ? 0 : Number(Buffer.from(action).readBigUInt64LE(0));
+  }
+
+  private park(poll: () => number, until = Infinity): number {
+    this.parked = poll;
+    this.parkedUntil = until;
+    return BLOCKED;
   }
 
   private unsupported(nr: number): number {
@@ -194,7 +216,9 @@ export class Syscalls {
         // chdir
         const p = this.path(AT_FDCWD, a0);
         if (typeof p === "number") return p;
-        process.chdir(p);
+        if (!fs.statSync(p).isDirectory()) return -ENOTDIR;
+        fs.accessSync(p, fs.constants.X_OK);
+        this.files.cwd = p;
         return 0;
       }
       case 50: {
@@ -202,7 +226,7 @@ export class Syscalls {
         const f = this.files.get(a0 | 0);
         if (f === undefined) return -EBADF;
         if (!f.directory) return -ENOTDIR;
-        process.chdir(f.path);
+        this.files.cwd = f.path;
         return 0;
       }
       case 52: {
@@ -260,9 +284,9 @@ export class Syscalls {
       case 71: // sendfile
         return this.sendfile(a0 | 0, a1 | 0, a2, a3);
       case 72: // pselect6
-        return this.pselect(a0, a1, a2, a3);
+        return this.pselect(a0, a1, a2, a3, a4);
       case 73: // ppoll
-        return this.ppoll(a0, a1);
+        return this.ppoll(a0, a1, a2);
       case 78: // readlinkat
         return this.readlinkat(a0, a1, a2, a3);
       case 79: // newfstatat
@@ -281,18 +305,8 @@ export class Syscalls {
         return 0;
       case 88: // utimensat
         return this.utimensat(a0 | 0, a1, a2, a3);
-      case 93: // exit
-      case 94: // exit_group
-        this.exit = { status: a0 & 0xff, signal: 0 };
-        return 0;
-      case 96: // set_tid_address
-        return this.pid;
-      case 98: // futex
-        return this.futex(a0, a1, a2, a3);
       case 99: // set_robust_list
         return 0;
-      case 101: // nanosleep
-        return this.nanosleep(a0, a1);
       case 113: // clock_gettime
         return this.clockGettime(a0, a1);
       case 114: {
@@ -303,8 +317,6 @@ export class Syscalls {
         }
         return 0;
       }
-      case 115: // clock_nanosleep(clock, flags, req, rem)
-        return this.nanosleep(a2, a3, a1, a0);
       case 122: // sched_setaffinity
         return 0;
       case 123: {
@@ -313,8 +325,6 @@ export class Syscalls {
         sp.setU64(a2, 1);
         return 8;
       }
-      case 124: // sched_yield
-        return 0;
       case 129: // kill
         return this.kill(a0 | 0, a1 | 0, SI_USER);
       case 130: // tkill (the one thread is the process)
@@ -367,11 +377,8 @@ export class Syscalls {
         }
         return 0;
       }
-      case 172: // getpid
-      case 178: // gettid
+      case 172: // getpid (the kernel serves it, with gettid and getppid)
         return this.pid;
-      case 173: // getppid
-        return process.ppid;
       case 174: // getuid
         return process.getuid?.() ?? 0;
       case 175: // geteuid
@@ -482,7 +489,7 @@ export class Syscalls {
   }
 
   private getcwd(buf: number, size: number): number {
-    let cwd = process.cwd();
+    let cwd = this.files.cwd;
     const root = this.files.root;
     if (root !== "/" && (cwd === root || cwd.startsWith(root + "/"))) cwd = cwd.slice(root.length) || "/";
     const bytes = Buffer.from(cwd + "\0");
@@ -691,7 +698,11 @@ export class Syscalls {
   private readPipe(f: OpenFile, buf: number, count: number): number {
     const p = f.pipe!;
     if (f.pipeEnd !== "read") return -EBADF;
-    if (p.chunks.length === 0) return p.writers > 0 ? -EAGAIN : 0;
+    if (p.chunks.length === 0) {
+      if (p.writers === 0) return 0;
+      if ((f.flags & O_NONBLOCK) !== 0) return -EAGAIN;
+      return this.park(() => (p.chunks.length > 0 || p.writers === 0 ? RESTART : BLOCKED));
+    }
     let n = 0;
     while (n < count && p.chunks.length > 0) {
       const c = p.chunks[0];
@@ -701,6 +712,7 @@ export class Syscalls {
       if (take === c.length) p.chunks.shift();
       else p.chunks[0] = c.subarray(take);
     }
+    p.length -= n;
     this.space.written(buf, n);
     return n;
   }
@@ -711,9 +723,19 @@ export class Syscalls {
     if (!this.space.valid(buf, count)) return -EFAULT;
     if (f.pipe !== null) {
       if (f.pipeEnd !== "write") return -EBADF;
-      if (f.pipe.readers === 0) return this.brokenPipe();
-      f.pipe.chunks.push(Buffer.from(this.space.bytes(buf, count)));
-      return count;
+      const p = f.pipe;
+      if (p.readers === 0) return this.brokenPipe();
+      if (count === 0) return 0;
+      // Room for all of a small write (atomic, as PIPE_BUF promises), or for some of a large one.
+      const needed = Math.min(count, PIPE_BUF);
+      if (PIPE_CAPACITY - p.length < needed) {
+        if ((f.flags & O_NONBLOCK) !== 0) return -EAGAIN;
+        return this.park(() => (p.readers === 0 || PIPE_CAPACITY - p.length >= needed ? RESTART : BLOCKED));
+      }
+      const n = Math.min(count, PIPE_CAPACITY - p.length);
+      p.chunks.push(Buffer.from(this.space.bytes(buf, n)));
+      p.length += n;
+      return n;
     }
     if ((f.flags & O_ACCMODE) === 0) return -EBADF;
     if (at !== null && f.position === null) return -ESPIPE;
@@ -791,30 +813,79 @@ export class Syscalls {
     }
   }
 
-  /** Files and terminals are always ready here: every fd asked about is reported ready. */
-  private ppoll(fds: number, nfds: number): number {
-    if (!this.space.valid(fds, nfds * 8)) return -EFAULT;
-    let ready = 0;
-    for (let i = 0; i < nfds; i++) {
-      const at = fds + 8 * i;
-      const fd = this.space.i32(at);
-      const events = this.space.ram[at + 4] | (this.space.ram[at + 5] << 8);
-      let revents = 0;
-      if (fd >= 0) revents = this.files.get(fd) === undefined ? 0x20 : events & 0x5; // POLLNVAL / POLLIN|POLLOUT
-      this.space.setU16(at + 6, revents);
-      if (revents !== 0) ready++;
-    }
-    return ready;
+  /** Poll bits for `fd`: in-process pipes as their buffers say, host files and terminals always ready. */
+  private readiness(fd: number, events: number): number {
+    const f = this.files.get(fd);
+    if (f === undefined) return 0x20; // POLLNVAL
+    const p = f.pipe;
+    if (p === null) return events & 0x5; // POLLIN | POLLOUT
+    if (f.pipeEnd === "read") return (p.length > 0 ? events & 1 : 0) | (p.writers === 0 ? 0x10 : 0); // POLLHUP
+    return (p.readers === 0 ? 0x8 : 0) | (PIPE_CAPACITY - p.length >= PIPE_BUF ? events & 4 : 0); // POLLERR
   }
 
-  private pselect(nfds: number, readfds: number, writefds: number, exceptfds: number): number {
-    let ready = 0;
-    for (const set of [readfds, writefds]) {
-      if (set === 0) continue;
-      for (let fd = 0; fd < nfds; fd++) if ((this.space.ram[set + (fd >> 3)] >> (fd & 7)) & 1) ready++;
-    }
-    if (exceptfds !== 0) this.space.ram.fill(0, exceptfds, exceptfds + Math.ceil(nfds / 64) * 8);
-    return ready;
+  /** The deadline of a timespec timeout (null pointer: none). */
+  private timeoutDeadline(ts: number): number {
+    if (ts === 0) return Infinity;
+    return performance.now() + this.space.i64(ts) * 1000 + this.space.i64(ts + 8) / 1e6;
+  }
+
+  private ppoll(fds: number, nfds: number, timeout: number): number {
+    if (!this.space.valid(fds, nfds * 8)) return -EFAULT;
+    if (timeout !== 0 && !this.space.valid(timeout, 16)) return -EFAULT;
+    const scan = (): number => {
+      let ready = 0;
+      for (let i = 0; i < nfds; i++) {
+        const at = fds + 8 * i;
+        const fd = this.space.i32(at);
+        const events = this.space.ram[at + 4] | (this.space.ram[at + 5] << 8);
+        const revents = fd >= 0 ? this.readiness(fd, events) : 0;
+        this.space.setU16(at + 6, revents);
+        if (revents !== 0) ready++;
+      }
+      return ready;
+    };
+    const ready = scan();
+    const until = this.timeoutDeadline(timeout);
+    if (ready > 0 || until <= performance.now()) return ready;
+    return this.park(() => {
+      const n = scan();
+      return n > 0 ? n : performance.now() >= until ? 0 : BLOCKED;
+    }, until);
+  }
+
+  private pselect(nfds: number, readfds: number, writefds: number, exceptfds: number, timeout: number): number {
+    if (nfds < 0 || nfds > 1024) return -EINVAL;
+    const bytes = Math.ceil(nfds / 64) * 8;
+    const sets = [readfds, writefds].map((at) => (at !== 0 && this.space.valid(at, bytes) ? at : 0));
+    const asked = sets.map((at) => (at !== 0 ? this.space.bytes(at, bytes).slice() : null));
+    if (exceptfds !== 0 && this.space.valid(exceptfds, bytes)) this.space.ram.fill(0, exceptfds, exceptfds + bytes);
+    const scan = (write: boolean): number => {
+      let ready = 0;
+      for (let k = 0; k < 2; k++) {
+        const want = asked[k];
+        if (want === null) continue;
+        for (let fd = 0; fd < nfds; fd++) {
+          if (((want[fd >> 3] >> (fd & 7)) & 1) === 0) continue;
+          const r = this.readiness(fd, k === 0 ? 1 : 4);
+          if (r === 0x20) return -EBADF;
+          const on = (k === 0 ? r & 0x19 : r & 0xc) !== 0;
+          if (on) ready++;
+          if (write) {
+            const at = sets[k] + (fd >> 3);
+            if (on) this.space.ram[at] |= 1 << (fd & 7);
+            else this.space.ram[at] &= ~(1 << (fd & 7));
+          }
+        }
+      }
+      return ready;
+    };
+    const until = this.timeoutDeadline(timeout);
+    const ready = scan(false);
+    if (ready !== 0 || until <= performance.now()) return scan(true);
+    return this.park(() => {
+      const n = scan(false);
+      return n !== 0 || performance.now() >= until ? scan(true) : BLOCKED;
+    }, until);
   }
 
   private readlinkat(dirfd: number, pathAddr: number, buf: number, size: number): number {
@@ -849,7 +920,7 @@ export class Syscalls {
     const name = this.str(pathAddr);
     if (name === null) return -EFAULT;
     if (name === "" && (flags & AT_EMPTY_PATH) !== 0) {
-      if (dirfd === AT_FDCWD) return fs.statSync(process.cwd(), { bigint: true });
+      if (dirfd === AT_FDCWD) return fs.statSync(this.files.cwd, { bigint: true });
       const f = this.files.get(dirfd);
       return f === undefined ? -EBADF : this.fileStat(f);
     }
@@ -948,37 +1019,6 @@ export class Syscalls {
     else if ((flags & AT_SYMLINK_NOFOLLOW) !== 0) fs.lutimesSync(target, atime, mtime);
     else fs.utimesSync(target, atime, mtime);
     return 0;
-  }
-
-  private futex(addr: number, op: number, val: number, timeout: number): number {
-    const cmd = op & 0x7f;
-    if (cmd === 1 || cmd === 10) return 0; // FUTEX_WAKE(_BITSET): nobody else waits
-    if (cmd === 0 || cmd === 9) {
-      // FUTEX_WAIT: one thread, so no one could wake it
-      if (!this.space.valid(addr, 4)) return -EFAULT;
-      if (this.space.u32(addr) !== val >>> 0) return -EAGAIN;
-      return timeout !== 0 ? -ETIMEDOUT : -EINTR;
-    }
-    return -ENOSYS;
-  }
-
-  private nanosleep(req: number, rem: number, flags = 0, clock = 1): number {
-    if (!this.space.valid(req, 16)) return -EFAULT;
-    let ms = this.space.i64(req) * 1000 + this.space.i64(req + 8) / 1e6;
-    if ((flags & 1) !== 0) ms -= this.clockNs(clock) / 1e6; // TIMER_ABSTIME
-    sleepMs(ms);
-    if (rem !== 0 && (flags & 1) === 0) {
-      this.space.setU64(rem, 0);
-      this.space.setU64(rem + 8, 0);
-    }
-    return 0;
-  }
-
-  private clockNs(clock: number): number {
-    if (clock === 0 || clock === 5 || clock === 8 || clock === 11)
-      return (performance.timeOrigin + performance.now()) * 1e6; // REALTIME
-    if (clock === 2 || clock === 3) return process.cpuUsage().user * 1000; // process/thread CPU time
-    return Number(process.hrtime.bigint());
   }
 
   private clockGettime(clock: number, tp: number): number {
