@@ -206,7 +206,8 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
 export class ConsoleSession {
   text = "";
   private waiters: (() => void)[] = [];
-  private commands = 0;
+  /** Fence numbers of this session's own: the replayed history holds other sessions' fences. */
+  private commands = 1000 * (1 + Math.floor(Math.random() * 1_000_000));
   private closed = false;
 
   constructor(private readonly socket: import("node:net").Socket) {
@@ -295,8 +296,17 @@ export async function attach(socket: string): Promise<ConsoleSession> {
   return new ConsoleSession(await openConsole(socket, true));
 }
 
-/** The guest counter the lifecycle tests keep in /tmp/c. */
-export const counter = async (c: ConsoleSession): Promise<number> => Number((await c.sh("cat /tmp/c")).trim());
+/**
+ * The guest counter the lifecycle tests keep in /tmp/c: the last number the command printed (the
+ * shell may print a job's "Done" notice first, for a job another console session started).
+ */
+export const counter = async (c: ConsoleSession): Promise<number> => {
+  const numbers = (await c.sh("cat /tmp/c"))
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => /^\d+$/.test(l));
+  return numbers.length > 0 ? Number(numbers[numbers.length - 1]) : NaN;
+};
 
 /**
  * Starts a `yun run --headless --incoming 0 ARGS` destination (added to `children`); resolves with
